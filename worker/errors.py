@@ -1,0 +1,98 @@
+"""Typed worker errors with stable wire codes.
+
+Every failure a job can meet is one of these classes. Only the handler turns them into RunPod's
+``{"error": "<code>: <message>"}`` shape (see ``worker.handler``); everything else raises them.
+``refresh_worker`` is set only for failures that leave the engine unusable: user mistakes never
+restart a worker.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any, ClassVar
+
+
+class ErrorCode(StrEnum):
+    """The stable error codes of the job contract (docs/api.md)."""
+
+    INPUT_INVALID = "input_invalid"
+    MODEL_NOT_FOUND = "model_not_found"
+    MODEL_INCOMPATIBLE = "model_incompatible"
+    DOWNLOAD_FAILED = "download_failed"
+    ENGINE_UNAVAILABLE = "engine_unavailable"
+    ENGINE_ERROR = "engine_error"
+    OUT_OF_MEMORY = "out_of_memory"
+    TIMEOUT = "timeout"
+    OUTPUT_TOO_LARGE = "output_too_large"
+    UPLOAD_FAILED = "upload_failed"
+    CANCELLED = "cancelled"
+
+
+class WorkerError(Exception):
+    """Base of every error a job can end with.
+
+    Args:
+        message (`str`): one line for the caller; never a traceback, never a secret.
+        details (`dict`, *optional*): structured context (bad field, nearest names...) for the output.
+    """
+
+    code: ClassVar[ErrorCode] = ErrorCode.ENGINE_ERROR
+    refresh_worker: ClassVar[bool] = False
+
+    def __init__(self, message: str, *, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.message = " ".join(message.split())
+        self.details = details or {}
+
+    def __str__(self) -> str:
+        return f"{self.code.value}: {self.message}"
+
+
+class InputInvalid(WorkerError):
+    code = ErrorCode.INPUT_INVALID
+
+
+class ModelNotFound(WorkerError):
+    code = ErrorCode.MODEL_NOT_FOUND
+
+
+class ModelIncompatible(WorkerError):
+    code = ErrorCode.MODEL_INCOMPATIBLE
+
+
+class DownloadFailed(WorkerError):
+    code = ErrorCode.DOWNLOAD_FAILED
+
+
+class EngineUnavailable(WorkerError):
+    """The engine process is dead, refused or reset the connection: the worker must be replaced."""
+
+    code = ErrorCode.ENGINE_UNAVAILABLE
+    refresh_worker = True
+
+
+class EngineError(WorkerError):
+    code = ErrorCode.ENGINE_ERROR
+
+
+class OutOfMemory(WorkerError):
+    """CUDA ran out of memory; fragmentation makes later jobs fail too, so the worker is replaced."""
+
+    code = ErrorCode.OUT_OF_MEMORY
+    refresh_worker = True
+
+
+class JobTimeout(WorkerError):
+    code = ErrorCode.TIMEOUT
+
+
+class OutputTooLarge(WorkerError):
+    code = ErrorCode.OUTPUT_TOO_LARGE
+
+
+class UploadFailed(WorkerError):
+    code = ErrorCode.UPLOAD_FAILED
+
+
+class Cancelled(WorkerError):
+    code = ErrorCode.CANCELLED

@@ -1,0 +1,58 @@
+"""Types shared by the registry (which knows files) and the job path (which names models).
+
+The job path depends only on the ``ModelProvider`` protocol, so it can be tested with the real
+registry or without one, and the registry never needs to know about jobs or the engine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+ModelKind = Literal["checkpoint", "lora", "embedding", "vae"]
+MODEL_KINDS: tuple[ModelKind, ...] = ("checkpoint", "lora", "embedding", "vae")
+
+#: Architectures the registry detects; anything else is reported but refused for generation.
+Architecture = Literal["sd15", "sd2", "sdxl", "sdxl_refiner", "flux", "sd3", "unknown"]
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What the registry knows about one local model file."""
+
+    kind: ModelKind
+    file_name: str  # path relative to the kind's folder, e.g. "Deliberate_v6.safetensors"
+    architecture: Architecture | None = None
+    sha256: str | None = None
+    short_hash: str | None = None  # A1111's 10-character sha256 prefix
+    default_weight: float | None = None
+    trigger_words: tuple[str, ...] = ()
+    registry_id: str | None = None
+
+
+@dataclass(frozen=True)
+class ProvisionedModel:
+    """A model made present on disk (downloaded now or found already there)."""
+
+    facts: ModelFacts
+    downloaded: bool = False
+    seconds: float = 0.0
+    notes: tuple[str, ...] = field(default=())
+
+
+class ModelProvider(Protocol):
+    """The registry as seen by the job path."""
+
+    def describe(self, kind: ModelKind, reference: str) -> ModelFacts | None:
+        """Facts about a model that is present locally, found by any reference form; None if absent."""
+
+    def provision(self, kind: ModelKind, reference: str) -> ProvisionedModel | None:
+        """Make the referenced model present (downloading a catalogue entry if needed).
+
+        Returns None when the registry does not know the reference at all. Raises
+        ``DownloadFailed`` when a known model could not be fetched, ``ModelNotFound`` when an
+        explicit remote reference (``civitai:…``, ``repo/file``) does not resolve.
+        """
+
+    def record_use(self, kind: ModelKind, file_name: str) -> None:
+        """Note that a job used the file (last_used, use_count) for LRU eviction."""
