@@ -8,11 +8,11 @@ restart a worker.
 
 from __future__ import annotations
 
-from enum import StrEnum
+from enum import Enum
 from typing import Any, ClassVar
 
 
-class ErrorCode(StrEnum):
+class ErrorCode(str, Enum):
     """The stable error codes of the job contract (docs/api.md)."""
 
     INPUT_INVALID = "input_invalid"

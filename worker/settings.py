@@ -65,6 +65,7 @@ ENV_NAMES: dict[str, str] = {
     "BUCKET_ACCESS_KEY_ID": "bucket_access_key_id",
     "BUCKET_SECRET_ACCESS_KEY": "bucket_secret_access_key",
     "BUCKET_NAME": "bucket_name",
+    "RUNPOD_WEBHOOK_GET_JOB": "runpod_job_url",
 }
 FIELD_TO_ENV = {field: env for env, field in ENV_NAMES.items()}
 
@@ -106,6 +107,7 @@ class WorkerSettings(BaseModel):
     bucket_access_key_id: SecretStr | None = None
     bucket_secret_access_key: SecretStr | None = None
     bucket_name: str | None = None
+    runpod_job_url: str | None = None  # set by RunPod when deployed; progress is only posted then
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -123,6 +125,10 @@ class WorkerSettings(BaseModel):
     def effective_registry_path(self) -> Path:
         """WORKER_REGISTRY_PATH, defaulting to cache_registry.json inside the models folder."""
         return self.registry_path or self.models_dir / "cache_registry.json"
+
+    @property
+    def deployed_on_runpod(self) -> bool:
+        return self.runpod_job_url is not None
 
     @property
     def upload_configured(self) -> bool:

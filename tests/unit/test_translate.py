@@ -1,0 +1,91 @@
+"""Job → txt2img payload, table-driven over the named fixtures (the docs' examples)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.support.fixtures import StaticEngineLists, engine_catalog, job_fixture, load_json
+from worker.preflight import Preflight
+from worker.schema import GenerationRequest, Txt2ImgJob, parse_job_input
+from worker.translate import ResolvedNames, add_lora_tags, build_txt2img_payload, format_weight
+
+
+def job_of(raw: dict) -> Txt2ImgJob:
+    request = parse_job_input(raw, max_images=8)
+    assert isinstance(request, GenerationRequest)
+    return request.job
+
+
+@pytest.mark.parametrize(
+    "fixture", ["native_minimal", "native_full", "a1111_official_example", "a1111_body", "envelope_txt2img"]
+)
+def test_fixture_payloads(fixture: str) -> None:
+    job = job_of(job_fixture(fixture)["input"])
+    names = Preflight(StaticEngineLists(engine_catalog())).resolve(job).names
+    assert build_txt2img_payload(job, names).payload == load_json(f"payloads/{fixture}.json")
+
+
+NAMES = ResolvedNames(sampler="Euler")
+
+
+@pytest.mark.parametrize(
+    ("raw", "names", "expected_subset", "absent"),
+    [
+        # never inject defaults that change sampling (the eta anti-pattern)
+        ({"prompt": "a"}, NAMES, {"sampler_name": "Euler"}, ["eta", "s_noise", "steps", "cfg_scale", "seed"]),
+        ({"prompt": "a", "eta": 0.5}, NAMES, {"eta": 0.5}, ["s_noise"]),
+        ({"prompt": "a", "clip_skip": 2}, NAMES, {"override_settings": {"CLIP_stop_at_last_layers": 2}}, []),
+        (
+            {"prompt": "a"},
+            ResolvedNames(sampler="Euler", checkpoint_title="a.safetensors [0123456789]"),
+            {"override_settings": {"sd_model_checkpoint": "a.safetensors [0123456789]"}},
+            [],
+        ),
+        ({"prompt": "a", "save_images": True}, NAMES, {"save_images": False, "send_images": True}, []),
+        ({"prompt": "a", "enable_hr": True}, NAMES, {"enable_hr": True, "denoising_strength": 0.7}, []),
+        ({"prompt": "a", "hires": {"enabled": False}}, NAMES, {}, ["enable_hr", "denoising_strength"]),
+        ({"prompt": "a", "denoising_strength": 0.3}, NAMES, {"denoising_strength": 0.3}, ["enable_hr"]),
+        ({"prompt": "a", "styles": ["s1"], "tiling": True}, NAMES, {"styles": ["s1"], "tiling": True}, []),
+        ({"prompt": "a", "n_iter": 3}, NAMES, {"n_iter": 3}, ["batch_size"]),
+        (
+            {"prompt": "a", "override_settings": {"sd_vae": "None", "eta_noise_seed_delta": 31337}},
+            ResolvedNames(sampler="Euler", vae="None"),
+            {"override_settings": {"sd_vae": "None", "eta_noise_seed_delta": 31337}},
+            [],
+        ),
+    ],
+)
+def test_payload_rules(raw: dict, names: ResolvedNames, expected_subset: dict, absent: list[str]) -> None:
+    payload = build_txt2img_payload(job_of(raw), names).payload
+    for key, value in expected_subset.items():
+        assert payload[key] == value
+    for key in absent:
+        assert key not in payload
+
+
+@pytest.mark.parametrize(
+    ("prompt", "loras", "expected", "warns"),
+    [
+        ("a cat", (("detail", 0.8),), "a cat <lora:detail:0.8>", False),
+        ("a cat <lora:detail:0.8>", (("detail", 0.8),), "a cat <lora:detail:0.8>", False),
+        ("a cat <LORA:Detail:0.5>", (("detail", 0.8),), "a cat <LORA:Detail:0.5>", True),
+        ("", (("a", 1.0), ("b", -0.25)), "<lora:a:1> <lora:b:-0.25>", False),
+        ("a cat ", (("x", 1.5),), "a cat <lora:x:1.5>", False),
+        ("<lyco:detail:1>", (("detail", 1.0),), "<lyco:detail:1>", False),
+    ],
+)
+def test_lora_tags(prompt: str, loras: tuple, expected: str, warns: bool) -> None:
+    text, warnings = add_lora_tags(prompt, loras)
+    assert text == expected
+    assert bool(warnings) == warns
+
+
+@pytest.mark.parametrize(("weight", "text"), [(1.0, "1"), (0.8, "0.8"), (0.25, "0.25"), (-1.5, "-1.5"), (0, "0")])
+def test_format_weight(weight: float, text: str) -> None:
+    assert format_weight(weight) == text
+
+
+def test_warnings_for_ignored_flags() -> None:
+    translation = build_txt2img_payload(job_of({"prompt": "a", "send_images": False, "enable_hr": True}), NAMES)
+    assert any("send_images=false" in w for w in translation.warnings)
+    assert any("denoising_strength" in w for w in translation.warnings)

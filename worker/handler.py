@@ -1,0 +1,238 @@
+"""The RunPod handler: the only module that knows RunPod's job dict and its error conventions.
+
+``handler(job)`` is the contract entry point (``{"id": ..., "input": {...}}`` in, a dict out).
+One job runs in numbered stages (see ``JobRunner.run``); every failure is a ``WorkerError`` turned
+into ``{"error": "<code>: <message>"}`` here and nowhere else, with ``refresh_worker`` only when the
+engine is unusable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable
+from pathlib import PurePath
+from typing import Any
+
+from worker.engine import A1111Client
+from worker.errors import EngineError, WorkerError
+from worker.logs import job_context
+from worker.model_types import ModelProvider
+from worker.output import ImageUploader, convert_images, deliver
+from worker.preflight import Preflight
+from worker.progress import ProgressRelay
+from worker.schema import GenerationRequest, ListingRequest, parse_job_input
+from worker.settings import WorkerSettings
+from worker.translate import build_txt2img_payload
+
+log = logging.getLogger(__name__)
+
+ProgressSink = Callable[[dict[str, Any], dict[str, Any]], None]
+
+
+def error_output(error: WorkerError) -> dict[str, Any]:
+    """The wire shape of a failed job: RunPod pops ``error`` and ``refresh_worker``."""
+    output: dict[str, Any] = {"error": str(error)}
+    if error.refresh_worker:
+        output["refresh_worker"] = True
+    return output
+
+
+class JobRunner:
+    """Runs jobs against one engine; built once per process (see ``worker.__main__``)."""
+
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        engine: A1111Client,
+        *,
+        provider: ModelProvider | None = None,
+        uploader: ImageUploader | None = None,
+        progress_sink: ProgressSink | None = None,
+    ) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.provider = provider
+        self.uploader = uploader
+        self.progress_sink = progress_sink
+
+    @classmethod
+    def from_settings(cls, settings: WorkerSettings) -> JobRunner:
+        from worker.registry import ModelRegistry
+
+        sink: ProgressSink | None = None
+        if settings.deployed_on_runpod:
+            import runpod
+
+            sink = runpod.serverless.progress_update
+        return cls(
+            settings,
+            A1111Client.from_settings(settings),
+            provider=ModelRegistry.from_settings(settings),
+            uploader=ImageUploader.from_settings(settings),
+            progress_sink=sink,
+        )
+
+    def run(self, job: dict[str, Any]) -> dict[str, Any] | list[Any]:
+        job_id = str(job.get("id") or "local")
+        with job_context(job_id):
+            started = time.perf_counter()
+            try:
+                result = self._run(job, job_id, started)
+            except WorkerError as exc:
+                log.warning("job failed: %s", exc)
+                return error_output(exc)
+            except Exception as exc:  # a bug: keep the traceback in the logs, not in the response
+                log.exception("job crashed")
+                return error_output(EngineError(f"unexpected worker failure ({type(exc).__name__})"))
+            log.info("job done in %.0f ms", (time.perf_counter() - started) * 1000)
+            return result
+
+    def _run(self, job: dict[str, Any], job_id: str, started: float) -> dict[str, Any] | list[Any]:
+        timings: dict[str, float] = {}
+
+        # 1. Validate the input and tell its form.
+        request = parse_job_input(job.get("input"), max_images=self.settings.max_images_per_job)
+        if isinstance(request, ListingRequest):
+            result: dict[str, Any] | list[Any] = self.engine.call_listing(request.endpoint)
+            return result
+        assert isinstance(request, GenerationRequest)
+        job_input = request.job
+        mark = _stopwatch(timings, "validate", started)
+
+        # 2. Resolve every name against the engine's lists; provision what is missing.
+        preflight = Preflight(self.engine, self.provider).resolve(job_input)
+        timings["provision"] = round(preflight.provision_ms, 1)
+        mark("preflight", subtract=preflight.provision_ms)
+
+        # 3. Translate (pure) and generate, relaying progress.
+        translation = build_txt2img_payload(job_input, preflight.names)
+        with self._progress(job):
+            response = self.engine.txt2img(translation.payload, timeout_s=self.settings.job_timeout_s)
+        mark("generate")
+
+        # 4. Check what the engine really did, then shape and deliver the output.
+        info = _parse_info(response.get("info"))
+        _check_checkpoint_used(preflight.names.checkpoint_title, info)
+        output: dict[str, Any] = {
+            "images": convert_images(list(response.get("images") or []), job_input.output),
+            "parameters": response.get("parameters", {}),
+            "info": response.get("info", ""),
+            "seeds": info.get("all_seeds") or ([info["seed"]] if "seed" in info else []),
+            "models": preflight.models,
+            "timings_ms": timings,
+            "warnings": [*preflight.warnings, *translation.warnings],
+        }
+        if preflight.downloaded:
+            output["warnings"].append(f"downloaded before generating: {', '.join(preflight.downloaded)}")
+        self._record_use(preflight.names.checkpoint_title, [name for name, _ in preflight.names.loras])
+        mark("encode")
+        timings["total"] = round((time.perf_counter() - started) * 1000, 1)
+        return deliver(
+            output,
+            options=job_input.output,
+            job_id=job_id,
+            max_bytes=self.settings.output_max_bytes,
+            uploader=self.uploader,
+        )
+
+    def _progress(self, job: dict[str, Any]) -> ProgressRelay:
+        sink = self.progress_sink
+
+        def send(update: dict[str, Any]) -> None:
+            if sink is not None:
+                sink(job, update)
+
+        return ProgressRelay(
+            self.engine,
+            send,
+            interval_s=self.settings.progress_interval_s,
+            job_id=str(job.get("id") or "local"),
+        )
+
+    def _record_use(self, checkpoint_title: str | None, loras: list[str]) -> None:
+        if self.provider is None:
+            return
+        try:
+            if checkpoint_title:
+                self.provider.record_use("checkpoint", PurePath(checkpoint_title.split(" [")[0]).name)
+            for name in loras:
+                self.provider.record_use("lora", name)
+        except Exception:  # bookkeeping must never fail a finished job
+            log.warning("could not record model use in the registry", exc_info=True)
+
+
+def _stopwatch(timings: dict[str, float], first: str, started: float) -> Callable[..., None]:
+    """Records each stage's wall time in ms, measured from the end of the previous stage."""
+    last = [time.perf_counter()]
+    timings[first] = round((last[0] - started) * 1000, 1)
+
+    def mark(stage: str, subtract: float = 0.0) -> None:
+        now = time.perf_counter()
+        timings[stage] = round((now - last[0]) * 1000 - subtract, 1)
+        last[0] = now
+
+    return mark
+
+
+def _parse_info(info: Any) -> dict[str, Any]:
+    if isinstance(info, dict):
+        return info
+    if isinstance(info, str) and info:
+        try:
+            parsed = json.loads(info)
+        except ValueError as exc:
+            raise EngineError(f"engine returned an info field that is not JSON: {info[:120]!r}") from exc
+        return parsed if isinstance(parsed, dict) else {}
+    return {}
+
+
+def _check_checkpoint_used(requested_title: str | None, info: dict[str, Any]) -> None:
+    """A1111 silently falls back to another checkpoint; make sure it used the one we asked for."""
+    used = info.get("sd_model_name")
+    if not requested_title or not used:
+        return
+    wanted = PurePath(requested_title.split(" [", 1)[0].replace("\\", "/")).stem
+    if str(used).lower() != wanted.lower():
+        raise EngineError(f"the engine generated with checkpoint {used!r} instead of the requested {wanted!r}")
+
+
+# --- the RunPod entry points --------------------------------------------------------------------
+
+_runner: JobRunner | None = None
+
+
+def set_runner(runner: JobRunner) -> None:
+    """Install the process's runner (``worker.__main__`` does this after the engine is ready)."""
+    global _runner
+    _runner = runner
+
+
+def _get_runner() -> JobRunner:
+    global _runner
+    if _runner is None:
+        _runner = JobRunner.from_settings(WorkerSettings.from_env())
+    return _runner
+
+
+def handler(job: dict[str, Any]) -> dict[str, Any] | list[Any]:
+    """RunPod handler: ``{"id", "input"}`` → output dict, or ``{"error": "<code>: <message>"}``."""
+    return _get_runner().run(job)
+
+
+async def async_handler(job: dict[str, Any]) -> dict[str, Any] | list[Any]:
+    """What ``python -m worker`` registers: a cancelled or timed-out job also stops the engine.
+
+    RunPod cancels a job by cancelling its asyncio task, which only lands at an ``await``; the sync
+    handler runs in a thread so that the cancellation can reach us and interrupt A1111.
+    """
+    runner = _get_runner()
+    try:
+        return await asyncio.to_thread(runner.run, job)
+    except asyncio.CancelledError:
+        with job_context(str(job.get("id"))):
+            log.warning("job cancelled: interrupting the engine")
+            runner.engine.interrupt()
+        raise

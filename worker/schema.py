@@ -1,0 +1,380 @@
+"""The job input contract: one strict model for every accepted job form.
+
+Three forms are accepted without edits (docs/api.md):
+
+* the native form (``checkpoint``, ``loras``, ``sampler``, ``clip_skip``, ``hires``, ``output``...);
+* a plain A1111 ``/sdapi/v1/txt2img`` body, including the diffusers-style ``num_inference_steps``
+  and ``guidance_scale`` that the official RunPod worker's example sends;
+* the ``{"api": {"method", "endpoint"}, "payload": {...}}`` envelope of the popular network-volume
+  worker, for txt2img and an allowlist of read-only listing and refresh endpoints.
+
+Native and A1111 fields live in one model, so a body may mix them; two spellings of one value
+must agree. Unknown fields are refused with the nearest valid names: A1111 itself silently ignores
+them, which is how a typo becomes a different image.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from worker.errors import InputInvalid
+from worker.output import OutputOptions
+
+MAX_SEED = 2**32 - 1
+
+#: Envelope endpoints that only read or refresh the engine's lists (anything else is refused).
+LISTING_ENDPOINTS: tuple[str, ...] = (
+    "sd-models",
+    "samplers",
+    "schedulers",
+    "loras",
+    "embeddings",
+    "sd-vae",
+    "upscalers",
+    "latent-upscale-modes",
+    "hypernetworks",
+    "face-restorers",
+    "realesrgan-models",
+    "prompt-styles",
+    "scripts",
+    "memory",
+    "options",
+    "progress",
+    "refresh-checkpoints",
+    "refresh-loras",
+    "refresh-embeddings",
+    "refresh-vae",
+)
+GENERATION_ENDPOINTS: tuple[str, ...] = ("txt2img",)
+
+
+def _dimension(value: int, name: str) -> int:
+    if value % 8:
+        lower, upper = value - value % 8, value - value % 8 + 8
+        raise ValueError(f"{name} must be a multiple of 8 (got {value}; try {lower} or {upper})")
+    return value
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class LoraRef(_Strict):
+    """One LoRA to apply; ``weight`` defaults to the registry's default scale, else 1.0."""
+
+    name: str = Field(min_length=1, max_length=255)
+    weight: float | None = Field(None, ge=-10, le=10)
+
+
+class HiresOptions(_Strict):
+    """A1111's "hires fix": generate at width×height, upscale, then refine."""
+
+    enabled: bool = True
+    scale: float | None = Field(None, ge=1, le=4)
+    resize_x: int | None = Field(None, ge=0, le=4096)
+    resize_y: int | None = Field(None, ge=0, le=4096)
+    upscaler: str | None = None
+    steps: int | None = Field(None, ge=0, le=150)
+    denoising_strength: float | None = Field(None, ge=0, le=1)
+    sampler: str | None = None
+    scheduler: str | None = None
+    checkpoint: str | None = None
+    prompt: str | None = None
+    negative_prompt: str | None = None
+
+
+class Txt2ImgJob(_Strict):
+    """A txt2img job in native or A1111 spelling (both may be mixed; see ``SYNONYMS``)."""
+
+    # --- native form ---------------------------------------------------------------------
+    prompt: str = Field(max_length=20_000)
+    negative_prompt: str | None = Field(None, max_length=20_000)
+    checkpoint: str | None = Field(None, min_length=1)
+    loras: list[LoraRef] = Field(default_factory=list, max_length=32)
+    vae: str | None = Field(None, min_length=1)
+    sampler: str | None = Field(None, min_length=1)
+    scheduler: str | None = Field(None, min_length=1)
+    steps: int | None = Field(None, ge=1, le=150)
+    cfg_scale: float | None = Field(None, ge=1, le=30)
+    width: int | None = Field(None, ge=64, le=2048)
+    height: int | None = Field(None, ge=64, le=2048)
+    seed: int | None = Field(None, ge=-1, le=MAX_SEED)
+    batch_size: int | None = Field(None, ge=1, le=64)
+    n_iter: int | None = Field(None, ge=1, le=100)
+    clip_skip: int | None = Field(None, ge=1, le=12)
+    hires: HiresOptions | None = None
+    output: OutputOptions = Field(default_factory=OutputOptions)
+
+    # --- other spellings of native fields --------------------------------------------------
+    sampler_name: str | None = Field(None, min_length=1)
+    sampler_index: str | None = Field(None, min_length=1)
+    num_inference_steps: int | None = Field(None, ge=1, le=150)
+    guidance_scale: float | None = Field(None, ge=1, le=30)
+
+    # --- A1111 txt2img fields passed through as given --------------------------------------
+    styles: list[str] | None = None
+    subseed: int | None = Field(None, ge=-1, le=MAX_SEED)
+    subseed_strength: float | None = Field(None, ge=0, le=1)
+    seed_resize_from_h: int | None = Field(None, ge=-1, le=4096)
+    seed_resize_from_w: int | None = Field(None, ge=-1, le=4096)
+    restore_faces: bool | None = None
+    tiling: bool | None = None
+    do_not_save_samples: bool | None = None
+    do_not_save_grid: bool | None = None
+    eta: float | None = Field(None, ge=0, le=10)
+    denoising_strength: float | None = Field(None, ge=0, le=1)
+    s_min_uncond: float | None = None
+    s_churn: float | None = None
+    s_tmax: float | None = None
+    s_tmin: float | None = None
+    s_noise: float | None = None
+    override_settings: dict[str, Any] | None = None
+    override_settings_restore_afterwards: bool | None = None
+    refiner_checkpoint: str | None = None
+    refiner_switch_at: float | None = Field(None, ge=0, le=1)
+    disable_extra_networks: bool | None = None
+    comments: dict[str, Any] | None = None
+    enable_hr: bool | None = None
+    firstphase_width: int | None = Field(None, ge=0, le=2048)
+    firstphase_height: int | None = Field(None, ge=0, le=2048)
+    hr_scale: float | None = Field(None, ge=1, le=4)
+    hr_upscaler: str | None = None
+    hr_second_pass_steps: int | None = Field(None, ge=0, le=150)
+    hr_resize_x: int | None = Field(None, ge=0, le=4096)
+    hr_resize_y: int | None = Field(None, ge=0, le=4096)
+    hr_checkpoint_name: str | None = None
+    hr_sampler_name: str | None = None
+    hr_scheduler: str | None = None
+    hr_prompt: str | None = None
+    hr_negative_prompt: str | None = None
+    force_task_id: str | None = None
+    script_name: str | None = None
+    script_args: list[Any] | None = None
+    send_images: bool | None = None
+    save_images: bool | None = None
+    alwayson_scripts: dict[str, Any] | None = None
+    infotext: str | None = None
+
+    @field_validator("width", "height")
+    @classmethod
+    def _multiple_of_8(cls, value: int | None, info: Any) -> int | None:
+        return None if value is None else _dimension(value, info.field_name)
+
+    @model_validator(mode="after")
+    def _merge_spellings(self) -> Txt2ImgJob:
+        """Fold every other spelling into the native field; disagreeing spellings are an error."""
+        for native, others in SYNONYMS.items():
+            given = {native: getattr(self, native)} if getattr(self, native) is not None else {}
+            given.update({name: getattr(self, name) for name in others if getattr(self, name) is not None})
+            if len({_comparable(v) for v in given.values()}) > 1:
+                shown = ", ".join(f"{k}={v!r}" for k, v in given.items())
+                raise ValueError(f"conflicting values for {native}: {shown}; give one of them")
+            if given and getattr(self, native) is None:
+                object.__setattr__(self, native, next(iter(given.values())))
+        return self
+
+    @model_validator(mode="after")
+    def _one_hires_form(self) -> Txt2ImgJob:
+        a1111_hires = sorted(name for name in self.model_fields_set if name in _A1111_HIRES_FIELDS)
+        if self.hires is not None and a1111_hires:
+            raise ValueError(f"give hires either as the hires object or as {', '.join(a1111_hires)}, not both")
+        return self
+
+    @property
+    def image_count(self) -> int:
+        return (self.batch_size or 1) * (self.n_iter or 1)
+
+
+_A1111_HIRES_FIELDS = frozenset(
+    {
+        "enable_hr",
+        "hr_scale",
+        "hr_upscaler",
+        "hr_second_pass_steps",
+        "hr_resize_x",
+        "hr_resize_y",
+        "hr_checkpoint_name",
+        "hr_sampler_name",
+        "hr_scheduler",
+        "hr_prompt",
+        "hr_negative_prompt",
+    }
+)
+
+
+def _comparable(value: Any) -> Any:
+    return value.strip() if isinstance(value, str) else value
+
+
+#: native field -> other accepted spellings of the same value
+SYNONYMS: dict[str, tuple[str, ...]] = {
+    "sampler": ("sampler_name", "sampler_index"),
+    "steps": ("num_inference_steps",),
+    "cfg_scale": ("guidance_scale",),
+}
+
+
+class EnvelopeApi(_Strict):
+    method: Literal["GET", "POST", "get", "post"] = "POST"
+    endpoint: str = Field(min_length=1, max_length=200)
+
+
+class Envelope(_Strict):
+    """``{"api": {"method", "endpoint"}, "payload": {...}}`` as sent to the network-volume worker."""
+
+    api: EnvelopeApi
+    payload: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    job: Txt2ImgJob
+    form: Literal["native", "a1111", "envelope"]
+
+
+@dataclass(frozen=True)
+class ListingRequest:
+    endpoint: str
+
+
+JobRequest = GenerationRequest | ListingRequest
+
+_NATIVE_FIELDS = frozenset(
+    {
+        "prompt",
+        "negative_prompt",
+        "checkpoint",
+        "loras",
+        "vae",
+        "sampler",
+        "scheduler",
+        "steps",
+        "cfg_scale",
+        "width",
+        "height",
+        "seed",
+        "batch_size",
+        "n_iter",
+        "clip_skip",
+        "hires",
+        "output",
+    }
+)
+
+
+def parse_job_input(raw: Any, *, max_images: int) -> JobRequest:
+    """Validate a job's ``input`` and tell which form it is.
+
+    Raises:
+        InputInvalid: naming the bad field, its value and the valid choices.
+    """
+    if not isinstance(raw, dict):
+        raise InputInvalid(f"job input must be a JSON object, got {type(raw).__name__}")
+    if "api" in raw:
+        return _parse_envelope(raw, max_images=max_images)
+    job = _validate(Txt2ImgJob, raw, where="input")
+    _check_image_cap(job, max_images)
+    form: Literal["native", "a1111"] = "a1111" if raw.keys() - _NATIVE_FIELDS else "native"
+    return GenerationRequest(job=job, form=form)
+
+
+def _parse_envelope(raw: dict[str, Any], *, max_images: int) -> JobRequest:
+    envelope = _validate(Envelope, raw, where="input")
+    endpoint = _endpoint_name(envelope.api.endpoint)
+    method = envelope.api.method.upper()
+    if endpoint in GENERATION_ENDPOINTS:
+        if method != "POST":
+            raise InputInvalid(f"api.method {method!r} is wrong for {endpoint}: use POST")
+        job = _validate(Txt2ImgJob, envelope.payload or {}, where="payload")
+        _check_image_cap(job, max_images)
+        return GenerationRequest(job=job, form="envelope")
+    if endpoint not in LISTING_ENDPOINTS:
+        nearest = difflib.get_close_matches(endpoint, GENERATION_ENDPOINTS + LISTING_ENDPOINTS, n=3)
+        hint = f"; nearest: {', '.join(nearest)}" if nearest else ""
+        raise InputInvalid(
+            f"api.endpoint {envelope.api.endpoint!r} is not served by this worker{hint}; "
+            f"allowed: {', '.join(GENERATION_ENDPOINTS + LISTING_ENDPOINTS)}"
+        )
+    expected = "POST" if endpoint.startswith("refresh-") else "GET"
+    if method != expected and expected == "GET":
+        raise InputInvalid(
+            f"api.method {method!r} is not allowed for {endpoint}: it is read-only through this worker, "
+            "use GET (choose a checkpoint per job with `checkpoint` instead of changing options)"
+        )
+    if method != expected:
+        raise InputInvalid(f"api.method {method!r} is wrong for {endpoint}: use {expected}")
+    if envelope.payload:
+        raise InputInvalid(f"{endpoint} takes no payload, got fields {sorted(envelope.payload)}")
+    return ListingRequest(endpoint=endpoint)
+
+
+def _endpoint_name(endpoint: str) -> str:
+    """'/sdapi/v1/txt2img', 'sdapi/v1/txt2img' and 'txt2img' all name the same endpoint."""
+    name = endpoint.strip().strip("/")
+    prefix = "sdapi/v1/"
+    return name[len(prefix) :] if name.startswith(prefix) else name
+
+
+def _check_image_cap(job: Txt2ImgJob, max_images: int) -> None:
+    if job.image_count > max_images:
+        raise InputInvalid(
+            f"batch_size×n_iter = {job.batch_size or 1}×{job.n_iter or 1} = {job.image_count} images "
+            f"exceeds this worker's limit of {max_images} (WORKER_MAX_IMAGES_PER_JOB)"
+        )
+
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+def _validate(model: type[ModelT], data: dict[str, Any], *, where: str) -> ModelT:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise InputInvalid(_describe(exc, model, where)) from None
+
+
+def _describe(exc: ValidationError, model: type[BaseModel], where: str) -> str:
+    """Turn pydantic's errors into one line naming each field, its value and what is valid."""
+    problems = []
+    for err in exc.errors(include_url=False):
+        loc = ".".join(str(part) for part in err["loc"])
+        field = f"{where}.{loc}" if loc else where
+        if err["type"] == "extra_forbidden":
+            problems.append(_unknown_field(field, str(err["loc"][-1]), model, err["loc"]))
+        elif err["type"] == "missing":
+            problems.append(f"{field} is required")
+        else:
+            message = err["msg"].removeprefix("Value error, ")
+            if loc:
+                problems.append(f"{field}={err['input']!r}: {message}")
+            else:
+                problems.append(message)
+    return "; ".join(problems)
+
+
+def _unknown_field(field: str, name: str, model: type[BaseModel], loc: tuple[Any, ...]) -> str:
+    owner: type[BaseModel] = model
+    for part in loc[:-1]:  # walk into nested models (hires.*, output.*, loras.N.*)
+        annotation = owner.model_fields[str(part)].annotation if str(part) in owner.model_fields else None
+        nested = _nested_model(annotation)
+        if nested is not None:
+            owner = nested
+    valid = sorted(owner.model_fields)
+    nearest = difflib.get_close_matches(name, valid, n=3, cutoff=0.5)
+    hint = f"; did you mean {' or '.join(nearest)}?" if nearest else f"; valid fields: {', '.join(valid)}"
+    return f"unknown field {field}{hint}"
+
+
+def _nested_model(annotation: Any) -> type[BaseModel] | None:
+    candidates = [annotation, *getattr(annotation, "__args__", ())]
+    for candidate in candidates:
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+        for inner in getattr(candidate, "__args__", ()):
+            if isinstance(inner, type) and issubclass(inner, BaseModel):
+                return inner
+    return None
