@@ -3,4 +3,5 @@
 pytest_plugins = [
     "tests.support.fake_a1111",
     "tests.support.embedded_engine",
+    "tests.support.s3_server",
 ]

@@ -20,7 +20,7 @@ from worker.engine import A1111Client
 from worker.errors import EngineError, WorkerError
 from worker.logs import job_context
 from worker.model_types import ModelProvider
-from worker.output import ImageUploader, convert_images, deliver
+from worker.output import ImageUploader, check_delivery, convert_images, deliver
 from worker.preflight import Preflight
 from worker.progress import ProgressRelay
 from worker.schema import GenerationRequest, ListingRequest, parse_job_input
@@ -100,6 +100,7 @@ class JobRunner:
             return result
         assert isinstance(request, GenerationRequest)
         job_input = request.job
+        check_delivery(job_input.output, self.uploader)
         mark = _stopwatch(timings, "validate", started)
 
         # 2. Resolve every name against the engine's lists; provision what is missing.
@@ -116,14 +117,15 @@ class JobRunner:
         # 4. Check what the engine really did, then shape and deliver the output.
         info = _parse_info(response.get("info"))
         _check_checkpoint_used(preflight.names.checkpoint_title, info)
+        warnings = [*preflight.warnings, *translation.warnings]
         output: dict[str, Any] = {
-            "images": convert_images(list(response.get("images") or []), job_input.output),
+            "images": convert_images(list(response.get("images") or []), job_input.output, warnings),
             "parameters": response.get("parameters", {}),
             "info": response.get("info", ""),
             "seeds": info.get("all_seeds") or ([info["seed"]] if "seed" in info else []),
             "models": preflight.models,
             "timings_ms": timings,
-            "warnings": [*preflight.warnings, *translation.warnings],
+            "warnings": warnings,
         }
         if preflight.downloaded:
             output["warnings"].append(f"downloaded before generating: {', '.join(preflight.downloaded)}")
@@ -196,7 +198,9 @@ def _check_checkpoint_used(requested_title: str | None, info: dict[str, Any]) ->
         return
     wanted = PurePath(requested_title.split(" [", 1)[0].replace("\\", "/")).stem
     if str(used).lower() != wanted.lower():
-        raise EngineError(f"the engine generated with checkpoint {used!r} instead of the requested {wanted!r}")
+        raise EngineError(
+            f"the engine generated with checkpoint {used!r} instead of the requested {wanted!r}"
+        )
 
 
 # --- the RunPod entry points --------------------------------------------------------------------

@@ -14,10 +14,10 @@ from __future__ import annotations
 import difflib
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import PurePath
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from worker.engine import (
     CheckpointEntry,
@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_SAMPLER = "Euler"  # what A1111's API uses when no sampler is sent (sampler_index default)
 VAE_SPECIAL = ("Automatic", "None")
+FoundT = TypeVar("FoundT")
 _REFRESH_KIND: dict[ModelKind, RefreshKind] = {
     "checkpoint": "checkpoints",
     "lora": "loras",
@@ -330,7 +331,7 @@ class Preflight:
 
     # --- shared lookup with refresh and provisioning ----------------------------------------
 
-    def _find_model(self, kind: ModelKind, ref: str, find: Any) -> Any:
+    def _find_model(self, kind: ModelKind, ref: str, find: Callable[[str], FoundT | None]) -> FoundT | None:
         """Engine lists, then the registry's local knowledge, then a download, then one refresh."""
         found = find(ref)
         if found is not None:

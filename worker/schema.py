@@ -71,7 +71,7 @@ class LoraRef(_Strict):
 
 
 class HiresOptions(_Strict):
-    """A1111's "hires fix": generate at width×height, upscale, then refine."""
+    """A1111's "hires fix": generate at width x height, upscale, then refine."""
 
     enabled: bool = True
     scale: float | None = Field(None, ge=1, le=4)
@@ -181,7 +181,9 @@ class Txt2ImgJob(_Strict):
     def _one_hires_form(self) -> Txt2ImgJob:
         a1111_hires = sorted(name for name in self.model_fields_set if name in _A1111_HIRES_FIELDS)
         if self.hires is not None and a1111_hires:
-            raise ValueError(f"give hires either as the hires object or as {', '.join(a1111_hires)}, not both")
+            raise ValueError(
+                f"give hires either as the hires object or as {', '.join(a1111_hires)}, not both"
+            )
         return self
 
     @property
@@ -322,7 +324,7 @@ def _endpoint_name(endpoint: str) -> str:
 def _check_image_cap(job: Txt2ImgJob, max_images: int) -> None:
     if job.image_count > max_images:
         raise InputInvalid(
-            f"batch_size×n_iter = {job.batch_size or 1}×{job.n_iter or 1} = {job.image_count} images "
+            f"batch_size*n_iter = {job.batch_size or 1}*{job.n_iter or 1} = {job.image_count} images "
             f"exceeds this worker's limit of {max_images} (WORKER_MAX_IMAGES_PER_JOB)"
         )
 

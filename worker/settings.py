@@ -155,7 +155,7 @@ class WorkerSettings(BaseModel):
         env = os.environ if environ is None else environ
         raw = {field: env[name] for name, field in ENV_NAMES.items() if env.get(name, "").strip()}
         try:
-            return cls(**raw)
+            return cls.model_validate(raw)
         except ValidationError as exc:
             problems = []
             for err in exc.errors():

@@ -27,7 +27,10 @@ def job_of(raw: dict) -> Txt2ImgJob:
         ("deliberate_v6", "Deliberate_v6.safetensors [9aba26abdf]"),
         ("9aba26abdf", "Deliberate_v6.safetensors [9aba26abdf]"),
         ("5d5d5a5c", "Deliberate_v6.safetensors [9aba26abdf]"),
-        ("9ABA26ABDFCD46073E0A1D42027A3A3BCC969F562D58A03637BF0A0DED6586C9", "Deliberate_v6.safetensors [9aba26abdf]"),
+        (
+            "9ABA26ABDFCD46073E0A1D42027A3A3BCC969F562D58A03637BF0A0DED6586C9",
+            "Deliberate_v6.safetensors [9aba26abdf]",
+        ),
         ("sdxl/jibMixIllustrious_v20.safetensors", "sdxl/jibMixIllustrious_v20.safetensors"),
         ("jibmixillustrious_v20", "sdxl/jibMixIllustrious_v20.safetensors"),
         ("sdxl_jibMixIllustrious_v20", "sdxl/jibMixIllustrious_v20.safetensors"),
@@ -84,12 +87,22 @@ def test_match_lora(ref: str, name: str | None) -> None:
 @pytest.mark.parametrize(
     ("fixture", "error", "fragments"),
     [
-        ("bad_sampler", InputInvalid, ["sampler 'Euler ancestral' not found", "nearest", "Euler a", "valid samplers"]),
-        ("bad_checkpoint", ModelNotFound, ["checkpoint 'deliberate_v5' not found", "Deliberate_v6.safetensors"]),
+        (
+            "bad_sampler",
+            InputInvalid,
+            ["sampler 'Euler ancestral' not found", "nearest", "Euler a", "valid samplers"],
+        ),
+        (
+            "bad_checkpoint",
+            ModelNotFound,
+            ["checkpoint 'deliberate_v5' not found", "Deliberate_v6.safetensors"],
+        ),
         ("bad_lora_in_prompt", ModelNotFound, ["LoRA 'add_detail' not found", "add-detail-xl"]),
     ],
 )
-def test_unknown_names_fail_with_nearest(fixture: str, error: type[WorkerError], fragments: list[str]) -> None:
+def test_unknown_names_fail_with_nearest(
+    fixture: str, error: type[WorkerError], fragments: list[str]
+) -> None:
     engine = StaticEngineLists(CATALOG)
     with pytest.raises(error) as caught:
         Preflight(engine).resolve(job_of(job_fixture(fixture)["input"]))
@@ -119,9 +132,18 @@ def test_a_hit_refreshes_nothing() -> None:
 @pytest.mark.parametrize(
     ("raw", "fragment"),
     [
-        ({"prompt": "a", "checkpoint": "deliberate_v6", "override_settings": {"sd_model_checkpoint": "x"}}, "conflicting values for checkpoint"),
-        ({"prompt": "a", "clip_skip": 2, "override_settings": {"CLIP_stop_at_last_layers": 1}}, "conflicting values for clip_skip"),
-        ({"prompt": "a", "sampler": "DPM++ 2M Karras", "scheduler": "exponential"}, "conflicting values for scheduler"),
+        (
+            {"prompt": "a", "checkpoint": "deliberate_v6", "override_settings": {"sd_model_checkpoint": "x"}},
+            "conflicting values for checkpoint",
+        ),
+        (
+            {"prompt": "a", "clip_skip": 2, "override_settings": {"CLIP_stop_at_last_layers": 1}},
+            "conflicting values for clip_skip",
+        ),
+        (
+            {"prompt": "a", "sampler": "DPM++ 2M Karras", "scheduler": "exponential"},
+            "conflicting values for scheduler",
+        ),
         ({"prompt": "a", "scheduler": "karas"}, "scheduler 'karas' not found; nearest: Karras"),
         ({"prompt": "a", "hires": {"upscaler": "4x-UltraSharp"}}, "hires upscaler '4x-UltraSharp' not found"),
         ({"prompt": "a", "vae": "vae-ft-mse"}, "VAE 'vae-ft-mse' not found"),
@@ -142,13 +164,17 @@ class RecordingProvider:
 
     def describe(self, kind: ModelKind, reference: str) -> ModelFacts | None:
         if kind == "lora" and reference == "boring_reality_primaryV4":
-            return ModelFacts(kind="lora", file_name="boring_reality_primaryV4.safetensors", default_weight=0.4)
+            return ModelFacts(
+                kind="lora", file_name="boring_reality_primaryV4.safetensors", default_weight=0.4
+            )
         return None
 
     def provision(self, kind: ModelKind, reference: str) -> ProvisionedModel | None:
         self.provisioned.append((kind, reference))
         if reference == "boring-reality-v4":
-            facts = ModelFacts(kind="lora", file_name="boring_reality_primaryV4.safetensors", default_weight=0.4)
+            facts = ModelFacts(
+                kind="lora", file_name="boring_reality_primaryV4.safetensors", default_weight=0.4
+            )
             return ProvisionedModel(facts=facts, downloaded=True, seconds=0.1)
         return None
 
@@ -159,7 +185,9 @@ class RecordingProvider:
 def test_registry_ids_and_default_weights() -> None:
     engine = StaticEngineLists(CATALOG)
     provider = RecordingProvider(engine)
-    result = Preflight(engine, provider).resolve(job_of({"prompt": "a", "loras": [{"name": "boring-reality-v4"}]}))
+    result = Preflight(engine, provider).resolve(
+        job_of({"prompt": "a", "loras": [{"name": "boring-reality-v4"}]})
+    )
     assert provider.provisioned == [("lora", "boring-reality-v4")]
     assert result.names.loras == (("boring_reality_primaryV4", 0.4),)
     assert result.downloaded == ["lora:boring_reality_primaryV4.safetensors"]

@@ -80,12 +80,16 @@ def test_lora_tags(prompt: str, loras: tuple, expected: str, warns: bool) -> Non
     assert bool(warnings) == warns
 
 
-@pytest.mark.parametrize(("weight", "text"), [(1.0, "1"), (0.8, "0.8"), (0.25, "0.25"), (-1.5, "-1.5"), (0, "0")])
+@pytest.mark.parametrize(
+    ("weight", "text"), [(1.0, "1"), (0.8, "0.8"), (0.25, "0.25"), (-1.5, "-1.5"), (0, "0")]
+)
 def test_format_weight(weight: float, text: str) -> None:
     assert format_weight(weight) == text
 
 
 def test_warnings_for_ignored_flags() -> None:
-    translation = build_txt2img_payload(job_of({"prompt": "a", "send_images": False, "enable_hr": True}), NAMES)
+    translation = build_txt2img_payload(
+        job_of({"prompt": "a", "send_images": False, "enable_hr": True}), NAMES
+    )
     assert any("send_images=false" in w for w in translation.warnings)
     assert any("denoising_strength" in w for w in translation.warnings)
