@@ -1,0 +1,919 @@
+"""A fault-injecting fake A1111: a real loopback HTTP server speaking A1111's ``/sdapi/v1`` shapes.
+
+It is for fault injection (hangs, 500/422 bodies, dropped or closed connections, transient failures) and
+for asserting exactly what a client sent; the real generation path is tested against the embedded engine.
+
+In tests, use the ``fake_a1111`` fixture::
+
+    def test_oom(fake_a1111):
+        fake_a1111.set_fault("txt2img", status=500, body=OOM_BODY)
+        ...
+        assert len(fake_a1111.requests_to("txt2img")) == 1
+
+As a process (end-to-end tests, manual runs)::
+
+    python -m tests.support.fake_a1111 --port 0 --png-size 64 --pid-file /tmp/a1111.pid
+
+prints ``listening on http://127.0.0.1:PORT`` and serves until SIGTERM. A control API lets another
+process drive it: ``POST /__fake__/faults`` ``{"txt2img": {"status": 500, "body": {...}}}``,
+``POST /__fake__/reset``, ``GET /__fake__/requests``, ``POST /__fake__/data`` (``{"checkpoints": [...]}``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import copy
+import io
+import json
+import logging
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+log = logging.getLogger(__name__)
+
+API = "/sdapi/v1/"
+CONTROL = "/__fake__/"
+
+#: A1111's 500 body for a CUDA OOM (api_middleware shape).
+OOM_BODY = {
+    "error": "OutOfMemoryError",
+    "detail": "",
+    "body": "",
+    "errors": "CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 23.65 GiB total capacity)",
+}
+
+
+#: FastAPI's 422 body for a bad field.
+def validation_body(
+    field_name: str, msg: str = "value is not a valid integer", kind: str = "type_error.integer"
+) -> dict[str, Any]:
+    return {"detail": [{"loc": ["body", field_name], "msg": msg, "type": kind}]}
+
+
+def a1111_error_body(cls: str, errors: str) -> dict[str, Any]:
+    """A1111's 500 body for an exception of class ``cls`` with ``str(e) == errors``."""
+    return {"error": cls, "detail": "", "body": "", "errors": errors}
+
+
+# --------------------------------------------------------------------------------------------------
+# Data the fake serves (mutable: tests change it)
+# --------------------------------------------------------------------------------------------------
+
+
+def _checkpoint(name: str, sha256: str | None, root: str = "/models/Stable-diffusion") -> dict[str, Any]:
+    stem = name.rsplit(".", 1)[0]
+    return {
+        "title": f"{name} [{sha256[:10]}]" if sha256 else name,
+        "model_name": stem.replace("/", "_"),
+        "hash": sha256[:8] if sha256 else None,
+        "sha256": sha256,
+        "filename": f"{root}/{name}",
+        "config": None,
+    }
+
+
+def _default_samplers() -> list[dict[str, Any]]:
+    return [
+        {"name": "DPM++ 2M", "aliases": ["k_dpmpp_2m"], "options": {"scheduler": "karras"}},
+        {
+            "name": "DPM++ SDE",
+            "aliases": ["k_dpmpp_sde"],
+            "options": {"scheduler": "karras", "second_order": "True", "brownian_noise": "True"},
+        },
+        {
+            "name": "DPM++ 2M SDE",
+            "aliases": ["k_dpmpp_2m_sde"],
+            "options": {"scheduler": "exponential", "brownian_noise": "True"},
+        },
+        {"name": "Euler a", "aliases": ["k_euler_a", "k_euler_ancestral"], "options": {"uses_ensd": "True"}},
+        {"name": "Euler", "aliases": ["k_euler"], "options": {}},
+        {"name": "LMS", "aliases": ["k_lms"], "options": {}},
+        {"name": "Heun", "aliases": ["k_heun"], "options": {"second_order": "True"}},
+        {"name": "DDIM", "aliases": ["ddim"], "options": {}},
+        {"name": "UniPC", "aliases": ["unipc"], "options": {}},
+    ]
+
+
+def _default_schedulers() -> list[dict[str, Any]]:
+    rows = [
+        ("automatic", "Automatic", -1.0, False, None),
+        ("uniform", "Uniform", -1.0, True, None),
+        ("karras", "Karras", 7.0, False, None),
+        ("exponential", "Exponential", -1.0, False, None),
+        ("polyexponential", "Polyexponential", 1.0, False, None),
+        ("sgm_uniform", "SGM Uniform", -1.0, True, ["SGMUniform"]),
+        ("simple", "Simple", -1.0, True, None),
+        ("normal", "Normal", -1.0, True, None),
+    ]
+    return [
+        {"name": n, "label": lbl, "aliases": a, "default_rho": rho, "need_inner_model": inner}
+        for n, lbl, rho, inner, a in rows
+    ]
+
+
+@dataclass
+class FakeData:
+    """Everything the listing endpoints return, in A1111's shapes."""
+
+    checkpoints: list[dict[str, Any]] = field(
+        default_factory=lambda: [
+            _checkpoint("demo.safetensors", "0123456789" + "ab" * 27),
+            _checkpoint("sdxl/base_xl.safetensors", "fedcba9876" + "cd" * 27),
+            _checkpoint("unhashed.ckpt", None),
+        ]
+    )
+    samplers: list[dict[str, Any]] = field(default_factory=_default_samplers)
+    schedulers: list[dict[str, Any]] = field(default_factory=_default_schedulers)
+    loras: list[dict[str, Any]] = field(
+        default_factory=lambda: [
+            {
+                "name": "detail_tweaker",
+                "alias": "add_detail",
+                "path": "/models/Lora/detail_tweaker.safetensors",
+                "metadata": {},
+            },
+            {
+                "name": "pixel_art",
+                "alias": "pixel_art",
+                "path": "/models/Lora/pixel_art.safetensors",
+                "metadata": {},
+            },
+        ]
+    )
+    embeddings: dict[str, Any] = field(
+        default_factory=lambda: {
+            "loaded": {
+                "easynegative": {
+                    "step": None,
+                    "sd_checkpoint": None,
+                    "sd_checkpoint_name": None,
+                    "shape": 768,
+                    "vectors": 8,
+                },
+                "badhandv4": {
+                    "step": None,
+                    "sd_checkpoint": None,
+                    "sd_checkpoint_name": None,
+                    "shape": 768,
+                    "vectors": 6,
+                },
+            },
+            "skipped": {
+                "sdxl_only": {
+                    "step": None,
+                    "sd_checkpoint": None,
+                    "sd_checkpoint_name": None,
+                    "shape": 1280,
+                    "vectors": 4,
+                }
+            },
+        }
+    )
+    vaes: list[dict[str, Any]] = field(
+        default_factory=lambda: [
+            {
+                "model_name": "vae-ft-mse-840000-ema-pruned.safetensors",
+                "filename": "/models/VAE/vae-ft-mse-840000-ema-pruned.safetensors",
+            },
+            {"model_name": "sdxl_vae.safetensors", "filename": "/models/VAE/sdxl_vae.safetensors"},
+        ]
+    )
+    upscalers: list[dict[str, Any]] = field(
+        default_factory=lambda: [
+            {"name": "None", "model_name": None, "model_path": None, "model_url": None, "scale": 4.0},
+            {"name": "Lanczos", "model_name": None, "model_path": None, "model_url": None, "scale": 4.0},
+            {"name": "Nearest", "model_name": None, "model_path": None, "model_url": None, "scale": 4.0},
+            {
+                "name": "R-ESRGAN 4x+",
+                "model_name": "RealESRGAN_x4plus",
+                "model_path": "https://example.invalid/x4.pth",
+                "model_url": None,
+                "scale": 4.0,
+            },
+        ]
+    )
+    latent_upscale_modes: list[dict[str, Any]] = field(
+        default_factory=lambda: [
+            {"name": n}
+            for n in (
+                "Latent",
+                "Latent (antialiased)",
+                "Latent (bicubic)",
+                "Latent (bicubic antialiased)",
+                "Latent (nearest)",
+                "Latent (nearest-exact)",
+            )
+        ]
+    )
+    hypernetworks: list[dict[str, Any]] = field(default_factory=list)
+    face_restorers: list[dict[str, Any]] = field(
+        default_factory=lambda: [{"name": "CodeFormer", "cmd_dir": None}, {"name": "GFPGAN", "cmd_dir": None}]
+    )
+    realesrgan_models: list[dict[str, Any]] = field(
+        default_factory=lambda: [
+            {"name": "R-ESRGAN 4x+", "path": "https://example.invalid/x4.pth", "scale": 4}
+        ]
+    )
+    prompt_styles: list[dict[str, Any]] = field(default_factory=list)
+    scripts: dict[str, Any] = field(
+        default_factory=lambda: {"txt2img": ["prompt matrix", "x/y/z plot"], "img2img": ["sd upscale"]}
+    )
+    memory: dict[str, Any] = field(
+        default_factory=lambda: {
+            "ram": {"free": 8e9, "used": 4e9, "total": 12e9},
+            "cuda": {"error": "CUDA not available"},
+        }
+    )
+    options: dict[str, Any] = field(
+        default_factory=lambda: {
+            "sd_model_checkpoint": "demo.safetensors [0123456789]",
+            "sd_vae": "Automatic",
+            "CLIP_stop_at_last_layers": 1,
+            "samples_format": "png",
+            "sd_checkpoints_limit": 1,
+            "eta_noise_seed_delta": 0,
+        }
+    )
+
+    def checkpoint_for(self, name: str | None) -> dict[str, Any] | None:
+        """The checkpoint ``name`` designates, using A1111's aliases (title, name, stem, hashes)."""
+        if not name:
+            return None
+        for ckpt in self.checkpoints:
+            rel = ckpt["filename"].split("/Stable-diffusion/", 1)[-1]
+            stem = rel.rsplit("/", 1)[-1].rsplit(".", 1)[0]
+            aliases = {ckpt["title"], ckpt["model_name"], rel, stem}
+            if ckpt.get("hash"):
+                aliases |= {ckpt["hash"], f"{rel} [{ckpt['hash']}]"}
+            if ckpt.get("sha256"):
+                short = ckpt["sha256"][:10]
+                aliases |= {short, ckpt["sha256"], f"{rel} [{short}]", f"{stem} [{short}]"}
+            if name in aliases:
+                return ckpt
+        return None
+
+
+# --------------------------------------------------------------------------------------------------
+# Faults
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Fault:
+    """What goes wrong on one path.
+
+    ``hang`` seconds are slept first; then ``close`` (no response at all), ``drop`` (headers and part of
+    the body, then the socket is closed) or ``status`` + ``body`` replace the normal answer. ``times``
+    limits the fault to the next n requests (``fail_times``), after which the path behaves normally.
+    """
+
+    status: int | None = None
+    body: Any = None
+    hang: float = 0.0
+    drop: bool = False
+    close: bool = False
+    times: int | None = None
+
+
+@dataclass
+class RecordedRequest:
+    method: str
+    path: str  # without the query string
+    query: dict[str, list[str]]
+    headers: dict[str, str]
+    body: Any  # parsed JSON, or None
+    raw_body: bytes
+    at: float
+
+
+def _normalise_path(path: str) -> str:
+    """``"txt2img"``, ``"/sdapi/v1/txt2img"`` and ``"sdapi/v1/txt2img"`` name the same path."""
+    path = path.split("?", 1)[0]
+    if path.startswith("/"):
+        return path
+    if path.startswith(API.lstrip("/")):
+        return "/" + path
+    return API + path
+
+
+_PNG_CACHE: dict[tuple[int, int], str] = {}
+_PNG_LOCK = threading.Lock()
+
+
+def png_base64(width: int, height: int) -> str:
+    """Base64 of a real PNG of the given size (built with Pillow once per size)."""
+    key = (width, height)
+    with _PNG_LOCK:
+        if key not in _PNG_CACHE:
+            from PIL import Image
+
+            image = Image.new("RGB", key, (48, 96, 160))
+            buf = io.BytesIO()
+            image.save(buf, format="PNG")
+            _PNG_CACHE[key] = base64.b64encode(buf.getvalue()).decode("ascii")
+        return _PNG_CACHE[key]
+
+
+# --------------------------------------------------------------------------------------------------
+# The server
+# --------------------------------------------------------------------------------------------------
+
+_INT_FIELDS = (
+    "steps",
+    "width",
+    "height",
+    "batch_size",
+    "n_iter",
+    "seed",
+    "subseed",
+    "clip_skip",
+    "hr_second_pass_steps",
+)
+_FLOAT_FIELDS = ("cfg_scale", "denoising_strength", "hr_scale", "subseed_strength", "eta")
+
+
+class FakeA1111:
+    """The fake server; start with ``start()`` (or use the fixture), stop with ``stop()``.
+
+    Attributes:
+        url: ``http://127.0.0.1:PORT`` (no trailing slash).
+        data: the listings it serves (`FakeData`, mutable).
+        requests: every request received, in order (`RecordedRequest`).
+        faults: path → `Fault`, set with ``set_fault``.
+        progress_script: `/progress` answers served in order (the last one repeats); empty = derived from
+            whether a txt2img is running.
+        auth: ``(user, password)`` to require HTTP Basic like ``--api-auth`` (not on the Lora routes).
+        png_size: size of the returned images; ``None`` = the request's width x height.
+        txt2img_delay: seconds each txt2img takes (so progress can be polled meanwhile).
+    """
+
+    def __init__(
+        self, host: str = "127.0.0.1", port: int = 0, *, png_size: int | tuple[int, int] | None = 512
+    ) -> None:
+        self.data = FakeData()
+        self.requests: list[RecordedRequest] = []
+        self.faults: dict[str, Fault] = {}
+        self.progress_script: list[dict[str, Any]] = []
+        self.auth: tuple[str, str] | None = None
+        self.png_size = png_size
+        self.txt2img_delay = 0.0
+        self.interrupted = threading.Event()
+        self._lock = threading.Lock()
+        self._release = threading.Event()  # set on stop: ends every hang at once
+        self._running = 0
+        self._httpd = _Server((host, port), _Handler)
+        self._httpd.fake = self
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        return int(self._httpd.server_address[1])
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> FakeA1111:
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._release.set()
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def __enter__(self) -> FakeA1111:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def reset(self) -> None:
+        """Back to a fresh server: default data, no faults, no recorded requests."""
+        with self._lock:
+            self.data = FakeData()
+            self.requests.clear()
+            self.faults.clear()
+            self.progress_script.clear()
+            self.auth = None
+            self.txt2img_delay = 0.0
+            self.interrupted.clear()
+
+    # -- faults ------------------------------------------------------------------------------------
+
+    def set_fault(
+        self,
+        path: str,
+        *,
+        status: int | None = None,
+        body: Any = None,
+        hang: float = 0.0,
+        drop: bool = False,
+        close: bool = False,
+        times: int | None = None,
+    ) -> Fault:
+        """Inject a fault on ``path`` (``"txt2img"`` or ``"/sdapi/v1/txt2img"``); see `Fault`."""
+        fault = Fault(status=status, body=body, hang=hang, drop=drop, close=close, times=times)
+        with self._lock:
+            self.faults[_normalise_path(path)] = fault
+        return fault
+
+    def fail_times(self, path: str, n: int, *, status: int = 503, body: Any = None) -> Fault:
+        """Answer the next ``n`` requests to ``path`` with ``status``, then behave normally."""
+        return self.set_fault(
+            path, status=status, body=body if body is not None else {"detail": "busy"}, times=n
+        )
+
+    def clear_faults(self) -> None:
+        with self._lock:
+            self.faults.clear()
+
+    def _take_fault(self, path: str) -> Fault | None:
+        with self._lock:
+            fault = self.faults.get(path)
+            if fault is None:
+                return None
+            if fault.times is not None:
+                fault.times -= 1
+                if fault.times <= 0:
+                    del self.faults[path]
+            return fault
+
+    # -- recorded requests -------------------------------------------------------------------------
+
+    def requests_to(self, path: str, method: str | None = None) -> list[RecordedRequest]:
+        """The recorded requests to ``path`` (optionally only one method)."""
+        wanted = _normalise_path(path)
+        with self._lock:
+            return [
+                r
+                for r in self.requests
+                if r.path == wanted and (method is None or r.method == method.upper())
+            ]
+
+    def _record(self, request: RecordedRequest) -> None:
+        with self._lock:
+            self.requests.append(request)
+
+    # -- endpoint behaviour ------------------------------------------------------------------------
+
+    def _progress(self) -> dict[str, Any]:
+        with self._lock:
+            if self.progress_script:
+                return (
+                    self.progress_script.pop(0) if len(self.progress_script) > 1 else self.progress_script[0]
+                )
+            running = self._running > 0
+        state = {
+            "skipped": False,
+            "interrupted": self.interrupted.is_set(),
+            "stopping_generation": False,
+            "job": "scripts_txt2img" if running else "",
+            "job_count": -1 if running else 0,
+            "job_timestamp": time.strftime("%Y%m%d%H%M%S"),
+            "job_no": 0,
+            "sampling_step": 10 if running else 0,
+            "sampling_steps": 20 if running else 0,
+        }
+        return {
+            "progress": 0.5 if running else 0.0,
+            "eta_relative": 1.5 if running else 0.0,
+            "state": state,
+            "current_image": None,
+            "textinfo": None,
+        }
+
+    def _txt2img(self, body: dict[str, Any]) -> tuple[int, Any]:
+        for name in _INT_FIELDS:
+            value = body.get(name)
+            bad = value is not None and (isinstance(value, bool) or not isinstance(value, int))
+            if bad and not (isinstance(value, str) and value.lstrip("-").isdigit()):
+                return 422, validation_body(name)
+        for name in _FLOAT_FIELDS:
+            value = body.get(name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                return 422, validation_body(name, "value is not a valid float", "type_error.float")
+        if "prompt" in body and not isinstance(body["prompt"], str):
+            return 422, validation_body("prompt", "str type expected", "type_error.str")
+
+        with self._lock:
+            self._running += 1
+            self.interrupted.clear()
+        try:
+            if self.txt2img_delay:
+                # An interrupt ends the generation early, like A1111 returning the partial latent.
+                self.interrupted.wait(self.txt2img_delay)
+            return 200, self._txt2img_response(body)
+        finally:
+            with self._lock:
+                self._running -= 1
+
+    def _txt2img_response(self, body: dict[str, Any]) -> dict[str, Any]:
+        data = self.data
+        batch_size = int(body.get("batch_size") or 1)
+        n_iter = int(body.get("n_iter") or 1)
+        count = batch_size * n_iter
+        width, height = int(body.get("width") or 512), int(body.get("height") or 512)
+        raw_seed = body.get("seed")
+        seed = -1 if raw_seed is None else int(raw_seed)
+        if seed == -1:
+            seed = random.randint(0, 2**32 - 1)
+        seeds = [seed + i for i in range(count)]
+        raw_subseed = body.get("subseed")
+        subseed = -1 if raw_subseed is None else int(raw_subseed)
+        if subseed == -1:
+            subseed = random.randint(0, 2**32 - 1)
+
+        override = body.get("override_settings") or {}
+        ckpt_name = override.get("sd_model_checkpoint") if isinstance(override, dict) else None
+        ckpt = data.checkpoint_for(ckpt_name) or data.checkpoint_for(data.options.get("sd_model_checkpoint"))
+        model_name = ckpt["filename"].rsplit("/", 1)[-1].rsplit(".", 1)[0] if ckpt else None
+        model_hash = ckpt["sha256"][:10] if ckpt and ckpt.get("sha256") else None
+
+        sampler = body.get("sampler_name") or body.get("sampler_index") or "DPM++ 2M"
+        scheduler = body.get("scheduler")
+        label = next(
+            (s["label"] for s in data.schedulers if scheduler in (s["name"], s["label"])), "Automatic"
+        )
+        prompt = str(body.get("prompt", ""))
+        negative = str(body.get("negative_prompt", ""))
+        steps = int(body.get("steps") or 50)
+        cfg = body.get("cfg_scale", 7.0)
+        clip_skip = int(body.get("clip_skip") or data.options.get("CLIP_stop_at_last_layers") or 1)
+
+        def infotext(s: int) -> str:
+            fields = [
+                f"Steps: {steps}",
+                f"Sampler: {sampler}",
+                f"Schedule type: {label}",
+                f"CFG scale: {cfg}",
+                f"Seed: {s}",
+                f"Size: {width}x{height}",
+            ]
+            if model_hash:
+                fields.append(f"Model hash: {model_hash}")
+            if model_name:
+                fields.append(f"Model: {model_name}")
+            if clip_skip > 1:
+                fields.append(f"Clip skip: {clip_skip}")
+            fields.append("Version: v1.10.1")
+            lines = [prompt]
+            if negative:
+                lines.append(f"Negative prompt: {negative}")
+            lines.append(", ".join(fields))
+            return "\n".join(lines)
+
+        info = {
+            "prompt": prompt,
+            "all_prompts": [prompt] * count,
+            "negative_prompt": negative,
+            "all_negative_prompts": [negative] * count,
+            "seed": seeds[0],
+            "all_seeds": seeds,
+            "subseed": subseed,
+            "all_subseeds": [subseed + i for i in range(count)],
+            "subseed_strength": body.get("subseed_strength", 0),
+            "width": width,
+            "height": height,
+            "sampler_name": sampler,
+            "cfg_scale": cfg,
+            "steps": steps,
+            "batch_size": batch_size,
+            "restore_faces": False,
+            "face_restoration_model": None,
+            "sd_model_name": model_name,
+            "sd_model_hash": model_hash,
+            "sd_vae_name": None,
+            "sd_vae_hash": None,
+            "seed_resize_from_w": -1,
+            "seed_resize_from_h": -1,
+            "denoising_strength": body.get("denoising_strength"),
+            "extra_generation_params": {"Schedule type": label},
+            "index_of_first_image": 0,
+            "infotexts": [infotext(s) for s in seeds],
+            "styles": body.get("styles") or [],
+            "job_timestamp": time.strftime("%Y%m%d%H%M%S"),
+            "clip_skip": clip_skip,
+            "is_using_inpainting_conditioning": False,
+            "version": "v1.10.1",
+        }
+        if body.get("send_images", True) is False:
+            images: list[str] = []
+        else:
+            if self.png_size is None:
+                size = (min(width, 2048), min(height, 2048))
+            elif isinstance(self.png_size, int):
+                size = (self.png_size, self.png_size)
+            else:
+                size = self.png_size
+            images = [png_base64(*size)] * count
+        return {"images": images, "parameters": body, "info": json.dumps(info)}
+
+    def _set_options(self, body: Any) -> tuple[int, Any]:
+        if not isinstance(body, dict):
+            return 422, validation_body("__root__", "value is not a valid dict", "type_error.dict")
+        data = self.data
+        if "sd_model_checkpoint" in body:
+            ckpt = data.checkpoint_for(body["sd_model_checkpoint"])
+            if ckpt is None:
+                return 500, a1111_error_body(
+                    "RuntimeError", f"model {body['sd_model_checkpoint']!r} not found"
+                )
+            body = {**body, "sd_model_checkpoint": ckpt["title"]}
+        data.options.update(body)
+        return 200, None
+
+    def _listing(self, name: str) -> Any:
+        data = self.data
+        table: dict[str, Any] = {
+            "sd-models": data.checkpoints,
+            "samplers": data.samplers,
+            "schedulers": data.schedulers,
+            "loras": data.loras,
+            "embeddings": data.embeddings,
+            "sd-vae": data.vaes,
+            "upscalers": data.upscalers,
+            "latent-upscale-modes": data.latent_upscale_modes,
+            "hypernetworks": data.hypernetworks,
+            "face-restorers": data.face_restorers,
+            "realesrgan-models": data.realesrgan_models,
+            "prompt-styles": data.prompt_styles,
+            "scripts": data.scripts,
+            "memory": data.memory,
+            "options": data.options,
+            "cmd-flags": {"api_auth": ":".join(self.auth) if self.auth else None, "nowebui": True},
+        }
+        return table.get(name, _MISSING)
+
+    def handle(self, method: str, path: str, body: Any) -> tuple[int, Any]:
+        """The normal (fault-free) answer for one request."""
+        if path.startswith(CONTROL):
+            return self._control(method, path[len(CONTROL) :], body)
+        if not path.startswith(API):
+            return 404, {"detail": "Not Found"}
+        name = path[len(API) :]
+        if method == "GET":
+            if name == "progress":
+                return 200, self._progress()
+            found = self._listing(name)
+            if found is not _MISSING:
+                return 200, copy.deepcopy(found)
+        elif method == "POST":
+            if name == "txt2img":
+                if not isinstance(body, dict):
+                    return 422, validation_body("__root__", "value is not a valid dict", "type_error.dict")
+                return self._txt2img(body)
+            if name == "interrupt":
+                self.interrupted.set()
+                return 200, {}
+            if name == "options":
+                return self._set_options(body)
+            if name in ("refresh-checkpoints", "refresh-loras", "refresh-embeddings", "refresh-vae"):
+                return 200, None
+        if self._listing(name) is not _MISSING or name in _POST_ONLY:
+            return 405, {"detail": "Method Not Allowed"}
+        return 404, {"detail": "Not Found"}
+
+    def _control(self, method: str, name: str, body: Any) -> tuple[int, Any]:
+        """Remote control, for when the fake runs in another process."""
+        if method == "GET" and name == "requests":
+            with self._lock:
+                return 200, [
+                    {**asdict(r), "raw_body": None} for r in self.requests if not r.path.startswith(CONTROL)
+                ]
+        if method == "POST" and name == "reset":
+            self.reset()
+            return 200, {}
+        if method == "POST" and name == "faults" and isinstance(body, dict):
+            for path, spec in body.items():
+                self.set_fault(path, **spec)
+            return 200, {}
+        if method == "POST" and name == "data" and isinstance(body, dict):
+            for key, value in body.items():
+                setattr(self.data, key.replace("-", "_"), value)
+            return 200, {}
+        return 404, {"detail": "Not Found"}
+
+    def needs_auth(self, path: str) -> bool:
+        # The Lora routes are registered with @app.get, outside A1111's auth (a1111-api.md §2).
+        return (
+            self.auth is not None
+            and path.startswith(API)
+            and path not in (API + "loras", API + "refresh-loras")
+        )
+
+
+_MISSING = object()
+_POST_ONLY = frozenset(
+    {
+        "txt2img",
+        "img2img",
+        "interrupt",
+        "skip",
+        "refresh-checkpoints",
+        "refresh-loras",
+        "refresh-embeddings",
+        "refresh-vae",
+    }
+)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False  # stop() must not wait for a request that hangs
+    allow_reuse_address = True
+    fake: FakeA1111
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    protocol_version = "HTTP/1.1"
+    server_version = "uvicorn"
+    # Headers and body leave in one segment: no Nagle/delayed-ACK stall of 40 ms per request.
+    wbufsize = 1 << 16
+    disable_nagle_algorithm = True
+    sys_version = ""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("fake_a1111: " + format, *args)
+
+    def _serve(self, method: str) -> None:
+        fake = self.server.fake
+        parts = urlsplit(self.path)
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        try:
+            body = json.loads(raw) if raw else None
+        except ValueError:
+            body = None
+        fake._record(
+            RecordedRequest(
+                method=method,
+                path=parts.path,
+                query=parse_qs(parts.query),
+                headers=dict(self.headers.items()),
+                body=body,
+                raw_body=raw,
+                at=time.monotonic(),
+            )
+        )
+        if raw and body is None:
+            self._reply(
+                422, {"detail": [{"loc": ["body"], "msg": "invalid JSON", "type": "value_error.jsondecode"}]}
+            )
+            return
+
+        fault = None if parts.path.startswith(CONTROL) else fake._take_fault(parts.path)
+        if fault is not None and fault.hang:
+            fake._release.wait(fault.hang)
+        if fault is not None and fault.close:
+            self._abort()
+            return
+        if fake.needs_auth(parts.path) and not self._authorised(fake.auth):
+            self._reply(
+                401,
+                {
+                    "error": "HTTPException",
+                    "detail": "Incorrect username or password",
+                    "body": "",
+                    "errors": "",
+                },
+            )
+            return
+        if fault is not None and fault.status is not None:
+            status, payload = fault.status, fault.body
+        else:
+            status, payload = fake.handle(method, parts.path, body)
+        if fault is not None and fault.drop:
+            self._reply(status, payload, drop=True)
+            return
+        self._reply(status, payload)
+
+    def _authorised(self, auth: tuple[str, str] | None) -> bool:
+        header = self.headers.get("Authorization", "")
+        if auth is None:
+            return True
+        expected = "Basic " + base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+        return header == expected
+
+    def _abort(self) -> None:
+        """Close the socket without a response (a crashed engine)."""
+        self.close_connection = True
+        with contextlib.suppress(OSError):
+            self.connection.shutdown(socket.SHUT_RDWR)
+
+    def _reply(self, status: int, payload: Any, *, drop: bool = False) -> None:
+        if isinstance(payload, bytes):
+            data, ctype = payload, "application/octet-stream"
+        elif isinstance(payload, str):
+            data, ctype = payload.encode(), "text/plain; charset=utf-8"
+        else:
+            data, ctype = json.dumps(payload).encode(), "application/json"
+        if drop and len(data) < 64:
+            data = data + b" " * (64 - len(data))  # enough that "part of the body" is a real part
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(data)))
+            self.send_header("X-Process-Time", "0.001")
+            self.end_headers()
+            if drop:
+                self.wfile.write(data[: len(data) // 2])
+                self.wfile.flush()
+                self._abort()
+                return
+            self.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True  # the client gave up (e.g. its read timeout fired)
+
+    def do_GET(self) -> None:
+        self._serve("GET")
+
+    def do_POST(self) -> None:
+        self._serve("POST")
+
+
+# --------------------------------------------------------------------------------------------------
+# Helpers for tests and the process mode
+# --------------------------------------------------------------------------------------------------
+
+
+def write_pid_file(path: Path, pid: int | None = None) -> Path:
+    """Write ``pid`` (default: this process) the way start.sh does."""
+    path.write_text(f"{os.getpid() if pid is None else pid}\n")
+    return path
+
+
+def dead_pid() -> int:
+    """The pid of a process that has exited (and been reaped)."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+@pytest.fixture
+def fake_a1111() -> Iterator[FakeA1111]:
+    """A started fake A1111 on a free loopback port, stopped after the test."""
+    server = FakeA1111().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Fake A1111 server for tests")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--png-size", type=int, default=512)
+    parser.add_argument("--pid-file", type=Path, default=None)
+    parser.add_argument("--auth", default=None, help="user:password to require, like --api-auth")
+    args = parser.parse_args(argv)
+
+    server = FakeA1111(args.host, args.port, png_size=args.png_size)
+    if args.auth:
+        user, _, password = args.auth.partition(":")
+        server.auth = (user, password)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    server.start()
+    if args.pid_file is not None:
+        write_pid_file(args.pid_file)
+    sys.stdout.write(f"listening on http://{args.host}:{server.port}\n")
+    sys.stdout.flush()
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        server.stop()
+        if args.pid_file is not None:
+            args.pid_file.unlink(missing_ok=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
