@@ -366,7 +366,7 @@ def _unknown_field(field: str, name: str, model: type[BaseModel], loc: tuple[Any
         if nested is not None:
             owner = nested
     valid = sorted(owner.model_fields)
-    nearest = difflib.get_close_matches(name, valid, n=3, cutoff=0.5)
+    nearest = difflib.get_close_matches(name, valid, n=3, cutoff=0.6)
     hint = f"; did you mean {' or '.join(nearest)}?" if nearest else f"; valid fields: {', '.join(valid)}"
     return f"unknown field {field}{hint}"
 
