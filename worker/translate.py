@@ -187,6 +187,8 @@ def _place_hires(job: Txt2ImgJob, names: ResolvedNames, payload: dict[str, Any])
         strength = job.denoising_strength
     if strength is None:
         payload["denoising_strength"] = HIRES_DEFAULT_DENOISING
-        return [f"hires is on without denoising_strength: {HIRES_DEFAULT_DENOISING} (A1111's default) was used"]
+        return [
+            f"hires is on without denoising_strength: {HIRES_DEFAULT_DENOISING} (A1111's default) was used"
+        ]
     payload["denoising_strength"] = strength
     return []

@@ -142,13 +142,19 @@ def test_silent_checkpoint_fallback_is_caught(fake_a1111: FakeA1111) -> None:
     [
         ({"status": 500, "body": OOM_BODY}, "out_of_memory", True),
         ({"status": 422, "body": validation_body("steps")}, "input_invalid", False),
-        ({"status": 500, "body": {"error": "TypeError", "detail": "", "body": "", "errors": "boom"}}, "engine_error", False),
+        (
+            {"status": 500, "body": {"error": "TypeError", "detail": "", "body": "", "errors": "boom"}},
+            "engine_error",
+            False,
+        ),
         ({"drop": True}, "engine_unavailable", True),
         ({"close": True}, "engine_unavailable", True),
         ({"hang": 8}, "timeout", False),
     ],
 )
-def test_engine_faults_map_to_codes(fake_a1111: FakeA1111, fault: dict[str, Any], code: str, refresh: bool) -> None:
+def test_engine_faults_map_to_codes(
+    fake_a1111: FakeA1111, fault: dict[str, Any], code: str, refresh: bool
+) -> None:
     fake_a1111.set_fault("txt2img", **fault)
     out = run(fake_a1111, {"prompt": "a"}, job_timeout_s=1.5)
     assert out["error"].startswith(f"{code}: "), out
@@ -221,7 +227,12 @@ def test_python_m_worker_exits_when_the_engine_never_answers(tmp_path: Path) -> 
     fake = FakeA1111().start()
     url = fake.url
     fake.stop()  # nothing listens on that port any more
-    env = {**os.environ, "WORKER_A1111_URL": url, "WORKER_READY_TIMEOUT_S": "2", "WORKER_MODELS_DIR": str(tmp_path)}
+    env = {
+        **os.environ,
+        "WORKER_A1111_URL": url,
+        "WORKER_READY_TIMEOUT_S": "2",
+        "WORKER_MODELS_DIR": str(tmp_path),
+    }
     result = subprocess.run(
         [sys.executable, "-m", "worker", "--test_input", json.dumps({"input": {"prompt": "a"}})],
         cwd=tmp_path,
