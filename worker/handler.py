@@ -159,7 +159,7 @@ class JobRunner:
             return
         try:
             if checkpoint_title:
-                self.provider.record_use("checkpoint", PurePath(checkpoint_title.split(" [")[0]).name)
+                self.provider.record_use("checkpoint", checkpoint_title.split(" [", 1)[0])
             for name in loras:
                 self.provider.record_use("lora", name)
         except Exception:  # bookkeeping must never fail a finished job

@@ -29,6 +29,7 @@ from worker.engine import (
 )
 from worker.errors import EngineError, InputInvalid, ModelNotFound
 from worker.model_types import ModelFacts, ModelKind, ModelProvider
+from worker.registry.compat import check_compatible
 from worker.schema import Txt2ImgJob
 from worker.translate import ResolvedNames, prompt_lora_tags
 
@@ -58,7 +59,7 @@ def _stem(path: str) -> str:
 
 def checkpoint_aliases(entry: CheckpointEntry) -> set[str]:
     """Every spelling A1111 accepts for a checkpoint (a1111-api.md §6.2), lower-cased."""
-    name = entry.title.split(" [", 1)[0]
+    name = checkpoint_file(entry)
     aliases = {entry.title, name, _stem(name), entry.model_name, PurePath(entry.filename).name}
     aliases.add(_stem(entry.filename))
     for digest in (entry.hash, entry.sha256):
@@ -195,14 +196,16 @@ class Preflight:
         checkpoint = self._checkpoint(checkpoint_ref) if checkpoint_ref else None
         sampler, scheduler = self._sampler(job.sampler or DEFAULT_SAMPLER, job.scheduler, "sampler")
         loras = tuple(self._native_lora(ref.name, ref.weight) for ref in job.loras)
+        tagged: list[tuple[LoraEntry, float]] = []
         for text in (job.prompt, job.negative_prompt, job.hr_prompt, job.hires and job.hires.prompt):
-            for tag_name in prompt_lora_tags(text or ""):
+            for tag_name, weight_text in prompt_lora_tags(text or "").items():
                 entry = self._lora(tag_name)
-                if entry.name != tag_name:
+                if tag_name not in (entry.name, entry.alias):
                     raise InputInvalid(
                         f"LoRA tag <lora:{tag_name}:…> differs from the engine's name {entry.name!r} "
                         "(A1111 matches LoRA names case-sensitively); write it as the engine does"
                     )
+                tagged.append((entry, _tag_weight(weight_text)))
         vae = self._vae(vae_ref) if vae_ref else None
 
         hires = job.hires
@@ -230,7 +233,7 @@ class Preflight:
             hr_upscaler=self._upscaler(hr_upscaler_ref) if hr_upscaler_ref else None,
             refiner_checkpoint_title=refiner,
         )
-        models = self._models_used(checkpoint, loras, vae)
+        models = self._models_used(checkpoint, loras + tuple(tagged), vae)
         return PreflightResult(
             names=names,
             models=models,
@@ -385,21 +388,24 @@ class Preflight:
         loras: tuple[tuple[LoraEntry, float], ...],
         vae: str | None,
     ) -> dict[str, Any]:
-        """What the job will use, with hashes, for the output's ``models``."""
+        """What the job will use, with hashes, for the output's ``models``; refuses mismatched add-ons."""
         if checkpoint is None:
             current = self._catalog.current_checkpoint
             checkpoint = match_checkpoint(current, self._catalog.checkpoints) if current else None
+        checkpoint_facts = self._describe("checkpoint", checkpoint_file(checkpoint)) if checkpoint else None
+        lora_facts = [self._describe("lora", entry.name) for entry, _ in loras]
+        if checkpoint_facts is not None:
+            check_compatible(checkpoint_facts, [facts for facts in lora_facts if facts is not None])
         models: dict[str, Any] = {"checkpoint": None, "loras": [], "vae": vae}
         if checkpoint is not None:
-            facts = self._describe("checkpoint", PurePath(checkpoint.filename).name)
+            sha256 = checkpoint.sha256 or (checkpoint_facts.sha256 if checkpoint_facts else None)
             models["checkpoint"] = {
                 "title": checkpoint.title,
-                "sha256": checkpoint.sha256 or (facts.sha256 if facts else None),
-                "short_hash": (checkpoint.sha256 or "")[:10] or (facts.short_hash if facts else None),
-                "architecture": facts.architecture if facts else None,
+                "sha256": sha256,
+                "short_hash": sha256[:10] if sha256 else None,
+                "architecture": checkpoint_facts.architecture if checkpoint_facts else None,
             }
-        for entry, weight in loras:
-            facts = self._describe("lora", entry.name)
+        for (entry, weight), facts in zip(loras, lora_facts, strict=True):
             models["loras"].append(
                 {
                     "name": entry.name,
@@ -409,6 +415,19 @@ class Preflight:
                 }
             )
         return models
+
+
+def checkpoint_file(entry: CheckpointEntry) -> str:
+    """The checkpoint's path relative to its folder (A1111's ``name``: the title minus its hash)."""
+    return entry.title.split(" [", 1)[0]
+
+
+def _tag_weight(text: str | None) -> float:
+    """``<lora:name>`` means weight 1; a non-numeric weight (``te=0.5``) is reported as 1 too."""
+    try:
+        return float(text) if text else 1.0
+    except ValueError:
+        return 1.0
 
 
 def _agreeing(what: str, native: str | None, override: Any) -> str | None:

@@ -191,3 +191,51 @@ def test_registry_ids_and_default_weights() -> None:
     assert provider.provisioned == [("lora", "boring-reality-v4")]
     assert result.names.loras == (("boring_reality_primaryV4", 0.4),)
     assert result.downloaded == ["lora:boring_reality_primaryV4.safetensors"]
+
+
+class ArchitectureProvider(RecordingProvider):
+    """Knows the architectures of the catalog's checkpoints and LoRAs, as the registry would."""
+
+    ARCH = {
+        ("checkpoint", "Deliberate_v6.safetensors"): "sd15",
+        ("checkpoint", "sdxl/jibMixIllustrious_v20.safetensors"): "sdxl",
+        ("lora", "add-detail-xl"): "sdxl",
+    }
+
+    def describe(self, kind: ModelKind, reference: str) -> ModelFacts | None:
+        arch = self.ARCH.get((kind, reference))
+        return ModelFacts(kind=kind, file_name=reference, architecture=arch) if arch else None  # type: ignore[arg-type]
+
+
+def test_an_sdxl_lora_on_an_sd15_checkpoint_is_refused() -> None:
+    engine = StaticEngineLists(CATALOG)
+    job = job_of({"prompt": "a", "checkpoint": "deliberate_v6", "loras": [{"name": "add-detail-xl"}]})
+    with pytest.raises(WorkerError) as caught:
+        Preflight(engine, ArchitectureProvider(engine)).resolve(job)
+    assert caught.value.code.value == "model_incompatible"
+    assert (
+        "add-detail-xl is for SDXL but checkpoint Deliberate_v6.safetensors is SD1.5" in caught.value.message
+    )
+
+
+def test_the_current_checkpoint_is_checked_too() -> None:
+    engine = StaticEngineLists(CATALOG)  # current checkpoint: Deliberate (SD1.5)
+    with pytest.raises(WorkerError, match="model_incompatible"):
+        Preflight(engine, ArchitectureProvider(engine)).resolve(
+            job_of({"prompt": "a <lora:add-detail-xl:1>"})
+        )
+
+
+def test_matching_architectures_pass() -> None:
+    engine = StaticEngineLists(CATALOG)
+    job = job_of({"prompt": "a", "checkpoint": "jibMixIllustrious_v20", "loras": [{"name": "add-detail-xl"}]})
+    result = Preflight(engine, ArchitectureProvider(engine)).resolve(job)
+    assert result.models["checkpoint"]["architecture"] == "sdxl"
+    assert result.models["loras"][0]["architecture"] == "sdxl"
+
+
+def test_prompt_tags_by_alias_are_accepted_and_reported() -> None:
+    result = Preflight(StaticEngineLists(CATALOG)).resolve(job_of({"prompt": "a <lora:boringRealism:0.3>"}))
+    assert result.models["loras"] == [
+        {"name": "boring_reality_primaryV4", "weight": 0.3, "sha256": None, "architecture": None}
+    ]
