@@ -1,0 +1,138 @@
+"""Header reading, detection, scanning, hashing and the hash cache, on real files."""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+
+import pytest
+
+from tests.registry.fixtures import SPECS, raw_safetensors, write_model
+from worker.registry.hashing import hash_file
+from worker.registry.safetensors_header import HeaderError, read_header
+
+EXPECTED = {
+    "checkpoint-sd15": "sd15",
+    "checkpoint-sd2": "sd2",
+    "checkpoint-sdxl": "sdxl",
+    "checkpoint-sdxl_refiner": "sdxl_refiner",
+    "checkpoint-flux": "flux",
+    "lora-sd15": "sd15",
+    "lora-sdxl": "sdxl",
+    "lora-sdxl-unet-only": "sdxl",
+    "lora-flux": "flux",
+    "embedding-sd15": "sd15",
+    "embedding-sd2": "sd2",
+    "embedding-sdxl": "sdxl",
+    "vae-unknown": "unknown",
+}
+
+
+def test_every_fixture_is_detected(models_dir, make_registry):
+    assert set(EXPECTED) == set(SPECS)
+    for spec in SPECS:
+        write_model(models_dir, spec)
+    registry = make_registry()
+    result = registry.scan()
+    assert result.total == len(SPECS)
+    entries = {e.file_name: e for e in registry.entries()}
+    for spec, arch in EXPECTED.items():
+        entry = entries[f"{spec}.safetensors"]
+        assert entry.detected_kind == spec.split("-")[0], spec
+        assert entry.architecture == arch, spec
+        assert entry.usable, (spec, entry.problem)
+        assert entry.short_hash == entry.sha256[:10]
+
+
+def test_metadata_kept_and_used_for_architecture(models_dir, make_registry):
+    write_model(
+        models_dir,
+        "vae-unknown",
+        "sdxl_vae.safetensors",
+        metadata={
+            "modelspec.architecture": "stable-diffusion-xl-v1-base/vae",
+            "modelspec.thumbnail": "x" * 999,
+        },
+    )
+    write_model(
+        models_dir,
+        "lora-sd15",
+        "trained.safetensors",
+        metadata={"ss_output_name": "MyStyle", "ss_base_model_version": "sd_v1"},
+    )
+    registry = make_registry()
+    entries = {e.file_name: e for e in registry.entries()}
+    assert entries["sdxl_vae.safetensors"].architecture == "sdxl"
+    assert "modelspec.thumbnail" not in entries["sdxl_vae.safetensors"].metadata
+    assert entries["trained.safetensors"].metadata["ss_output_name"] == "MyStyle"
+
+
+def test_truncated_file_is_unusable(models_dir, make_registry):
+    path = write_model(models_dir, "checkpoint-sd15", "cut.safetensors")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) - 100])
+    with pytest.raises(HeaderError, match="truncated"):
+        read_header(path)
+    entry = make_registry().entries()[0]
+    assert not entry.usable and "truncated" in (entry.problem or "")
+
+
+def test_corrupt_header_and_wrong_folder(models_dir, make_registry):
+    (models_dir / "checkpoints" / "junk.safetensors").write_bytes(struct.pack("<Q", 10) + b"not json!!")
+    (models_dir / "checkpoints" / "huge.safetensors").write_bytes(struct.pack("<Q", 2**40) + b"{}")
+    write_model(models_dir, "lora-sdxl", "../checkpoints/misplaced_lora.safetensors")
+    entries = {e.file_name: e for e in make_registry().entries()}
+    assert "not JSON" in (entries["junk.safetensors"].problem or "")
+    assert "implausible" in (entries["huge.safetensors"].problem or "")
+    assert "looks like a lora" in (entries["misplaced_lora.safetensors"].problem or "")
+
+
+def test_header_only_read(tmp_path):
+    """A header pointing inside the file is read without reading the (absent) data region twice."""
+    data = b"\0" * 16
+    blob = raw_safetensors({"emb_params": {"dtype": "F16", "shape": [2, 4], "data_offsets": [0, 16]}}, data)
+    path = tmp_path / "e.safetensors"
+    path.write_bytes(blob)
+    header = read_header(path)
+    assert header.data_end == len(blob)
+    assert header.tensors["emb_params"].shape == (2, 4)
+
+
+def test_pickle_listed_but_refused_unless_allowed(models_dir, make_registry):
+    (models_dir / "checkpoints" / "old.ckpt").write_bytes(b"\x80\x04pickle")
+    entry = make_registry().entries()[0]
+    assert entry.format == "pickle" and not entry.usable and "WORKER_ALLOW_PICKLE" in (entry.problem or "")
+    (models_dir / "cache_registry.json").unlink()
+    assert make_registry(allow_pickle=True).entries()[0].usable
+
+
+def test_warm_scan_hashes_nothing(models_dir, make_registry, hasher):
+    for spec in ("checkpoint-sd15", "lora-sdxl", "embedding-sd15"):
+        write_model(models_dir, spec)
+    registry = make_registry()
+    first = registry.scan()
+    assert first.hashed == 3 and len(hasher.calls) == 3
+    second = make_registry().scan()  # a fresh process-like instance reads the cache from disk
+    assert second.hashed == 0 and len(hasher.calls) == 3
+    path = write_model(models_dir, "lora-sdxl", seed=3)  # content (and mtime) changed
+    third = registry.scan()
+    assert third.hashed == 1 and hasher.calls[-1] == path
+
+
+def test_hashes_match_a1111_and_kohya(models_dir, make_registry):
+    path = write_model(models_dir, "lora-sdxl")
+    data = path.read_bytes()
+    entry = make_registry().entries()[0]
+    assert entry.sha256 == hashlib.sha256(data).hexdigest()
+    (n,) = struct.unpack("<Q", data[:8])
+    assert entry.addnet_hash == hashlib.sha256(data[8 + n :]).hexdigest()
+    assert hash_file(path).sha256 == entry.sha256
+
+
+def test_removed_file_is_forgotten_and_hidden_files_skipped(models_dir, make_registry):
+    path = write_model(models_dir, "checkpoint-sd15")
+    (models_dir / "checkpoints" / ".tmp.part").write_bytes(b"x")
+    registry = make_registry()
+    assert len(registry.entries()) == 1
+    path.unlink()
+    assert registry.scan().removed == ["checkpoint/checkpoint-sd15.safetensors"]

@@ -1,0 +1,178 @@
+"""``python -m worker registry {scan,list,show,pull,verify,gc}``: the operator's view of the registry.
+
+Output goes to stdout (tables or ``--json``), progress bars and errors to stderr; failures exit
+non-zero with one clear line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from tqdm import tqdm
+
+from worker.errors import WorkerError
+from worker.model_types import MODEL_KINDS, ModelKind
+from worker.registry.compat import label
+from worker.registry.registry import ModelRegistry
+from worker.registry.resolve import not_found
+from worker.settings import SettingsError, WorkerSettings
+
+log = logging.getLogger(__name__)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m worker registry", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("scan", help="scan the model folders, hashing new or changed files")
+    p = sub.add_parser("list", help="list models on the volume and catalogue entries")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--kind", choices=MODEL_KINDS)
+    p = sub.add_parser("show", help="show one model by any reference form")
+    p.add_argument("ref")
+    p.add_argument("--kind", choices=MODEL_KINDS)
+    p.add_argument("--json", action="store_true")
+    p = sub.add_parser(
+        "pull", help="download a catalogue entry, civitai:<id>[@<version>] or hf:owner/repo/file"
+    )
+    p.add_argument("ref")
+    p.add_argument("--kind", choices=MODEL_KINDS)
+    sub.add_parser("verify", help="re-hash every file and compare with recorded hashes")
+    sub.add_parser("gc", help="remove stale partial downloads, forget vanished files, enforce the quota")
+    return parser
+
+
+def _out(text: str) -> None:
+    sys.stdout.write(text + "\n")
+
+
+@contextmanager
+def _bar(desc: str, enabled: bool) -> Iterator[Callable[[int], None] | None]:
+    if not enabled:
+        yield None
+        return
+    with tqdm(unit="B", unit_scale=True, unit_divisor=1024, desc=desc, file=sys.stderr, leave=False) as bar:
+
+        def update(n: int) -> None:
+            bar.update(n)
+
+        yield update
+
+
+def main(argv: list[str], *, registry: ModelRegistry | None = None) -> int:
+    """Run one registry command; returns the process exit status (``registry`` injectable for tests)."""
+    args = _parser().parse_args(argv)
+    try:
+        if registry is None:
+            # an operator's pull is bounded by the stall timeout only, not by a job's deadline
+            registry = ModelRegistry.from_settings(
+                WorkerSettings.from_env(), progress=sys.stderr.isatty(), download_deadline_s=None
+            )
+        return _run(args, registry)
+    except (WorkerError, SettingsError) as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return 1
+    except OSError as exc:
+        sys.stderr.write(f"error: {exc.strerror or exc}: {exc.filename or ''}\n")
+        return 1
+
+
+def _run(args: argparse.Namespace, registry: ModelRegistry) -> int:
+    tty = sys.stderr.isatty()
+    if args.command == "scan":
+        with _bar("hashing", tty) as progress:
+            result = registry.scan(progress=progress)
+        _out(
+            f"{result.total} files: {len(result.added)} added, {len(result.changed)} changed, "
+            f"{len(result.removed)} removed, {result.hashed} hashed"
+        )
+        return 0
+    if args.command == "list":
+        return _list(registry, args.kind, args.json)
+    if args.command == "show":
+        return _show(registry, args.ref, args.kind, args.json)
+    if args.command == "pull":
+        kind: ModelKind | None = args.kind
+        got = registry.pull(args.ref, kind)
+        verb = "downloaded" if got.downloaded else "already present:"
+        _out(
+            f"{verb} {got.facts.kind} {got.facts.file_name} sha256={got.facts.sha256} "
+            f"({got.seconds:.1f}s){' ' + '; '.join(got.notes) if got.notes else ''}"
+        )
+        return 0
+    if args.command == "verify":
+        with _bar("verifying", tty) as progress:
+            problems = registry.verify(progress)
+        for problem in problems:
+            _out(f"PROBLEM {problem.key}: {problem.problem}")
+        _out("all files verified" if not problems else f"{len(problems)} problem(s)")
+        return 1 if problems else 0
+    actions = registry.gc()
+    for action in actions:
+        _out(action)
+    _out(f"{len(actions)} action(s)")
+    return 0
+
+
+def _list(registry: ModelRegistry, kind: str | None, as_json: bool) -> int:
+    entries = [e for e in registry.entries() if kind is None or e.kind == kind]
+    present_ids = {e.registry_id for e in entries if e.registry_id}
+    absent = [
+        c for c in registry.catalogue.models if c.id not in present_ids and (kind is None or c.kind == kind)
+    ]
+    if as_json:
+        doc = {
+            "present": [e.model_dump() for e in entries],
+            "catalogue_not_present": [c.model_dump() for c in absent],
+        }
+        _out(json.dumps(doc, indent=1))
+        return 0
+    _out(f"{'KIND':<10} {'FILE':<48} {'ARCH':<12} {'HASH':<10} {'SIZE':>10} {'USES':>4}  STATUS")
+    for e in entries:
+        status = "ok" if e.usable else f"UNUSABLE: {e.problem}"
+        _out(
+            f"{e.kind:<10} {e.file_name[:48]:<48} {label(e.architecture):<12} {e.short_hash or '-':<10} "
+            f"{_size(e.size):>10} {e.use_count:>4}  {status}"
+        )
+    for c in absent:
+        _out(
+            f"{c.kind:<10} {'(' + c.id + ')':<48} {label(c.architecture):<12} {'-':<10} {'-':>10} {'-':>4}  "
+            f"not on volume; source: {c.source.type}"
+        )
+    return 0
+
+
+def _show(registry: ModelRegistry, ref: str, kind: ModelKind | None, as_json: bool) -> int:
+    for candidate in [kind] if kind else list(MODEL_KINDS):
+        found = registry.resolve(candidate, ref)
+        if found.live is None and found.catalogue is None:
+            continue
+        doc: dict[str, Any] = {
+            "kind": candidate,
+            "present": found.live.model_dump() if found.live else None,
+            "catalogue": found.catalogue.model_dump() if found.catalogue else None,
+        }
+        if as_json:
+            _out(json.dumps(doc, indent=1))
+        else:
+            for section in ("present", "catalogue"):
+                if doc[section]:
+                    _out(f"[{section}]")
+                    for key, value in doc[section].items():
+                        _out(f"  {key}: {value}")
+        return 0
+    raise not_found(kind or "checkpoint", ref, registry.snapshot(), registry.catalogue)
+
+
+def _size(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return str(n)

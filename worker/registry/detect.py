@@ -1,0 +1,161 @@
+"""Kind and architecture detection from tensor names, shapes and metadata: two data tables, one pure function.
+
+Order matters in both tables: the first matching rule wins, structural evidence (keys, shapes) comes
+before metadata because trainers sometimes write wrong metadata.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from worker.model_types import Architecture, ModelKind
+from worker.registry.safetensors_header import TensorInfo
+
+#: architectures a job may use; the rest are reported but refused by ``check_compatible``
+SUPPORTED_ARCHITECTURES: frozenset[str] = frozenset({"sd15", "sd2", "sdxl", "sdxl_refiner"})
+
+MatchType = Literal["prefix", "contains", "key", "shape", "meta"]
+
+
+@dataclass(frozen=True)
+class Rule:
+    """``match``: prefix/contains/key test tensor names; shape tests ``shape[dim] == value`` for keys
+    containing ``text``; meta tests ``metadata[meta_key]`` starting with ``text`` (case-insensitive)."""
+
+    result: str
+    match: MatchType
+    text: str
+    dim: int = 0
+    value: int = 0
+    meta_key: str = ""
+
+
+# (kind, rule); a file's kind is the first rule that matches.
+_KIND_TABLE: tuple[tuple[ModelKind, MatchType, str], ...] = (
+    ("lora", "prefix", "lora_unet_"),
+    ("lora", "prefix", "lora_te_"),
+    ("lora", "prefix", "lora_te1_"),
+    ("lora", "prefix", "lora_te2_"),
+    ("lora", "prefix", "lora_transformer_"),
+    ("lora", "contains", ".lora_down."),
+    ("lora", "contains", ".lora.down."),
+    ("lora", "contains", ".lora_A."),
+    ("lora", "contains", ".hada_w1_a"),
+    ("lora", "contains", ".lokr_w1"),
+    ("embedding", "key", "emb_params"),
+    ("embedding", "key", "clip_l"),
+    ("embedding", "key", "clip_g"),
+    ("embedding", "prefix", "string_to_param"),
+    ("checkpoint", "prefix", "model.diffusion_model."),
+    ("checkpoint", "prefix", "double_blocks."),
+    ("checkpoint", "prefix", "joint_blocks."),
+    ("vae", "prefix", "first_stage_model.decoder."),
+    ("vae", "prefix", "decoder.conv_in."),
+    ("vae", "prefix", "encoder.conv_in."),
+)
+KIND_RULES: tuple[tuple[ModelKind, Rule], ...] = tuple(
+    (kind, Rule(kind, match, text)) for kind, match, text in _KIND_TABLE
+)
+
+_META_ARCH: tuple[tuple[str, str, str], ...] = (
+    # (architecture, metadata key, value prefix)
+    ("sdxl_refiner", "modelspec.architecture", "stable-diffusion-xl-v1-refiner"),
+    ("sdxl", "modelspec.architecture", "stable-diffusion-xl"),
+    ("sd2", "modelspec.architecture", "stable-diffusion-v2"),
+    ("sd15", "modelspec.architecture", "stable-diffusion-v1"),
+    ("sd3", "modelspec.architecture", "stable-diffusion-v3"),
+    ("flux", "modelspec.architecture", "flux"),
+    ("sdxl", "ss_base_model_version", "sdxl"),
+    ("sd2", "ss_base_model_version", "sd_v2"),
+    ("sd15", "ss_base_model_version", "sd_v1"),
+    ("sd3", "ss_base_model_version", "sd3"),
+    ("flux", "ss_base_model_version", "flux"),
+)
+_META_RULES = tuple(Rule(arch, "meta", text, meta_key=key) for arch, key, text in _META_ARCH)
+
+
+def _shape_rules(text: str, dim: int, by_value: dict[int, str]) -> tuple[Rule, ...]:
+    return tuple(Rule(arch, "shape", text, dim, value) for value, arch in by_value.items())
+
+
+# Cross-attention context width: 768 = CLIP-L (SD1.x), 1024 = OpenCLIP-H (SD2.x),
+# 2048 = CLIP-L + bigG (SDXL base), 1280 = bigG only (SDXL refiner).
+_CONTEXT = {768: "sd15", 1024: "sd2", 2048: "sdxl", 1280: "sdxl_refiner"}
+
+ARCH_RULES: dict[ModelKind, tuple[Rule, ...]] = {
+    "checkpoint": (
+        Rule("flux", "prefix", "model.diffusion_model.double_blocks."),
+        Rule("flux", "prefix", "double_blocks."),
+        Rule("sd3", "prefix", "model.diffusion_model.joint_blocks."),
+        Rule("sd3", "prefix", "joint_blocks."),
+        Rule("sdxl", "prefix", "conditioner.embedders.1.model."),
+        Rule("sdxl_refiner", "prefix", "conditioner.embedders.0.model."),
+        *_shape_rules("attn2.to_k.weight", 1, _CONTEXT),
+        Rule("sd2", "prefix", "cond_stage_model.model."),
+        Rule("sd15", "prefix", "cond_stage_model.transformer."),
+        *_META_RULES,
+    ),
+    "lora": (
+        Rule("flux", "prefix", "lora_unet_double_blocks_"),
+        Rule("flux", "prefix", "lora_unet_single_blocks_"),
+        Rule("flux", "prefix", "lora_transformer_"),
+        Rule("flux", "contains", "double_blocks."),
+        Rule("flux", "contains", "single_transformer_blocks."),
+        Rule("sdxl", "prefix", "lora_te2_"),
+        Rule("sdxl", "prefix", "lora_te1_"),
+        Rule("sdxl", "prefix", "text_encoder_2."),
+        *_shape_rules("attn2_to_k.lora_down.weight", 1, _CONTEXT),
+        *_shape_rules("attn2.to_k.lora.down.weight", 1, _CONTEXT),
+        *_shape_rules("attn2.to_k.lora_A.weight", 1, _CONTEXT),
+        *_META_RULES,
+    ),
+    "embedding": (
+        Rule("sdxl", "key", "clip_g"),
+        *_shape_rules("emb_params", 1, {768: "sd15", 1024: "sd2"}),
+        *_shape_rules("string_to_param", 1, {768: "sd15", 1024: "sd2"}),
+        *_META_RULES,
+    ),
+    # SD1.x and SDXL VAEs have identical shapes: only metadata can tell them apart.
+    "vae": _META_RULES,
+}
+
+
+@dataclass(frozen=True)
+class Detection:
+    kind: ModelKind | None
+    architecture: Architecture | None
+    reason: str
+
+
+def _matches(rule: Rule, tensors: dict[str, TensorInfo], metadata: dict[str, str]) -> bool:
+    if rule.match == "meta":
+        return metadata.get(rule.meta_key, "").lower().startswith(rule.text)
+    if rule.match == "key":
+        return rule.text in tensors
+    if rule.match == "prefix":
+        return any(name.startswith(rule.text) for name in tensors)
+    if rule.match == "contains":
+        return any(rule.text in name for name in tensors)
+    return any(
+        rule.text in name and len(info.shape) > rule.dim and info.shape[rule.dim] == rule.value
+        for name, info in tensors.items()
+    )
+
+
+def detect(tensors: dict[str, TensorInfo], metadata: dict[str, str]) -> Detection:
+    """Kind and architecture of a safetensors file from its header alone (pure, no I/O)."""
+    kind: ModelKind | None = None
+    for candidate, rule in KIND_RULES:
+        if _matches(rule, tensors, metadata):
+            kind = candidate
+            break
+    if kind is None:
+        return Detection(None, None, "no known tensor layout")
+    for rule in ARCH_RULES[kind]:
+        if _matches(rule, tensors, metadata):
+            how = f"metadata {rule.meta_key}" if rule.match == "meta" else f"{rule.match} {rule.text!r}"
+            if rule.match == "shape":
+                how += f" dim{rule.dim}={rule.value}"
+            return Detection(kind, rule.result, how)  # type: ignore[arg-type]
+    return Detection(kind, "unknown", "no architecture rule matched")

@@ -1,0 +1,557 @@
+"""``ModelRegistry``: the ``ModelProvider`` the job path calls (describe, provision, record_use).
+
+It ties the pieces together: the live registry file (store), the catalogue, scanning and hashing,
+reference resolution, Civitai/Hugging Face downloads under a per-model cross-process lock, and LRU
+eviction. Everything it touches is injectable so tests run it against real files and a loopback
+HTTP server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import requests
+from filelock import FileLock, Timeout
+
+from worker.errors import DownloadFailed, InputInvalid, ModelIncompatible, ModelNotFound
+from worker.model_types import MODEL_KINDS, ModelFacts, ModelKind, ProvisionedModel
+from worker.registry.catalogue import load_catalogue, match_catalogue
+from worker.registry.civitai import DEFAULT_API_BASE, CivitaiClient
+from worker.registry.download import Downloader, DownloadRequest, TokenRule
+from worker.registry.evict import plan_eviction
+from worker.registry.hashing import Hasher, Progress, hash_file
+from worker.registry.models import (
+    Catalogue,
+    CatalogueEntry,
+    CivitaiSource,
+    HuggingFaceSource,
+    LiveEntry,
+    LiveRegistry,
+    UrlSource,
+    entry_key,
+)
+from worker.registry.names import contained_path, safe_relative_name
+from worker.registry.resolve import Resolution, not_found, resolve
+from worker.registry.scan import (
+    KIND_DIRS,
+    PICKLE_EXT,
+    SAFETENSORS_EXT,
+    FoundFile,
+    ScanResult,
+    inspect_file,
+    merge_scan,
+    plan_scan,
+)
+from worker.registry.store import RegistryStore
+from worker.settings import WorkerSettings
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HF_BASE = "https://huggingface.co"
+#: leftovers of killed downloads older than this are removed by ``gc``
+STALE_PART_S = 6 * 3600.0
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Where a model comes from, once remote references are resolved."""
+
+    url: str
+    key: str
+    file_name: str | None
+    sha256: str | None
+    size: int | None
+    approx_size: int | None
+    source: dict[str, Any]
+    registry_id: str | None
+
+
+@dataclass(frozen=True)
+class VerifyProblem:
+    key: str
+    problem: str
+
+
+class ModelRegistry:
+    """Registry of the models on one volume (``models_dir``), shared safely by many workers.
+
+    Args:
+        models_dir: root with ``checkpoints/ loras/ embeddings/ vae/``.
+        registry_path: the live registry JSON (usually ``models_dir/cache_registry.json``).
+        catalogue: the parsed catalogue (``load_catalogue``).
+        allowed_hosts: download allowlist (``host``, ``*.host`` or ``host:port`` patterns).
+        civitai_api_base, hf_base: remote endpoints (tests point them at a loopback server).
+        download_deadline_s: overall budget per download (None: only the stall timeout applies).
+        quota_bytes: volume quota enabling LRU eviction (None: no quota).
+        clock: wall clock for timestamps; hasher: the full-file hash function (tests count calls).
+    """
+
+    def __init__(
+        self,
+        *,
+        models_dir: Path,
+        registry_path: Path,
+        catalogue: Catalogue,
+        allowed_hosts: tuple[str, ...],
+        allow_pickle: bool = False,
+        max_bytes: int = 20 * 1024**3,
+        timeout_s: float = 60.0,
+        download_deadline_s: float | None = None,
+        quota_bytes: int | None = None,
+        civitai_token: str | None = None,
+        hf_token: str | None = None,
+        civitai_api_base: str = DEFAULT_API_BASE,
+        hf_base: str = DEFAULT_HF_BASE,
+        lock_timeout_s: float = 60.0,
+        attempts: int = 5,
+        backoff_s: float = 0.5,
+        disk_free: Callable[[Path], int] | None = None,
+        clock: Callable[[], float] = time.time,
+        hasher: Hasher = hash_file,
+        progress: bool = False,
+    ) -> None:
+        self.models_dir = models_dir
+        self.catalogue = catalogue
+        self.allow_pickle = allow_pickle
+        self.quota_bytes = quota_bytes
+        self.download_deadline_s = download_deadline_s
+        self.lock_timeout_s = lock_timeout_s
+        self.hf_base = hf_base.rstrip("/")
+        self.clock = clock
+        self.hasher = hasher
+        self.progress = progress
+        self.store = RegistryStore(registry_path, lock_timeout_s=lock_timeout_s, clock=clock)
+        session = requests.Session()
+        tokens = []
+        if civitai_token:
+            tokens.append(TokenRule(("civitai.com", "*.civitai.com"), civitai_token, (civitai_api_base,)))
+        if hf_token:
+            tokens.append(TokenRule(("huggingface.co", "*.huggingface.co"), hf_token, (hf_base,)))
+        extra: dict[str, Any] = {} if disk_free is None else {"disk_free": disk_free}
+        self.downloader = Downloader(
+            allowed_hosts=allowed_hosts,
+            max_bytes=max_bytes,
+            timeout_s=timeout_s,
+            deadline_s=download_deadline_s,
+            tokens=tuple(tokens),
+            attempts=attempts,
+            backoff_s=backoff_s,
+            session=session,
+            progress=progress,
+            **extra,
+        )
+        self.civitai = CivitaiClient(
+            api_base=civitai_api_base,
+            token=civitai_token,
+            timeout_s=timeout_s,
+            allowed_hosts=allowed_hosts,
+            session=session,
+        )
+
+    @classmethod
+    def from_settings(cls, settings: WorkerSettings, **overrides: Any) -> ModelRegistry:
+        """The production wiring: everything from ``WorkerSettings``; ``overrides`` for tests and the CLI."""
+        kwargs: dict[str, Any] = {
+            "models_dir": settings.models_dir,
+            "registry_path": settings.effective_registry_path,
+            "catalogue": load_catalogue(settings.catalogue_path),
+            "allowed_hosts": settings.download_allowed_hosts,
+            "allow_pickle": settings.allow_pickle,
+            "max_bytes": settings.download_max_bytes,
+            "timeout_s": settings.download_timeout_s,
+            # a job cannot outlive its own timeout, so neither can the download it waits for
+            "download_deadline_s": settings.job_timeout_s,
+            "quota_bytes": int(settings.volume_quota_gb * 1e9) if settings.volume_quota_gb else None,
+            "civitai_token": settings.civitai_token.get_secret_value() if settings.civitai_token else None,
+            "hf_token": settings.hf_token.get_secret_value() if settings.hf_token else None,
+        }
+        kwargs.update(overrides)
+        return cls(**kwargs)
+
+    # ---- reading ----------------------------------------------------------------------------------
+
+    def snapshot(self) -> LiveRegistry:
+        """The live registry, scanning first when it was never built (or was rebuilt after corruption)."""
+        registry = self.store.read()
+        if registry.scanned_at is None:
+            self.scan()
+            registry = self.store.read()
+        return registry
+
+    def entries(self) -> list[LiveEntry]:
+        return sorted(self.snapshot().models.values(), key=lambda e: e.key)
+
+    def scan(self, *, hash_files: bool = True, progress: Progress | None = None) -> ScanResult:
+        """Bring the registry in line with the folders; hash only new or changed files, outside the lock."""
+        before = self.store.read()
+        found, todo = plan_scan(self.models_dir, before, hash_files=hash_files)
+        fresh = {}
+        for f in todo:
+            entry = inspect_file(
+                f,
+                allow_pickle=self.allow_pickle,
+                hasher=self.hasher if hash_files else None,
+                progress=progress,
+            )
+            fresh[entry.key] = entry
+
+        def apply(registry: LiveRegistry) -> ScanResult:
+            if self.store.recovered_from is not None:  # file was corrupt: everything must be re-inspected
+                self.store.recovered_from = None
+                missing = [f for f in found if entry_key(f.kind, f.file_name) not in fresh]
+                for f in missing:
+                    e = inspect_file(
+                        f, allow_pickle=self.allow_pickle, hasher=self.hasher if hash_files else None
+                    )
+                    fresh[e.key] = e
+            result = merge_scan(
+                registry,
+                self.models_dir,
+                found,
+                fresh,
+                now=self.clock(),
+                match_catalogue=lambda e: match_catalogue(self.catalogue, e),
+            )
+            result.hashed = len(fresh) if hash_files else 0
+            return result
+
+        result = self.store.update(apply)
+        if result.added or result.removed or result.changed:
+            log.info(
+                "registry scan: %d files, %d added, %d changed, %d removed",
+                result.total,
+                len(result.added),
+                len(result.changed),
+                len(result.removed),
+            )
+        return result
+
+    def resolve(self, kind: ModelKind, reference: str) -> Resolution:
+        _check_kind(kind)
+        registry = self.snapshot()
+        found = resolve(kind, reference, registry, self.catalogue)
+        if found.live is None or not self._current(found.live):
+            self.scan()  # the file may have been added, replaced or removed since the last scan
+            found = resolve(kind, reference, self.store.read(), self.catalogue)
+        return found
+
+    def describe(self, kind: ModelKind, reference: str) -> ModelFacts | None:
+        """Facts about a local model (any reference form); None when it is not on the volume.
+
+        Raises ``ModelIncompatible`` for a present but unusable file (truncated, pickle refused,
+        wrong folder): never silently.
+        """
+        found = self.resolve(kind, reference)
+        if found.live is None:
+            return None
+        self._ensure_usable(found.live)
+        return self._facts(found.live, found.catalogue)
+
+    # ---- provisioning -------------------------------------------------------------------------------
+
+    def provision(self, kind: ModelKind, reference: str) -> ProvisionedModel | None:
+        """Make the model present, downloading a catalogue entry or explicit remote reference if needed."""
+        started = time.monotonic()
+        found = self.resolve(kind, reference)
+        if found.live is not None and found.live.usable:
+            return ProvisionedModel(self._facts(found.live, found.catalogue))
+        if found.catalogue is None and found.remote is None:
+            if found.live is not None:
+                self._ensure_usable(found.live)
+            return None
+        plan = self._plan(kind, found)
+        if plan is None:
+            if found.live is not None:
+                self._ensure_usable(found.live)
+            assert found.catalogue is not None
+            raise ModelNotFound(
+                f"{kind} {reference!r} is catalogue entry {found.catalogue.id!r} but is not on the volume "
+                f"and the catalogue has no download source for it; copy it into "
+                f"{KIND_DIRS[kind]}/ or add a source to the catalogue",
+                details={"reference": reference, "registry_id": found.catalogue.id},
+            )
+        entry, notes = self._download_locked(kind, plan, replace=found.live)
+        self._ensure_usable(entry)
+        catalogue = next((c for c in self.catalogue.models if c.id == entry.registry_id), None)
+        return ProvisionedModel(
+            self._facts(entry, catalogue), downloaded=True, seconds=time.monotonic() - started, notes=notes
+        )
+
+    def pull(self, reference: str, kind: ModelKind | None = None) -> ProvisionedModel:
+        """CLI helper: provision with the kind taken from the catalogue or Civitai when not given."""
+        kinds: list[ModelKind] = [kind] if kind else []
+        if not kinds:
+            for candidate in MODEL_KINDS:
+                res = resolve(candidate, reference, self.snapshot(), self.catalogue)
+                if res.live or res.catalogue:
+                    kinds = [candidate]
+                    break
+        if not kinds and reference.lower().startswith("civitai:"):
+            res = resolve("checkpoint", reference, self.snapshot(), self.catalogue)
+            assert res.remote is not None and isinstance(res.remote.source, CivitaiSource)
+            src = res.remote.source
+            info = self.civitai.resolve(src.model_id, src.version_id, allow_pickle=self.allow_pickle)
+            kinds = [info.kind] if info.kind else []
+        if not kinds:
+            raise InputInvalid(f"cannot tell which kind {reference!r} is; pass --kind")
+        result = self.provision(kinds[0], reference)
+        if result is None:
+            raise not_found(kinds[0], reference, self.snapshot(), self.catalogue)
+        return result
+
+    def record_use(self, kind: ModelKind, file_name: str) -> None:
+        """Note a use (last_used, use_count): the LRU order eviction follows."""
+        key = entry_key(kind, file_name)
+
+        def touch(registry: LiveRegistry) -> None:
+            entry = registry.models.get(key)
+            if entry is None:
+                log.debug("record_use: %s is not registered", key)
+                return
+            entry.last_used = self.clock()
+            entry.use_count += 1
+
+        self.store.update(touch)
+
+    def _plan(self, kind: ModelKind, found: Resolution) -> _Plan | None:
+        entry = found.catalogue
+        source = entry.source if entry is not None else (found.remote.source if found.remote else None)
+        rid = entry.id if entry is not None else None
+        cat_name = entry.file_name if entry is not None else None
+        sha = entry.sha256 if entry is not None else None
+        size = entry.size if entry is not None else None
+        if isinstance(source, HuggingFaceSource):
+            url = f"{self.hf_base}/{source.repo}/resolve/{quote(source.revision)}/{quote(source.file)}"
+            key = rid or "hf-" + hashlib.sha256(f"{source.repo}/{source.file}".encode()).hexdigest()[:16]
+            name = cat_name or source.file.rsplit("/", 1)[-1]
+            return _Plan(url, key, name, sha, size, None, source.model_dump(), rid)
+        if isinstance(source, CivitaiSource):
+            info = self.civitai.resolve(
+                source.model_id,
+                source.version_id,
+                version_name=source.version_name,
+                allow_pickle=self.allow_pickle,
+            )
+            if info.kind is not None and info.kind != kind:
+                raise ModelIncompatible(
+                    f"civitai:{source.model_id} is a {info.kind} on Civitai, not a {kind}",
+                    details={"civitai_type": info.kind, "wanted": kind},
+                )
+            if sha and info.sha256 and sha != info.sha256:
+                log.warning("catalogue sha256 of %s differs from Civitai's; trusting the catalogue", rid)
+            key = rid or f"civitai-{source.model_id}-{info.version_id}"
+            recorded = {
+                "type": "civitai",
+                "model_id": source.model_id,
+                "version_id": info.version_id,
+                "version_name": info.version_name,
+            }
+            civitai_name = cat_name or (info.file_name or None)
+            return _Plan(
+                info.download_url,
+                key,
+                civitai_name,
+                sha or info.sha256,
+                size,
+                info.approx_size,
+                recorded,
+                rid,
+            )
+        if isinstance(source, UrlSource):
+            key = rid or "url-" + hashlib.sha256(source.url.encode()).hexdigest()[:16]
+            return _Plan(source.url, key, cat_name, sha, size, None, source.model_dump(), rid)
+        return None
+
+    def _download_locked(
+        self, kind: ModelKind, plan: _Plan, *, replace: LiveEntry | None
+    ) -> tuple[LiveEntry, tuple[str, ...]]:
+        dest_dir = self.models_dir / KIND_DIRS[kind]
+        if plan.file_name is not None:
+            contained_path(dest_dir, plan.file_name, what="model file name")
+        safe_relative_name(plan.key.replace("/", "_"), what="download key")
+        lock_dir = self.models_dir / ".locks"
+        lock_dir.mkdir(parents=True, exist_ok=True)
+        wait = self.download_deadline_s if self.download_deadline_s is not None else self.lock_timeout_s * 60
+        lock = FileLock(str(lock_dir / f"{plan.key}.lock"), timeout=wait)
+        try:
+            lock.acquire()
+        except Timeout:
+            raise DownloadFailed(
+                f"another worker is still downloading {plan.file_name or plan.key} after {wait:.0f}s"
+            ) from None
+        try:
+            done = self._already_done(kind, plan, replace)
+            if done is not None:
+                return done, ("downloaded by another worker",)
+            suffixes = SAFETENSORS_EXT + (PICKLE_EXT if self.allow_pickle else ())
+            request = DownloadRequest(
+                url=plan.url,
+                dest_dir=dest_dir,
+                key=plan.key,
+                file_name=plan.file_name,
+                expected_sha256=plan.sha256,
+                expected_size=plan.size,
+                approx_size=plan.approx_size,
+                allowed_suffixes=suffixes,
+            )
+            keep = {entry_key(kind, plan.file_name)} if plan.file_name else set()
+            result = self.downloader.fetch(request, reserve=lambda needed: self._make_room(needed, keep))
+            st = result.path.stat()
+            found = FoundFile(kind, result.file_name, result.path, st.st_size, st.st_mtime_ns)
+            # LoRAs are small: hash again for A1111's "addnet" hash; others reuse the download's sha256
+            hasher = self.hasher if kind == "lora" else None
+            entry = inspect_file(found, allow_pickle=self.allow_pickle, hasher=hasher)
+            entry.sha256 = result.sha256
+            entry.short_hash = result.sha256[:10]
+            entry.source = plan.source
+            entry.registry_id = plan.registry_id or match_catalogue(self.catalogue, entry)
+            entry.downloaded = True
+            entry.downloaded_at = self.clock()
+            self._put(entry)
+            return entry, (
+                () if result.hash_verified else ("sha256 not published by the source; not verified",)
+            )
+        finally:
+            lock.release()
+
+    def _already_done(self, kind: ModelKind, plan: _Plan, replace: LiveEntry | None) -> LiveEntry | None:
+        """After waiting for the lock: did another worker fetch it meanwhile?"""
+        registry = self.store.read()
+        for entry in registry.models.values():
+            if entry.kind != kind or not entry.usable:
+                continue
+            same_name = plan.file_name is not None and entry.file_name == plan.file_name
+            same_source = entry.source == plan.source or (
+                plan.registry_id is not None and entry.registry_id == plan.registry_id
+            )
+            if (same_name or same_source) and self._current(entry):
+                if replace is not None and entry.key == replace.key and entry.mtime_ns == replace.mtime_ns:
+                    continue  # the unusable file we came to replace
+                return entry
+        return None
+
+    def _make_room(self, needed: int, keep: set[str]) -> None:
+        if self.quota_bytes is None:
+            return
+        pinned = {c.id for c in self.catalogue.models if c.pinned}
+        victims = plan_eviction(
+            self.snapshot().models.values(),
+            needed=needed,
+            quota_bytes=self.quota_bytes,
+            pinned_ids=pinned,
+            keep=keep,
+        )
+        for victim in victims:
+            path = self.models_dir / KIND_DIRS[victim.kind] / victim.file_name
+            log.warning(
+                "evicting %s (%d bytes, last used %s) to fit the volume quota",
+                victim.key,
+                victim.size,
+                victim.last_used,
+            )
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        if victims:
+            keys = {v.key for v in victims}
+            self.store.update(lambda reg: [reg.models.pop(k, None) for k in keys])
+
+    def _put(self, entry: LiveEntry) -> None:
+        def put(registry: LiveRegistry) -> None:
+            old = registry.models.get(entry.key)
+            if old is not None:
+                entry.last_used, entry.use_count = old.last_used, old.use_count
+            registry.models[entry.key] = entry
+
+        self.store.update(put)
+
+    # ---- maintenance --------------------------------------------------------------------------------
+
+    def verify(self, progress: Progress | None = None) -> list[VerifyProblem]:
+        """Re-hash every file and compare with the cached and catalogue hashes (a full read: slow)."""
+        problems = []
+        registry = self.snapshot()
+        by_id = {c.id: c for c in self.catalogue.models}
+        for entry in sorted(registry.models.values(), key=lambda e: e.key):
+            path = self.models_dir / KIND_DIRS[entry.kind] / entry.file_name
+            if not entry.usable:
+                problems.append(VerifyProblem(entry.key, entry.problem or "unusable"))
+                continue
+            try:
+                hashes = self.hasher(path, None, progress)
+            except OSError as exc:
+                problems.append(VerifyProblem(entry.key, f"unreadable: {exc.strerror or exc}"))
+                continue
+            if entry.sha256 and hashes.sha256 != entry.sha256:
+                problems.append(
+                    VerifyProblem(entry.key, f"sha256 changed since it was recorded ({hashes.sha256[:12]}…)")
+                )
+            cat = by_id.get(entry.registry_id or "")
+            if cat is not None and cat.sha256 and cat.sha256 != hashes.sha256:
+                problems.append(VerifyProblem(entry.key, f"sha256 differs from catalogue entry {cat.id}"))
+        return problems
+
+    def gc(self) -> list[str]:
+        """Remove leftovers of killed downloads, forget vanished files, and enforce the quota."""
+        actions = []
+        now = time.time()
+        for kind_dir in KIND_DIRS.values():
+            for part in _glob(self.models_dir / kind_dir, ".*.part"):
+                with contextlib.suppress(OSError):
+                    if now - part.stat().st_mtime > STALE_PART_S:
+                        part.unlink()
+                        actions.append(f"removed stale partial download {part.name}")
+        result = self.scan()
+        actions += [f"forgot {key} (file gone)" for key in result.removed]
+        if self.quota_bytes is not None:
+            before = set(self.store.read().models)
+            self._make_room(0, set())
+            actions += [f"evicted {key}" for key in sorted(before - set(self.store.read().models))]
+        return actions
+
+    # ---- helpers ------------------------------------------------------------------------------------
+
+    def _current(self, entry: LiveEntry) -> bool:
+        try:
+            st = (self.models_dir / KIND_DIRS[entry.kind] / entry.file_name).stat()
+        except OSError:
+            return False
+        return st.st_size == entry.size and st.st_mtime_ns == entry.mtime_ns
+
+    def _ensure_usable(self, entry: LiveEntry) -> None:
+        if not entry.usable:
+            raise ModelIncompatible(
+                f"{entry.kind} {entry.file_name} is on the volume but unusable: {entry.problem}",
+                details={"file_name": entry.file_name, "problem": entry.problem},
+            )
+
+    def _facts(self, entry: LiveEntry, catalogue: CatalogueEntry | None) -> ModelFacts:
+        return ModelFacts(
+            kind=entry.kind,
+            file_name=entry.file_name,
+            architecture=entry.architecture,
+            sha256=entry.sha256,
+            short_hash=entry.short_hash,
+            default_weight=catalogue.default_weight if catalogue else None,
+            trigger_words=catalogue.trigger_words if catalogue else (),
+            registry_id=entry.registry_id,
+        )
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in MODEL_KINDS:
+        raise InputInvalid(f"unknown model kind {kind!r}; expected one of {', '.join(MODEL_KINDS)}")
+
+
+def _glob(folder: Path, pattern: str) -> Iterator[Path]:
+    if folder.is_dir():
+        for dirpath, _dirs, _files in os.walk(folder):
+            yield from Path(dirpath).glob(pattern)

@@ -1,0 +1,202 @@
+"""Turn a job's model reference into a local file, a catalogue entry or a remote source.
+
+Accepted forms (case-insensitive): registry id, alias, file name (with or without sub-folder), stem,
+kohya ``ss_output_name`` (LoRAs), A1111 title ``name [shorthash]``, 10-char short hash, full sha256,
+``civitai:<model>[@<version>]``, and Hugging Face ``[hf:]owner/repo/path/file.safetensors``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from worker.errors import InputInvalid, ModelNotFound
+from worker.model_types import ModelKind
+from worker.registry.catalogue import entry_names
+from worker.registry.models import (
+    Catalogue,
+    CatalogueEntry,
+    CivitaiSource,
+    HuggingFaceSource,
+    LiveEntry,
+    LiveRegistry,
+)
+from worker.registry.names import normalise, safe_relative_name, stem
+
+_CIVITAI = re.compile(r"^civitai:(\d+)(?:@(\d+))?$", re.IGNORECASE)
+_HF = re.compile(r"^(?:hf:|huggingface:)?([\w.-]+/[\w.-]+)/(.+\.(?:safetensors|ckpt|pt|bin))$", re.IGNORECASE)
+_TITLE = re.compile(r"^(.*\S)\s*\[([0-9a-f]{8,12})\]$", re.IGNORECASE)
+_HEX = re.compile(r"^[0-9a-f]+$")
+
+
+@dataclass(frozen=True)
+class RemoteRef:
+    """An explicit remote reference; ``source`` is what the downloader needs."""
+
+    source: CivitaiSource | HuggingFaceSource
+
+
+@dataclass(frozen=True)
+class Resolution:
+    live: LiveEntry | None = None
+    catalogue: CatalogueEntry | None = None
+    remote: RemoteRef | None = None
+
+
+def parse_remote(reference: str) -> RemoteRef | None:
+    ref = reference.strip()
+    m = _CIVITAI.match(ref)
+    if m:
+        return RemoteRef(CivitaiSource(model_id=int(m[1]), version_id=int(m[2]) if m[2] else None))
+    m = _HF.match(ref)
+    if m and (ref.lower().startswith(("hf:", "huggingface:")) or ref.count("/") >= 2):
+        safe_relative_name(f"{m[1]}/{m[2]}", what="huggingface reference")
+        return RemoteRef(HuggingFaceSource(repo=m[1], file=m[2]))
+    if ref.lower().startswith(("civitai:", "hf:", "huggingface:")):
+        raise InputInvalid(
+            f"malformed remote reference {reference!r}: use civitai:<model>[@<version>] or hf:owner/repo/file"
+        )
+    return None
+
+
+def _source_matches(source: dict[str, object] | None, remote: RemoteRef) -> bool:
+    if not source:
+        return False
+    want = remote.source
+    if isinstance(want, CivitaiSource):
+        return (
+            source.get("type") == "civitai"
+            and source.get("model_id") == want.model_id
+            and (want.version_id is None or source.get("version_id") == want.version_id)
+        )
+    return (
+        source.get("type") == "huggingface"
+        and str(source.get("repo", "")).lower() == want.repo.lower()
+        and str(source.get("file", "")).lower() == want.file.lower()
+    )
+
+
+def _live_names(entry: LiveEntry, catalogue_by_id: dict[str, CatalogueEntry]) -> list[list[str]]:
+    """Name tiers for a local file, most specific first."""
+    base = entry.file_name.rsplit("/", 1)[-1]
+    tiers = [
+        [entry.registry_id or ""],
+        [entry.file_name, base],
+        [stem(entry.file_name)],
+    ]
+    aliases = list(catalogue_by_id[entry.registry_id].aliases) if entry.registry_id in catalogue_by_id else []
+    if entry.registry_id in catalogue_by_id and catalogue_by_id[entry.registry_id].name:
+        aliases.append(catalogue_by_id[entry.registry_id].name)
+    if entry.metadata.get("ss_output_name"):
+        aliases.append(entry.metadata["ss_output_name"])
+    tiers.append(aliases)
+    return tiers
+
+
+def _by_hash(ref: str, sha256: str | None, addnet: str | None = None) -> bool:
+    if not _HEX.match(ref):
+        return False
+    if sha256 and (ref == sha256 or (len(ref) == 10 and sha256.startswith(ref))):
+        return True
+    return bool(addnet and len(ref) == 12 and addnet.startswith(ref))
+
+
+def _first_tier(
+    items: Iterable[object], tiers_of: Callable[[object], list[list[str]]], ref: str
+) -> list[object]:
+    """Items matching ``ref`` at the most specific tier any item matches (exact, then loose)."""
+    best: dict[int, list[object]] = {}
+    lowered, loose = ref.lower(), normalise(ref)
+    for item in items:
+        for index, names in enumerate(tiers_of(item)):
+            if any(n and n.lower() == lowered for n in names):
+                best.setdefault(index, []).append(item)
+                break
+        else:
+            if loose and any(normalise(n) == loose for names in tiers_of(item) for n in names if n):
+                best.setdefault(100, []).append(item)
+    return best[min(best)] if best else []
+
+
+def _one(matches: list[object], reference: str, kind: ModelKind) -> object | None:
+    if len(matches) > 1:
+        names = sorted(str(getattr(m, "file_name", None) or getattr(m, "id", "?")) for m in matches)
+        raise InputInvalid(
+            f"{kind} reference {reference!r} is ambiguous: it matches {', '.join(names)}; use the file name",
+            details={"reference": reference, "matches": names},
+        )
+    return matches[0] if matches else None
+
+
+def resolve(kind: ModelKind, reference: str, registry: LiveRegistry, catalogue: Catalogue) -> Resolution:
+    """Find ``reference`` among local files first, then the catalogue, then as an explicit remote.
+
+    Returns an empty ``Resolution`` when nothing matches (the caller decides between None and
+    ``ModelNotFound``). Raises ``InputInvalid`` for ambiguous or malformed references.
+    """
+    ref = reference.strip()
+    if not ref:
+        raise InputInvalid(f"empty {kind} reference")
+    catalogue_by_id = {e.id: e for e in catalogue.models}
+    lives = [e for e in registry.models.values() if e.kind == kind]
+    cat = [e for e in catalogue.models if e.kind == kind]
+    remote = parse_remote(ref)
+    if remote is not None:
+        live_hits = [e for e in lives if _source_matches(e.source, remote)]
+        cat_hits = [e for e in cat if _source_matches(e.source.model_dump(), remote)]
+        cat_entry = cat_hits[0] if cat_hits else None
+        if not live_hits and cat_entry is not None:
+            live_hits = [e for e in lives if e.registry_id == cat_entry.id]
+        return Resolution(live_hits[0] if live_hits else None, cat_entry, remote)
+
+    if "/" in ref or "\\" in ref or ref.startswith(".."):
+        safe_relative_name(ref, what=f"{kind} reference")  # a name is never a path out of the folder
+    title = _TITLE.match(ref)
+    if title:  # A1111 title "name [shorthash]": the hash decides
+        ref_hash = title[2].lower()
+        live_hits = [e for e in lives if _by_hash(ref_hash, e.sha256)]
+        if live_hits:
+            return _with_catalogue(_one(list(live_hits), reference, kind), catalogue_by_id)
+        ref = title[1]
+
+    live = _one(_first_tier(lives, lambda e: _live_names(e, catalogue_by_id), ref), reference, kind)  # type: ignore[arg-type]
+    if live is None:
+        live = _one([e for e in lives if _by_hash(ref.lower(), e.sha256, e.addnet_hash)], reference, kind)
+    if live is not None:
+        return _with_catalogue(live, catalogue_by_id)
+
+    entry = _one(_first_tier(cat, lambda e: [[n] for n in entry_names(e)], ref), reference, kind)  # type: ignore[arg-type]
+    if entry is None:
+        entry = _one([e for e in cat if _by_hash(ref.lower(), e.sha256)], reference, kind)
+    if isinstance(entry, CatalogueEntry):
+        return Resolution(None, entry, None)
+    return Resolution()
+
+
+def _with_catalogue(live: object, catalogue_by_id: dict[str, CatalogueEntry]) -> Resolution:
+    assert isinstance(live, LiveEntry)
+    return Resolution(live, catalogue_by_id.get(live.registry_id or ""), None)
+
+
+def not_found(kind: ModelKind, reference: str, registry: LiveRegistry, catalogue: Catalogue) -> ModelNotFound:
+    """``ModelNotFound`` naming the reference and the nearest known names (difflib)."""
+    names: set[str] = set()
+    for e in registry.models.values():
+        if e.kind == kind:
+            names.add(stem(e.file_name))
+    for c in catalogue.models:
+        if c.kind == kind:
+            names.add(c.id)
+            if c.file_name:
+                names.add(stem(c.file_name))
+    by_lower = {n.lower(): n for n in names}
+    near = [
+        by_lower[n] for n in difflib.get_close_matches(reference.lower(), list(by_lower), n=5, cutoff=0.4)
+    ]
+    hint = f"; nearest: {', '.join(near)}" if near else f"; known {kind}s: {len(names)}"
+    return ModelNotFound(
+        f"{kind} {reference!r} not found on the volume or in the catalogue{hint}",
+        details={"reference": reference, "kind": kind, "nearest": near},
+    )
