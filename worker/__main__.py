@@ -15,6 +15,7 @@ from worker.errors import WorkerError
 from worker.handler import JobRunner, async_handler, set_runner
 from worker.logs import setup_logging
 from worker.settings import SettingsError, WorkerSettings
+from worker.startup import prepare_engine
 
 log = logging.getLogger("worker")
 
@@ -33,11 +34,11 @@ def main(argv: list[str]) -> int:
     setup_logging(settings.log_level, settings.log_format, settings.secret_values())
     runner = JobRunner.from_settings(settings)
     try:
-        waited = runner.engine.wait_until_ready(settings.ready_timeout_s, warmup=settings.warmup)
+        timeline = prepare_engine(runner, settings)
     except WorkerError as exc:
         log.error("engine never became ready: %s", exc)
         return 1
-    log.info("engine ready after %.1f s; taking jobs", waited)
+    log.info("engine ready after %.1f s; taking jobs", timeline.total_s)
     set_runner(runner)
 
     import runpod

@@ -1,0 +1,96 @@
+# RunPod image: CUDA 12.1 + AUTOMATIC1111 v1.10.1 (pinned) + our extension + the worker.
+# Everything is installed at build time; start-up installs and downloads nothing (docs/deploying.md).
+# Models live on the network volume (/runpod-volume/models); A1111's data and caches stay on local disk.
+#
+#   docker build -t a1111-worker .
+#   docker build --build-arg BAKE_MODEL=<catalogue id> -t a1111-worker:baked .
+FROM nvidia/cuda:12.1.1-cudnn8-runtime-ubuntu22.04
+
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+
+ARG A1111_REF=v1.10.1
+ARG A1111_COMMIT=82a973c04367123ae98bd9abdf80d9eda9b910e2
+# The Stability-AI repository was removed (A1111 #17213); w-e-w's mirror keeps the pinned commit.
+ARG STABLE_DIFFUSION_REPO=https://github.com/w-e-w/stablediffusion.git
+# The commits A1111 v1.10.1's modules/launch_utils.py pins; set explicitly so a change is visible here.
+ARG STABLE_DIFFUSION_COMMIT_HASH=cf1d67a6fd5ea1aa600c4df58e5b47da45f6bdbf
+ARG STABLE_DIFFUSION_XL_COMMIT_HASH=45c443b316737a4ab6e40413d7794a7f5657c19f
+ARG K_DIFFUSION_COMMIT_HASH=ab527a9a6d347f364e3d185ba6d714e22d80cb3c
+ARG BLIP_COMMIT_HASH=48211a1594f1321b00f14c9f7a5b4813144b2fb9
+ARG ASSETS_COMMIT_HASH=6f7db241d2f8ba7457bac5ca9753331f0c266917
+# torch and xformers as the matching pair A1111 1.10.1 defaults to (cu121 wheels).
+ARG TORCH_COMMAND="pip install torch==2.1.2 torchvision==0.16.2 --extra-index-url https://download.pytorch.org/whl/cu121"
+ARG XFORMERS_PACKAGE=xformers==0.0.23.post1
+ARG BAKE_MODEL=""
+
+ENV DEBIAN_FRONTEND=noninteractive \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    A1111_DIR=/opt/a1111 \
+    A1111_DATA_DIR=/opt/a1111-data \
+    A1111_PYTHON=/opt/a1111/venv/bin/python \
+    WORKER_PYTHON=/opt/worker-venv/bin/python \
+    WORKER_ENGINE=a1111 \
+    WORKER_MODELS_DIR=/runpod-volume/models \
+    WORKER_ENGINE_PID_FILE=/tmp/engine.pid \
+    HF_HOME=/opt/a1111-data/cache/huggingface \
+    PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
+
+# Ubuntu 22.04's python3.10 is A1111 1.10's supported version; versions are those of the pinned base image.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends \
+        python3.10 python3.10-venv python3-pip git curl ca-certificates \
+        libgl1 libglib2.0-0 libgoogle-perftools4 bc \
+    && rm -rf /var/lib/apt/lists/*
+
+# A1111 at its release commit (the tag is checked against the commit, so a moved tag fails the build).
+RUN git clone --branch "${A1111_REF}" --depth 1 https://github.com/AUTOMATIC1111/stable-diffusion-webui.git "${A1111_DIR}" \
+    && test "$(git -C "${A1111_DIR}" rev-parse HEAD)" = "${A1111_COMMIT}"
+
+WORKDIR /opt/a1111
+# Prepare A1111's environment now (torch, xformers, repositories at their commits, requirements), then exit.
+RUN python3.10 -m venv venv \
+    && export TORCH_COMMAND XFORMERS_PACKAGE STABLE_DIFFUSION_REPO STABLE_DIFFUSION_COMMIT_HASH \
+        STABLE_DIFFUSION_XL_COMMIT_HASH K_DIFFUSION_COMMIT_HASH BLIP_COMMIT_HASH ASSETS_COMMIT_HASH \
+    && venv/bin/python -m pip install --upgrade "pip==24.0" \
+    && venv/bin/python launch.py --skip-torch-cuda-test --xformers --no-download-sd-model \
+        --skip-version-check --data-dir "${A1111_DATA_DIR}" --exit \
+    && venv/bin/python -c "import torch, xformers; print('torch', torch.__version__, 'xformers', xformers.__version__)"
+
+# CLIP's tokenizer/config that A1111 fetches on the first SD1.5 load, fetched now (HF_HOME is local).
+RUN venv/bin/python -c "from transformers import CLIPTokenizer, CLIPTextConfig; \
+CLIPTokenizer.from_pretrained('openai/clip-vit-large-patch14'); CLIPTextConfig.from_pretrained('openai/clip-vit-large-patch14')"
+
+# The worker in its own venv: A1111 pins pydantic 1, the worker (and runpod) need pydantic 2.
+COPY pyproject.toml README.md cache_registry.json /opt/worker/
+COPY worker /opt/worker/worker
+RUN python3.10 -m venv /opt/worker-venv \
+    && /opt/worker-venv/bin/python -m pip install "/opt/worker" \
+    && /opt/worker-venv/bin/python -c "import runpod, uvicorn, worker.routes"
+
+# Our extension, and a complete config.json so override_settings are always restored (a1111-api.md §3.5).
+COPY webui_extensions/worker-routes "${A1111_DIR}/extensions/worker-routes"
+COPY scripts/a1111-config.json "${A1111_DATA_DIR}/config.json"
+
+# Optional: a catalogue model in the image, e.g. --build-arg BAKE_MODEL=<id from cache_registry.json>.
+# It lands in A1111's own model folders on local disk (scanned besides the volume's --ckpt-dir/--lora-dir).
+RUN if [ -n "${BAKE_MODEL}" ]; then \
+        mkdir -p /tmp/bake/checkpoints /tmp/bake/loras \
+        && WORKER_MODELS_DIR=/tmp/bake /opt/worker-venv/bin/python -m worker registry pull "${BAKE_MODEL}" \
+        && mkdir -p "${A1111_DATA_DIR}/models/Stable-diffusion" "${A1111_DATA_DIR}/models/Lora" \
+        && find /tmp/bake/checkpoints -type f -exec mv -t "${A1111_DATA_DIR}/models/Stable-diffusion" {} + \
+        && find /tmp/bake/loras -type f -exec mv -t "${A1111_DATA_DIR}/models/Lora" {} + \
+        && rm -rf /tmp/bake; \
+    fi
+
+COPY start.sh /start.sh
+RUN chmod +x /start.sh
+
+EXPOSE 3000
+# Health is 200 only once the checkpoint is loaded; the start period covers a cold model load.
+HEALTHCHECK --interval=15s --timeout=5s --start-period=300s --retries=3 \
+    CMD ["/bin/sh", "-c", "curl -fsS http://127.0.0.1:${WORKER_ENGINE_PORT:-3000}/worker/v1/health || exit 1"]
+
+ENTRYPOINT ["/start.sh"]

@@ -1,0 +1,259 @@
+#!/usr/bin/env bash
+# Starts the engine (A1111 or the embedded diffusers server), supervises it, and runs the worker.
+#
+# PID 1 in the image (exec-form ENTRYPOINT), so it forwards SIGTERM to its children and waits for them.
+# The engine's output goes to stdout with an "[engine] " prefix (RunPod's log view), never to the volume.
+# A crashed engine is restarted WORKER_ENGINE_MAX_RESTARTS times, then the container exits non-zero so
+# RunPod replaces it. Every variable is documented in docs/deploying.md.
+#
+#   ./start.sh                          start (WORKER_MODE=serverless|api|local)
+#   ./start.sh --print-engine-command   print the engine command line (secrets redacted) and exit
+set -euo pipefail
+
+log() { printf '[start] %s\n' "$*"; }
+die() {
+	printf '[start] ERROR: %s\n' "$*" >&2
+	exit 2
+}
+
+# --- configuration ----------------------------------------------------------------------------------
+WORKER_MODE="${WORKER_MODE:-serverless}"
+WORKER_ENGINE="${WORKER_ENGINE:-auto}"
+A1111_DIR="${A1111_DIR:-/opt/a1111}"
+A1111_DATA_DIR="${A1111_DATA_DIR:-/opt/a1111-data}"
+A1111_PYTHON="${A1111_PYTHON:-}"
+A1111_EXTRA_ARGS="${A1111_EXTRA_ARGS:-}"
+A1111_NO_HASHING="${A1111_NO_HASHING:-0}"
+A1111_API_AUTH="${A1111_API_AUTH:-}"
+WORKER_EMBEDDED_EXTRA_ARGS="${WORKER_EMBEDDED_EXTRA_ARGS:-}"
+WORKER_EXPOSE_ENGINE="${WORKER_EXPOSE_ENGINE:-0}"
+WORKER_ENGINE_PORT="${WORKER_ENGINE_PORT:-3000}"
+WORKER_ENGINE_MAX_RESTARTS="${WORKER_ENGINE_MAX_RESTARTS:-3}"
+WORKER_STOP_TIMEOUT_S="${WORKER_STOP_TIMEOUT_S:-10}"
+WORKER_SKIP_GPU_CHECK="${WORKER_SKIP_GPU_CHECK:-0}"
+WORKER_LOCAL_API_PORT="${WORKER_LOCAL_API_PORT:-8000}"
+WORKER_ROUTES_PORT="${WORKER_ROUTES_PORT:-3001}"
+PYTHON="${WORKER_PYTHON:-python}"
+
+# make run on a fresh machine has no network volume: keep the models next to the checkout instead.
+if [[ -z "${WORKER_MODELS_DIR:-}" ]]; then
+	if [[ -d /runpod-volume ]]; then
+		WORKER_MODELS_DIR=/runpod-volume/models
+	else
+		WORKER_MODELS_DIR="$PWD/models"
+	fi
+fi
+export WORKER_MODELS_DIR
+export WORKER_ENGINE_PID_FILE="${WORKER_ENGINE_PID_FILE:-/tmp/engine.pid}"
+export PYTHONUNBUFFERED=1
+
+print_only=0
+case "${1:-}" in
+"") ;;
+--print-engine-command) print_only=1 ;;
+-h | --help)
+	sed -n '2,10p' "$0"
+	exit 0
+	;;
+*) die "unknown argument ${1}; see docs/deploying.md" ;;
+esac
+
+case "$WORKER_MODE" in serverless | api | local) ;; *) die "WORKER_MODE=$WORKER_MODE: use serverless, api or local" ;; esac
+case "$WORKER_EXPOSE_ENGINE" in 0 | 1) ;; *) die "WORKER_EXPOSE_ENGINE=$WORKER_EXPOSE_ENGINE: use 0 or 1" ;; esac
+[[ "$WORKER_ENGINE_MAX_RESTARTS" =~ ^[0-9]+$ ]] || die "WORKER_ENGINE_MAX_RESTARTS=$WORKER_ENGINE_MAX_RESTARTS: use a whole number"
+[[ "$WORKER_ENGINE_PORT" =~ ^[0-9]+$ ]] || die "WORKER_ENGINE_PORT=$WORKER_ENGINE_PORT: use a port number"
+
+if [[ "$WORKER_ENGINE" == auto ]]; then
+	if [[ -f "$A1111_DIR/launch.py" ]]; then WORKER_ENGINE=a1111; else WORKER_ENGINE=embedded; fi
+fi
+case "$WORKER_ENGINE" in a1111 | embedded | external) ;; *) die "WORKER_ENGINE=$WORKER_ENGINE: use auto, a1111, embedded or external" ;; esac
+
+if [[ "$WORKER_ENGINE" == external ]]; then
+	[[ -n "${WORKER_A1111_URL:-}" ]] || die "WORKER_ENGINE=external needs WORKER_A1111_URL (the engine's address)"
+	unset WORKER_ENGINE_PID_FILE # not our process: nothing to watch
+else
+	export WORKER_A1111_URL="${WORKER_A1111_URL:-http://127.0.0.1:${WORKER_ENGINE_PORT}}"
+fi
+
+bind_host=127.0.0.1
+if [[ "$WORKER_EXPOSE_ENGINE" == 1 ]]; then
+	[[ "$WORKER_ENGINE" == a1111 ]] || die "WORKER_EXPOSE_ENGINE=1 is only supported for A1111 (the embedded engine has no authentication)"
+	[[ "$A1111_API_AUTH" == *:* ]] || die "WORKER_EXPOSE_ENGINE=1 needs A1111_API_AUTH=user:password; refusing to expose an unauthenticated engine"
+	bind_host=0.0.0.0
+	export WORKER_A1111_AUTH="${WORKER_A1111_AUTH:-$A1111_API_AUTH}"
+fi
+
+# --- the engine command -----------------------------------------------------------------------------
+engine_cmd=()
+shown_cmd=()
+if [[ "$WORKER_ENGINE" == a1111 ]]; then
+	[[ -f "$A1111_DIR/launch.py" ]] || die "WORKER_ENGINE=a1111 but $A1111_DIR/launch.py does not exist (set A1111_DIR)"
+	if [[ -z "$A1111_PYTHON" ]]; then
+		if [[ -x "$A1111_DIR/venv/bin/python" ]]; then A1111_PYTHON="$A1111_DIR/venv/bin/python"; else A1111_PYTHON=python3; fi
+	fi
+	engine_cmd=("$A1111_PYTHON" -u "$A1111_DIR/launch.py"
+		--api --nowebui --port "$WORKER_ENGINE_PORT" --server-name "$bind_host"
+		--xformers --opt-sdp-attention --no-half-vae
+		--skip-prepare-environment --skip-install --no-download-sd-model
+		--skip-version-check --skip-python-version-check
+		--data-dir "$A1111_DATA_DIR"
+		--ckpt-dir "$WORKER_MODELS_DIR/checkpoints" --lora-dir "$WORKER_MODELS_DIR/loras"
+		--embeddings-dir "$WORKER_MODELS_DIR/embeddings" --vae-dir "$WORKER_MODELS_DIR/vae")
+	# The registry records every model's sha256, so A1111 need not re-hash multi-GB files on each boot.
+	[[ "$A1111_NO_HASHING" == 1 ]] && engine_cmd+=(--no-hashing)
+	shown_cmd=("${engine_cmd[@]}")
+	if [[ "$WORKER_EXPOSE_ENGINE" == 1 ]]; then
+		engine_cmd+=(--api-auth "$A1111_API_AUTH")
+		shown_cmd+=(--api-auth '<redacted>')
+	fi
+	if [[ -n "$A1111_EXTRA_ARGS" ]]; then
+		read -r -a extra <<<"$A1111_EXTRA_ARGS"
+		for arg in "${extra[@]}"; do
+			case "$arg" in
+			--disable-safe-unpickle | --allow-code | --api-server-stop | --listen | --share | --enable-insecure-extension-access)
+				log "WARNING: A1111_EXTRA_ARGS contains $arg, which weakens the engine's security (docs/deploying.md)"
+				;;
+			esac
+		done
+		engine_cmd+=("${extra[@]}")
+		shown_cmd+=("${extra[@]}")
+	fi
+elif [[ "$WORKER_ENGINE" == embedded ]]; then
+	engine_cmd=("$PYTHON" -m diffusers_server serve --models-dir "$WORKER_MODELS_DIR"
+		--host "$bind_host" --port "$WORKER_ENGINE_PORT")
+	if [[ -n "$WORKER_EMBEDDED_EXTRA_ARGS" ]]; then
+		read -r -a extra <<<"$WORKER_EMBEDDED_EXTRA_ARGS"
+		engine_cmd+=("${extra[@]}")
+	fi
+	shown_cmd=("${engine_cmd[@]}")
+fi
+
+if [[ "$print_only" == 1 ]]; then
+	if [[ "$WORKER_ENGINE" == external ]]; then
+		echo "# external engine at ${WORKER_A1111_URL}: nothing to start"
+	else
+		printf '%q ' "${shown_cmd[@]}"
+		echo
+	fi
+	exit 0
+fi
+
+# --- pre-flight -------------------------------------------------------------------------------------
+gpu_preflight() {
+	[[ "$WORKER_SKIP_GPU_CHECK" == 1 ]] && return 0
+	if ! command -v nvidia-smi >/dev/null 2>&1; then
+		die "A1111 needs an NVIDIA GPU but nvidia-smi is not available. On RunPod choose a GPU worker type; " \
+			"without a GPU run the embedded engine (WORKER_ENGINE=embedded); WORKER_SKIP_GPU_CHECK=1 skips this check"
+	fi
+	local gpus
+	if ! gpus="$(nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>&1)"; then
+		die "nvidia-smi failed (${gpus//$'\n'/ }): the GPU or its driver is unusable; ask RunPod for another worker"
+	fi
+	log "GPU: ${gpus//$'\n'/; }"
+}
+
+prepare_models_dir() {
+	mkdir -p "$WORKER_MODELS_DIR"/{checkpoints,loras,embeddings,vae}
+	if [[ "$WORKER_ENGINE" == embedded ]] &&
+		! find "$WORKER_MODELS_DIR/checkpoints" -maxdepth 2 -type f \( -name '*.safetensors' -o -name '*.ckpt' \) -print -quit | grep -q .; then
+		log "no checkpoint in $WORKER_MODELS_DIR/checkpoints: writing tiny demo models (random weights: images are noise)"
+		"$PYTHON" -m diffusers_server make-demo-models "$WORKER_MODELS_DIR"
+	fi
+}
+
+log "mode=$WORKER_MODE engine=$WORKER_ENGINE models=$WORKER_MODELS_DIR engine_url=${WORKER_A1111_URL}"
+if [[ "$WORKER_ENGINE" == a1111 ]]; then
+	gpu_preflight
+	mkdir -p "$A1111_DATA_DIR"
+fi
+[[ "$WORKER_ENGINE" == external ]] || prepare_models_dir
+
+# --- supervision ------------------------------------------------------------------------------------
+engine_pid=""
+worker_pid=""
+stopping=0
+
+start_engine() {
+	# awk (not sed) so the credentials are replaced literally wherever A1111 echoes its arguments.
+	"${engine_cmd[@]}" \
+		> >(REDACT="$A1111_API_AUTH" awk '{ s = ENVIRON["REDACT"]; if (s != "") { while ((i = index($0, s)) > 0) $0 = substr($0, 1, i - 1) "<redacted>" substr($0, i + length(s)) } print "[engine] " $0; fflush() }') 2>&1 &
+	engine_pid=$!
+	printf '%s\n' "$engine_pid" >"$WORKER_ENGINE_PID_FILE.tmp"
+	mv -f "$WORKER_ENGINE_PID_FILE.tmp" "$WORKER_ENGINE_PID_FILE"
+	log "engine started (pid $engine_pid): ${shown_cmd[*]}"
+}
+
+start_worker() {
+	local cmd=()
+	case "$WORKER_MODE" in
+	serverless) cmd=("$PYTHON" -m worker) ;;
+	local) cmd=("$PYTHON" -m worker --rp_serve_api --rp_api_host 127.0.0.1 --rp_api_port "$WORKER_LOCAL_API_PORT") ;;
+	api)
+		# A1111 runs in its own Python (pydantic 1); its extension forwards /worker/v1 job routes here.
+		[[ "$WORKER_ENGINE" == a1111 ]] || return 0
+		cmd=("$PYTHON" -m worker.routes_server --host 127.0.0.1 --port "$WORKER_ROUTES_PORT")
+		;;
+	esac
+	"${cmd[@]}" &
+	worker_pid=$!
+	log "worker started (pid $worker_pid): ${cmd[*]}"
+}
+
+alive() { [[ -n "$1" ]] && kill -0 "$1" 2>/dev/null; }
+
+stop_all() {
+	local pid waited=0
+	for pid in $worker_pid $engine_pid; do kill -TERM "$pid" 2>/dev/null || true; done
+	while alive "$worker_pid" || alive "$engine_pid"; do
+		if ((waited >= WORKER_STOP_TIMEOUT_S * 10)); then
+			log "children still running after ${WORKER_STOP_TIMEOUT_S} s: killing them"
+			for pid in $worker_pid $engine_pid; do kill -KILL "$pid" 2>/dev/null || true; done
+			break
+		fi
+		sleep 0.1
+		waited=$((waited + 1))
+	done
+	for pid in $worker_pid $engine_pid; do wait "$pid" 2>/dev/null || true; done
+	rm -f "$WORKER_ENGINE_PID_FILE"
+}
+
+on_signal() {
+	[[ "$stopping" == 1 ]] && return
+	stopping=1
+	log "received $1: stopping engine and worker"
+	stop_all
+	log "stopped"
+	exit 0
+}
+trap 'on_signal SIGTERM' TERM
+trap 'on_signal SIGINT' INT
+
+[[ "$WORKER_ENGINE" == external ]] || start_engine
+start_worker
+
+restarts=0
+while true; do
+	if [[ -n "$worker_pid" ]] && ! alive "$worker_pid"; then
+		rc=0
+		wait "$worker_pid" || rc=$?
+		worker_pid=""
+		log "worker exited with status $rc: stopping the engine"
+		stop_all
+		exit "$rc"
+	fi
+	if [[ -n "$engine_pid" ]] && ! alive "$engine_pid"; then
+		rc=0
+		wait "$engine_pid" || rc=$?
+		engine_pid=""
+		if ((restarts >= WORKER_ENGINE_MAX_RESTARTS)); then
+			log "engine exited with status $rc after $restarts restart(s) (WORKER_ENGINE_MAX_RESTARTS=$WORKER_ENGINE_MAX_RESTARTS): giving up"
+			stop_all
+			exit 1
+		fi
+		restarts=$((restarts + 1))
+		log "engine exited with status $rc: restart $restarts of $WORKER_ENGINE_MAX_RESTARTS"
+		sleep "$restarts"
+		start_engine
+	fi
+	sleep 0.2
+done

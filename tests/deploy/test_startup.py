@@ -1,0 +1,58 @@
+"""``worker.startup.prepare_engine``: readiness deadline, default checkpoint pre-load, timeline."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.support.fake_a1111 import FakeA1111, dead_pid, write_pid_file
+from worker.engine import A1111Client
+from worker.errors import EngineUnavailable, ModelNotFound
+from worker.settings import WorkerSettings
+from worker.startup import prepare_engine
+
+
+def _settings(url: str, tmp_path: Path, **kw: object) -> WorkerSettings:
+    return WorkerSettings(a1111_url=url, models_dir=tmp_path, **kw)  # type: ignore[arg-type]
+
+
+def test_preloads_the_default_checkpoint_and_logs_the_timeline(
+    fake_a1111: FakeA1111, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    pid_file = write_pid_file(tmp_path / "engine.pid")
+    settings = _settings(fake_a1111.url, tmp_path, default_checkpoint="base_xl", engine_pid_file=pid_file)
+    caplog.set_level("INFO")
+    timeline = prepare_engine(A1111Client(fake_a1111.url, pid_file=pid_file), settings)
+    options = [r.body for r in fake_a1111.requests_to("options", "POST")]
+    assert options == [{"sd_model_checkpoint": "sdxl/base_xl.safetensors [fedcba9876]"}]
+    assert len(fake_a1111.requests_to("txt2img")) == 1  # the warm-up
+    phases = [name for name, _ in timeline.marks]
+    assert timeline.origin_label == "engine_process_start"
+    assert phases == ["worker_start", "port_open", "model_loaded", "warmed_up", "ready"]
+    assert "start-up timeline: engine_process_start 0.0s" in caplog.text
+
+
+def test_unknown_default_checkpoint_names_the_nearest(fake_a1111: FakeA1111, tmp_path: Path) -> None:
+    settings = _settings(fake_a1111.url, tmp_path, default_checkpoint="demo2", warmup=False)
+    with pytest.raises(ModelNotFound, match=r"demo\.safetensors"):
+        prepare_engine(A1111Client(fake_a1111.url), settings)
+
+
+def test_dead_engine_fails_at_once(fake_a1111: FakeA1111, tmp_path: Path) -> None:
+    fake_a1111.stop()
+    pid_file = write_pid_file(tmp_path / "engine.pid", dead_pid())
+    settings = _settings(fake_a1111.url, tmp_path, ready_timeout_s=30, engine_pid_file=pid_file)
+    started = time.monotonic()
+    with pytest.raises(EngineUnavailable, match="exited"):
+        prepare_engine(A1111Client(fake_a1111.url, pid_file=pid_file), settings)
+    assert time.monotonic() - started < 5
+
+
+def test_deadline_is_kept(tmp_path: Path) -> None:
+    settings = _settings("http://127.0.0.1:9", tmp_path, ready_timeout_s=1)
+    started = time.monotonic()
+    with pytest.raises(EngineUnavailable, match="deadline"):
+        prepare_engine(A1111Client("http://127.0.0.1:9", connect_timeout_s=0.5), settings)
+    assert time.monotonic() - started < 5
