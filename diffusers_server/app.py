@@ -1,0 +1,64 @@
+"""``create_app``: the FastAPI application, A1111's error shapes and the hooks for extra routes."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+
+from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+
+from . import __version__
+from .config import ServerConfig
+from .engine import Engine, EngineError, start_background_load
+from .routes import router
+
+log = logging.getLogger(__name__)
+
+AppHook = Callable[[FastAPI], None]
+
+
+def _a1111_error(status: int, error: str, detail: str, errors: str) -> JSONResponse:
+    return JSONResponse(
+        status_code=status, content={"error": error, "detail": detail, "body": "", "errors": errors}
+    )
+
+
+def create_app(
+    config: ServerConfig,
+    extra_routers: Sequence[APIRouter] = (),
+    on_app_started: Sequence[AppHook] = (),
+    engine: Engine | None = None,
+    load_model: bool = True,
+) -> FastAPI:
+    """Build the app. Other packages add routes via ``extra_routers`` or ``on_app_started`` callbacks
+    (like A1111's ``script_callbacks.on_app_started``); ``app.state.engine`` is the :class:`Engine`."""
+    app = FastAPI(title="diffusers_server (A1111-compatible)", version=__version__)
+    app.state.engine = engine or Engine(config)
+
+    @app.exception_handler(EngineError)
+    async def engine_error(_request: Request, exc: EngineError) -> JSONResponse:
+        log.info("request refused (%d): %s", exc.status, exc.message)
+        return _a1111_error(exc.status, "HTTPException", exc.message, f"{exc.status}: {exc.message}")
+
+    @app.exception_handler(Exception)
+    async def unexpected(_request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        return _a1111_error(500, type(exc).__name__, "", str(exc))
+
+    @app.middleware("http")
+    async def process_time(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        started = time.perf_counter()
+        response = await call_next(request)
+        response.headers["X-Process-Time"] = f"{time.perf_counter() - started:.4f}"
+        return response
+
+    app.include_router(router)
+    for extra in extra_routers:
+        app.include_router(extra)
+    for hook in on_app_started:
+        hook(app)
+    if load_model:
+        start_background_load(app.state.engine)
+    return app

@@ -1,0 +1,544 @@
+"""The generation engine: model folders, the loaded pipeline, options and A1111-compatible txt2img."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import io
+import json
+import logging
+import random
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import DPMSolverSDEScheduler
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+from safetensors.torch import load_file
+
+from . import __version__, infotext, options
+from .conditioning import EncodeSettings, pipeline_kwargs
+from .config import ServerConfig
+from .models import files
+from .models.files import CheckpointInfo, HashCache, LoraInfo
+from .models.pipelines import LoadedModel, ModelLoadError, Runtime, load_checkpoint, load_vae
+from .prompts import Embedding, PromptChunker, extract_networks, strip_comments
+from .samplers import SamplerError, resolve
+from .schemas import Txt2ImgRequest
+from .state import FifoLock, JobState
+
+log = logging.getLogger(__name__)
+
+VERSION_TEXT = f"diffusers-server-{__version__}"
+MAX_SIDE = 4096
+MAX_IMAGES = 64
+
+
+class EngineError(Exception):
+    """A caller-facing error with an HTTP status; rendered in A1111's error shape."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass
+class Job:
+    """One txt2img request after validation: everything the locked section needs."""
+
+    req: Txt2ImgRequest
+    prompt: str
+    negative: str
+    loras: list[tuple[LoraInfo, float, float]]
+    overrides: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)
+
+
+def _random_seed(value: int | None) -> int:
+    return random.randrange(4294967294) if value is None or value == -1 else int(value)
+
+
+def _parse_embedding(file: Path) -> dict[int, torch.Tensor]:
+    """A1111 embeddings: ``emb_params`` (SD1), ``clip_l``/``clip_g`` (SDXL) or ``string_to_param`` (.pt)."""
+    if file.suffix.lower() == ".safetensors":
+        data: dict[str, Any] = load_file(str(file))
+    else:
+        data = torch.load(str(file), map_location="cpu", weights_only=True)
+    if "string_to_param" in data:
+        data = {"emb_params": next(iter(data["string_to_param"].values()))}
+    tensors = [v for k, v in data.items() if k in {"emb_params", "clip_l", "clip_g"}]
+    if not tensors and len(data) == 1:
+        tensors = list(data.values())
+    if not tensors:
+        raise ValueError(f"no embedding vectors in {file.name}")
+    return {int(t.shape[-1]): t.reshape(-1, t.shape[-1]).float() for t in tensors}
+
+
+class Engine:
+    """Owns the model folders, the loaded pipeline and the options; a FIFO lock serialises generation."""
+
+    def __init__(self, config: ServerConfig):
+        self.config = config
+        self.runtime = Runtime.detect(force_cpu=config.force_cpu)
+        self.hashes = HashCache(config.hash_cache)
+        self.skeleton_root = Path(tempfile.mkdtemp(prefix="diffusers-server-skeletons-"))
+        self.lock = FifoLock()
+        self.state = JobState()
+        self.options: dict[str, Any] = dict(options.DEFAULTS)
+        self.model: LoadedModel | None = None
+        self.model_info: CheckpointInfo | None = None
+        self.load_error: str | None = None
+        self.checkpoints: list[CheckpointInfo] = []
+        self.loras: dict[str, LoraInfo] = {}
+        self.embedding_files: dict[str, Path] = {}
+        self.embeddings: dict[str, dict[int, torch.Tensor]] = {}
+        self.embedding_errors: dict[str, str] = {}
+        self.vaes: dict[str, Path] = {}
+        self.refresh_all()
+
+    # ---- folders ----
+
+    def refresh_all(self) -> None:
+        self.refresh_checkpoints()
+        self.refresh_loras()
+        self.refresh_embeddings()
+        self.refresh_vae()
+
+    def refresh_checkpoints(self) -> None:
+        root = self.config.checkpoints
+        self.checkpoints = [
+            CheckpointInfo.from_file(p, root, self.hashes) for p in files.scan(root, files.CHECKPOINT_EXTS)
+        ]
+        log.info("%d checkpoint(s) in %s", len(self.checkpoints), root)
+
+    def refresh_loras(self) -> None:
+        infos = [LoraInfo.from_file(p) for p in files.scan(self.config.loras, files.LORA_EXTS)]
+        self.loras = {info.name: info for info in infos}
+        for info in infos:
+            self.loras.setdefault(info.alias, info)
+
+    def refresh_embeddings(self) -> None:
+        self.embedding_files = {p.stem: p for p in files.scan(self.config.embeddings, files.EMBEDDING_EXTS)}
+        self.embeddings, self.embedding_errors = {}, {}
+        for name, path in self.embedding_files.items():
+            try:
+                self.embeddings[name] = _parse_embedding(path)
+            except (ValueError, KeyError, RuntimeError, OSError) as exc:
+                self.embedding_errors[name] = str(exc)
+                log.warning("skipping embedding %s: %s", path, exc)
+
+    def refresh_vae(self) -> None:
+        self.vaes = {p.name: p for p in files.scan(self.config.vaes, files.VAE_EXTS)}
+
+    def find_checkpoint(self, name: str) -> CheckpointInfo:
+        """Any A1111 alias (title, name, stem, model_name, shorthash, sha256, old hash); else 404."""
+        for info in self.checkpoints:
+            if name in info.aliases:
+                return info
+        titles = ", ".join(i.title for i in self.checkpoints) or "(none)"
+        raise EngineError(404, f"checkpoint {name!r} not found; available: {titles}")
+
+    # ---- model loading ----
+
+    def load_default(self) -> None:
+        """Load the configured (or first) checkpoint; runs in a background thread at start, like A1111."""
+        with self.lock.hold():
+            try:
+                if not self.checkpoints:
+                    raise EngineError(503, f"no checkpoints in {self.config.checkpoints}")
+                wanted = self.config.ckpt or self.checkpoints[0].title
+                info = self.find_checkpoint(wanted)
+                self._ensure_model(info, str(self.options["sd_vae"]))
+                self.options["sd_model_checkpoint"] = info.title
+            except (EngineError, ModelLoadError) as exc:
+                self.load_error = str(exc)
+                log.error("initial model load failed: %s", exc)
+
+    def _ensure_model(self, info: CheckpointInfo, vae_choice: str) -> LoadedModel:
+        if self.model is None or self.model_info is None or self.model_info.filename != info.filename:
+            self.model = None
+            self.model = load_checkpoint(
+                info.filename, self.runtime, self.skeleton_root, self.config.clip_tokenizer
+            )
+            self.model_info = info
+            self.load_error = None
+        self._apply_vae(self.model, vae_choice)
+        return self.model
+
+    def _vae_path(self, choice: str) -> Path | None:
+        if choice in ("Automatic", "None", "", None):
+            return None
+        if choice not in self.vaes:
+            raise EngineError(
+                404, f"VAE {choice!r} not found; available: Automatic, None, {', '.join(self.vaes)}"
+            )
+        return self.vaes[choice]
+
+    def _apply_vae(self, model: LoadedModel, choice: str) -> None:
+        path = self._vae_path(choice)
+        if path == model.vae_path:
+            return
+        model.pipe.vae = model.original_vae if path is None else load_vae(path, model.skeleton, self.runtime)
+        model.vae_path = path
+
+    # ---- options ----
+
+    def get_options(self) -> dict[str, Any]:
+        return dict(self.options)
+
+    def set_options(self, values: dict[str, Any]) -> list[str]:
+        """``POST /options``: validated; a checkpoint/VAE change loads at once (waiting for running jobs)."""
+        try:
+            notes = options.validate(values)
+        except options.OptionError as exc:
+            raise EngineError(400, str(exc)) from exc
+        with self.lock.hold():
+            ckpt = values.get("sd_model_checkpoint")
+            info = self.find_checkpoint(str(ckpt)) if ckpt is not None else self.model_info
+            vae = str(values.get("sd_vae", self.options["sd_vae"]))
+            self._vae_path(vae)
+            if info is not None:
+                try:
+                    self._ensure_model(info, vae)
+                except ModelLoadError as exc:
+                    raise EngineError(400, str(exc)) from exc
+            self.options.update(values)
+            if info is not None:
+                self.options["sd_model_checkpoint"] = info.title
+        for note in notes:
+            log.info("POST /options: %s", note)
+        return notes
+
+    # ---- listings ----
+
+    def embeddings_listing(self) -> dict[str, Any]:
+        widths = set(self.model.text_widths) if self.model else None
+        loaded: dict[str, Any] = {}
+        skipped: dict[str, Any] = {}
+        for name, vectors in self.embeddings.items():
+            first = next(iter(vectors.values()))
+            item = {
+                "step": None,
+                "sd_checkpoint": None,
+                "sd_checkpoint_name": None,
+                "shape": int(first.shape[-1]),
+                "vectors": int(first.shape[0]),
+            }
+            (loaded if widths is None or widths <= vectors.keys() else skipped)[name] = item
+        return {"loaded": loaded, "skipped": skipped}
+
+    # ---- txt2img ----
+
+    def prepare(self, req: Txt2ImgRequest) -> Job:
+        """Validate before taking the lock; 4xx for anything this engine cannot honour."""
+        warnings: list[str] = []
+
+        def refuse(condition: object, message: str, status: int = 400) -> None:
+            if condition:
+                raise EngineError(status, message)
+
+        refuse(req.script_name, f"Script '{req.script_name}' not found", 422)
+        for title in req.alwayson_scripts or {}:
+            refuse(True, f"always on script {title} not found", 422)
+        refuse(req.styles, f"style(s) {req.styles} not found: this engine has no prompt styles")
+        refuse(req.restore_faces, "restore_faces is not supported by this engine (no face restorers)")
+        refuse(req.tiling, "tiling is not supported by this engine")
+        refuse(
+            req.enable_hr, "enable_hr (hires fix) is not supported by this engine; generate at the final size"
+        )
+        refuse((req.subseed_strength or 0) > 0, "subseed_strength > 0 (variation seeds) is not supported")
+        refuse(
+            (req.seed_resize_from_w or 0) > 0 or (req.seed_resize_from_h or 0) > 0,
+            "seed_resize_from_w/h is not supported",
+        )
+        refuse(
+            req.refiner_checkpoint not in (None, "", "None", "none"), "refiner_checkpoint is not supported"
+        )
+        refuse(req.firstpass_image, "firstpass_image is not supported")
+        refuse(req.infotext, "infotext (filling fields from a parameters text) is not supported")
+        refuse((req.s_churn or 0) > 0, "s_churn > 0 is not supported by this engine")
+        refuse(
+            req.firstphase_width or req.firstphase_height,
+            "firstphase_width/height (legacy hires) not supported",
+        )
+        width, height = int(req.width or 512), int(req.height or 512)
+        for name, value in (("width", width), ("height", height)):
+            refuse(
+                value < 8 or value > MAX_SIDE or value % 8, f"{name} must be a multiple of 8 in 8..{MAX_SIDE}"
+            )
+        steps, batch, n_iter = int(req.steps or 50), int(req.batch_size or 1), int(req.n_iter or 1)
+        refuse(steps < 1 or steps > 1000, "steps must be 1..1000")
+        refuse(
+            batch < 1 or n_iter < 1 or batch * n_iter > MAX_IMAGES,
+            f"batch_size*n_iter must be 1..{MAX_IMAGES}",
+        )
+        try:
+            resolve(req.sampler_name or req.sampler_index, req.scheduler)
+        except SamplerError as exc:
+            raise EngineError(404, str(exc)) from exc
+        overrides = dict(req.override_settings or {})
+        try:
+            warnings += options.validate(overrides)
+        except options.OptionError as exc:
+            raise EngineError(400, f"override_settings: {exc}") from exc
+        if "sd_model_checkpoint" in overrides:
+            self.find_checkpoint(str(overrides["sd_model_checkpoint"]))
+        if "sd_vae" in overrides:
+            self._vae_path(str(overrides["sd_vae"]))
+        for name in ("eta", "s_min_uncond", "s_tmax", "s_tmin", "s_noise"):
+            if getattr(req, name) is not None and name != "eta":
+                warnings.append(f"{name} is accepted but not applied by this engine")
+        if req.eta is not None and "DDIM" not in str(req.sampler_name or req.sampler_index):
+            warnings.append("eta is only applied to DDIM by this engine")
+        if req.save_images:
+            warnings.append("save_images: this engine does not save files or build grids")
+        if req.hr_checkpoint_name or req.hr_sampler_name or req.hr_prompt or req.hr_negative_prompt:
+            warnings.append("hr_* fields are ignored because enable_hr is false")
+
+        comments = (
+            bool(self.options.get("enable_prompt_comments", True))
+            if "enable_prompt_comments" not in overrides
+            else bool(overrides["enable_prompt_comments"])
+        )
+        prompt = strip_comments(req.prompt or "") if comments else req.prompt or ""
+        negative = strip_comments(req.negative_prompt or "") if comments else req.negative_prompt or ""
+        try:
+            _, tags = extract_networks(prompt)
+            _, neg_tags = extract_networks(negative)
+        except ValueError as exc:
+            raise EngineError(400, str(exc)) from exc
+        if neg_tags:
+            warnings.append(
+                "extra-network tags in the negative prompt are removed and not applied (as A1111)"
+            )
+        loras: list[tuple[LoraInfo, float, float]] = []
+        for tag in tags:
+            refuse(tag.kind != "lora", f"extra network <{tag.kind}:...> is not supported (only lora/lyco)")
+            if tag.name not in self.loras:
+                self.refresh_loras()
+            if tag.name not in self.loras:
+                names = ", ".join(sorted({i.name for i in self.loras.values()})) or "(none)"
+                raise EngineError(404, f"LoRA {tag.name!r} not found; available: {names}")
+            loras.append((self.loras[tag.name], tag.te_weight, tag.unet_weight))
+        if req.disable_extra_networks and loras:
+            warnings.append("disable_extra_networks: LoRA tags were not applied")
+            loras = []
+        return Job(req, prompt, negative, loras, overrides, warnings)
+
+    def txt2img(self, req: Txt2ImgRequest) -> dict[str, Any]:
+        job = self.prepare(req)
+        for warning in job.warnings:
+            log.warning("txt2img: %s", warning)
+        with self.lock.hold():
+            saved = {k: self.options[k] for k in job.overrides}
+            self.state.begin("txt2img", int(req.n_iter or 1))
+            try:
+                self.options.update(job.overrides)
+                return self._generate(job)
+            finally:
+                self.state.end()
+                if req.override_settings_restore_afterwards is not False:
+                    self.options.update(saved)
+
+    def _generate(self, job: Job) -> dict[str, Any]:
+        req, opts = job.req, self.options
+        name = opts.get("sd_model_checkpoint") or (self.model_info.title if self.model_info else None)
+        if name is None:
+            raise EngineError(503, self.load_error or "no checkpoint loaded")
+        try:
+            model = self._ensure_model(self.find_checkpoint(str(name)), str(opts["sd_vae"]))
+        except ModelLoadError as exc:
+            raise EngineError(400, str(exc)) from exc
+        info = self.model_info
+        assert info is not None
+        # A1111 stores the loaded model's title, whatever alias was sent.
+        opts["sd_model_checkpoint"] = info.title
+        pipe = model.pipe
+        sampler = resolve(req.sampler_name or req.sampler_index, req.scheduler)
+        pipe.scheduler = sampler.build(model.scheduler_config)
+        self._apply_loras(model, job.loras)
+
+        embeddings = {
+            n: Embedding(n, v) for n, v in self.embeddings.items() if set(model.text_widths) <= v.keys()
+        }
+        chunker = PromptChunker(pipe.tokenizer, embeddings, int(opts["comma_padding_backtrack"]))
+        clip_stop = int(opts["CLIP_stop_at_last_layers"])
+        settings = EncodeSettings(clip_stop, bool(opts["sdxl_clip_l_skip"]), opts["emphasis"] != "None")
+        cond, used_embeddings = pipeline_kwargs(
+            model, chunker, extract_networks(job.prompt)[0], extract_networks(job.negative)[0], settings
+        )
+
+        batch, n_iter, steps = int(req.batch_size or 1), int(req.n_iter or 1), int(req.steps or 50)
+        width, height = int(req.width or 512), int(req.height or 512)
+        seed, subseed = _random_seed(req.seed), _random_seed(req.subseed)
+        all_seeds = [seed + i for i in range(batch * n_iter)]
+        extra: dict[str, Any] = {}
+        if opts["lora_add_hashes_to_infotext"] and job.loras:
+            extra["Lora hashes"] = ", ".join(
+                f"{lo.name}: {self.hashes.addnet(lo.filename)[:12]}" for lo, _, _ in job.loras
+            )
+        if opts["textual_inversion_add_hashes_to_infotext"] and used_embeddings:
+            extra["TI hashes"] = ", ".join(
+                f"{n}: {self.hashes.sha256(self.embedding_files[n])[:12]}" for n in used_embeddings
+            )
+        vae_path = model.vae_path
+        vae_hash = self.hashes.sha256(vae_path)[:10] if vae_path else None
+        params: dict[str, Any] = {
+            "Steps": steps,
+            "Sampler": sampler.sampler.name,
+            "Schedule type": sampler.schedule.label,
+            "CFG scale": req.cfg_scale if req.cfg_scale is not None else 7.0,
+            "Seed": None,
+            "Size": f"{width}x{height}",
+            "Model hash": info.shorthash if opts["add_model_hash_to_info"] else None,
+            "Model": info.name_for_extra if opts["add_model_name_to_info"] else None,
+            "VAE hash": vae_hash if opts["add_vae_hash_to_info"] else None,
+            "VAE": vae_path.stem if vae_path and opts["add_vae_name_to_info"] else None,
+            "Clip skip": clip_stop if clip_stop > 1 else None,
+            **extra,
+            "Version": VERSION_TEXT if opts["add_version_to_infotext"] else None,
+        }
+        if req.eta is not None and sampler.sampler.name == "DDIM":
+            params["Eta DDIM"] = req.eta
+
+        images: list[str] = []
+        infotexts: list[str] = []
+        self.state.sampling_steps = steps
+
+        def on_step(p: Any, i: int, _t: Any, _kw: dict[str, Any]) -> dict[str, Any]:
+            self.state.sampling_step = i + 1
+            if self.state.interrupted or self.state.skipped:
+                p._interrupt = True
+            return {}
+
+        for it in range(n_iter):
+            if self.state.interrupted:
+                break
+            self.state.job_no, self.state.sampling_step, self.state.skipped = it, 0, False
+            seeds = all_seeds[it * batch : (it + 1) * batch]
+            if isinstance(pipe.scheduler, DPMSolverSDEScheduler):
+                pipe.scheduler.noise_sampler_seed = seeds[0]
+            call_kwargs = {k: v.repeat(batch, *[1] * (v.ndim - 1)) for k, v in cond.items()}
+            if req.eta is not None:
+                call_kwargs["eta"] = req.eta
+            self._maybe_tile(model, width, height)
+            with torch.inference_mode():
+                out = pipe(
+                    **call_kwargs,
+                    num_inference_steps=steps,
+                    guidance_scale=float(params["CFG scale"]),
+                    width=width,
+                    height=height,
+                    generator=[torch.Generator("cpu").manual_seed(s) for s in seeds],
+                    callback_on_step_end=on_step,
+                )
+            for image, s in zip(out.images, seeds, strict=True):
+                text = infotext.create(req.prompt or "", req.negative_prompt or "", {**params, "Seed": s})
+                infotexts.append(text)
+                if req.send_images is not False:
+                    images.append(self._encode_image(image, text))
+        info_json = {
+            "prompt": req.prompt or "",
+            "all_prompts": [req.prompt or ""] * len(infotexts),
+            "negative_prompt": req.negative_prompt or "",
+            "all_negative_prompts": [req.negative_prompt or ""] * len(infotexts),
+            "seed": seed,
+            "all_seeds": all_seeds[: len(infotexts)],
+            "subseed": subseed,
+            "all_subseeds": [subseed + i for i in range(len(infotexts))],
+            "subseed_strength": req.subseed_strength or 0,
+            "width": width,
+            "height": height,
+            "sampler_name": sampler.sampler.name,
+            "cfg_scale": params["CFG scale"],
+            "steps": steps,
+            "batch_size": batch,
+            "restore_faces": bool(req.restore_faces),
+            "face_restoration_model": None,
+            "sd_model_name": info.name_for_extra,
+            "sd_model_hash": info.shorthash,
+            "sd_vae_name": vae_path.stem if vae_path else None,
+            "sd_vae_hash": vae_hash,
+            "seed_resize_from_w": req.seed_resize_from_w,
+            "seed_resize_from_h": req.seed_resize_from_h,
+            "denoising_strength": req.denoising_strength,
+            "extra_generation_params": {"Schedule type": sampler.schedule.label, **extra},
+            "index_of_first_image": 0,
+            "infotexts": infotexts,
+            "styles": req.styles or [],
+            "job_timestamp": self.state.job_timestamp,
+            "clip_skip": clip_stop,
+            "is_using_inpainting_conditioning": False,
+            "version": VERSION_TEXT,
+            "interrupted": self.state.interrupted,
+            "warnings": job.warnings,
+        }
+        return {"images": images, "parameters": req.model_dump(), "info": json.dumps(info_json)}
+
+    def _apply_loras(self, model: LoadedModel, loras: list[tuple[LoraInfo, float, float]]) -> None:
+        """Load each LoRA once per model (adapter = file stem), then activate exactly this request's set."""
+        pipe = model.pipe
+        for lora, _, _ in loras:
+            if lora.name not in model.loaded_loras:
+                try:
+                    pipe.load_lora_weights(str(lora.filename), adapter_name=lora.name)
+                except (ValueError, KeyError, RuntimeError) as exc:
+                    with contextlib.suppress(ValueError, KeyError):
+                        pipe.delete_adapters([lora.name])
+                    reason = str(exc).strip().splitlines()[0][:300]
+                    ckpt = model.path.name
+                    raise EngineError(
+                        400, f"LoRA {lora.name!r} does not fit checkpoint {ckpt} ({model.kind}): {reason}"
+                    ) from exc
+                model.loaded_loras.add(lora.name)
+        if not model.loaded_loras:
+            return
+        if not loras:
+            pipe.disable_lora()
+            return
+        pipe.enable_lora()
+        weights = [{"unet": unet, "text_encoder": te, "text_encoder_2": te} for _, te, unet in loras]
+        if model.kind == "sd15":
+            weights = [{"unet": w["unet"], "text_encoder": w["text_encoder"]} for w in weights]
+        pipe.set_adapters([lo.name for lo, _, _ in loras], adapter_weights=weights)
+
+    def _maybe_tile(self, model: LoadedModel, width: int, height: int) -> None:
+        if self.runtime.device != "cuda":
+            return
+        if width * height > 1024 * 1024:
+            model.pipe.vae.enable_tiling()
+        else:
+            model.pipe.vae.disable_tiling()
+
+    def _encode_image(self, image: Image.Image, text: str) -> str:
+        """Base64 in ``samples_format``; infotext in a PNG ``parameters`` tEXt chunk, or JPEG/WebP EXIF."""
+        fmt = str(self.options["samples_format"]).lower()
+        buffer = io.BytesIO()
+        with_info = bool(self.options["enable_pnginfo"])
+        if fmt == "png":
+            png = PngInfo()
+            if with_info:
+                png.add_text("parameters", text)
+            image.save(buffer, format="PNG", pnginfo=png)
+        else:
+            exif = Image.Exif()
+            if with_info:
+                exif.get_ifd(0x8769)[0x9286] = b"UNICODE\0" + text.encode("utf-16-be")
+            kind = "WEBP" if fmt == "webp" else "JPEG"
+            extra = {"lossless": True} if kind == "WEBP" and self.options["webp_lossless"] else {}
+            image.convert("RGB").save(
+                buffer, format=kind, quality=int(self.options["jpeg_quality"]), exif=exif, **extra
+            )
+        return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def start_background_load(engine: Engine) -> threading.Thread:
+    """A1111 starts listening before the model is loaded; txt2img waits on the lock until it is."""
+    thread = threading.Thread(target=engine.load_default, name="model-load", daemon=True)
+    thread.start()
+    return thread

@@ -1,0 +1,1 @@
+"""Model files: A1111 folder scanning, hashing, single-file layouts and pipeline loading."""

@@ -1,0 +1,185 @@
+"""A1111's model folders: listing, names/titles/aliases and hashes, exactly as A1111 v1.10 derives them.
+
+Full-file sha256 is computed once per file and cached by (size, mtime) in a json file, so a restart or a
+refresh never re-reads a multi-GB checkpoint that did not change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import struct
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from safetensors import safe_open
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_EXTS = (".safetensors", ".ckpt")
+LORA_EXTS = (".safetensors", ".pt", ".ckpt")
+EMBEDDING_EXTS = (".safetensors", ".pt", ".bin")
+VAE_EXTS = (".safetensors", ".pt", ".ckpt")
+
+
+class HashCache:
+    """sha256 of whole files (and kohya "addnet" hashes), keyed by path, validated by size + mtime."""
+
+    def __init__(self, path: Path | None):
+        self.path = path
+        self._lock = threading.Lock()
+        self._data: dict[str, dict[str, Any]] = {}
+        if path is not None and path.is_file():
+            try:
+                self._data = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                log.warning("ignoring unreadable hash cache %s", path)
+
+    def _get(self, file: Path, kind: str, compute: Any) -> str:
+        stat = file.stat()
+        key = f"{kind}:{file.resolve()}"
+        with self._lock:
+            entry = self._data.get(key)
+            if entry and entry["size"] == stat.st_size and entry["mtime"] == stat.st_mtime:
+                return str(entry["sha256"])
+        digest = str(compute(file))
+        with self._lock:
+            self._data[key] = {"size": stat.st_size, "mtime": stat.st_mtime, "sha256": digest}
+            self._save()
+        return digest
+
+    def sha256(self, file: Path) -> str:
+        return self._get(file, "sha256", _sha256_file)
+
+    def addnet(self, file: Path) -> str:
+        return self._get(file, "addnet", _addnet_hash)
+
+    def _save(self) -> None:
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(self._data), encoding="utf-8")
+        tmp.replace(self.path)
+
+
+def _sha256_file(file: Path) -> str:
+    digest = hashlib.sha256()
+    with file.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _addnet_hash(file: Path) -> str:
+    """kohya's "addnet" hash: sha256 of a safetensors file's tensor data (after the header)."""
+    digest = hashlib.sha256()
+    with file.open("rb") as handle:
+        (header_len,) = struct.unpack("<Q", handle.read(8))
+        handle.seek(8 + header_len)
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def old_model_hash(file: Path) -> str:
+    """A1111's legacy 8-character "AutoV1" hash: sha256 of the 64 KiB at offset 1 MiB."""
+    with file.open("rb") as handle:
+        handle.seek(0x100000)
+        return hashlib.sha256(handle.read(0x10000)).hexdigest()[:8]
+
+
+def scan(folder: Path, exts: tuple[str, ...]) -> list[Path]:
+    """Model files below ``folder`` (recursive, sorted like A1111's listing; hidden entries skipped)."""
+    if not folder.is_dir():
+        return []
+    found = [
+        p
+        for p in folder.rglob("*")
+        if p.suffix.lower() in exts and p.is_file() and not any(part.startswith(".") for part in p.parts)
+    ]
+    return sorted(found, key=lambda p: str(p.relative_to(folder)).lower())
+
+
+def read_metadata(file: Path) -> dict[str, str]:
+    if file.suffix.lower() != ".safetensors":
+        return {}
+    with safe_open(str(file), framework="pt") as handle:
+        return dict(handle.metadata() or {})
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """A1111's ``CheckpointInfo`` (modules/sd_models.py) for one file."""
+
+    filename: Path
+    name: str
+    sha256: str
+    hash: str
+
+    @classmethod
+    def from_file(cls, file: Path, root: Path, cache: HashCache) -> CheckpointInfo:
+        name = str(file.relative_to(root)).replace(os.sep, "/")
+        return cls(filename=file, name=name, sha256=cache.sha256(file), hash=old_model_hash(file))
+
+    @property
+    def name_for_extra(self) -> str:
+        return self.filename.stem
+
+    @property
+    def model_name(self) -> str:
+        return self.name.rsplit(".", 1)[0].replace("/", "_").replace("\\", "_")
+
+    @property
+    def shorthash(self) -> str:
+        return self.sha256[:10]
+
+    @property
+    def title(self) -> str:
+        return f"{self.name} [{self.shorthash}]"
+
+    @property
+    def aliases(self) -> set[str]:
+        return {
+            self.hash,
+            self.model_name,
+            self.title,
+            self.name,
+            self.name_for_extra,
+            f"{self.name} [{self.hash}]",
+            self.shorthash,
+            self.sha256,
+            f"{self.name_for_extra} [{self.shorthash}]",
+        }
+
+    def listing(self) -> dict[str, Any]:
+        return {
+            "title": self.title,
+            "model_name": self.model_name,
+            "hash": self.shorthash,
+            "sha256": self.sha256,
+            "filename": str(self.filename),
+            "config": None,
+        }
+
+
+@dataclass(frozen=True)
+class LoraInfo:
+    """A LoRA file as A1111's built-in Lora extension indexes it."""
+
+    filename: Path
+    name: str
+    alias: str
+    metadata: dict[str, str]
+
+    @classmethod
+    def from_file(cls, file: Path) -> LoraInfo:
+        metadata = read_metadata(file)
+        return cls(file, file.stem, metadata.get("ss_output_name") or file.stem, metadata)
+
+    def listing(self) -> dict[str, Any]:
+        return {"name": self.name, "alias": self.alias, "path": str(self.filename), "metadata": self.metadata}

@@ -1,0 +1,120 @@
+"""A1111 options (``/sdapi/v1/options``, ``override_settings``) this engine knows.
+
+Keys in :data:`HONOURED` change what the engine does; the others are A1111 options that clients commonly
+send and that have no effect on this engine's output: they are stored and reported, never silently lost.
+Unknown keys are rejected with a 400 naming them (A1111 answers a 500 ``KeyError``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+DEFAULTS: dict[str, Any] = {
+    "sd_model_checkpoint": None,
+    "sd_checkpoints_limit": 1,
+    "sd_checkpoints_keep_in_cpu": True,
+    "sd_checkpoint_cache": 0,
+    "CLIP_stop_at_last_layers": 1,
+    "sdxl_clip_l_skip": False,
+    "sd_vae": "Automatic",
+    "sd_vae_overrides_per_model_preferences": True,
+    "samples_format": "png",
+    "jpeg_quality": 80,
+    "webp_lossless": False,
+    "enable_pnginfo": True,
+    "samples_save": True,
+    "grid_save": True,
+    "return_grid": True,
+    "grid_only_if_multiple": True,
+    "add_model_hash_to_info": True,
+    "add_model_name_to_info": True,
+    "add_version_to_infotext": True,
+    "add_vae_name_to_info": True,
+    "add_vae_hash_to_info": True,
+    "eta_noise_seed_delta": 0,
+    "randn_source": "GPU",
+    "emphasis": "Original",
+    "comma_padding_backtrack": 20,
+    "enable_prompt_comments": True,
+    "live_previews_enable": True,
+    "show_progress_every_n_steps": 10,
+    "show_progress_type": "Approx NN",
+    "lora_preferred_name": "Alias from file",
+    "lora_add_hashes_to_infotext": True,
+    "textual_inversion_add_hashes_to_infotext": True,
+    "extra_networks_default_multiplier": 1.0,
+    "sd_lora": "None",
+    "sd_hypernetwork": "None",
+    "face_restoration": False,
+    "face_restoration_model": "CodeFormer",
+    "tiling": False,
+    "eta_ddim": 0.0,
+    "eta_ancestral": 1.0,
+    "s_churn": 0.0,
+    "s_min_uncond": 0.0,
+    "s_noise": 1.0,
+    "s_tmin": 0.0,
+    "s_tmax": 0.0,
+    "save_images_add_number": True,
+    "outdir_samples": "",
+    "api_enable_requests": True,
+    "api_forbid_local_requests": True,
+    "api_useragent": "",
+}
+HONOURED = frozenset(
+    {
+        "sd_model_checkpoint",
+        "CLIP_stop_at_last_layers",
+        "sdxl_clip_l_skip",
+        "sd_vae",
+        "samples_format",
+        "jpeg_quality",
+        "webp_lossless",
+        "enable_pnginfo",
+        "add_model_hash_to_info",
+        "add_model_name_to_info",
+        "add_version_to_infotext",
+        "add_vae_name_to_info",
+        "add_vae_hash_to_info",
+        "emphasis",
+        "comma_padding_backtrack",
+        "enable_prompt_comments",
+        "lora_add_hashes_to_infotext",
+        "textual_inversion_add_hashes_to_infotext",
+        "eta_ddim",
+    }
+)
+# Non-default values of these would change the image in A1111; this engine cannot follow, so it refuses them.
+REFUSED_UNLESS_DEFAULT = frozenset(
+    {"eta_noise_seed_delta", "sd_lora", "sd_hypernetwork", "face_restoration", "tiling", "s_churn", "s_noise"}
+)
+SAMPLES_FORMATS = ("png", "jpg", "jpeg", "webp")
+EMPHASIS_MODES = ("Original", "None")
+
+
+class OptionError(ValueError):
+    """An unknown option key or a value this engine cannot honour."""
+
+
+def validate(values: dict[str, Any]) -> list[str]:
+    """Check keys/values; return notes for accepted keys that have no effect on this engine."""
+    unknown = sorted(k for k in values if k not in DEFAULTS)
+    if unknown:
+        raise OptionError(
+            f"unknown option(s) {', '.join(unknown)}; this engine knows: {', '.join(sorted(DEFAULTS))}"
+        )
+    for key in REFUSED_UNLESS_DEFAULT & values.keys():
+        if values[key] not in (DEFAULTS[key], None):
+            raise OptionError(
+                f"option {key}={values[key]!r} is not supported by this engine (only {DEFAULTS[key]!r})"
+            )
+    fmt = values.get("samples_format")
+    if fmt is not None and str(fmt).lower() not in SAMPLES_FORMATS:
+        raise OptionError(f"samples_format {fmt!r} is not one of {', '.join(SAMPLES_FORMATS)}")
+    if values.get("emphasis") not in (None, *EMPHASIS_MODES):
+        raise OptionError(f"emphasis {values['emphasis']!r} is not one of {', '.join(EMPHASIS_MODES)}")
+    clip = values.get("CLIP_stop_at_last_layers")
+    if clip is not None and (not isinstance(clip, int) or isinstance(clip, bool) or not 1 <= clip <= 12):
+        raise OptionError(f"CLIP_stop_at_last_layers must be an integer 1..12, got {clip!r}")
+    ignored = sorted(k for k in values if k not in HONOURED and k not in REFUSED_UNLESS_DEFAULT)
+    return [f"option {k} is stored but has no effect on this engine" for k in ignored]

@@ -1,0 +1,100 @@
+"""Job state for ``/progress``, ``/interrupt`` and ``/skip``, and the FIFO generation lock."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any
+
+
+class FifoLock:
+    """A lock granted strictly in arrival order (A1111's ``queue_lock`` is a FIFO lock too)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._next_ticket = 0
+        self._serving = 0
+
+    @contextmanager
+    def hold(self) -> Iterator[None]:
+        with self._cond:
+            ticket = self._next_ticket
+            self._next_ticket += 1
+            self._cond.wait_for(lambda: self._serving == ticket)
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._serving += 1
+                self._cond.notify_all()
+
+
+class JobState:
+    """A1111's ``shared.state``: what ``/progress`` reports and what ``/interrupt``/``/skip`` set."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.job = ""
+        self.job_count = 0
+        self.job_no = 0
+        self.job_timestamp = "0"
+        self.sampling_step = 0
+        self.sampling_steps = 0
+        self.interrupted = False
+        self.skipped = False
+        self.stopping_generation = False
+        self.time_start = 0.0
+
+    def begin(self, job: str, job_count: int) -> None:
+        with self._lock:
+            self.job, self.job_count, self.job_no = job, job_count, 0
+            self.sampling_step = self.sampling_steps = 0
+            self.interrupted = self.skipped = self.stopping_generation = False
+            self.job_timestamp = datetime.now().strftime("%Y%m%d%H%M%S")
+            self.time_start = time.time()
+
+    def end(self) -> None:
+        with self._lock:
+            self.job, self.job_count, self.job_no = "", 0, 0
+            self.sampling_step = self.sampling_steps = 0
+
+    def interrupt(self) -> None:
+        self.interrupted = True
+
+    def skip(self) -> None:
+        self.skipped = True
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "skipped": self.skipped,
+            "interrupted": self.interrupted,
+            "stopping_generation": self.stopping_generation,
+            "job": self.job,
+            "job_count": self.job_count,
+            "job_timestamp": self.job_timestamp,
+            "job_no": self.job_no,
+            "sampling_step": self.sampling_step,
+            "sampling_steps": self.sampling_steps,
+        }
+
+    def progress(self) -> dict[str, Any]:
+        """``GET /sdapi/v1/progress`` body."""
+        state = self.as_dict()
+        if self.job_count == 0:
+            return {"progress": 0, "eta_relative": 0, "state": state, "current_image": None, "textinfo": None}
+        progress = self.job_no / self.job_count
+        if self.sampling_steps:
+            progress += self.sampling_step / self.sampling_steps / self.job_count
+        progress = min(max(progress, 0.01), 1.0)
+        elapsed = time.time() - self.time_start
+        eta = elapsed / progress - elapsed
+        return {
+            "progress": progress,
+            "eta_relative": eta,
+            "state": state,
+            "current_image": None,
+            "textinfo": None,
+        }
