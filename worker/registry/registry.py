@@ -534,10 +534,13 @@ class ModelRegistry:
             )
 
     def _facts(self, entry: LiveEntry, catalogue: CatalogueEntry | None) -> ModelFacts:
+        architecture = entry.architecture
+        if architecture in (None, "unknown") and catalogue is not None and catalogue.architecture:
+            architecture = catalogue.architecture  # the operator's word where the header tells nothing
         return ModelFacts(
             kind=entry.kind,
             file_name=entry.file_name,
-            architecture=entry.architecture,
+            architecture=architecture,
             sha256=entry.sha256,
             short_hash=entry.short_hash,
             default_weight=catalogue.default_weight if catalogue else None,
