@@ -13,8 +13,7 @@ import sys
 
 from worker.errors import WorkerError
 from worker.handler import JobRunner, async_handler, set_runner
-from worker.logs import setup_logging
-from worker.settings import SettingsError, WorkerSettings
+from worker.logs import settings_with_logging
 from worker.startup import prepare_engine
 
 log = logging.getLogger("worker")
@@ -25,13 +24,9 @@ def main(argv: list[str]) -> int:
         from worker.registry.cli import main as registry_main
 
         return registry_main(argv[1:])
-    try:
-        settings = WorkerSettings.from_env()
-    except SettingsError as exc:
-        logging.basicConfig(level=logging.ERROR)
-        log.error("%s", exc)
+    settings = settings_with_logging()
+    if settings is None:
         return 2
-    setup_logging(settings.log_level, settings.log_format, settings.secret_values())
     runner = JobRunner.from_settings(settings)
     try:
         timeline = prepare_engine(runner, settings)

@@ -14,6 +14,10 @@ import re
 import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from worker.settings import WorkerSettings
 
 job_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("job_id", default=None)
 
@@ -83,3 +87,20 @@ def setup_logging(level: str = "INFO", fmt: str = "json", secrets: Iterable[str]
     root.setLevel(level)
     for noisy in ("urllib3", "botocore", "boto3", "s3transfer", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def settings_with_logging() -> WorkerSettings | None:
+    """A process's start: settings from the environment, then logging configured from them.
+
+    Returns None (after logging why) when the environment is invalid, so entry points exit with 2.
+    """
+    from worker.settings import SettingsError, WorkerSettings
+
+    try:
+        settings = WorkerSettings.from_env()
+    except SettingsError as exc:
+        logging.basicConfig(level=logging.ERROR)
+        logging.getLogger("worker").error("%s", exc)
+        return None
+    setup_logging(settings.log_level, settings.log_format, settings.secret_values())
+    return settings

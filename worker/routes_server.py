@@ -13,9 +13,8 @@ import logging
 import sys
 
 from worker.handler import JobRunner
-from worker.logs import setup_logging
+from worker.logs import settings_with_logging
 from worker.routes import create_worker_router
-from worker.settings import SettingsError, WorkerSettings
 
 log = logging.getLogger("worker.routes_server")
 
@@ -25,13 +24,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=3001)
     args = parser.parse_args(argv)
-    try:
-        settings = WorkerSettings.from_env()
-    except SettingsError as exc:
-        logging.basicConfig(level=logging.ERROR)
-        log.error("%s", exc)
+    settings = settings_with_logging()
+    if settings is None:
         return 2
-    setup_logging(settings.log_level, settings.log_format, settings.secret_values())
 
     import uvicorn
     from fastapi import FastAPI

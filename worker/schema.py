@@ -21,34 +21,14 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from worker.engine import READONLY_ENDPOINTS
 from worker.errors import InputInvalid
 from worker.output import OutputOptions
 
 MAX_SEED = 2**32 - 1
 
 #: Envelope endpoints that only read or refresh the engine's lists (anything else is refused).
-LISTING_ENDPOINTS: tuple[str, ...] = (
-    "sd-models",
-    "samplers",
-    "schedulers",
-    "loras",
-    "embeddings",
-    "sd-vae",
-    "upscalers",
-    "latent-upscale-modes",
-    "hypernetworks",
-    "face-restorers",
-    "realesrgan-models",
-    "prompt-styles",
-    "scripts",
-    "memory",
-    "options",
-    "progress",
-    "refresh-checkpoints",
-    "refresh-loras",
-    "refresh-embeddings",
-    "refresh-vae",
-)
+LISTING_ENDPOINTS: tuple[str, ...] = tuple(sorted(READONLY_ENDPOINTS))
 GENERATION_ENDPOINTS: tuple[str, ...] = ("txt2img",)
 
 
@@ -179,7 +159,7 @@ class Txt2ImgJob(_Strict):
 
     @model_validator(mode="after")
     def _one_hires_form(self) -> Txt2ImgJob:
-        a1111_hires = sorted(name for name in self.model_fields_set if name in _A1111_HIRES_FIELDS)
+        a1111_hires = sorted(name for name in self.model_fields_set if name in A1111_HIRES_FIELDS)
         if self.hires is not None and a1111_hires:
             raise ValueError(
                 f"give hires either as the hires object or as {', '.join(a1111_hires)}, not both"
@@ -191,7 +171,7 @@ class Txt2ImgJob(_Strict):
         return (self.batch_size or 1) * (self.n_iter or 1)
 
 
-_A1111_HIRES_FIELDS = frozenset(
+A1111_HIRES_FIELDS: frozenset[str] = frozenset(
     {
         "enable_hr",
         "hr_scale",

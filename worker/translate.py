@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from worker.schema import SYNONYMS, Txt2ImgJob
+from worker.schema import A1111_HIRES_FIELDS, SYNONYMS, Txt2ImgJob
 
 HIRES_DEFAULT_DENOISING = 0.7
 
@@ -27,35 +27,27 @@ HIRES_DEFAULT_DENOISING = 0.7
 LORA_TAG = re.compile(r"<(?:lora|lyco):([^:>]+)(?::([^:>]*))?[^>]*>", re.IGNORECASE)
 
 # Fields the translation places itself; everything else the user set passes through unchanged.
-_HANDLED = frozenset(
-    {
-        "prompt",
-        "negative_prompt",
-        "checkpoint",
-        "loras",
-        "vae",
-        "sampler",
-        "scheduler",
-        "clip_skip",
-        "hires",
-        "output",
-        "override_settings",
-        "send_images",
-        "save_images",
-        "enable_hr",
-        "hr_scale",
-        "hr_upscaler",
-        "hr_second_pass_steps",
-        "hr_resize_x",
-        "hr_resize_y",
-        "hr_checkpoint_name",
-        "hr_sampler_name",
-        "hr_scheduler",
-        "hr_prompt",
-        "hr_negative_prompt",
-        "denoising_strength",
-        "refiner_checkpoint",
-    }
+_HANDLED = (
+    frozenset(
+        {
+            "prompt",
+            "negative_prompt",
+            "checkpoint",
+            "loras",
+            "vae",
+            "sampler",
+            "scheduler",
+            "clip_skip",
+            "hires",
+            "output",
+            "override_settings",
+            "send_images",
+            "save_images",
+            "denoising_strength",
+            "refiner_checkpoint",
+        }
+    )
+    | A1111_HIRES_FIELDS
     | {spelling for spellings in SYNONYMS.values() for spelling in spellings}
 )
 
