@@ -26,7 +26,7 @@ from .config import ServerConfig
 from .models import files
 from .models.files import CheckpointInfo, HashCache, LoraInfo
 from .models.pipelines import LoadedModel, ModelLoadError, Runtime, load_checkpoint, load_vae
-from .prompts import Embedding, PromptChunker, extract_networks, strip_comments
+from .prompts import Embedding, PromptChunker, extract_networks, strip_comments, unsupported_syntax
 from .samplers import SamplerError, resolve
 from .schemas import Txt2ImgRequest
 from .state import FifoLock, JobState
@@ -312,6 +312,8 @@ class Engine:
             _, neg_tags = extract_networks(negative)
         except ValueError as exc:
             raise EngineError(400, str(exc)) from exc
+        for feature in unsupported_syntax(prompt) + unsupported_syntax(negative):
+            warnings.append(f"{feature} is not implemented by this engine: that text was encoded literally")
         if neg_tags:
             warnings.append(
                 "extra-network tags in the negative prompt are removed and not applied (as A1111)"

@@ -23,6 +23,20 @@ _ATTENTION = re.compile(
 )
 _BREAK = re.compile(r"\s*\bBREAK\b\s*", re.S)
 _COMMENT = re.compile(r"\s*#[^\n]*")
+# A1111 scheduling syntax this engine does not implement: [from:to:when], [to:when], [a|b], "a AND b".
+_UNSUPPORTED_SYNTAX = (
+    (
+        re.compile(r"\[[^\[\]]*:[^\[\]]*:\s*[\d.]+\s*]|\[[^\[\]:]+:\s*[\d.]+\s*]"),
+        "prompt editing [from:to:when]",
+    ),
+    (re.compile(r"\[[^\[\]]*\|[^\[\]]*]"), "alternation [a|b]"),
+    (re.compile(r"\sAND\s"), "composable diffusion AND"),
+)
+
+
+def unsupported_syntax(prompt: str) -> list[str]:
+    """A1111 prompt features used in ``prompt`` that this engine would read as plain text."""
+    return [name for pattern, name in _UNSUPPORTED_SYNTAX if pattern.search(prompt)]
 
 
 @dataclass(frozen=True)

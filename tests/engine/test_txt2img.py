@@ -192,3 +192,11 @@ def test_interrupt_returns_partial_image(client: httpx.Client) -> None:
     assert info["images"] and base64.b64decode(info["images"][0])[:4] == b"\x89PNG"
     assert '"interrupted": true' in info["info"]
     assert client.get("/progress").json()["state"]["job_count"] == 0
+
+
+def test_unimplemented_prompt_syntax_is_reported_not_silent(client: httpx.Client) -> None:
+    result = txt2img(client, prompt="a [cat:dog:0.5] and [red|blue] AND a hat", steps=1, width=64, height=64)
+    warnings = result["info"]["warnings"]
+    assert any("prompt editing" in w for w in warnings)
+    assert any("alternation" in w for w in warnings)
+    assert any("composable diffusion AND" in w for w in warnings)
