@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 run: setup
-	PATH="$(abspath $(VENV))/bin:$$PATH" ./start.sh
+	PATH="$(abspath $(VENV))/bin:$$PATH" WORKER_MODE="$${WORKER_MODE:-local}" ./start.sh
 
 test: setup
 	$(PY) -m pytest
