@@ -117,7 +117,8 @@ class JobRunner:
         # 4. Check what the engine really did, then shape and deliver the output.
         info = _parse_info(response.get("info"))
         _check_checkpoint_used(preflight.names.checkpoint_title, info)
-        engine_warnings = info.get("warnings") if isinstance(info.get("warnings"), list) else []
+        engine_warnings = info.get("warnings")
+        engine_warnings = engine_warnings if isinstance(engine_warnings, list) else []
         warnings = [*preflight.warnings, *translation.warnings, *(f"engine: {w}" for w in engine_warnings)]
         output: dict[str, Any] = {
             "images": convert_images(list(response.get("images") or []), job_input.output, warnings),

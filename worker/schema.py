@@ -225,7 +225,7 @@ class ListingRequest:
 
 JobRequest = GenerationRequest | ListingRequest
 
-_NATIVE_FIELDS = frozenset(
+NATIVE_FIELDS: frozenset[str] = frozenset(
     {
         "prompt",
         "negative_prompt",
@@ -260,7 +260,7 @@ def parse_job_input(raw: Any, *, max_images: int) -> JobRequest:
         return _parse_envelope(raw, max_images=max_images)
     job = _validate(Txt2ImgJob, raw, where="input")
     _check_image_cap(job, max_images)
-    form: Literal["native", "a1111"] = "a1111" if raw.keys() - _NATIVE_FIELDS else "native"
+    form: Literal["native", "a1111"] = "a1111" if raw.keys() - NATIVE_FIELDS else "native"
     return GenerationRequest(job=job, form=form)
 
 

@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from worker.schema import A1111_HIRES_FIELDS, SYNONYMS, Txt2ImgJob
+from worker.schema import A1111_HIRES_FIELDS, NATIVE_FIELDS, SYNONYMS, Txt2ImgJob
 
 HIRES_DEFAULT_DENOISING = 0.7
 
@@ -28,26 +28,9 @@ LORA_TAG = re.compile(r"<(?:lora|lyco):([^:>]+)(?::([^:>]*))?[^>]*>", re.IGNOREC
 
 # Fields the translation places itself; everything else the user set passes through unchanged.
 _HANDLED = (
-    frozenset(
-        {
-            "prompt",
-            "negative_prompt",
-            "checkpoint",
-            "loras",
-            "vae",
-            "sampler",
-            "scheduler",
-            "clip_skip",
-            "hires",
-            "output",
-            "override_settings",
-            "send_images",
-            "save_images",
-            "denoising_strength",
-            "refiner_checkpoint",
-        }
-    )
+    NATIVE_FIELDS
     | A1111_HIRES_FIELDS
+    | {"override_settings", "send_images", "save_images", "denoising_strength", "refiner_checkpoint"}
     | {spelling for spellings in SYNONYMS.values() for spelling in spellings}
 )
 
