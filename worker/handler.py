@@ -129,8 +129,6 @@ class JobRunner:
             "timings_ms": timings,
             "warnings": warnings,
         }
-        if preflight.downloaded:
-            output["warnings"].append(f"downloaded before generating: {', '.join(preflight.downloaded)}")
         self._record_use(preflight.names.checkpoint_title, [name for name, _ in preflight.names.loras])
         mark("encode")
         timings["total"] = round((time.perf_counter() - started) * 1000, 1)

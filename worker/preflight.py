@@ -234,6 +234,8 @@ class Preflight:
             refiner_checkpoint_title=refiner,
         )
         models = self._models_used(checkpoint, loras + tuple(tagged), vae)
+        if self.downloaded:
+            warnings.append(f"downloaded before generating: {', '.join(self.downloaded)}")
         return PreflightResult(
             names=names,
             models=models,
