@@ -19,6 +19,7 @@ import requests
 from PIL import Image
 from safetensors.numpy import load_file, save
 
+from tests.support.fixtures import job_fixture
 from tests.support.model_server import ModelServer, model_server  # noqa: F401  (fixture)
 from worker.engine import A1111Client
 from worker.handler import JobRunner
@@ -175,3 +176,21 @@ def test_engine_warnings_reach_the_job_output(embedded_engine: Any, tmp_path: Pa
     out = runner.run({"id": "w", "input": {"prompt": "a [cat|dog]", "steps": 1, "width": 64, "height": 64}})
     assert isinstance(out, dict) and "error" not in out, out
     assert any(w.startswith("engine: alternation") for w in out["warnings"]), out["warnings"]
+
+
+@pytest.mark.parametrize("fixture", ["a1111_client_defaults", "a1111_official_example", "envelope_txt2img"])
+def test_other_workers_job_formats_run_on_the_engine(
+    embedded_engine: Any, tmp_path: Path, fixture: str
+) -> None:
+    job_input = job_fixture(fixture)["input"]
+    small = {"width": 64, "height": 64, "steps": 2}
+    if "payload" in job_input:
+        job_input = {**job_input, "payload": {**job_input["payload"], **small}}
+    else:
+        job_input = {k: v for k, v in job_input.items() if k not in ("num_inference_steps",)} | small
+    out = make_runner(embedded_engine.url, embedded_engine.models_dir, tmp_path).run(
+        {"id": fixture, "input": job_input}
+    )
+    assert isinstance(out, dict) and "error" not in out, out
+    assert len(out["images"]) == 1
+    assert isinstance(json.loads(out["info"])["seed"], int)

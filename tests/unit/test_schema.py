@@ -20,6 +20,7 @@ def parse(raw: object, max_images: int = 8) -> object:
         ("native_full", "native"),
         ("a1111_official_example", "a1111"),
         ("a1111_body", "a1111"),
+        ("a1111_client_defaults", "a1111"),
         ("envelope_txt2img", "envelope"),
     ],
 )
@@ -36,6 +37,7 @@ def test_every_good_fixture_is_covered() -> None:
         "native_full",
         "a1111_official_example",
         "a1111_body",
+        "a1111_client_defaults",
         "envelope_txt2img",
     }
 

@@ -17,7 +17,15 @@ def job_of(raw: dict) -> Txt2ImgJob:
 
 
 @pytest.mark.parametrize(
-    "fixture", ["native_minimal", "native_full", "a1111_official_example", "a1111_body", "envelope_txt2img"]
+    "fixture",
+    [
+        "native_minimal",
+        "native_full",
+        "a1111_official_example",
+        "a1111_body",
+        "a1111_client_defaults",
+        "envelope_txt2img",
+    ],
 )
 def test_fixture_payloads(fixture: str) -> None:
     job = job_of(job_fixture(fixture)["input"])
