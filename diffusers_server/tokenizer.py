@@ -4,8 +4,10 @@ The real CLIP BPE vocabulary (49408 tokens) ships with no installed package and 
 limits, so the engine builds a *byte-level* CLIP vocabulary in code: every byte is one token, with and without
 CLIP's ``</w>`` end-of-word marker, plus ``<|startoftext|>``/``<|endoftext|>`` (514 tokens, no merges). The
 tiny demo models are trained against nothing, so any consistent vocabulary serves them. Real checkpoints need
-the real vocabulary: pass ``--clip-tokenizer DIR`` (a folder with CLIP's ``vocab.json`` + ``merges.txt``);
-a real checkpoint without it is refused instead of producing silent garbage.
+the real vocabulary: pass ``--clip-tokenizer DIR`` (a folder with CLIP's ``vocab.json`` + ``merges.txt``), or
+have ``openai/clip-vit-large-patch14`` in the local Hugging Face cache (A1111 images and most GPU boxes
+do; only the cache is read, never the network); a real checkpoint without either is refused instead of
+producing silent garbage.
 """
 
 from __future__ import annotations
@@ -14,9 +16,12 @@ import json
 from functools import cache
 from pathlib import Path
 
+from huggingface_hub import try_to_load_from_cache
 from transformers import CLIPTokenizer
 
 BYTE_LEVEL_VOCAB_SIZE = 514
+#: The repository whose tokenizer SD1.x and SDXL use (SDXL's second tokenizer shares its vocabulary).
+CLIP_REPO = "openai/clip-vit-large-patch14"
 CLIP_MAX_LENGTH = 77
 
 
@@ -54,3 +59,17 @@ def load_clip_tokenizer(folder: Path, pad_token: str | None = None) -> CLIPToken
     return CLIPTokenizer(
         str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=CLIP_MAX_LENGTH, **kwargs
     )
+
+
+def cached_clip_tokenizer_dir(cache_dir: Path | None = None) -> Path | None:
+    """The folder of a locally cached CLIP-L tokenizer (``vocab.json`` + ``merges.txt``), if any.
+
+    Reads the Hugging Face cache only (``try_to_load_from_cache`` makes no request).
+    """
+    found = []
+    for name in ("vocab.json", "merges.txt"):
+        path = try_to_load_from_cache(CLIP_REPO, name, cache_dir=cache_dir)
+        if not isinstance(path, str):
+            return None
+        found.append(Path(path).parent)
+    return found[0] if found[0] == found[1] else None

@@ -17,7 +17,7 @@ import torch
 from diffusers import AutoencoderKL, StableDiffusionPipeline, StableDiffusionXLPipeline
 from safetensors import safe_open
 
-from ..tokenizer import BYTE_LEVEL_VOCAB_SIZE, load_clip_tokenizer
+from ..tokenizer import BYTE_LEVEL_VOCAB_SIZE, CLIP_REPO, cached_clip_tokenizer_dir, load_clip_tokenizer
 from .architectures import CONFIG_METADATA_KEY, REAL_CONFIGS, ModelKind, write_skeleton
 
 log = logging.getLogger(__name__)
@@ -94,10 +94,14 @@ def load_checkpoint(
     started = time.perf_counter()
     kind, configs, vocab_size = inspect_checkpoint(path)
     if vocab_size != BYTE_LEVEL_VOCAB_SIZE and tokenizer_dir is None:
-        raise ModelLoadError(
-            f"{path.name} needs the real CLIP vocabulary ({vocab_size} tokens): start the engine with "
-            "--clip-tokenizer DIR (a folder with CLIP's vocab.json and merges.txt)"
-        )
+        tokenizer_dir = cached_clip_tokenizer_dir()
+        if tokenizer_dir is None:
+            raise ModelLoadError(
+                f"{path.name} needs the real CLIP vocabulary ({vocab_size} tokens): start the engine with "
+                f"--clip-tokenizer DIR (a folder with CLIP's vocab.json and merges.txt) or put {CLIP_REPO}'s "
+                "tokenizer in the local Hugging Face cache"
+            )
+        log.info("using the cached CLIP tokenizer in %s", tokenizer_dir)
     skeleton = write_skeleton(skeleton_root, kind, configs, tokenizer_dir)
     tokenizer = load_clip_tokenizer(skeleton / "tokenizer")
     kwargs: dict[str, Any] = {

@@ -9,7 +9,7 @@ import torch
 
 from diffusers_server.prompts import PromptChunker, extract_networks, parse_attention
 from diffusers_server.samplers import SamplerError, resolve
-from diffusers_server.tokenizer import load_clip_tokenizer, write_byte_level_vocab
+from diffusers_server.tokenizer import cached_clip_tokenizer_dir, load_clip_tokenizer, write_byte_level_vocab
 
 
 def test_parse_attention_matches_a1111() -> None:
@@ -101,3 +101,15 @@ def test_demo_models_are_byte_identical_across_runs(engine_models_dir: Path, tmp
 
     for path in make_demo_models(tmp_path, sdxl=True).values():
         assert path.read_bytes() == (engine_models_dir / path.relative_to(tmp_path)).read_bytes(), path.name
+
+
+def test_cached_clip_tokenizer_is_found_offline(tmp_path: Path) -> None:
+    assert cached_clip_tokenizer_dir(tmp_path) is None
+    repo = tmp_path / "models--openai--clip-vit-large-patch14"
+    snapshot = repo / "snapshots" / "0123abcd"
+    write_byte_level_vocab(snapshot)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0123abcd")
+    found = cached_clip_tokenizer_dir(tmp_path)
+    assert found == snapshot
+    assert load_clip_tokenizer(found)("a").input_ids[0] == 512  # <|startoftext|> of the cached vocabulary
