@@ -20,14 +20,21 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 from safetensors.torch import load_file
 
-from . import __version__, infotext, options
+from . import __version__, hires, infotext, options
 from .conditioning import EncodeSettings, pipeline_kwargs
 from .config import ServerConfig
 from .models import files
 from .models.files import CheckpointInfo, HashCache, LoraInfo
 from .models.pipelines import LoadedModel, ModelLoadError, Runtime, load_checkpoint, load_vae
-from .prompts import Embedding, PromptChunker, extract_networks, strip_comments, unsupported_syntax
-from .samplers import SamplerError, resolve
+from .prompts import (
+    Embedding,
+    NetworkTag,
+    PromptChunker,
+    extract_networks,
+    strip_comments,
+    unsupported_syntax,
+)
+from .samplers import ResolvedSampler, SamplerError, requested_schedule, resolve
 from .schemas import Txt2ImgRequest
 from .state import FifoLock, JobState
 
@@ -47,6 +54,30 @@ class EngineError(Exception):
         self.message = message
 
 
+LoraUse = tuple[LoraInfo, float, float]
+
+
+@dataclass
+class HiresPlan:
+    """The validated hires-fix (``enable_hr``) part of a request."""
+
+    target: hires.HiresTarget
+    upscaler: str
+    steps: int
+    denoising_strength: float
+    sampler: ResolvedSampler
+    prompt: str
+    negative: str
+    loras: list[LoraUse]
+    checkpoint: CheckpointInfo | None
+    # "Hires ..." infotext keys known before generation, in A1111's order (None = left out).
+    params: dict[str, Any]
+
+    @property
+    def latent(self) -> bool:
+        return self.upscaler in hires.LATENT_UPSCALE_MODES
+
+
 @dataclass
 class Job:
     """One txt2img request after validation: everything the locked section needs."""
@@ -54,9 +85,17 @@ class Job:
     req: Txt2ImgRequest
     prompt: str
     negative: str
-    loras: list[tuple[LoraInfo, float, float]]
+    loras: list[LoraUse]
     overrides: dict[str, Any]
     warnings: list[str] = field(default_factory=list)
+    hires: HiresPlan | None = None
+
+
+_HR_CALLABLES = ("Hires prompt", "Hires negative prompt")
+
+
+def _lora_key(loras: list[LoraUse]) -> list[tuple[str, float, float]]:
+    return [(lo.name, te, unet) for lo, te, unet in loras]
 
 
 def _random_seed(value: int | None) -> int:
@@ -248,9 +287,6 @@ class Engine:
         refuse(req.styles, f"style(s) {req.styles} not found: this engine has no prompt styles")
         refuse(req.restore_faces, "restore_faces is not supported by this engine (no face restorers)")
         refuse(req.tiling, "tiling is not supported by this engine")
-        refuse(
-            req.enable_hr, "enable_hr (hires fix) is not supported by this engine; generate at the final size"
-        )
         refuse((req.subseed_strength or 0) > 0, "subseed_strength > 0 (variation seeds) is not supported")
         refuse(
             (req.seed_resize_from_w or 0) > 0 or (req.seed_resize_from_h or 0) > 0,
@@ -297,7 +333,9 @@ class Engine:
             warnings.append("eta is only applied to DDIM by this engine")
         if req.save_images:
             warnings.append("save_images: this engine does not save files or build grids")
-        if req.hr_checkpoint_name or req.hr_sampler_name or req.hr_prompt or req.hr_negative_prompt:
+        if not req.enable_hr and (
+            req.hr_checkpoint_name or req.hr_sampler_name or req.hr_prompt or req.hr_negative_prompt
+        ):
             warnings.append("hr_* fields are ignored because enable_hr is false")
 
         comments = (
@@ -318,19 +356,105 @@ class Engine:
             warnings.append(
                 "extra-network tags in the negative prompt are removed and not applied (as A1111)"
             )
-        loras: list[tuple[LoraInfo, float, float]] = []
+        loras = self._resolve_loras(tags)
+        if req.disable_extra_networks and loras:
+            warnings.append("disable_extra_networks: LoRA tags were not applied")
+            loras = []
+        job = Job(req, prompt, negative, loras, overrides, warnings)
+        if req.enable_hr:
+            job.hires = self._prepare_hires(job, width, height, steps, comments)
+        return job
+
+    def _resolve_loras(self, tags: list[NetworkTag]) -> list[LoraUse]:
+        loras: list[LoraUse] = []
         for tag in tags:
-            refuse(tag.kind != "lora", f"extra network <{tag.kind}:...> is not supported (only lora/lyco)")
+            if tag.kind != "lora":
+                raise EngineError(400, f"extra network <{tag.kind}:...> is not supported (only lora/lyco)")
             if tag.name not in self.loras:
                 self.refresh_loras()
             if tag.name not in self.loras:
                 names = ", ".join(sorted({i.name for i in self.loras.values()})) or "(none)"
                 raise EngineError(404, f"LoRA {tag.name!r} not found; available: {names}")
             loras.append((self.loras[tag.name], tag.te_weight, tag.unet_weight))
-        if req.disable_extra_networks and loras:
-            warnings.append("disable_extra_networks: LoRA tags were not applied")
-            loras = []
-        return Job(req, prompt, negative, loras, overrides, warnings)
+        return loras
+
+    def _prepare_hires(self, job: Job, width: int, height: int, steps: int, comments: bool) -> HiresPlan:
+        """Validate ``hr_*`` like A1111 (``StableDiffusionProcessingTxt2Img.init``), with 4xx, not 500."""
+        req = job.req
+        if req.denoising_strength is None:
+            raise EngineError(
+                400, "enable_hr needs denoising_strength (0..1, the second pass's strength); it was not given"
+            )
+        strength = float(req.denoising_strength)
+        if not 0 <= strength <= 1:
+            raise EngineError(400, f"denoising_strength must be 0..1 (got {strength})")
+        upscaler = req.hr_upscaler or hires.DEFAULT_UPSCALER
+        if upscaler not in hires.valid_upscalers():
+            raise EngineError(
+                404, f"hr_upscaler {upscaler!r} not found; available: {', '.join(hires.valid_upscalers())}"
+            )
+        scale, rx, ry = float(req.hr_scale or 0), int(req.hr_resize_x or 0), int(req.hr_resize_y or 0)
+        if rx < 0 or ry < 0:
+            raise EngineError(400, "hr_resize_x/hr_resize_y must be >= 0")
+        if rx == 0 and ry == 0 and scale <= 0:
+            raise EngineError(400, "hr_scale must be > 0 (or give hr_resize_x/hr_resize_y)")
+        target = hires.target(width, height, scale, rx, ry)
+        hr_w, hr_h = target.size
+        if min(hr_w, hr_h) < 8 or max(target.upscale_x, target.upscale_y) > MAX_SIDE:
+            raise EngineError(
+                400, f"hires size {target.upscale_x}x{target.upscale_y} is outside 8..{MAX_SIDE} per side"
+            )
+        hr_steps = int(req.hr_second_pass_steps or 0) or steps
+        if not 1 <= hr_steps <= 1000:
+            raise EngineError(400, "hr_second_pass_steps must be 0 (same as steps) or 1..1000")
+        main_name = req.sampler_name or req.sampler_index
+        first = resolve(main_name, req.scheduler)
+        hr_name = req.hr_sampler_name if req.hr_sampler_name not in ("", hires.SAME_SAMPLER) else None
+        hr_schedule = req.hr_scheduler if req.hr_scheduler not in ("", hires.SAME_SCHEDULER) else None
+        try:
+            if hr_name is None and hr_schedule is None:
+                sampler = first
+            else:
+                # A1111: hr_sampler_name null -> the first pass's sampler; hr_scheduler null -> its scheduler.
+                sampler = resolve(
+                    hr_name or main_name, hr_schedule or requested_schedule(main_name, req.scheduler)
+                )
+        except SamplerError as exc:
+            raise EngineError(404, f"hires pass: {exc}") from exc
+        checkpoint = None
+        if req.hr_checkpoint_name not in (None, "", hires.SAME_CHECKPOINT):
+            checkpoint = self.find_checkpoint(str(req.hr_checkpoint_name))
+        hr_prompt = req.hr_prompt or ""
+        hr_negative = req.hr_negative_prompt or ""
+        if comments:
+            hr_prompt, hr_negative = strip_comments(hr_prompt), strip_comments(hr_negative)
+        hr_prompt, hr_negative = hr_prompt or job.prompt, hr_negative or job.negative
+        try:
+            _, hr_tags = extract_networks(hr_prompt)
+            extract_networks(hr_negative)
+        except ValueError as exc:
+            raise EngineError(400, f"hr_prompt: {exc}") from exc
+        loras = [] if req.disable_extra_networks else self._resolve_loras(hr_tags)
+        params: dict[str, Any] = {
+            "Hires checkpoint": (
+                f"{checkpoint.name_for_extra} [{checkpoint.shorthash}]" if checkpoint else None
+            ),
+            "Hires sampler": sampler.sampler.name if sampler.sampler.name != first.sampler.name else None,
+            "Hires prompt": hr_prompt if hr_prompt != job.prompt else None,
+            "Hires negative prompt": hr_negative if hr_negative != job.negative else None,
+            "Hires schedule type": (
+                sampler.schedule.label if sampler.schedule.label != first.schedule.label else None
+            ),
+        }
+        if rx == 0 and ry == 0:
+            params["Hires upscale"] = req.hr_scale
+        else:
+            params["Hires resize"] = f"{rx}x{ry}"
+        params["Hires steps"] = req.hr_second_pass_steps or None
+        params["Hires upscaler"] = req.hr_upscaler
+        return HiresPlan(
+            target, upscaler, hr_steps, strength, sampler, hr_prompt, hr_negative, loras, checkpoint, params
+        )
 
     def txt2img(self, req: Txt2ImgRequest) -> dict[str, Any]:
         job = self.prepare(req)
@@ -338,7 +462,8 @@ class Engine:
             log.warning("txt2img: %s", warning)
         with self.lock.hold():
             saved = {k: self.options[k] for k in job.overrides}
-            self.state.begin("txt2img", int(req.n_iter or 1))
+            # Like A1111, hires counts two jobs per batch (first pass, second pass).
+            self.state.begin("txt2img", int(req.n_iter or 1) * (2 if job.hires else 1))
             try:
                 self.options.update(job.overrides)
                 return self._generate(job)
@@ -363,7 +488,13 @@ class Engine:
         pipe = model.pipe
         sampler = resolve(req.sampler_name or req.sampler_index, req.scheduler)
         pipe.scheduler = sampler.build(model.scheduler_config)
-        self._apply_loras(model, job.loras)
+        hr = job.hires
+        if hr is not None and hr.checkpoint is not None and hr.checkpoint.filename != info.filename:
+            raise EngineError(
+                400,
+                f"hr_checkpoint_name {req.hr_checkpoint_name!r} is not supported: this engine runs the hires "
+                f"pass on the request's checkpoint ({info.title}); use null or {hires.SAME_CHECKPOINT!r}",
+            )
 
         embeddings = {
             n: Embedding(n, v) for n, v in self.embeddings.items() if set(model.text_widths) <= v.keys()
@@ -371,25 +502,47 @@ class Engine:
         chunker = PromptChunker(pipe.tokenizer, embeddings, int(opts["comma_padding_backtrack"]))
         clip_stop = int(opts["CLIP_stop_at_last_layers"])
         settings = EncodeSettings(clip_stop, bool(opts["sdxl_clip_l_skip"]), opts["emphasis"] != "None")
-        cond, used_embeddings = pipeline_kwargs(
-            model, chunker, extract_networks(job.prompt)[0], extract_networks(job.negative)[0], settings
-        )
+
+        def encode(prompt: str, negative: str, loras: list[LoraUse]) -> tuple[dict[str, Any], list[str]]:
+            self._apply_loras(model, loras)
+            return pipeline_kwargs(
+                model, chunker, extract_networks(prompt)[0], extract_networks(negative)[0], settings
+            )
+
+        hr_cond: dict[str, Any] = {}
+        hr_loras_differ = hr is not None and _lora_key(hr.loras) != _lora_key(job.loras)
+        if hr is not None and (hr_loras_differ or (hr.prompt, hr.negative) != (job.prompt, job.negative)):
+            # The hires prompts go through the same encoder (LoRA text-encoder weights, clip skip, emphasis).
+            hr_cond, hr_used = encode(hr.prompt, hr.negative, hr.loras)
+        else:
+            hr_used = []
+        cond, used_embeddings = encode(job.prompt, job.negative, job.loras)  # first-pass LoRAs stay on
+        used_embeddings = sorted(set(used_embeddings) | set(hr_used))
+        all_loras = list(job.loras)
+        if hr is not None:
+            hr_cond = hr_cond or cond
+            all_loras += [lo for lo in hr.loras if lo[0].name not in {u[0].name for u in job.loras}]
 
         batch, n_iter, steps = int(req.batch_size or 1), int(req.n_iter or 1), int(req.steps or 50)
         width, height = int(req.width or 512), int(req.height or 512)
         seed, subseed = _random_seed(req.seed), _random_seed(req.subseed)
         all_seeds = [seed + i for i in range(batch * n_iter)]
         extra: dict[str, Any] = {}
-        if opts["lora_add_hashes_to_infotext"] and job.loras:
+        if opts["lora_add_hashes_to_infotext"] and all_loras:
             extra["Lora hashes"] = ", ".join(
-                f"{lo.name}: {self.hashes.addnet(lo.filename)[:12]}" for lo, _, _ in job.loras
+                f"{lo.name}: {self.hashes.addnet(lo.filename)[:12]}" for lo, _, _ in all_loras
             )
         if opts["textual_inversion_add_hashes_to_infotext"] and used_embeddings:
             extra["TI hashes"] = ", ".join(
                 f"{n}: {self.hashes.sha256(self.embedding_files[n])[:12]}" for n in used_embeddings
             )
+        hr_extra: dict[str, Any] = {}
+        if hr is not None:
+            hr_extra = {"Denoising strength": hr.denoising_strength, **hr.params}
         vae_path = model.vae_path
         vae_hash = self.hashes.sha256(vae_path)[:10] if vae_path else None
+        # A1111's create_infotext order: "Denoising strength" sits before "Clip skip"; the other hires keys
+        # come from extra_generation_params (inserted at init, so before "Lora hashes"/"TI hashes").
         params: dict[str, Any] = {
             "Steps": steps,
             "Sampler": sampler.sampler.name,
@@ -401,7 +554,9 @@ class Engine:
             "Model": info.name_for_extra if opts["add_model_name_to_info"] else None,
             "VAE hash": vae_hash if opts["add_vae_hash_to_info"] else None,
             "VAE": vae_path.stem if vae_path and opts["add_vae_name_to_info"] else None,
+            "Denoising strength": hr_extra.get("Denoising strength"),
             "Clip skip": clip_stop if clip_stop > 1 else None,
+            **hr_extra,
             **extra,
             "Version": VERSION_TEXT if opts["add_version_to_infotext"] else None,
         }
@@ -418,10 +573,17 @@ class Engine:
                 p._interrupt = True
             return {}
 
+        i2i = None
+        if hr is not None:
+            i2i = hires.img2img_pipeline(pipe, model.kind)
+            i2i.scheduler = hr.sampler.build(model.scheduler_config)
+        passes = 2 if hr is not None else 1
+        guidance = float(params["CFG scale"])
         for it in range(n_iter):
             if self.state.interrupted:
                 break
-            self.state.job_no, self.state.sampling_step, self.state.skipped = it, 0, False
+            self.state.job_no, self.state.sampling_step, self.state.skipped = it * passes, 0, False
+            self.state.sampling_steps = steps
             seeds = all_seeds[it * batch : (it + 1) * batch]
             if isinstance(pipe.scheduler, DPMSolverSDEScheduler):
                 pipe.scheduler.noise_sampler_seed = seeds[0]
@@ -433,13 +595,17 @@ class Engine:
                 out = pipe(
                     **call_kwargs,
                     num_inference_steps=steps,
-                    guidance_scale=float(params["CFG scale"]),
+                    guidance_scale=guidance,
                     width=width,
                     height=height,
                     generator=[torch.Generator("cpu").manual_seed(s) for s in seeds],
                     callback_on_step_end=on_step,
+                    output_type="latent" if hr is not None and hr.latent else "pil",
                 )
-            for image, s in zip(out.images, seeds, strict=True):
+            result = out.images
+            if hr is not None and i2i is not None:
+                result = self._hires_pass(model, i2i, hr, job, result, hr_cond, seeds, guidance, on_step)
+            for image, s in zip(result, seeds, strict=True):
                 text = infotext.create(req.prompt or "", req.negative_prompt or "", {**params, "Seed": s})
                 infotexts.append(text)
                 if req.send_images is not False:
@@ -469,7 +635,12 @@ class Engine:
             "seed_resize_from_w": req.seed_resize_from_w,
             "seed_resize_from_h": req.seed_resize_from_h,
             "denoising_strength": req.denoising_strength,
-            "extra_generation_params": {"Schedule type": sampler.schedule.label, **extra},
+            "extra_generation_params": {
+                "Schedule type": sampler.schedule.label,
+                # A1111 serialises its "Hires prompt" callables as null.
+                **{k: None if k in _HR_CALLABLES else v for k, v in hr_extra.items()},
+                **extra,
+            },
             "index_of_first_image": 0,
             "infotexts": infotexts,
             "styles": req.styles or [],
@@ -481,6 +652,78 @@ class Engine:
             "warnings": job.warnings,
         }
         return {"images": images, "parameters": req.model_dump(), "info": json.dumps(info_json)}
+
+    def _hires_pass(
+        self,
+        model: LoadedModel,
+        i2i: Any,
+        hr: HiresPlan,
+        job: Job,
+        first: Any,
+        cond: dict[str, Any],
+        seeds: list[int],
+        guidance: float,
+        on_step: Any,
+    ) -> list[Image.Image]:
+        """Upscale the first pass (latents or images) and denoise it again at ``hr.denoising_strength``.
+
+        Returns the first pass's images when interrupted/skipped before it (A1111 returns them too).
+        """
+        req = job.req
+        if self.state.interrupted or self.state.skipped:
+            return list(first) if not hr.latent else self._decode(model, first)
+        self.state.job_no += 1
+        self.state.sampling_step, self.state.sampling_steps = 0, hr.steps
+        if hr.latent:
+            init: Any = hires.upscale_latents(first, hr.upscaler, hr.target)
+        else:
+            init = [hires.upscale_image(image, hr.upscaler, hr.target) for image in first]
+        if hr.denoising_strength == 0:
+            return self._decode(model, init) if hr.latent else list(init)
+        hr_w, hr_h = hr.target.size
+        self._maybe_tile(model, hr_w, hr_h)
+        if isinstance(i2i.scheduler, DPMSolverSDEScheduler):
+            i2i.scheduler.noise_sampler_seed = seeds[0]
+        total, strength = hires.img2img_steps(hr.steps, hr.denoising_strength)
+        kwargs = {k: v.repeat(len(seeds), *[1] * (v.ndim - 1)) for k, v in cond.items()}
+        if req.eta is not None:
+            kwargs["eta"] = req.eta
+        swap = _lora_key(hr.loras) != _lora_key(job.loras)
+        if swap:
+            self._apply_loras(model, hr.loras)
+        try:
+            with torch.inference_mode():
+                out = i2i(
+                    **kwargs,
+                    image=init,
+                    strength=strength,
+                    num_inference_steps=total,
+                    guidance_scale=guidance,
+                    # A fresh generator per seed: the second pass's noise comes from the same seeds (A1111).
+                    generator=[torch.Generator("cpu").manual_seed(s) for s in seeds],
+                    callback_on_step_end=on_step,
+                )
+        finally:
+            if swap:
+                self._apply_loras(model, job.loras)
+        return list(out.images)
+
+    def _decode(self, model: LoadedModel, latents: torch.Tensor) -> list[Image.Image]:
+        """VAE-decode pipeline latents to PIL (fp16 VAEs that ask for it are upcast, as the pipelines do)."""
+        pipe = model.pipe
+        vae = pipe.vae
+        dtype = vae.dtype
+        upcast = dtype == torch.float16 and bool(getattr(vae.config, "force_upcast", False))
+        with torch.inference_mode():
+            if upcast:
+                vae.to(torch.float32)
+            try:
+                z = latents.to(device=latents.device, dtype=vae.dtype) / vae.config.scaling_factor
+                decoded = vae.decode(z, return_dict=False)[0]
+            finally:
+                if upcast:
+                    vae.to(dtype)
+            return list(pipe.image_processor.postprocess(decoded, output_type="pil"))
 
     def _apply_loras(self, model: LoadedModel, loras: list[tuple[LoraInfo, float, float]]) -> None:
         """Load each LoRA once per model (adapter = file stem), then activate exactly this request's set."""

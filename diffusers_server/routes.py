@@ -19,17 +19,9 @@ from PIL import Image
 
 from . import infotext
 from .engine import Engine, EngineError
+from .hires import LATENT_UPSCALE_MODES, upscalers_listing
 from .samplers import samplers_listing, schedulers_listing
 from .schemas import PngInfoRequest, Txt2ImgRequest
-
-LATENT_UPSCALE_MODES = (
-    "Latent",
-    "Latent (antialiased)",
-    "Latent (bicubic)",
-    "Latent (bicubic antialiased)",
-    "Latent (nearest)",
-    "Latent (nearest-exact)",
-)
 
 
 def get_engine(request: Request) -> Engine:
@@ -125,7 +117,7 @@ def sd_vae(engine: Engine = EngineDep) -> list[dict[str, Any]]:
 
 @router.get("/upscalers")
 def upscalers() -> list[dict[str, Any]]:
-    return [{"name": "None", "model_name": None, "model_path": None, "model_url": None, "scale": 4}]
+    return upscalers_listing()
 
 
 @router.get("/latent-upscale-modes")

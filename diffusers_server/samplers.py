@@ -140,6 +140,19 @@ def _supports(cls: type[SchedulerMixin], flags: dict[str, Any]) -> bool:
     return all(name in params for name in flags)
 
 
+def requested_schedule(sampler_name: str | None, scheduler: str | None) -> str:
+    """The schedule A1111's API stores for a request: ``scheduler``, else a combined name's suffix, else
+    ``Automatic`` (what the hires pass inherits when ``hr_scheduler`` is null)."""
+    if scheduler:
+        return scheduler
+    name = sampler_name or "Euler"
+    if name not in _BY_NAME:
+        for key, schedule in _SUFFIXES.items():
+            if name.endswith(" " + key) and name[: -len(key) - 1] in _BY_NAME:
+                return schedule.label
+    return "Automatic"
+
+
 def resolve(sampler_name: str | None, scheduler: str | None) -> ResolvedSampler:
     """Split/validate A1111 names; ``scheduler`` (explicit) wins over a suffix in ``sampler_name``."""
     name = sampler_name or "Euler"

@@ -1,0 +1,147 @@
+"""A1111's "hires fix" (``enable_hr``): target size, latent / image upscaling and the second-pass step count.
+
+Mirrors A1111 v1.10 ``StableDiffusionProcessingTxt2Img`` (``calculate_target_resolution``,
+``sample_hr_pass``) and ``sd_samplers_common.setup_img2img_steps``. The second pass itself is a diffusers
+img2img pipeline built from the loaded txt2img pipeline's components (``img2img_pipeline``): no reload, no
+new weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionXLImg2ImgPipeline
+from PIL import Image
+
+# A1111 ``shared.latent_upscale_modes``: name -> (torch interpolate mode, antialias).
+LATENT_UPSCALE_MODES: dict[str, tuple[str, bool]] = {
+    "Latent": ("bilinear", False),
+    "Latent (antialiased)": ("bilinear", True),
+    "Latent (bicubic)": ("bicubic", False),
+    "Latent (bicubic antialiased)": ("bicubic", True),
+    "Latent (nearest)": ("nearest", False),
+    "Latent (nearest-exact)": ("nearest-exact", False),
+}
+# A1111's built-in, model-free upscalers (``/upscalers``): "None" just resizes with Lanczos.
+IMAGE_UPSCALERS: tuple[str, ...] = ("None", "Lanczos", "Nearest")
+DEFAULT_UPSCALER = "Latent"  # A1111 option ``latent_upscale_default_mode``, used when hr_upscaler is null
+SAME_CHECKPOINT = "Use same checkpoint"
+SAME_SAMPLER = "Use same sampler"
+SAME_SCHEDULER = "Use same scheduler"
+OPT_F = 8  # latent downscale factor
+
+
+def upscalers_listing() -> list[dict[str, Any]]:
+    """``GET /sdapi/v1/upscalers`` in A1111's shape (its ``UpscalerData`` default scale is 4)."""
+    return [
+        {"name": name, "model_name": None, "model_path": None, "model_url": None, "scale": 4}
+        for name in IMAGE_UPSCALERS
+    ]
+
+
+def valid_upscalers() -> list[str]:
+    return [*LATENT_UPSCALE_MODES, *IMAGE_UPSCALERS]
+
+
+@dataclass(frozen=True)
+class HiresTarget:
+    """Where the second pass renders: ``upscale_to`` (before the crop) and the crop in latent units."""
+
+    upscale_x: int
+    upscale_y: int
+    truncate_x: int = 0
+    truncate_y: int = 0
+
+    @property
+    def latent_size(self) -> tuple[int, int]:
+        """(height, width) of the second-pass latents, after A1111's truncation."""
+        h, w = self.upscale_y // OPT_F, self.upscale_x // OPT_F
+        return h - self.truncate_y // 2 - (self.truncate_y + 1) // 2, w - self.truncate_x // 2 - (
+            self.truncate_x + 1
+        ) // 2
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) of the final images."""
+        h, w = self.latent_size
+        return w * OPT_F, h * OPT_F
+
+
+def target(width: int, height: int, scale: float, resize_x: int, resize_y: int) -> HiresTarget:
+    """A1111 ``calculate_target_resolution``: scale, or an explicit size (one side keeps the aspect ratio;
+    both sides: cover, then crop the centre)."""
+    if resize_x == 0 and resize_y == 0:
+        return HiresTarget(int(width * scale), int(height * scale))
+    if resize_y == 0:
+        return HiresTarget(resize_x, resize_x * height // width)
+    if resize_x == 0:
+        return HiresTarget(resize_y * width // height, resize_y)
+    if width / height < resize_x / resize_y:
+        up_x, up_y = resize_x, resize_x * height // width
+    else:
+        up_x, up_y = resize_y * width // height, resize_y
+    return HiresTarget(up_x, up_y, (up_x - resize_x) // OPT_F, (up_y - resize_y) // OPT_F)
+
+
+def crop_latents(latents: torch.Tensor, t: HiresTarget) -> torch.Tensor:
+    """A1111's ``samples[:, :, ty//2 : H-(ty+1)//2, tx//2 : W-(tx+1)//2]``."""
+    h, w = latents.shape[-2:]
+    return latents[
+        :,
+        :,
+        t.truncate_y // 2 : h - (t.truncate_y + 1) // 2,
+        t.truncate_x // 2 : w - (t.truncate_x + 1) // 2,
+    ]
+
+
+def upscale_latents(latents: torch.Tensor, mode_name: str, t: HiresTarget) -> torch.Tensor:
+    """``torch.nn.functional.interpolate`` to ``upscale_to // 8`` (in float32), then A1111's crop."""
+    mode, antialias = LATENT_UPSCALE_MODES[mode_name]
+    size = (t.upscale_y // OPT_F, t.upscale_x // OPT_F)
+    out = torch.nn.functional.interpolate(latents.float(), size=size, mode=mode, antialias=antialias)
+    return crop_latents(out.to(latents.dtype), t)
+
+
+def upscale_image(image: Image.Image, name: str, t: HiresTarget) -> Image.Image:
+    """A1111 ``images.resize_image(0, ...)`` with a built-in upscaler, then the crop, in pixels."""
+    w, h = t.upscale_x, t.upscale_y
+    if name == "None":
+        image = image.resize((w, h), resample=Image.Resampling.LANCZOS)
+    else:
+        scale = max(w / image.width, h / image.height)
+        if scale > 1.0:
+            # ``Upscaler.upscale``: do_upscale (once suffices for these two), then Lanczos to a multiple of 8.
+            resample = Image.Resampling.NEAREST if name == "Nearest" else Image.Resampling.LANCZOS
+            dest = (int(image.width * scale // 8 * 8), int(image.height * scale // 8 * 8))
+            image = image.resize((int(image.width * scale), int(image.height * scale)), resample=resample)
+            if image.size != dest:
+                image = image.resize(dest, resample=Image.Resampling.LANCZOS)
+        if image.size != (w, h):
+            image = image.resize((w, h), resample=Image.Resampling.LANCZOS)
+    h_lat, w_lat = t.latent_size
+    left, top = (t.truncate_x // 2) * OPT_F, (t.truncate_y // 2) * OPT_F
+    return image.crop((left, top, left + w_lat * OPT_F, top + h_lat * OPT_F))
+
+
+def img2img_steps(steps: int, denoising_strength: float) -> tuple[int, float]:
+    """``(num_inference_steps, strength)`` for diffusers so that exactly ``steps`` steps run, on the schedule
+    A1111 builds for a hires pass (``setup_img2img_steps`` with explicit steps: ``int(steps / min(d, 0.999))``
+    sigmas, of which the last ``steps`` are sampled). diffusers runs ``int(n * strength)`` steps."""
+    total = max(int(steps / min(denoising_strength, 0.999)), steps)
+    return total, min((steps + 0.5) / total, 1.0)
+
+
+def img2img_pipeline(pipe: Any, kind: str) -> Any:
+    """The matching img2img pipeline sharing every component (weights, LoRA adapters, VAE) of ``pipe``."""
+    cls = StableDiffusionXLImg2ImgPipeline if kind == "sdxl" else StableDiffusionImg2ImgPipeline
+    components: dict[str, Any] = dict(pipe.components)
+    if kind == "sdxl":
+        components["add_watermarker"] = getattr(pipe, "watermark", None) is not None
+        components["force_zeros_for_empty_prompt"] = pipe.config.get("force_zeros_for_empty_prompt", True)
+    else:
+        components["requires_safety_checker"] = False
+    out = cls(**components)
+    out.set_progress_bar_config(disable=True)
+    return out
