@@ -194,3 +194,25 @@ def test_other_workers_job_formats_run_on_the_engine(
     assert isinstance(out, dict) and "error" not in out, out
     assert len(out["images"]) == 1
     assert isinstance(json.loads(out["info"])["seed"], int)
+
+
+def test_native_hires_job(embedded_engine: Any, tmp_path: Path) -> None:
+    runner = make_runner(embedded_engine.url, embedded_engine.models_dir, tmp_path)
+    hires = {"scale": 1.5, "upscaler": "latent (nearest)", "steps": 2, "denoising_strength": 0.5}
+    out = runner.run(
+        {
+            "id": "hr",
+            "input": {"prompt": "a cat", "steps": 2, "width": 64, "height": 64, "seed": 3, "hires": hires},
+        }
+    )
+    assert isinstance(out, dict) and "error" not in out, out
+    image = Image.open(io.BytesIO(base64.b64decode(out["images"][0])))
+    assert image.size == (96, 96)
+    text = infotext(out["images"][0])
+    for fragment in (
+        "Denoising strength: 0.5",
+        "Hires upscale: 1.5",
+        "Hires steps: 2",
+        "Hires upscaler: Latent (nearest)",
+    ):
+        assert fragment in text
