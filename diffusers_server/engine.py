@@ -587,9 +587,7 @@ class Engine:
             seeds = all_seeds[it * batch : (it + 1) * batch]
             if isinstance(pipe.scheduler, DPMSolverSDEScheduler):
                 pipe.scheduler.noise_sampler_seed = seeds[0]
-            call_kwargs = {k: v.repeat(batch, *[1] * (v.ndim - 1)) for k, v in cond.items()}
-            if req.eta is not None:
-                call_kwargs["eta"] = req.eta
+            call_kwargs = _batched_conditioning(cond, batch, req.eta)
             self._maybe_tile(model, width, height)
             with torch.inference_mode():
                 out = pipe(
@@ -685,9 +683,7 @@ class Engine:
         if isinstance(i2i.scheduler, DPMSolverSDEScheduler):
             i2i.scheduler.noise_sampler_seed = seeds[0]
         total, strength = hires.img2img_steps(hr.steps, hr.denoising_strength)
-        kwargs = {k: v.repeat(len(seeds), *[1] * (v.ndim - 1)) for k, v in cond.items()}
-        if req.eta is not None:
-            kwargs["eta"] = req.eta
+        kwargs = _batched_conditioning(cond, len(seeds), req.eta)
         swap = _lora_key(hr.loras) != _lora_key(job.loras)
         if swap:
             self._apply_loras(model, hr.loras)
@@ -787,3 +783,11 @@ def start_background_load(engine: Engine) -> threading.Thread:
     thread = threading.Thread(target=engine.load_default, name="model-load", daemon=True)
     thread.start()
     return thread
+
+
+def _batched_conditioning(cond: dict[str, Any], batch: int, eta: float | None) -> dict[str, Any]:
+    """The prompt embeddings repeated for each image of a batch, plus ``eta`` when the request set it."""
+    kwargs: dict[str, Any] = {k: v.repeat(batch, *[1] * (v.ndim - 1)) for k, v in cond.items()}
+    if eta is not None:
+        kwargs["eta"] = eta
+    return kwargs
