@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from .cond_schedule import BatchConds, ComposedCond, Cond, ScheduledCond
 from .models.pipelines import LoadedModel
 from .prompts import Chunk, PromptChunker, embedding_fixes, emphasize
 
@@ -91,3 +92,36 @@ def pipeline_kwargs(
     if model.kind == "sdxl":
         kwargs |= {"pooled_prompt_embeds": pp, "negative_pooled_prompt_embeds": npool}
     return kwargs, sorted(set(used_pos + used_neg))
+
+
+def build_conds(
+    model: LoadedModel,
+    chunker: PromptChunker,
+    prompts: list[str],
+    negatives: list[str],
+    settings: EncodeSettings,
+    *,
+    steps: int,
+) -> tuple[BatchConds, list[str]]:
+    """Each image's prompt and negative (extra-network tags already removed) as sampler conditioning.
+
+    Returns the conditioning and the sorted names of the embeddings used. ``steps`` is the pass's step
+    count, which prompt-editing schedules are measured in.
+    """
+    del steps  # every prompt is one constant encoding until prompt editing is parsed
+    positive: list[ComposedCond] = []
+    negative: list[ScheduledCond] = []
+    used: set[str] = set()
+    for prompt, neg in zip(prompts, negatives, strict=True):
+        kwargs, names = pipeline_kwargs(model, chunker, prompt, neg, settings)
+        used.update(names)
+        pos_cond = Cond(kwargs["prompt_embeds"][0], _first(kwargs.get("pooled_prompt_embeds")))
+        neg_pooled = _first(kwargs.get("negative_pooled_prompt_embeds"))
+        neg_cond = Cond(kwargs["negative_prompt_embeds"][0], neg_pooled)
+        positive.append(ComposedCond(((ScheduledCond.constant(pos_cond), 1.0),)))
+        negative.append(ScheduledCond.constant(neg_cond))
+    return BatchConds(tuple(positive), tuple(negative)), sorted(used)
+
+
+def _first(batch: torch.Tensor | None) -> torch.Tensor | None:
+    return None if batch is None else batch[0]
