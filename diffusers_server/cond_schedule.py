@@ -30,11 +30,12 @@ class ScheduledCond:
     entries: tuple[tuple[int, Cond], ...]
 
     def at(self, step: int) -> Cond:
-        """The encoding active at ``step`` (A1111's ``reconstruct_cond_batch`` rule; the last one after)."""
+        """The encoding active at ``step`` (A1111's ``reconstruct_cond_batch`` rule: the first entry whose
+        ``end_at_step`` is not passed; past the last one, A1111 falls back to the first entry)."""
         for end_at_step, cond in self.entries:
             if step <= end_at_step:
                 return cond
-        return self.entries[-1][1]
+        return self.entries[0][1]
 
     @classmethod
     def constant(cls, cond: Cond) -> ScheduledCond:

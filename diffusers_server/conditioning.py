@@ -102,13 +102,15 @@ def build_conds(
     settings: EncodeSettings,
     *,
     steps: int,
+    hires_steps: int | None = None,
 ) -> tuple[BatchConds, list[str]]:
     """Each image's prompt and negative (extra-network tags already removed) as sampler conditioning.
 
     Returns the conditioning and the sorted names of the embeddings used. ``steps`` is the pass's step
-    count, which prompt-editing schedules are measured in.
+    count, which prompt-editing schedules are measured in; for a hires pass ``steps`` is the first pass's
+    count and ``hires_steps`` the second pass's (A1111's ``get_learned_conditioning_prompt_schedules``).
     """
-    del steps  # every prompt is one constant encoding until prompt editing is parsed
+    del steps, hires_steps  # every prompt is one constant encoding until prompt editing is parsed
     positive: list[ComposedCond] = []
     negative: list[ScheduledCond] = []
     used: set[str] = set()

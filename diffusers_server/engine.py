@@ -10,18 +10,20 @@ import logging
 import random
 import tempfile
 import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-from diffusers import DPMSolverSDEScheduler
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 from safetensors.torch import load_file
 
 from . import __version__, hires, infotext, options
-from .conditioning import EncodeSettings, pipeline_kwargs
+from .cond_schedule import BatchConds
+from .conditioning import EncodeSettings, build_conds
 from .config import ServerConfig
 from .models import files
 from .models.files import CheckpointInfo, HashCache, LoraInfo
@@ -35,6 +37,11 @@ from .prompts import (
     unsupported_syntax,
 )
 from .samplers import ResolvedSampler, SamplerError, requested_schedule, resolve
+from .sampling import run
+from .sampling.denoiser import UNetModel
+from .sampling.noise import ImageNoise, posterior_generator
+from .sampling.schedules import ScheduleOptions
+from .sampling.timestep_samplers import SamplingError
 from .schemas import Txt2ImgRequest
 from .state import FifoLock, JobState
 
@@ -285,19 +292,16 @@ class Engine:
         for title in req.alwayson_scripts or {}:
             refuse(True, f"always on script {title} not found", 422)
         refuse(req.styles, f"style(s) {req.styles} not found: this engine has no prompt styles")
-        refuse(req.restore_faces, "restore_faces is not supported by this engine (no face restorers)")
-        refuse(req.tiling, "tiling is not supported by this engine")
-        refuse((req.subseed_strength or 0) > 0, "subseed_strength > 0 (variation seeds) is not supported")
         refuse(
-            (req.seed_resize_from_w or 0) > 0 or (req.seed_resize_from_h or 0) > 0,
-            "seed_resize_from_w/h is not supported",
+            req.restore_faces,
+            "restore_faces is not supported: A1111's face restorers (CodeFormer, GFPGAN) download their "
+            "weights at run time and no PyPI package ships them; this engine never downloads models",
         )
         refuse(
             req.refiner_checkpoint not in (None, "", "None", "none"), "refiner_checkpoint is not supported"
         )
         refuse(req.firstpass_image, "firstpass_image is not supported")
         refuse(req.infotext, "infotext (filling fields from a parameters text) is not supported")
-        refuse((req.s_churn or 0) > 0, "s_churn > 0 is not supported by this engine")
         refuse(
             req.firstphase_width or req.firstphase_height,
             "firstphase_width/height (legacy hires) not supported",
@@ -326,11 +330,14 @@ class Engine:
             self.find_checkpoint(str(overrides["sd_model_checkpoint"]))
         if "sd_vae" in overrides:
             self._vae_path(str(overrides["sd_vae"]))
-        for name in ("eta", "s_min_uncond", "s_tmax", "s_tmin", "s_noise"):
-            if getattr(req, name) is not None and name != "eta":
-                warnings.append(f"{name} is accepted but not applied by this engine")
-        if req.eta is not None and "DDIM" not in str(req.sampler_name or req.sampler_index):
-            warnings.append("eta is only applied to DDIM by this engine")
+        if (req.subseed_strength or 0) != 0 and not 0 <= float(req.subseed_strength or 0) <= 1:
+            raise EngineError(400, f"subseed_strength must be 0..1 (got {req.subseed_strength})")
+        resolved = resolve(req.sampler_name or req.sampler_index, req.scheduler)
+        uni_pc_order = int(overrides.get("uni_pc_order", self.options["uni_pc_order"]))
+        if resolved.sampler.name == "UniPC" and steps < uni_pc_order:
+            raise EngineError(
+                400, f"UniPC needs at least uni_pc_order={uni_pc_order} steps (got steps={steps})"
+            )
         if req.save_images:
             warnings.append("save_images: this engine does not save files or build grids")
         if not req.enable_hr and (
@@ -487,7 +494,6 @@ class Engine:
         opts["sd_model_checkpoint"] = info.title
         pipe = model.pipe
         sampler = resolve(req.sampler_name or req.sampler_index, req.scheduler)
-        pipe.scheduler = sampler.build(model.scheduler_config)
         hr = job.hires
         if hr is not None and hr.checkpoint is not None and hr.checkpoint.filename != info.filename:
             raise EngineError(
@@ -502,31 +508,42 @@ class Engine:
         chunker = PromptChunker(pipe.tokenizer, embeddings, int(opts["comma_padding_backtrack"]))
         clip_stop = int(opts["CLIP_stop_at_last_layers"])
         settings = EncodeSettings(clip_stop, bool(opts["sdxl_clip_l_skip"]), opts["emphasis"] != "None")
+        batch, n_iter, steps = int(req.batch_size or 1), int(req.n_iter or 1), int(req.steps or 50)
+        first_total = sampler.sampler.total_steps(steps)
 
-        def encode(prompt: str, negative: str, loras: list[LoraUse]) -> tuple[dict[str, Any], list[str]]:
+        def encode(
+            prompt: str, negative: str, loras: list[LoraUse], total: int, hires_steps: int | None = None
+        ) -> tuple[BatchConds, list[str]]:
             self._apply_loras(model, loras)
-            return pipeline_kwargs(
-                model, chunker, extract_networks(prompt)[0], extract_networks(negative)[0], settings
+            prompts = [extract_networks(prompt)[0]] * batch
+            negatives = [extract_networks(negative)[0]] * batch
+            return build_conds(
+                model, chunker, prompts, negatives, settings, steps=total, hires_steps=hires_steps
             )
 
-        hr_cond: dict[str, Any] = {}
-        hr_loras_differ = hr is not None and _lora_key(hr.loras) != _lora_key(job.loras)
-        if hr is not None and (hr_loras_differ or (hr.prompt, hr.negative) != (job.prompt, job.negative)):
-            # The hires prompts go through the same encoder (LoRA text-encoder weights, clip skip, emphasis).
-            hr_cond, hr_used = encode(hr.prompt, hr.negative, hr.loras)
-        else:
-            hr_used = []
-        cond, used_embeddings = encode(job.prompt, job.negative, job.loras)  # first-pass LoRAs stay on
+        hr_conds: BatchConds | None = None
+        hr_used: list[str] = []
+        if hr is not None:
+            # A1111 encodes the hires prompts with the first pass's step count as the base and the hires
+            # pass's as ``hires_steps`` (its prompt-editing timeline), with the hires LoRAs active.
+            hr_total = hr.sampler.sampler.total_steps(hr.steps)
+            hr_conds, hr_used = encode(hr.prompt, hr.negative, hr.loras, first_total, hr_total)
+        conds, used_embeddings = encode(job.prompt, job.negative, job.loras, first_total)
         used_embeddings = sorted(set(used_embeddings) | set(hr_used))
         all_loras = list(job.loras)
         if hr is not None:
-            hr_cond = hr_cond or cond
             all_loras += [lo for lo in hr.loras if lo[0].name not in {u[0].name for u in job.loras}]
 
-        batch, n_iter, steps = int(req.batch_size or 1), int(req.n_iter or 1), int(req.steps or 50)
         width, height = int(req.width or 512), int(req.height or 512)
         seed, subseed = _random_seed(req.seed), _random_seed(req.subseed)
-        all_seeds = [seed + i for i in range(batch * n_iter)]
+        variation = float(req.subseed_strength or 0)
+        # A1111: with a variation seed every image keeps the seed and the subseeds count up instead.
+        all_seeds = [seed + (i if variation == 0 else 0) for i in range(batch * n_iter)]
+        all_subseeds = [subseed + i for i in range(batch * n_iter)]
+        resize_w, resize_h = int(req.seed_resize_from_w or 0), int(req.seed_resize_from_h or 0)
+        tiling = bool(opts["tiling"]) if req.tiling is None else bool(req.tiling)
+        sampling = self._sampling_options(req, opts)
+        ensd = int(opts["eta_noise_seed_delta"] or 0)
         extra: dict[str, Any] = {}
         if opts["lora_add_hashes_to_infotext"] and all_loras:
             extra["Lora hashes"] = ", ".join(
@@ -541,6 +558,7 @@ class Engine:
             hr_extra = {"Denoising strength": hr.denoising_strength, **hr.params}
         vae_path = model.vae_path
         vae_hash = self.hashes.sha256(vae_path)[:10] if vae_path else None
+        uses_ensd = ensd != 0 and _uses_ensd(sampler, sampling)
         # A1111's create_infotext order: "Denoising strength" sits before "Clip skip"; the other hires keys
         # come from extra_generation_params (inserted at init, so before "Lora hashes"/"TI hashes").
         params: dict[str, Any] = {
@@ -554,60 +572,106 @@ class Engine:
             "Model": info.name_for_extra if opts["add_model_name_to_info"] else None,
             "VAE hash": vae_hash if opts["add_vae_hash_to_info"] else None,
             "VAE": vae_path.stem if vae_path and opts["add_vae_name_to_info"] else None,
+            "Variation seed": None,
+            "Variation seed strength": variation if variation != 0 else None,
+            "Seed resize from": f"{resize_w}x{resize_h}" if resize_w > 0 and resize_h > 0 else None,
             "Denoising strength": hr_extra.get("Denoising strength"),
             "Clip skip": clip_stop if clip_stop > 1 else None,
+            "ENSD": ensd if uses_ensd else None,
+            "RNG": opts["randn_source"] if opts["randn_source"] != "GPU" else None,
+            "Tiling": "True" if tiling else None,
             **hr_extra,
             **extra,
-            "Version": VERSION_TEXT if opts["add_version_to_infotext"] else None,
         }
-        if req.eta is not None and sampler.sampler.name == "DDIM":
-            params["Eta DDIM"] = req.eta
+        sampler_extra: dict[str, Any] = {}
 
         images: list[str] = []
         infotexts: list[str] = []
         self.state.sampling_steps = steps
 
-        def on_step(p: Any, i: int, _t: Any, _kw: dict[str, Any]) -> dict[str, Any]:
+        def on_step(i: int) -> None:
             self.state.sampling_step = i + 1
-            if self.state.interrupted or self.state.skipped:
-                p._interrupt = True
-            return {}
 
-        i2i = None
-        if hr is not None:
-            i2i = hires.img2img_pipeline(pipe, model.kind)
-            i2i.scheduler = hr.sampler.build(model.scheduler_config)
+        def should_stop() -> bool:
+            return self.state.interrupted or self.state.skipped
+
         passes = 2 if hr is not None else 1
         guidance = float(params["CFG scale"])
-        for it in range(n_iter):
-            if self.state.interrupted:
-                break
-            self.state.job_no, self.state.sampling_step, self.state.skipped = it * passes, 0, False
-            self.state.sampling_steps = steps
-            seeds = all_seeds[it * batch : (it + 1) * batch]
-            if isinstance(pipe.scheduler, DPMSolverSDEScheduler):
-                pipe.scheduler.noise_sampler_seed = seeds[0]
-            call_kwargs = _batched_conditioning(cond, batch, req.eta)
-            self._maybe_tile(model, width, height)
-            with torch.inference_mode():
-                out = pipe(
-                    **call_kwargs,
-                    num_inference_steps=steps,
-                    guidance_scale=guidance,
-                    width=width,
-                    height=height,
-                    generator=[torch.Generator("cpu").manual_seed(s) for s in seeds],
-                    callback_on_step_end=on_step,
-                    output_type="latent" if hr is not None and hr.latent else "pil",
+        device = torch.device(self.runtime.device)
+        latent_channels = int(pipe.unet.config.in_channels)
+        crop = (int(opts["sdxl_crop_top"]), int(opts["sdxl_crop_left"]))
+        with _circular_padding(model, tiling), torch.inference_mode():
+            for it in range(n_iter):
+                if self.state.interrupted:
+                    break
+                self.state.job_no, self.state.sampling_step, self.state.skipped = it * passes, 0, False
+                self.state.sampling_steps = steps
+                seeds = all_seeds[it * batch : (it + 1) * batch]
+                subseeds = all_subseeds[it * batch : (it + 1) * batch]
+
+                def noise_for(
+                    shape: tuple[int, int, int], seeds: list[int] = seeds, subseeds: list[int] = subseeds
+                ) -> ImageNoise:
+                    return ImageNoise(
+                        shape,
+                        seeds,
+                        device=device,
+                        source=str(opts["randn_source"]),
+                        subseeds=subseeds,
+                        subseed_strength=variation,
+                        seed_resize_from_h=resize_h,
+                        seed_resize_from_w=resize_w,
+                        eta_noise_seed_delta=ensd,
+                    )
+
+                first_pass = run.Pass(
+                    sampler=sampler,
+                    conds=conds,
+                    cfg_scale=guidance,
+                    seeds=seeds,
+                    noise=noise_for((latent_channels, height // 8, width // 8)),
+                    unet=UNetModel(pipe.unet, model.kind == "sdxl", (height, width, *crop, height, width)),
+                    alphas_cumprod=model.alphas_cumprod,
+                    options=sampling,
+                    should_stop=should_stop,
+                    on_step=on_step,
+                    extra_params=sampler_extra,
                 )
-            result = out.images
-            if hr is not None and i2i is not None:
-                result = self._hires_pass(model, i2i, hr, job, result, hr_cond, seeds, guidance, on_step)
-            for image, s in zip(result, seeds, strict=True):
-                text = infotext.create(req.prompt or "", req.negative_prompt or "", {**params, "Seed": s})
-                infotexts.append(text)
-                if req.send_images is not False:
-                    images.append(self._encode_image(image, text))
+                try:
+                    latents = run.txt2img(first_pass, steps)
+                    if hr is not None and hr_conds is not None:
+                        result = self._hires_pass(
+                            model,
+                            hr,
+                            job,
+                            latents,
+                            hr_conds,
+                            seeds,
+                            guidance,
+                            on_step,
+                            should_stop,
+                            noise_for,
+                            sampling,
+                            crop,
+                            sampler_extra,
+                        )
+                    else:
+                        result = self._decode(model, latents)
+                except SamplingError as exc:
+                    raise EngineError(400, str(exc)) from exc
+                for index, image in enumerate(result):
+                    n = it * batch + index
+                    image_params = {
+                        **params,
+                        "Seed": all_seeds[n],
+                        "Variation seed": all_subseeds[n] if variation != 0 else None,
+                        **sampler_extra,
+                        "Version": VERSION_TEXT if opts["add_version_to_infotext"] else None,
+                    }
+                    text = infotext.create(req.prompt or "", req.negative_prompt or "", image_params)
+                    infotexts.append(text)
+                    if req.send_images is not False:
+                        images.append(self._encode_image(image, text))
         info_json = {
             "prompt": req.prompt or "",
             "all_prompts": [req.prompt or ""] * len(infotexts),
@@ -616,7 +680,7 @@ class Engine:
             "seed": seed,
             "all_seeds": all_seeds[: len(infotexts)],
             "subseed": subseed,
-            "all_subseeds": [subseed + i for i in range(len(infotexts))],
+            "all_subseeds": all_subseeds[: len(infotexts)],
             "subseed_strength": req.subseed_strength or 0,
             "width": width,
             "height": height,
@@ -638,6 +702,7 @@ class Engine:
                 # A1111 serialises its "Hires prompt" callables as null.
                 **{k: None if k in _HR_CALLABLES else v for k, v in hr_extra.items()},
                 **extra,
+                **sampler_extra,
             },
             "index_of_first_image": 0,
             "infotexts": infotexts,
@@ -651,75 +716,139 @@ class Engine:
         }
         return {"images": images, "parameters": req.model_dump(), "info": json.dumps(info_json)}
 
+    @staticmethod
+    def _sampling_options(req: Txt2ImgRequest, opts: dict[str, Any]) -> run.SamplingOptions:
+        """The request's sampler fields over A1111's options (A1111's ``fill_fields_from_opts`` and
+        ``Sampler.initialize``: a non-default option wins over the request and goes into the infotext)."""
+        sigma_options: dict[str, float] = {}
+        values: dict[str, float] = {}
+        for field_name, key, default in (
+            ("s_churn", "Sigma churn", 0.0),
+            ("s_tmin", "Sigma tmin", 0.0),
+            ("s_tmax", "Sigma tmax", 0.0),
+            ("s_noise", "Sigma noise", 1.0),
+        ):
+            option = float(opts[field_name])
+            requested = getattr(req, field_name)
+            values[field_name] = (
+                option if option != default else float(requested if requested is not None else option)
+            )
+            if option != default:
+                sigma_options[key] = option if field_name != "s_tmax" or option else float("inf")
+        return run.SamplingOptions(
+            eta=req.eta,
+            eta_ancestral=float(opts["eta_ancestral"]),
+            eta_ddim=float(opts["eta_ddim"]),
+            s_churn=values["s_churn"],
+            s_tmin=values["s_tmin"],
+            s_tmax=values["s_tmax"],
+            s_noise=values["s_noise"],
+            s_min_uncond=float(req.s_min_uncond if req.s_min_uncond is not None else opts["s_min_uncond"]),
+            sigma_options=sigma_options,
+            sgm_noise_multiplier=bool(opts["sgm_noise_multiplier"]),
+            uni_pc_variant=str(opts["uni_pc_variant"]),
+            uni_pc_skip_type=str(opts["uni_pc_skip_type"]),
+            uni_pc_order=int(opts["uni_pc_order"]),
+            uni_pc_lower_order_final=bool(opts["uni_pc_lower_order_final"]),
+            schedule=ScheduleOptions.from_options(opts),
+        )
+
     def _hires_pass(
         self,
         model: LoadedModel,
-        i2i: Any,
         hr: HiresPlan,
         job: Job,
-        first: Any,
-        cond: dict[str, Any],
+        first: torch.Tensor,
+        conds: BatchConds,
         seeds: list[int],
         guidance: float,
-        on_step: Any,
+        on_step: Callable[[int], None],
+        should_stop: Callable[[], bool],
+        noise_for: Callable[[tuple[int, int, int]], ImageNoise],
+        sampling: run.SamplingOptions,
+        crop: tuple[int, int],
+        sampler_extra: dict[str, Any],
     ) -> list[Image.Image]:
-        """Upscale the first pass (latents or images) and denoise it again at ``hr.denoising_strength``.
+        """A1111 ``sample_hr_pass``: upscale the first pass (latents, or decoded images re-encoded by the
+        VAE), crop, noise to the img2img start and denoise ``hr.steps`` steps.
 
         Returns the first pass's images when interrupted/skipped before it (A1111 returns them too).
         """
-        req = job.req
         if self.state.interrupted or self.state.skipped:
-            return list(first) if not hr.latent else self._decode(model, first)
+            return self._decode(model, first)
         self.state.job_no += 1
         self.state.sampling_step, self.state.sampling_steps = 0, hr.steps
+        target = hr.target
         if hr.latent:
-            init: Any = hires.upscale_latents(first, hr.upscaler, hr.target)
+            upscaled = hires.upscale_latents(first, hr.upscaler, target)
         else:
-            init = [hires.upscale_image(image, hr.upscaler, hr.target) for image in first]
+            images = [hires.upscale_image(image, hr.upscaler, target) for image in self._decode(model, first)]
+            upscaled = self._encode_latents(model, images, seeds)
+        init = hires.crop_latents(upscaled, target)
         if hr.denoising_strength == 0:
-            return self._decode(model, init) if hr.latent else list(init)
-        hr_w, hr_h = hr.target.size
-        self._maybe_tile(model, hr_w, hr_h)
-        if isinstance(i2i.scheduler, DPMSolverSDEScheduler):
-            i2i.scheduler.noise_sampler_seed = seeds[0]
-        total, strength = hires.img2img_steps(hr.steps, hr.denoising_strength)
-        kwargs = _batched_conditioning(cond, len(seeds), req.eta)
+            return self._decode(model, init)
+        h_lat, w_lat = init.shape[-2:]
+        hr_h, hr_w = target.upscale_y, target.upscale_x
+        second = run.Pass(
+            sampler=hr.sampler,
+            conds=conds,
+            cfg_scale=guidance,
+            seeds=seeds,
+            noise=noise_for((int(init.shape[1]), int(h_lat), int(w_lat))),
+            unet=UNetModel(model.pipe.unet, model.kind == "sdxl", (hr_h, hr_w, *crop, hr_h, hr_w)),
+            alphas_cumprod=model.alphas_cumprod,
+            options=sampling,
+            should_stop=should_stop,
+            on_step=on_step,
+            extra_params=sampler_extra,
+        )
         swap = _lora_key(hr.loras) != _lora_key(job.loras)
         if swap:
             self._apply_loras(model, hr.loras)
         try:
-            with torch.inference_mode():
-                out = i2i(
-                    **kwargs,
-                    image=init,
-                    strength=strength,
-                    num_inference_steps=total,
-                    guidance_scale=guidance,
-                    # A fresh generator per seed: the second pass's noise comes from the same seeds (A1111).
-                    generator=[torch.Generator("cpu").manual_seed(s) for s in seeds],
-                    callback_on_step_end=on_step,
-                )
+            latents = run.img2img(second, init, hr.steps, hr.denoising_strength)
         finally:
             if swap:
                 self._apply_loras(model, job.loras)
-        return list(out.images)
+        return self._decode(model, latents)
 
     def _decode(self, model: LoadedModel, latents: torch.Tensor) -> list[Image.Image]:
-        """VAE-decode pipeline latents to PIL (fp16 VAEs that ask for it are upcast, as the pipelines do)."""
-        pipe = model.pipe
-        vae = pipe.vae
+        """A1111's ``decode_latent_batch`` and image conversion: one image at a time through the VAE, then
+        ``clamp((x + 1) / 2) * 255`` truncated to 8 bits (fp16 VAEs that ask for it are upcast)."""
+        vae = model.pipe.vae
         dtype = vae.dtype
         upcast = dtype == torch.float16 and bool(getattr(vae.config, "force_upcast", False))
+        images: list[Image.Image] = []
         with torch.inference_mode():
             if upcast:
                 vae.to(torch.float32)
             try:
-                z = latents.to(device=latents.device, dtype=vae.dtype) / vae.config.scaling_factor
-                decoded = vae.decode(z, return_dict=False)[0]
+                for i in range(latents.shape[0]):
+                    z = latents[i : i + 1].to(vae.device, vae.dtype) / vae.config.scaling_factor
+                    decoded = vae.decode(z, return_dict=False)[0][0].float()
+                    sample = torch.clamp((decoded + 1.0) / 2.0, min=0.0, max=1.0)
+                    array = 255.0 * np.moveaxis(sample.cpu().numpy(), 0, 2)
+                    images.append(Image.fromarray(array.astype(np.uint8)))
             finally:
                 if upcast:
                     vae.to(dtype)
-            return list(pipe.image_processor.postprocess(decoded, output_type="pil"))
+        return images
+
+    def _encode_latents(
+        self, model: LoadedModel, images: list[Image.Image], seeds: list[int]
+    ) -> torch.Tensor:
+        """A1111's ``images_tensor_to_samples``: each image through the VAE encoder, the posterior sampled
+        with the CPU generator A1111's noise code left seeded with the batch's last seed."""
+        vae = model.pipe.vae
+        generator = posterior_generator(seeds)
+        latents = []
+        for image in images:
+            array = np.moveaxis(np.array(image).astype(np.float32) / 255.0, 2, 0)
+            pixels = torch.from_numpy(array)[None].to(vae.device, vae.dtype) * 2 - 1
+            dist = vae.encode(pixels).latent_dist
+            eps = torch.randn(dist.mean.shape, generator=generator).to(dist.mean.device, dist.mean.dtype)
+            latents.append((dist.mean + dist.std * eps) * vae.config.scaling_factor)
+        return torch.cat(latents).float()
 
     def _apply_loras(self, model: LoadedModel, loras: list[tuple[LoraInfo, float, float]]) -> None:
         """Load each LoRA once per model (adapter = file stem), then activate exactly this request's set."""
@@ -747,14 +876,6 @@ class Engine:
         if model.kind == "sd15":
             weights = [{"unet": w["unet"], "text_encoder": w["text_encoder"]} for w in weights]
         pipe.set_adapters([lo.name for lo, _, _ in loras], adapter_weights=weights)
-
-    def _maybe_tile(self, model: LoadedModel, width: int, height: int) -> None:
-        if self.runtime.device != "cuda":
-            return
-        if width * height > 1024 * 1024:
-            model.pipe.vae.enable_tiling()
-        else:
-            model.pipe.vae.disable_tiling()
 
     def _encode_image(self, image: Image.Image, text: str) -> str:
         """Base64 in ``samples_format``; infotext in a PNG ``parameters`` tEXt chunk, or JPEG/WebP EXIF."""
@@ -785,9 +906,26 @@ def start_background_load(engine: Engine) -> threading.Thread:
     return thread
 
 
-def _batched_conditioning(cond: dict[str, Any], batch: int, eta: float | None) -> dict[str, Any]:
-    """The prompt embeddings repeated for each image of a batch, plus ``eta`` when the request set it."""
-    kwargs: dict[str, Any] = {k: v.repeat(batch, *[1] * (v.ndim - 1)) for k, v in cond.items()}
-    if eta is not None:
-        kwargs["eta"] = eta
-    return kwargs
+def _uses_ensd(sampler: ResolvedSampler, sampling: run.SamplingOptions) -> bool:
+    """A1111 ``is_sampler_using_eta_noise_seed_delta``: ancestral samplers with a non-zero eta."""
+    eta = sampling.eta
+    if eta is None:
+        eta = sampling.eta_ddim if sampler.sampler.family == "timesteps" else sampling.eta_ancestral
+    return eta != 0 and bool(sampler.sampler.options.get("uses_ensd"))
+
+
+@contextlib.contextmanager
+def _circular_padding(model: LoadedModel, enabled: bool) -> Iterator[None]:
+    """A1111's ``tiling``: every Conv2d of the UNet and the VAE pads circularly for the request."""
+    layers = [
+        m for part in (model.pipe.unet, model.pipe.vae) for m in part.modules() if type(m) is torch.nn.Conv2d
+    ]
+    if enabled:
+        for layer in layers:
+            layer.padding_mode = "circular"
+    try:
+        yield
+    finally:
+        if enabled:
+            for layer in layers:
+                layer.padding_mode = "zeros"

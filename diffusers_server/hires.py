@@ -1,9 +1,7 @@
 """A1111's "hires fix" (``enable_hr``): target size, latent / image upscaling and the second-pass step count.
 
 Mirrors A1111 v1.10 ``StableDiffusionProcessingTxt2Img`` (``calculate_target_resolution``,
-``sample_hr_pass``) and ``sd_samplers_common.setup_img2img_steps``. The second pass itself is a diffusers
-img2img pipeline built from the loaded txt2img pipeline's components (``img2img_pipeline``): no reload, no
-new weights.
+``sample_hr_pass``). The second pass itself runs on :mod:`diffusers_server.sampling` (``run.img2img``).
 """
 
 from __future__ import annotations
@@ -12,7 +10,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionXLImg2ImgPipeline
 from PIL import Image
 
 # A1111 ``shared.latent_upscale_modes``: name -> (torch interpolate mode, antialias).
@@ -97,15 +94,15 @@ def crop_latents(latents: torch.Tensor, t: HiresTarget) -> torch.Tensor:
 
 
 def upscale_latents(latents: torch.Tensor, mode_name: str, t: HiresTarget) -> torch.Tensor:
-    """``torch.nn.functional.interpolate`` to ``upscale_to // 8`` (in float32), then A1111's crop."""
+    """``torch.nn.functional.interpolate`` to ``upscale_to // 8`` (A1111 crops afterwards)."""
     mode, antialias = LATENT_UPSCALE_MODES[mode_name]
     size = (t.upscale_y // OPT_F, t.upscale_x // OPT_F)
-    out = torch.nn.functional.interpolate(latents.float(), size=size, mode=mode, antialias=antialias)
-    return crop_latents(out.to(latents.dtype), t)
+    return torch.nn.functional.interpolate(latents, size=size, mode=mode, antialias=antialias)
 
 
 def upscale_image(image: Image.Image, name: str, t: HiresTarget) -> Image.Image:
-    """A1111 ``images.resize_image(0, ...)`` with a built-in upscaler, then the crop, in pixels."""
+    """A1111 ``images.resize_image(0, ...)`` with a built-in upscaler, to the size before the crop (A1111
+    encodes the whole upscaled image and crops the latents)."""
     w, h = t.upscale_x, t.upscale_y
     if name == "None":
         image = image.resize((w, h), resample=Image.Resampling.LANCZOS)
@@ -120,28 +117,4 @@ def upscale_image(image: Image.Image, name: str, t: HiresTarget) -> Image.Image:
                 image = image.resize(dest, resample=Image.Resampling.LANCZOS)
         if image.size != (w, h):
             image = image.resize((w, h), resample=Image.Resampling.LANCZOS)
-    h_lat, w_lat = t.latent_size
-    left, top = (t.truncate_x // 2) * OPT_F, (t.truncate_y // 2) * OPT_F
-    return image.crop((left, top, left + w_lat * OPT_F, top + h_lat * OPT_F))
-
-
-def img2img_steps(steps: int, denoising_strength: float) -> tuple[int, float]:
-    """``(num_inference_steps, strength)`` for diffusers so that exactly ``steps`` steps run, on the schedule
-    A1111 builds for a hires pass (``setup_img2img_steps`` with explicit steps: ``int(steps / min(d, 0.999))``
-    sigmas, of which the last ``steps`` are sampled). diffusers runs ``int(n * strength)`` steps."""
-    total = max(int(steps / min(denoising_strength, 0.999)), steps)
-    return total, min((steps + 0.5) / total, 1.0)
-
-
-def img2img_pipeline(pipe: Any, kind: str) -> Any:
-    """The matching img2img pipeline sharing every component (weights, LoRA adapters, VAE) of ``pipe``."""
-    cls = StableDiffusionXLImg2ImgPipeline if kind == "sdxl" else StableDiffusionImg2ImgPipeline
-    components: dict[str, Any] = dict(pipe.components)
-    if kind == "sdxl":
-        components["add_watermarker"] = getattr(pipe, "watermark", None) is not None
-        components["force_zeros_for_empty_prompt"] = pipe.config.get("force_zeros_for_empty_prompt", True)
-    else:
-        components["requires_safety_checker"] = False
-    out = cls(**components)
-    out.set_progress_bar_config(disable=True)
-    return out
+    return image

@@ -55,6 +55,19 @@ DEFAULTS: dict[str, Any] = {
     "s_noise": 1.0,
     "s_tmin": 0.0,
     "s_tmax": 0.0,
+    "sigma_min": 0.0,
+    "sigma_max": 0.0,
+    "rho": 0.0,
+    "always_discard_next_to_last_sigma": False,
+    "sgm_noise_multiplier": False,
+    "uni_pc_variant": "bh1",
+    "uni_pc_skip_type": "time_uniform",
+    "uni_pc_order": 3,
+    "uni_pc_lower_order_final": True,
+    "beta_dist_alpha": 0.6,
+    "beta_dist_beta": 0.6,
+    "sdxl_crop_top": 0,
+    "sdxl_crop_left": 0,
     "save_images_add_number": True,
     "outdir_samples": "",
     "api_enable_requests": True,
@@ -81,13 +94,41 @@ HONOURED = frozenset(
         "enable_prompt_comments",
         "lora_add_hashes_to_infotext",
         "textual_inversion_add_hashes_to_infotext",
+        # sampling (diffusers_server.sampling)
+        "eta_noise_seed_delta",
+        "randn_source",
+        "tiling",
         "eta_ddim",
+        "eta_ancestral",
+        "s_churn",
+        "s_min_uncond",
+        "s_noise",
+        "s_tmin",
+        "s_tmax",
+        "sigma_min",
+        "sigma_max",
+        "rho",
+        "always_discard_next_to_last_sigma",
+        "sgm_noise_multiplier",
+        "uni_pc_variant",
+        "uni_pc_skip_type",
+        "uni_pc_order",
+        "uni_pc_lower_order_final",
+        "beta_dist_alpha",
+        "beta_dist_beta",
+        "sdxl_crop_top",
+        "sdxl_crop_left",
     }
 )
 # Non-default values of these would change the image in A1111; this engine cannot follow, so it refuses them.
-REFUSED_UNLESS_DEFAULT = frozenset(
-    {"eta_noise_seed_delta", "sd_lora", "sd_hypernetwork", "face_restoration", "tiling", "s_churn", "s_noise"}
-)
+REFUSED_UNLESS_DEFAULT = frozenset({"sd_lora", "sd_hypernetwork", "face_restoration"})
+# Options with a closed set of values (A1111's radio buttons) this engine implements.
+CHOICES: dict[str, tuple[str, ...]] = {
+    # "NV" (A1111's numpy Philox imitation of NVIDIA's generator) is not implemented.
+    "randn_source": ("GPU", "CPU"),
+    "uni_pc_variant": ("bh1", "bh2"),
+    "uni_pc_skip_type": ("time_uniform", "time_quadratic", "logSNR"),
+}
 SAMPLES_FORMATS = ("png", "jpg", "jpeg", "webp")
 EMPHASIS_MODES = ("Original", "None")
 
@@ -108,6 +149,12 @@ def validate(values: dict[str, Any]) -> list[str]:
             raise OptionError(
                 f"option {key}={values[key]!r} is not supported by this engine (only {DEFAULTS[key]!r})"
             )
+    for key, choices in CHOICES.items():
+        if key in values and values[key] not in choices:
+            raise OptionError(f"option {key}={values[key]!r} is not one of {', '.join(choices)}")
+    order = values.get("uni_pc_order")
+    if order is not None and (not isinstance(order, int) or isinstance(order, bool) or not 1 <= order <= 50):
+        raise OptionError(f"uni_pc_order must be an integer 1..50, got {order!r}")
     fmt = values.get("samples_format")
     if fmt is not None and str(fmt).lower() not in SAMPLES_FORMATS:
         raise OptionError(f"samples_format {fmt!r} is not one of {', '.join(SAMPLES_FORMATS)}")

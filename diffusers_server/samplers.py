@@ -1,31 +1,17 @@
-"""A1111 sampler and scheduler ("Schedule type") names mapped onto diffusers schedulers.
+"""A1111 v1.10's sampler and scheduler ("Schedule type") catalogue: names, aliases, options, resolution.
 
-Only names this engine can really run are listed; anything else is rejected with the valid choices, unlike
-A1111 v1.10, which silently falls back to ``DPM++ 2M``. Combined legacy names (``"DPM++ 2M Karras"``)
-are split the way A1111 does (§3.3 of a1111-api.md).
+Every sampler and schedule type A1111 lists is here and runs on this engine's own k-diffusion-style
+implementation (:mod:`diffusers_server.sampling`). Unknown names are rejected with the valid choices, unlike
+A1111 v1.10, which silently falls back to ``DPM++ 2M``. Combined legacy names (``"DPM++ 2M Karras"``) are
+split the way A1111 does (§3.3 of a1111-api.md).
 """
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
-from diffusers import (
-    DDIMScheduler,
-    DPMSolverMultistepScheduler,
-    DPMSolverSDEScheduler,
-    EulerAncestralDiscreteScheduler,
-    EulerDiscreteScheduler,
-    HeunDiscreteScheduler,
-    KDPM2AncestralDiscreteScheduler,
-    KDPM2DiscreteScheduler,
-    LCMScheduler,
-    LMSDiscreteScheduler,
-    PNDMScheduler,
-    UniPCMultistepScheduler,
-)
-from diffusers.schedulers.scheduling_utils import SchedulerMixin
+SamplerFamily = Literal["k", "timesteps", "lcm"]
 
 
 class SamplerError(ValueError):
@@ -34,88 +20,90 @@ class SamplerError(ValueError):
 
 @dataclass(frozen=True)
 class Sampler:
+    """One A1111 sampler: ``algorithm`` names the implementation in :mod:`diffusers_server.sampling`."""
+
     name: str
     aliases: tuple[str, ...]
-    cls: type[SchedulerMixin]
-    flags: dict[str, Any] = field(default_factory=dict)
-    options: dict[str, str] = field(default_factory=dict)
+    algorithm: str
+    family: SamplerFamily = "k"
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def second_order(self) -> bool:
+        """A1111's ``SamplerData.total_steps``: prompt schedules count two model calls per step."""
+        return bool(self.options.get("second_order"))
+
+    def total_steps(self, steps: int) -> int:
+        return steps * 2 if self.second_order else steps
 
 
 @dataclass(frozen=True)
 class Schedule:
     name: str
     label: str
-    flags: dict[str, Any]
     default_rho: float = -1.0
     need_inner_model: bool = False
     aliases: tuple[str, ...] | None = None
 
 
-_SDE = {"algorithm_type": "sde-dpmsolver++"}
+_KARRAS_2ND = {"scheduler": "karras", "second_order": True}
 SAMPLERS: tuple[Sampler, ...] = (
-    Sampler("DPM++ 2M", ("k_dpmpp_2m",), DPMSolverMultistepScheduler, {}, {"scheduler": "karras"}),
-    Sampler(
-        "DPM++ SDE",
-        ("k_dpmpp_sde",),
-        DPMSolverSDEScheduler,
-        {},
-        {"scheduler": "karras", "second_order": "True", "brownian_noise": "True"},
-    ),
+    Sampler("DPM++ 2M", ("k_dpmpp_2m",), "dpmpp_2m", options={"scheduler": "karras"}),
+    Sampler("DPM++ SDE", ("k_dpmpp_sde",), "dpmpp_sde", options={**_KARRAS_2ND, "brownian_noise": True}),
     Sampler(
         "DPM++ 2M SDE",
         ("k_dpmpp_2m_sde",),
-        DPMSolverMultistepScheduler,
-        _SDE,
-        {"scheduler": "exponential", "brownian_noise": "True"},
+        "dpmpp_2m_sde",
+        options={"scheduler": "exponential", "brownian_noise": True},
+    ),
+    Sampler(
+        "DPM++ 2M SDE Heun",
+        ("k_dpmpp_2m_sde_heun",),
+        "dpmpp_2m_sde_heun",
+        options={"scheduler": "exponential", "brownian_noise": True, "solver_type": "heun"},
+    ),
+    Sampler(
+        "DPM++ 2S a", ("k_dpmpp_2s_a",), "dpmpp_2s_ancestral", options={**_KARRAS_2ND, "uses_ensd": True}
     ),
     Sampler(
         "DPM++ 3M SDE",
         ("k_dpmpp_3m_sde",),
-        DPMSolverMultistepScheduler,
-        {**_SDE, "solver_order": 3},
-        {"scheduler": "exponential", "discard_next_to_last_sigma": "True", "brownian_noise": "True"},
+        "dpmpp_3m_sde",
+        options={"scheduler": "exponential", "discard_next_to_last_sigma": True, "brownian_noise": True},
     ),
-    Sampler(
-        "Euler a",
-        ("k_euler_a", "k_euler_ancestral"),
-        EulerAncestralDiscreteScheduler,
-        {},
-        {"uses_ensd": "True"},
-    ),
-    Sampler("Euler", ("k_euler",), EulerDiscreteScheduler),
-    Sampler("LMS", ("k_lms",), LMSDiscreteScheduler),
-    Sampler("Heun", ("k_heun",), HeunDiscreteScheduler, {}, {"second_order": "True"}),
-    Sampler(
-        "DPM2",
-        ("k_dpm_2",),
-        KDPM2DiscreteScheduler,
-        {},
-        {"scheduler": "karras", "discard_next_to_last_sigma": "True", "second_order": "True"},
-    ),
+    Sampler("Euler a", ("k_euler_a", "k_euler_ancestral"), "euler_ancestral", options={"uses_ensd": True}),
+    Sampler("Euler", ("k_euler",), "euler"),
+    Sampler("LMS", ("k_lms",), "lms"),
+    Sampler("Heun", ("k_heun",), "heun", options={"second_order": True}),
+    Sampler("DPM2", ("k_dpm_2",), "dpm_2", options={**_KARRAS_2ND, "discard_next_to_last_sigma": True}),
     Sampler(
         "DPM2 a",
         ("k_dpm_2_a",),
-        KDPM2AncestralDiscreteScheduler,
-        {},
-        {
-            "scheduler": "karras",
-            "discard_next_to_last_sigma": "True",
-            "uses_ensd": "True",
-            "second_order": "True",
-        },
+        "dpm_2_ancestral",
+        options={**_KARRAS_2ND, "discard_next_to_last_sigma": True, "uses_ensd": True},
     ),
-    Sampler("DDIM", ("ddim",), DDIMScheduler),
-    Sampler("PLMS", ("plms",), PNDMScheduler, {"skip_prk_steps": True}),
-    Sampler("UniPC", ("unipc",), UniPCMultistepScheduler),
-    Sampler("LCM", ("k_lcm",), LCMScheduler),
+    Sampler("DPM fast", ("k_dpm_fast",), "dpm_fast", options={"uses_ensd": True}),
+    Sampler("DPM adaptive", ("k_dpm_ad",), "dpm_adaptive", options={"uses_ensd": True}),
+    Sampler("Restart", ("restart",), "restart", options=dict(_KARRAS_2ND)),
+    Sampler("DDIM", ("ddim",), "ddim", "timesteps"),
+    Sampler("DDIM CFG++", ("ddim_cfgpp",), "ddim_cfgpp", "timesteps"),
+    Sampler("PLMS", ("plms",), "plms", "timesteps"),
+    Sampler("UniPC", ("unipc",), "unipc", "timesteps"),
+    Sampler("LCM", ("k_lcm",), "lcm", "lcm"),
 )
 SCHEDULES: tuple[Schedule, ...] = (
-    Schedule("automatic", "Automatic", {}),
-    Schedule("uniform", "Uniform", {"timestep_spacing": "linspace"}, need_inner_model=True),
-    Schedule("karras", "Karras", {"use_karras_sigmas": True}, default_rho=7.0),
-    Schedule("exponential", "Exponential", {"use_exponential_sigmas": True}),
-    Schedule("sgm_uniform", "SGM Uniform", {"timestep_spacing": "trailing"}, True, ("SGMUniform",)),
-    Schedule("beta", "Beta", {"use_beta_sigmas": True}, need_inner_model=True),
+    Schedule("automatic", "Automatic"),
+    Schedule("uniform", "Uniform", need_inner_model=True),
+    Schedule("karras", "Karras", default_rho=7.0),
+    Schedule("exponential", "Exponential"),
+    Schedule("polyexponential", "Polyexponential", default_rho=1.0),
+    Schedule("sgm_uniform", "SGM Uniform", need_inner_model=True, aliases=("SGMUniform",)),
+    Schedule("kl_optimal", "KL Optimal"),
+    Schedule("align_your_steps", "Align Your Steps"),
+    Schedule("simple", "Simple", need_inner_model=True),
+    Schedule("normal", "Normal", need_inner_model=True),
+    Schedule("ddim", "DDIM", need_inner_model=True),
+    Schedule("beta", "Beta", need_inner_model=True),
 )
 _BY_NAME = {s.name: s for s in SAMPLERS}
 _SCHEDULE_BY_KEY = {key: s for s in SCHEDULES for key in (s.name, s.label)}
@@ -124,20 +112,28 @@ _SUFFIXES = {key: s for s in SCHEDULES for key in (s.label, s.name, *(s.aliases 
 
 @dataclass(frozen=True)
 class ResolvedSampler:
-    """What will run: the sampler, the effective schedule and the diffusers scheduler flags."""
+    """What will run: the sampler and the schedule type requested for it (``Automatic`` kept as such)."""
 
     sampler: Sampler
-    schedule: Schedule
-    flags: dict[str, Any]
+    requested: Schedule
 
-    def build(self, base_config: dict[str, Any]) -> SchedulerMixin:
-        return self.sampler.cls.from_config(base_config, **self.flags)
+    @property
+    def schedule(self) -> Schedule:
+        """The effective schedule: ``Automatic`` means the sampler's own preferred one (e.g. Karras for
+        DPM++ 2M); samplers without a preference keep ``Automatic`` (the model's own discrete schedule)."""
+        if self.requested.name == "automatic":
+            return _SCHEDULE_BY_KEY.get(str(self.sampler.options.get("scheduler", "")), self.requested)
+        return self.requested
 
 
-def _supports(cls: type[SchedulerMixin], flags: dict[str, Any]) -> bool:
-    """``from_config`` silently drops unknown flags, so check them against the constructor first."""
-    params = inspect.signature(cls.__init__).parameters
-    return all(name in params for name in flags)
+def _split(sampler_name: str | None) -> tuple[str, Schedule | None]:
+    name = sampler_name or "Euler"
+    if name in _BY_NAME:
+        return name, None
+    for key, schedule in _SUFFIXES.items():
+        if name.endswith(" " + key) and name[: -len(key) - 1] in _BY_NAME:
+            return name[: -len(key) - 1], schedule
+    return name, None
 
 
 def requested_schedule(sampler_name: str | None, scheduler: str | None) -> str:
@@ -145,26 +141,15 @@ def requested_schedule(sampler_name: str | None, scheduler: str | None) -> str:
     ``Automatic`` (what the hires pass inherits when ``hr_scheduler`` is null)."""
     if scheduler:
         return scheduler
-    name = sampler_name or "Euler"
-    if name not in _BY_NAME:
-        for key, schedule in _SUFFIXES.items():
-            if name.endswith(" " + key) and name[: -len(key) - 1] in _BY_NAME:
-                return schedule.label
-    return "Automatic"
+    suffix = _split(sampler_name)[1]
+    return suffix.label if suffix else "Automatic"
 
 
 def resolve(sampler_name: str | None, scheduler: str | None) -> ResolvedSampler:
     """Split/validate A1111 names; ``scheduler`` (explicit) wins over a suffix in ``sampler_name``."""
-    name = sampler_name or "Euler"
-    suffix: Schedule | None = None
-    if name not in _BY_NAME:
-        for key, schedule in _SUFFIXES.items():
-            if name.endswith(" " + key) and name[: -len(key) - 1] in _BY_NAME:
-                name, suffix = name[: -len(key) - 1], schedule
-                break
+    name, suffix = _split(sampler_name)
     if name not in _BY_NAME:
         raise SamplerError(f"unknown sampler {sampler_name!r}; available: {', '.join(_BY_NAME)}")
-    sampler = _BY_NAME[name]
     if scheduler:
         if scheduler not in _SCHEDULE_BY_KEY:
             labels = ", ".join(s.label for s in SCHEDULES)
@@ -172,22 +157,15 @@ def resolve(sampler_name: str | None, scheduler: str | None) -> ResolvedSampler:
         schedule = _SCHEDULE_BY_KEY[scheduler]
     else:
         schedule = suffix or _SCHEDULE_BY_KEY["automatic"]
-    if schedule.name == "automatic":
-        # A1111's "Automatic" means the sampler's own preferred schedule, e.g. Karras for DPM++ 2M.
-        schedule = _SCHEDULE_BY_KEY.get(sampler.options.get("scheduler", ""), schedule)
-    flags = {**sampler.flags, **schedule.flags}
-    if not _supports(sampler.cls, schedule.flags):
-        valid = [s.label for s in SCHEDULES if _supports(sampler.cls, s.flags)]
-        raise SamplerError(
-            f"sampler {sampler.name!r} cannot use schedule type {schedule.label!r} in this engine; "
-            f"valid: {', '.join(valid)}"
-        )
-    return ResolvedSampler(sampler, schedule, flags)
+    return ResolvedSampler(_BY_NAME[name], schedule)
 
 
 def samplers_listing() -> list[dict[str, Any]]:
-    """``GET /sdapi/v1/samplers`` in A1111's shape."""
-    return [{"name": s.name, "aliases": list(s.aliases), "options": dict(s.options)} for s in SAMPLERS]
+    """``GET /sdapi/v1/samplers`` in A1111's shape (its pydantic model turns option values into strings)."""
+    return [
+        {"name": s.name, "aliases": list(s.aliases), "options": {k: str(v) for k, v in s.options.items()}}
+        for s in SAMPLERS
+    ]
 
 
 def schedulers_listing() -> list[dict[str, Any]]:

@@ -17,6 +17,7 @@ import torch
 from diffusers import AutoencoderKL, StableDiffusionPipeline, StableDiffusionXLPipeline
 from safetensors import safe_open
 
+from ..sampling.schedules import train_alphas_cumprod
 from ..tokenizer import BYTE_LEVEL_VOCAB_SIZE, CLIP_REPO, cached_clip_tokenizer_dir, load_clip_tokenizer
 from .architectures import CONFIG_METADATA_KEY, REAL_CONFIGS, ModelKind, write_skeleton
 
@@ -61,6 +62,8 @@ class LoadedModel:
     scheduler_config: dict[str, Any] = field(default_factory=dict)
     vae_path: Path | None = None
     loaded_loras: set[str] = field(default_factory=set)
+    # The training noise schedule the samplers work on (SD1.x and SDXL share it).
+    alphas_cumprod: torch.Tensor = field(default_factory=train_alphas_cumprod)
 
 
 def inspect_checkpoint(path: Path) -> tuple[ModelKind, dict[str, dict[str, Any]], int]:

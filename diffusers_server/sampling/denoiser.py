@@ -1,0 +1,242 @@
+"""The model as samplers see it: the UNet with its noise scalings, and A1111's classifier-free guidance.
+
+``UNetModel`` calls the diffusers UNet with a text context (and, for SDXL, the pooled text embedding plus
+the size/crop "time ids"). ``EpsDenoiser`` turns it into k-diffusion's denoiser D(x, sigma) for an
+epsilon-predicting model (input scaled by 1/sqrt(sigma^2 + 1), sigma mapped to a fractional timestep);
+``LCMDenoiser`` adds LCM's boundary-condition scalings. ``CFGDenoiser`` is A1111's ``CFGDenoiser``: at
+every model call it asks each prompt's schedule for the encoding active at its step counter (which counts
+model calls, so second-order samplers advance it twice per step), runs the ``AND`` parts and the negative
+prompt, and combines them with their weights times the CFG scale.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..cond_schedule import BatchConds, Cond
+from .schedules import DiscreteSchedule, LCMSchedule
+
+
+class Interrupted(Exception):
+    """Raised inside a model call when the job was interrupted or skipped (A1111's InterruptedException)."""
+
+
+@dataclass(frozen=True)
+class CondBatch:
+    """A stack of encodings for one model call: context ``[B, tokens, width]``, pooled ``[B, width]``."""
+
+    context: torch.Tensor
+    pooled: torch.Tensor | None
+
+    def rows(self, a: int, b: int) -> CondBatch:
+        return CondBatch(self.context[a:b], None if self.pooled is None else self.pooled[a:b])
+
+
+def stack_conds(conds: list[Cond]) -> CondBatch:
+    """Stack encodings; shorter contexts are extended by repeating their last vector (A1111's
+    ``stack_conds``, used when ``AND`` parts have different lengths)."""
+    tokens = max(c.context.shape[0] for c in conds)
+    contexts = []
+    for c in conds:
+        ctx = c.context
+        if ctx.shape[0] != tokens:
+            ctx = torch.vstack([ctx, ctx[-1:].repeat([tokens - ctx.shape[0], 1])])
+        contexts.append(ctx)
+    pooled = None
+    if conds[0].pooled is not None:
+        pooled = torch.stack([c.pooled for c in conds if c.pooled is not None])
+    return CondBatch(torch.stack(contexts), pooled)
+
+
+class UNetModel:
+    """A1111's ``apply_model``: the UNet's epsilon prediction at (fractional) training timestep ``t``."""
+
+    def __init__(self, unet: Any, sdxl: bool, time_ids: tuple[int, ...] = ()):
+        self.unet = unet
+        self.sdxl = sdxl
+        self.time_ids = time_ids  # SDXL: (height, width, crop top, crop left, height, width)
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, cond: CondBatch) -> torch.Tensor:
+        dtype = self.unet.dtype
+        kwargs: dict[str, Any] = {}
+        if self.sdxl:
+            assert cond.pooled is not None, "SDXL conditioning needs the pooled text embedding"
+            ids = torch.tensor([self.time_ids], dtype=dtype, device=x.device).repeat(x.shape[0], 1)
+            kwargs["added_cond_kwargs"] = {"text_embeds": cond.pooled.to(x.device, dtype), "time_ids": ids}
+        out = self.unet(
+            x.to(dtype),
+            t.to(x.device),
+            encoder_hidden_states=cond.context.to(x.device, dtype),
+            return_dict=False,
+            **kwargs,
+        )[0]
+        return out.float()
+
+
+def _append_dims(v: torch.Tensor, ndim: int) -> torch.Tensor:
+    return v[(...,) + (None,) * (ndim - v.ndim)]
+
+
+class EpsDenoiser:
+    """k-diffusion's D(x, sigma) = x - sigma * eps(x / sqrt(sigma^2 + 1), t(sigma))."""
+
+    def __init__(self, model: UNetModel, schedule: DiscreteSchedule):
+        self.model = model
+        self.schedule = schedule
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, cond: CondBatch) -> torch.Tensor:
+        c_out = _append_dims(-sigma, x.ndim)
+        c_in = _append_dims(1 / (sigma**2 + 1) ** 0.5, x.ndim)
+        eps = self.model(x * c_in, self.schedule.sigma_to_t(sigma), cond)
+        return x + eps * c_out
+
+
+class LCMDenoiser(EpsDenoiser):
+    """LCM: the epsilon denoiser on quantized timesteps, then the consistency-model boundary scalings."""
+
+    schedule: LCMSchedule
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, cond: CondBatch) -> torch.Tensor:
+        denoised = super().__call__(x, sigma, cond)
+        sigma_data = 0.5
+        scaled = _append_dims(self.schedule.sigma_to_t(sigma), x.ndim) * 10.0
+        c_skip = sigma_data**2 / (scaled**2 + sigma_data**2)
+        c_out = scaled / (scaled**2 + sigma_data**2) ** 0.5
+        return c_out * denoised + c_skip * x
+
+
+class TimestepModel:
+    """DDIM/PLMS/UniPC call the UNet directly with a timestep and work on its epsilon output."""
+
+    def __init__(self, model: UNetModel):
+        self.model = model
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, cond: CondBatch) -> torch.Tensor:
+        return self.model(x, t, cond)
+
+
+Inner = Callable[[torch.Tensor, torch.Tensor, CondBatch], torch.Tensor]
+
+
+@dataclass
+class GuidanceOptions:
+    """A1111 options and request fields that change the guidance (defaults = A1111's)."""
+
+    s_min_uncond: float = 0.0
+    s_min_uncond_all: bool = False
+    skip_early_cond: float = 0.0
+    batch_cond_uncond: bool = True
+    extra_params: dict[str, Any] = field(default_factory=dict)
+
+
+class CFGDenoiser:
+    """A1111's ``CFGDenoiser.forward`` for one pass: prompt schedules, ``AND``, negative, CFG scale."""
+
+    def __init__(
+        self,
+        inner: Inner,
+        conds: BatchConds,
+        cond_scale: float,
+        total_steps: int,
+        should_stop: Callable[[], bool],
+        options: GuidanceOptions | None = None,
+    ):
+        self.inner = inner
+        self.conds = conds
+        self.cond_scale = cond_scale
+        self.total_steps = max(total_steps, 1)
+        self.should_stop = should_stop
+        self.options = options or GuidanceOptions()
+        self.step = 0
+        self.cond_scale_multiplier = 1.0  # DDIM CFG++ scales its guidance down
+        self.keep_last_uncond = False
+        self.last_uncond: torch.Tensor | None = None
+        self.last_latent: torch.Tensor | None = None
+        # What an interrupted pass returns: the first prompt's prediction of the clean latent.
+        self.pred_x0: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        if self.should_stop():
+            raise Interrupted
+        batch = x.shape[0]
+        conds: list[Cond] = []
+        conds_list: list[list[tuple[int, float]]] = []
+        for composed in self.conds.positive:
+            entry = []
+            for schedule, weight in composed.parts:
+                entry.append((len(conds), weight))
+                conds.append(schedule.at(self.step))
+            conds_list.append(entry)
+        tensor = stack_conds(conds)
+        uncond = stack_conds([neg.at(self.step) for neg in self.conds.negative])
+        repeats = [len(c) for c in conds_list]
+        x_in = torch.cat([torch.stack([x[i] for _ in range(n)]) for i, n in enumerate(repeats)] + [x])
+        sigma_in = torch.cat(
+            [torch.stack([sigma[i] for _ in range(n)]) for i, n in enumerate(repeats)] + [sigma]
+        )
+
+        opts = self.options
+        skip_uncond = False
+        if opts.skip_early_cond != 0.0 and self.step / self.total_steps <= opts.skip_early_cond:
+            skip_uncond = True
+            opts.extra_params["Skip Early CFG"] = opts.skip_early_cond
+        elif (
+            (self.step % 2 or opts.s_min_uncond_all)
+            and opts.s_min_uncond > 0
+            and float(sigma[0]) < opts.s_min_uncond
+        ):
+            skip_uncond = True
+            opts.extra_params["NGMS"] = opts.s_min_uncond
+            if opts.s_min_uncond_all:
+                opts.extra_params["NGMS all steps"] = opts.s_min_uncond_all
+        if skip_uncond:
+            x_in, sigma_in = x_in[:-batch], sigma_in[:-batch]
+
+        n_cond = tensor.context.shape[0]
+        if tensor.context.shape[1] == uncond.context.shape[1] or skip_uncond:
+            cond_in = tensor if skip_uncond else _cat(tensor, uncond)
+            if opts.batch_cond_uncond:
+                x_out = self.inner(x_in, sigma_in, cond_in)
+            else:
+                x_out = torch.zeros_like(x_in)
+                for a in range(0, x_out.shape[0], batch):
+                    b = a + batch
+                    x_out[a:b] = self.inner(x_in[a:b], sigma_in[a:b], cond_in.rows(a, b))
+        else:
+            # Prompt and negative of different lengths: separate passes, no padding (pad_cond_uncond off).
+            x_out = torch.zeros_like(x_in)
+            step = batch * 2 if opts.batch_cond_uncond else batch
+            for a in range(0, n_cond, step):
+                b = min(a + step, n_cond)
+                x_out[a:b] = self.inner(x_in[a:b], sigma_in[a:b], tensor.rows(a, b))
+            x_out[-batch:] = self.inner(x_in[-batch:], sigma_in[-batch:], uncond)
+
+        first_of_image = [entry[0][0] for entry in conds_list]
+        if skip_uncond:
+            x_out = torch.cat([x_out, torch.cat([x_out[i : i + 1] for i in first_of_image])])
+        if self.keep_last_uncond:
+            self.last_uncond = torch.clone(x_out[-batch:])
+        scale = 1.0 if skip_uncond else self.cond_scale * self.cond_scale_multiplier
+        denoised_uncond = x_out[-batch:]
+        denoised = torch.clone(denoised_uncond)
+        for i, entry in enumerate(conds_list):
+            for cond_index, weight in entry:
+                denoised[i] += (x_out[cond_index] - denoised_uncond[i]) * (weight * scale)
+        first_out = torch.cat([x_out[i : i + 1] for i in first_of_image])
+        if self.pred_x0 is None:
+            self.last_latent = first_out
+        else:
+            self.last_latent = self.pred_x0(
+                torch.cat([x_in[i : i + 1] for i in first_of_image]), first_out, sigma
+            )
+        self.step += 1
+        return denoised
+
+
+def _cat(a: CondBatch, b: CondBatch) -> CondBatch:
+    pooled = None if a.pooled is None or b.pooled is None else torch.cat([a.pooled, b.pooled])
+    return CondBatch(torch.cat([a.context, b.context]), pooled)

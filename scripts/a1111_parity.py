@@ -1,0 +1,282 @@
+"""Pixel parity of the embedded engine with the real A1111 v1.10.1: the same requests to both, PSNR per image.
+
+Two steps, run one after the other (each engine holds a full model in memory):
+
+    # 1. record A1111's images (A1111 serving the checkpoint, e.g. ``serve.sh 7871 MODELS``)
+    python scripts/a1111_parity.py record --url http://127.0.0.1:7871 --out /tmp/parity [--matrix table]
+    # 2. run the same requests on the embedded engine in-process and compare
+    python scripts/a1111_parity.py compare --models-dir MODELS --ckpt rand_sd15 --recorded /tmp/parity \\
+        [--clip-tokenizer DIR] [--markdown docs-table.md]
+
+``--matrix table`` is every sampler x schedule type plus the feature rows (batch, VAE, LoRA, clip skip,
+hires fix, variation seeds, ENSD, tiling...); ``--matrix golden`` is the small set the CI goldens pin
+(``scripts/record_goldens.py`` uses it). ``compare`` prints a table, writes ``bench/results/parity.json``
+and, with ``--markdown``, the sampler x schedule table for docs/engine.md. Stdlib + the engine's own
+dependencies; nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import json
+import logging
+import math
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+log = logging.getLogger("parity")
+
+SAMPLERS = (
+    "DPM++ 2M", "DPM++ SDE", "DPM++ 2M SDE", "DPM++ 2M SDE Heun", "DPM++ 2S a", "DPM++ 3M SDE", "Euler a",
+    "Euler", "LMS", "Heun", "DPM2", "DPM2 a", "DPM fast", "DPM adaptive", "Restart", "DDIM", "DDIM CFG++",
+    "PLMS", "UniPC", "LCM",
+)  # fmt: skip
+SCHEDULES = (
+    "Automatic", "Uniform", "Karras", "Exponential", "Polyexponential", "SGM Uniform", "KL Optimal",
+    "Align Your Steps", "Simple", "Normal", "DDIM", "Beta",
+)  # fmt: skip
+BASE: dict[str, Any] = {
+    "prompt": "a lighthouse on a cliff at dusk, (oil painting:1.2), detailed",
+    "negative_prompt": "blurry, lowres",
+    "steps": 6,
+    "cfg_scale": 7.0,
+    "width": 64,
+    "height": 64,
+    "seed": 1234,
+    "batch_size": 1,
+}
+
+
+def table_requests(lora: str, vae: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every sampler x schedule type, then one row per feature (on Euler a / DPM++ 2M unless stated)."""
+    for sampler in SAMPLERS:
+        for schedule in SCHEDULES:
+            yield f"{sampler}|{schedule}", {**BASE, "sampler_name": sampler, "scheduler": schedule}
+    euler_a = {**BASE, "sampler_name": "Euler a", "scheduler": "Automatic"}
+    dpm = {**BASE, "sampler_name": "DPM++ 2M", "scheduler": "Karras"}
+    sde = {**BASE, "sampler_name": "DPM++ SDE", "scheduler": "Karras"}
+    yield "feature|batch of 2 (Euler a)", {**euler_a, "batch_size": 2}
+    yield "feature|batch of 2 (DPM++ SDE)", {**sde, "batch_size": 2}
+    yield "feature|n_iter 2 (DPM++ 2M)", {**dpm, "n_iter": 2}
+    yield "feature|VAE", {**dpm, "override_settings": {"sd_vae": vae}}
+    yield "feature|LoRA 0.8", {**dpm, "prompt": BASE["prompt"] + f" <lora:{lora}:0.8>"}
+    yield "feature|clip skip 2", {**dpm, "override_settings": {"CLIP_stop_at_last_layers": 2}}
+    yield "feature|long prompt (2 chunks)", {**dpm, "prompt": ", ".join([BASE["prompt"]] * 6)}
+    yield "feature|hires latent x1.5", {
+        **dpm,
+        "enable_hr": True,
+        "hr_scale": 1.5,
+        "denoising_strength": 0.6,
+        "hr_upscaler": "Latent",
+    }
+    yield "feature|hires Lanczos 96x80 (crop)", {
+        **euler_a,
+        "enable_hr": True,
+        "hr_resize_x": 96,
+        "hr_resize_y": 80,
+        "denoising_strength": 0.5,
+        "hr_upscaler": "Lanczos",
+        "hr_second_pass_steps": 4,
+    }
+    yield "feature|variation seed 0.3", {**euler_a, "subseed": 99, "subseed_strength": 0.3}
+    yield "feature|seed resize from 96x48", {**dpm, "seed_resize_from_w": 96, "seed_resize_from_h": 48}
+    yield "feature|ENSD 31337 (Euler a)", {**euler_a, "override_settings": {"eta_noise_seed_delta": 31337}}
+    yield "feature|eta 0.5 (Euler a)", {**euler_a, "eta": 0.5}
+    yield "feature|DDIM eta 0.7", {**BASE, "sampler_name": "DDIM", "eta": 0.7}
+    yield "feature|tiling", {**dpm, "tiling": True}
+    yield "feature|s_churn 0.5 (Euler)", {
+        **BASE,
+        "sampler_name": "Euler",
+        "override_settings": {"s_churn": 0.5, "s_tmin": 0.1},
+    }
+    yield "feature|Restart 20 steps", {**BASE, "sampler_name": "Restart", "steps": 20}
+    yield "feature|UniPC bh2", {**BASE, "sampler_name": "UniPC", "override_settings": {"uni_pc_variant": "bh2"}}
+    yield "feature|randn_source CPU", {**euler_a, "override_settings": {"randn_source": "CPU"}}
+    yield "feature|128x96", {**dpm, "width": 128, "height": 96}
+
+
+def golden_requests() -> Iterator[tuple[str, dict[str, Any]]]:
+    """The small set the CI goldens pin (tiny model): a few samplers and schedules, hires, seeds, tiling."""
+    small = {**BASE, "prompt": "a red fox in the snow", "negative_prompt": "blurry", "steps": 5}
+    cases = [
+        ("Euler a", "Automatic"),
+        ("Euler", "Automatic"),
+        ("DPM++ 2M", "Karras"),
+        ("DPM++ 2M SDE", "Exponential"),
+        ("DPM++ SDE", "Karras"),
+        ("Heun", "Beta"),
+        ("DPM2 a", "Align Your Steps"),
+        ("LMS", "Polyexponential"),
+        ("DPM fast", "Automatic"),
+        ("DPM++ 3M SDE", "SGM Uniform"),
+        ("DDIM", "Automatic"),
+        ("UniPC", "Automatic"),
+        ("PLMS", "Automatic"),
+        ("LCM", "Normal"),
+        ("Restart", "KL Optimal"),
+        ("DPM++ 2S a", "Simple"),
+    ]
+    for sampler, schedule in cases:
+        yield f"{sampler}|{schedule}", {**small, "sampler_name": sampler, "scheduler": schedule}
+    base = {**small, "sampler_name": "DPM++ 2M", "scheduler": "Karras"}
+    yield "feature|batch of 2", {**small, "sampler_name": "Euler a", "batch_size": 2}
+    yield "feature|hires latent", {**base, "enable_hr": True, "hr_scale": 1.5, "denoising_strength": 0.6}
+    yield "feature|hires Lanczos", {
+        **small,
+        "sampler_name": "Euler a",
+        "enable_hr": True,
+        "hr_resize_x": 96,
+        "hr_resize_y": 80,
+        "denoising_strength": 0.5,
+        "hr_upscaler": "Lanczos",
+    }
+    yield "feature|variation seed", {**small, "sampler_name": "Euler a", "subseed": 7, "subseed_strength": 0.4}
+    yield "feature|ENSD", {**small, "sampler_name": "Euler a", "override_settings": {"eta_noise_seed_delta": 31337}}
+    yield "feature|tiling", {**base, "tiling": True}
+    yield "feature|clip skip 2", {**base, "override_settings": {"CLIP_stop_at_last_layers": 2}}
+
+
+def requests_for(matrix: str, lora: str = "rand_lora", vae: str = "rand_vae.safetensors") -> list[tuple[str, dict[str, Any]]]:
+    return list(golden_requests() if matrix == "golden" else table_requests(lora, vae))
+
+
+def file_stem(cell: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in cell)
+
+
+def psnr(a: Any, b: Any) -> float:
+    import numpy as np
+
+    x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if x.shape != y.shape:
+        return float("nan")
+    mse = float(((x - y) ** 2).mean())
+    return 99.0 if mse == 0 else min(99.0, 10 * math.log10(255.0**2 / mse))
+
+
+def record(url: str, out: Path, matrix: str, lora: str, vae: str, timeout: float) -> None:
+    """POST each request to A1111 and keep its images (PNG) and info."""
+    out.mkdir(parents=True, exist_ok=True)
+    index: dict[str, Any] = {}
+    for cell, payload in requests_for(matrix, lora, vae):
+        started = time.perf_counter()
+        body = json.dumps({**payload, "override_settings_restore_afterwards": True}).encode()
+        request = urllib.request.Request(
+            f"{url}/sdapi/v1/txt2img", data=body, headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - loopback only
+            result = json.loads(response.read())
+        files = []
+        for i, image in enumerate(result["images"]):
+            name = f"{file_stem(cell)}-{i}.png"
+            (out / name).write_bytes(base64.b64decode(image))
+            files.append(name)
+        info = json.loads(result["info"])
+        index[cell] = {"payload": payload, "files": files, "infotexts": info.get("infotexts", [])}
+        log.info("%-45s %d image(s) in %.1f s", cell, len(files), time.perf_counter() - started)
+    (out / "index.json").write_text(json.dumps(index, indent=1), encoding="utf-8")
+
+
+def compare(
+    models_dir: Path, ckpt: str, recorded: Path, clip_tokenizer: Path | None, threads: int
+) -> list[dict[str, Any]]:
+    """Run the recorded requests on the embedded engine in-process; PSNR of each image against A1111's."""
+    import torch
+    from PIL import Image
+
+    from diffusers_server.config import ServerConfig
+    from diffusers_server.engine import Engine
+    from diffusers_server.schemas import Txt2ImgRequest
+
+    torch.set_num_threads(threads)
+    engine = Engine(ServerConfig(models_dir=models_dir, ckpt=ckpt, clip_tokenizer=clip_tokenizer, force_cpu=True))
+    engine.load_default()
+    if engine.load_error:
+        raise SystemExit(f"engine could not load {ckpt}: {engine.load_error}")
+    index = json.loads((recorded / "index.json").read_text(encoding="utf-8"))
+    rows = []
+    for cell, entry in index.items():
+        started = time.perf_counter()
+        try:
+            result = engine.txt2img(Txt2ImgRequest(**entry["payload"]))
+        except Exception as exc:  # report the cell, keep going
+            rows.append({"cell": cell, "psnr": None, "min_psnr": None, "error": f"{type(exc).__name__}: {exc}"})
+            log.info("%-45s ERROR %s", cell, exc)
+            continue
+        values = []
+        for name, ours in zip(entry["files"], result["images"], strict=False):
+            theirs = Image.open(recorded / name).convert("RGB")
+            mine = Image.open(io.BytesIO(base64.b64decode(ours))).convert("RGB")
+            values.append(psnr(theirs, mine))
+        if len(result["images"]) != len(entry["files"]):
+            values.append(float("nan"))
+        row = {"cell": cell, "psnr": min(values) if values else None, "images": len(values)}
+        rows.append(row)
+        log.info("%-45s %6.2f dB (%.1f s)", cell, row["psnr"] or float("nan"), time.perf_counter() - started)
+    return rows
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    """The sampler x schedule grid and the feature rows, PSNR in dB (99 = identical)."""
+    by_cell = {r["cell"]: r for r in rows}
+
+    def fmt(row: dict[str, Any] | None) -> str:
+        if row is None:
+            return "–"
+        if row.get("error"):
+            return "error"
+        value = row["psnr"]
+        return "∞" if value >= 99 else f"{value:.1f}"
+
+    lines = ["| sampler \\ schedule | " + " | ".join(SCHEDULES) + " |", "|---" * (len(SCHEDULES) + 1) + "|"]
+    for sampler in SAMPLERS:
+        cells = [fmt(by_cell.get(f"{sampler}|{schedule}")) for schedule in SCHEDULES]
+        lines.append(f"| {sampler} | " + " | ".join(cells) + " |")
+    lines += ["", "| feature | PSNR (dB) |", "|---|---|"]
+    lines += [f"| {r['cell'].split('|', 1)[1]} | {fmt(r)} |" for r in rows if r["cell"].startswith("feature|")]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    rec = sub.add_parser("record")
+    rec.add_argument("--url", required=True)
+    rec.add_argument("--out", type=Path, required=True)
+    rec.add_argument("--matrix", choices=("table", "golden"), default="table")
+    rec.add_argument("--lora", default="rand_lora")
+    rec.add_argument("--vae", default="rand_vae.safetensors")
+    rec.add_argument("--timeout", type=float, default=600)
+    cmp_ = sub.add_parser("compare")
+    cmp_.add_argument("--models-dir", type=Path, required=True)
+    cmp_.add_argument("--ckpt", required=True)
+    cmp_.add_argument("--recorded", type=Path, required=True)
+    cmp_.add_argument("--clip-tokenizer", type=Path)
+    cmp_.add_argument("--threads", type=int, default=2)
+    cmp_.add_argument("--markdown", type=Path)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.command == "record":
+        record(args.url, args.out, args.matrix, args.lora, args.vae, args.timeout)
+        return
+    rows = compare(args.models_dir, args.ckpt, args.recorded, args.clip_tokenizer, args.threads)
+    results = ROOT / "bench" / "results"
+    results.mkdir(parents=True, exist_ok=True)
+    (results / "parity.json").write_text(json.dumps(rows, indent=1), encoding="utf-8")
+    below = [r for r in rows if r.get("error") or (r["psnr"] is not None and r["psnr"] < 40)]
+    log.info("%d cells, %d below 40 dB or failed: %s", len(rows), len(below), [r["cell"] for r in below])
+    if args.markdown:
+        args.markdown.write_text(markdown(rows), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()

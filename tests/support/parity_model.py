@@ -1,0 +1,164 @@
+"""A small deterministic SD1-architecture checkpoint that both A1111 and the embedded engine load.
+
+A1111 builds its model from the LDM config ``<checkpoint>.yaml`` placed beside the file, so a tiny UNet,
+VAE and text encoder load there in seconds. LDM's layers fix GroupNorm at 32 groups and a latent factor of
+8, so the tiny model keeps those (unlike the demo models). A1111 reads the text encoder's config and the
+tokenizer from the folder the yaml names (``text/``): the byte-level vocabulary the engine also uses.
+
+The same seed gives the same bytes on every run with the same torch version: the goldens record the file's
+sha256, and the golden test says so when a different torch makes a different file (re-record then).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+SEED = 11
+NAME = "parity-sd15-tiny"
+TEXT = {
+    "architectures": ["CLIPTextModel"],
+    "model_type": "clip_text_model",
+    "vocab_size": 514,
+    "hidden_size": 32,
+    "intermediate_size": 37,
+    "projection_dim": 32,
+    "num_attention_heads": 4,
+    "num_hidden_layers": 3,
+    "max_position_embeddings": 77,
+    "hidden_act": "quick_gelu",
+    "bos_token_id": 512,
+    "eos_token_id": 513,
+    "pad_token_id": 513,
+}
+CONFIGS: dict[str, dict[str, Any]] = {
+    "unet": {
+        "sample_size": 8,
+        "in_channels": 4,
+        "out_channels": 4,
+        "layers_per_block": 1,
+        "block_out_channels": [32, 64],
+        "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
+        "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"],
+        "norm_num_groups": 32,
+        "cross_attention_dim": 32,
+        "attention_head_dim": 2,
+    },
+    "vae": {
+        "in_channels": 3,
+        "out_channels": 3,
+        "latent_channels": 4,
+        "down_block_types": ["DownEncoderBlock2D"] * 4,
+        "up_block_types": ["UpDecoderBlock2D"] * 4,
+        "block_out_channels": [32, 32, 32, 32],
+        "layers_per_block": 1,
+        "norm_num_groups": 32,
+        "sample_size": 64,
+        "scaling_factor": 0.18215,
+    },
+    "text_encoder": {k: v for k, v in TEXT.items() if k not in ("architectures", "model_type")},
+}
+YAML = """model:
+  target: ldm.models.diffusion.ddpm.LatentDiffusion
+  params:
+    linear_start: 0.00085
+    linear_end: 0.0120
+    num_timesteps_cond: 1
+    log_every_t: 200
+    timesteps: 1000
+    first_stage_key: "jpg"
+    cond_stage_key: "txt"
+    image_size: 8
+    channels: 4
+    cond_stage_trainable: false
+    conditioning_key: crossattn
+    monitor: val/loss_simple_ema
+    scale_factor: 0.18215
+    use_ema: False
+    unet_config:
+      target: ldm.modules.diffusionmodules.openaimodel.UNetModel
+      params:
+        image_size: 8
+        in_channels: 4
+        out_channels: 4
+        model_channels: 32
+        attention_resolutions: [ 2 ]
+        num_res_blocks: 1
+        channel_mult: [ 1, 2 ]
+        num_heads: 2
+        use_spatial_transformer: True
+        transformer_depth: 1
+        context_dim: 32
+        use_checkpoint: False
+        legacy: False
+    first_stage_config:
+      target: ldm.models.autoencoder.AutoencoderKL
+      params:
+        embed_dim: 4
+        monitor: val/rec_loss
+        ddconfig:
+          double_z: true
+          z_channels: 4
+          resolution: 64
+          in_channels: 3
+          out_ch: 3
+          ch: 32
+          ch_mult: [ 1, 1, 1, 1 ]
+          num_res_blocks: 1
+          attn_resolutions: []
+          dropout: 0.0
+        lossconfig:
+          target: torch.nn.Identity
+    cond_stage_config:
+      target: ldm.modules.encoders.modules.FrozenCLIPEmbedder
+      params:
+        version: {text_dir}
+"""
+
+
+def build() -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The checkpoint's tensors (A1111's LDM keys) and safetensors metadata (the engine's configs)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from diffusers_server.demo_models import _contiguous, _metadata, _randomize_norms, _seeded
+    from diffusers_server.models.architectures import CONFIG_METADATA_KEY
+    from diffusers_server.models.ldm_keys import clip_to_ldm, unet_to_ldm, vae_to_ldm
+
+    with _seeded(SEED):
+        unet = UNet2DConditionModel(**CONFIGS["unet"])
+        vae = AutoencoderKL(**CONFIGS["vae"])
+        te = CLIPTextModel(CLIPTextConfig(**CONFIGS["text_encoder"]))
+        _randomize_norms(unet, vae, te)
+        tensors = unet_to_ldm(unet.state_dict(), CONFIGS["unet"])
+        tensors |= vae_to_ldm(vae.state_dict(), CONFIGS["vae"])
+        tensors |= clip_to_ldm(te.state_dict(), "cond_stage_model.transformer.")
+    tensors = {k: v for k, v in tensors.items() if not k.endswith("position_ids")}
+    metadata = _metadata("sd15", {CONFIG_METADATA_KEY: json.dumps(CONFIGS, sort_keys=True)})
+    return _contiguous(tensors), metadata
+
+
+def write(models_dir: Path, with_a1111_files: bool = True) -> Path:
+    """Write ``checkpoints/<NAME>.safetensors`` (and, for A1111, its yaml and text-encoder folder)."""
+    from diffusers_server.demo_models import save_file
+    from diffusers_server.tokenizer import write_byte_level_vocab
+
+    checkpoints = models_dir / "checkpoints"
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    path = checkpoints / f"{NAME}.safetensors"
+    tensors, metadata = build()
+    save_file(tensors, path, metadata)
+    if with_a1111_files:
+        text_dir = models_dir / f"{NAME}-text"
+        write_byte_level_vocab(text_dir)
+        (text_dir / "config.json").write_text(json.dumps(TEXT, indent=1), encoding="utf-8")
+        (checkpoints / f"{NAME}.yaml").write_text(YAML.format(text_dir=text_dir.resolve()), encoding="utf-8")
+    return path
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
