@@ -47,7 +47,7 @@ SCHEDULES = (
 BASE: dict[str, Any] = {
     "prompt": "a lighthouse on a cliff at dusk, (oil painting:1.2), detailed",
     "negative_prompt": "blurry, lowres",
-    "steps": 6,
+    "steps": 4,
     "cfg_scale": 7.0,
     "width": 64,
     "height": 64,
@@ -56,17 +56,24 @@ BASE: dict[str, Any] = {
 }
 
 
-def table_requests(lora: str, vae: str) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Every sampler x schedule type, then one row per feature (on Euler a / DPM++ 2M unless stated)."""
+def grid_requests() -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every sampler x every schedule type."""
     for sampler in SAMPLERS:
         for schedule in SCHEDULES:
             yield f"{sampler}|{schedule}", {**BASE, "sampler_name": sampler, "scheduler": schedule}
+
+
+def table_requests(lora: str, vae: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """For a full-size model (each cell costs seconds on a CPU): every sampler on its Automatic schedule,
+    every schedule type on Euler, then one row per feature (on Euler a / DPM++ 2M unless stated)."""
+    for sampler in SAMPLERS:
+        yield f"{sampler}|Automatic", {**BASE, "sampler_name": sampler, "scheduler": "Automatic"}
+    for schedule in SCHEDULES[1:]:
+        yield f"Euler|{schedule}", {**BASE, "sampler_name": "Euler", "scheduler": schedule}
     euler_a = {**BASE, "sampler_name": "Euler a", "scheduler": "Automatic"}
     dpm = {**BASE, "sampler_name": "DPM++ 2M", "scheduler": "Karras"}
-    sde = {**BASE, "sampler_name": "DPM++ SDE", "scheduler": "Karras"}
     yield "feature|batch of 2 (Euler a)", {**euler_a, "batch_size": 2}
-    yield "feature|batch of 2 (DPM++ SDE)", {**sde, "batch_size": 2}
-    yield "feature|n_iter 2 (DPM++ 2M)", {**dpm, "n_iter": 2}
+    yield "feature|batch of 2 (DPM++ SDE)", {**BASE, "sampler_name": "DPM++ SDE", "batch_size": 2}
     yield "feature|VAE", {**dpm, "override_settings": {"sd_vae": vae}}
     yield "feature|LoRA 0.8", {**dpm, "prompt": BASE["prompt"] + f" <lora:{lora}:0.8>"}
     yield "feature|clip skip 2", {**dpm, "override_settings": {"CLIP_stop_at_last_layers": 2}}
@@ -85,23 +92,12 @@ def table_requests(lora: str, vae: str) -> Iterator[tuple[str, dict[str, Any]]]:
         "hr_resize_y": 80,
         "denoising_strength": 0.5,
         "hr_upscaler": "Lanczos",
-        "hr_second_pass_steps": 4,
+        "hr_second_pass_steps": 3,
     }
     yield "feature|variation seed 0.3", {**euler_a, "subseed": 99, "subseed_strength": 0.3}
     yield "feature|seed resize from 96x48", {**dpm, "seed_resize_from_w": 96, "seed_resize_from_h": 48}
     yield "feature|ENSD 31337 (Euler a)", {**euler_a, "override_settings": {"eta_noise_seed_delta": 31337}}
-    yield "feature|eta 0.5 (Euler a)", {**euler_a, "eta": 0.5}
-    yield "feature|DDIM eta 0.7", {**BASE, "sampler_name": "DDIM", "eta": 0.7}
     yield "feature|tiling", {**dpm, "tiling": True}
-    yield "feature|s_churn 0.5 (Euler)", {
-        **BASE,
-        "sampler_name": "Euler",
-        "override_settings": {"s_churn": 0.5, "s_tmin": 0.1},
-    }
-    yield "feature|Restart 20 steps", {**BASE, "sampler_name": "Restart", "steps": 20}
-    yield "feature|UniPC bh2", {**BASE, "sampler_name": "UniPC", "override_settings": {"uni_pc_variant": "bh2"}}
-    yield "feature|randn_source CPU", {**euler_a, "override_settings": {"randn_source": "CPU"}}
-    yield "feature|128x96", {**dpm, "width": 128, "height": 96}
 
 
 def golden_requests() -> Iterator[tuple[str, dict[str, Any]]]:
@@ -130,23 +126,36 @@ def golden_requests() -> Iterator[tuple[str, dict[str, Any]]]:
     base = {**small, "sampler_name": "DPM++ 2M", "scheduler": "Karras"}
     yield "feature|batch of 2", {**small, "sampler_name": "Euler a", "batch_size": 2}
     yield "feature|hires latent", {**base, "enable_hr": True, "hr_scale": 1.5, "denoising_strength": 0.6}
-    yield "feature|hires Lanczos", {
-        **small,
-        "sampler_name": "Euler a",
-        "enable_hr": True,
-        "hr_resize_x": 96,
-        "hr_resize_y": 80,
-        "denoising_strength": 0.5,
-        "hr_upscaler": "Lanczos",
-    }
-    yield "feature|variation seed", {**small, "sampler_name": "Euler a", "subseed": 7, "subseed_strength": 0.4}
-    yield "feature|ENSD", {**small, "sampler_name": "Euler a", "override_settings": {"eta_noise_seed_delta": 31337}}
+    yield (
+        "feature|hires Lanczos",
+        {
+            **small,
+            "sampler_name": "Euler a",
+            "enable_hr": True,
+            "hr_resize_x": 96,
+            "hr_resize_y": 80,
+            "denoising_strength": 0.5,
+            "hr_upscaler": "Lanczos",
+        },
+    )
+    yield (
+        "feature|variation seed",
+        {**small, "sampler_name": "Euler a", "subseed": 7, "subseed_strength": 0.4},
+    )
+    yield (
+        "feature|ENSD",
+        {**small, "sampler_name": "Euler a", "override_settings": {"eta_noise_seed_delta": 31337}},
+    )
     yield "feature|tiling", {**base, "tiling": True}
     yield "feature|clip skip 2", {**base, "override_settings": {"CLIP_stop_at_last_layers": 2}}
 
 
-def requests_for(matrix: str, lora: str = "rand_lora", vae: str = "rand_vae.safetensors") -> list[tuple[str, dict[str, Any]]]:
-    return list(golden_requests() if matrix == "golden" else table_requests(lora, vae))
+def requests_for(
+    matrix: str, lora: str = "rand_lora", vae: str = "rand_vae.safetensors"
+) -> list[tuple[str, dict[str, Any]]]:
+    if matrix == "golden":
+        return list(golden_requests())
+    return list(grid_requests() if matrix == "grid" else table_requests(lora, vae))
 
 
 def file_stem(cell: str) -> str:
@@ -163,18 +172,27 @@ def psnr(a: Any, b: Any) -> float:
     return 99.0 if mse == 0 else min(99.0, 10 * math.log10(255.0**2 / mse))
 
 
-def record(url: str, out: Path, matrix: str, lora: str, vae: str, timeout: float) -> None:
+def _post(url: str, body: dict[str, Any], timeout: float) -> Any:
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - loopback only
+        return json.loads(response.read())
+
+
+def record(
+    url: str, out: Path, matrix: str, lora: str, vae: str, timeout: float, checkpoint: str | None
+) -> None:
     """POST each request to A1111 and keep its images (PNG) and info."""
     out.mkdir(parents=True, exist_ok=True)
+    if checkpoint:
+        _post(f"{url}/sdapi/v1/options", {"sd_model_checkpoint": checkpoint}, timeout)
     index: dict[str, Any] = {}
     for cell, payload in requests_for(matrix, lora, vae):
         started = time.perf_counter()
-        body = json.dumps({**payload, "override_settings_restore_afterwards": True}).encode()
-        request = urllib.request.Request(
-            f"{url}/sdapi/v1/txt2img", data=body, headers={"Content-Type": "application/json"}
+        result = _post(
+            f"{url}/sdapi/v1/txt2img", {**payload, "override_settings_restore_afterwards": True}, timeout
         )
-        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - loopback only
-            result = json.loads(response.read())
         files = []
         for i, image in enumerate(result["images"]):
             name = f"{file_stem(cell)}-{i}.png"
@@ -198,7 +216,9 @@ def compare(
     from diffusers_server.schemas import Txt2ImgRequest
 
     torch.set_num_threads(threads)
-    engine = Engine(ServerConfig(models_dir=models_dir, ckpt=ckpt, clip_tokenizer=clip_tokenizer, force_cpu=True))
+    engine = Engine(
+        ServerConfig(models_dir=models_dir, ckpt=ckpt, clip_tokenizer=clip_tokenizer, force_cpu=True)
+    )
     engine.load_default()
     if engine.load_error:
         raise SystemExit(f"engine could not load {ckpt}: {engine.load_error}")
@@ -209,7 +229,9 @@ def compare(
         try:
             result = engine.txt2img(Txt2ImgRequest(**entry["payload"]))
         except Exception as exc:  # report the cell, keep going
-            rows.append({"cell": cell, "psnr": None, "min_psnr": None, "error": f"{type(exc).__name__}: {exc}"})
+            rows.append(
+                {"cell": cell, "psnr": None, "min_psnr": None, "error": f"{type(exc).__name__}: {exc}"}
+            )
             log.info("%-45s ERROR %s", cell, exc)
             continue
         values = []
@@ -242,17 +264,22 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         cells = [fmt(by_cell.get(f"{sampler}|{schedule}")) for schedule in SCHEDULES]
         lines.append(f"| {sampler} | " + " | ".join(cells) + " |")
     lines += ["", "| feature | PSNR (dB) |", "|---|---|"]
-    lines += [f"| {r['cell'].split('|', 1)[1]} | {fmt(r)} |" for r in rows if r["cell"].startswith("feature|")]
+    lines += [
+        f"| {r['cell'].split('|', 1)[1]} | {fmt(r)} |" for r in rows if r["cell"].startswith("feature|")
+    ]
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     rec = sub.add_parser("record")
     rec.add_argument("--url", required=True)
     rec.add_argument("--out", type=Path, required=True)
-    rec.add_argument("--matrix", choices=("table", "golden"), default="table")
+    rec.add_argument("--matrix", choices=("table", "grid", "golden"), default="table")
+    rec.add_argument("--checkpoint", help="POST /options sd_model_checkpoint first (A1111 title or name)")
     rec.add_argument("--lora", default="rand_lora")
     rec.add_argument("--vae", default="rand_vae.safetensors")
     rec.add_argument("--timeout", type=float, default=600)
@@ -266,7 +293,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.command == "record":
-        record(args.url, args.out, args.matrix, args.lora, args.vae, args.timeout)
+        record(args.url, args.out, args.matrix, args.lora, args.vae, args.timeout, args.checkpoint)
         return
     rows = compare(args.models_dir, args.ckpt, args.recorded, args.clip_tokenizer, args.threads)
     results = ROOT / "bench" / "results"

@@ -55,7 +55,7 @@ def test_unknown_option_key(client: httpx.Client) -> None:
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("restore_faces", True), ("subseed_strength", 0.5), ("styles", ["x"])],
+    [("restore_faces", True), ("styles", ["x"])],
 )
 def test_unsupported_fields_that_change_the_image_are_refused(
     client: httpx.Client, field: str, value: object

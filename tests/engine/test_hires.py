@@ -10,6 +10,13 @@ import httpx
 import pytest
 
 from diffusers_server import hires
+from diffusers_server.sampling.run import img2img_steps
+from diffusers_server.sampling.schedules import (
+    DiscreteSchedule,
+    ScheduleOptions,
+    build_sigmas,
+    train_alphas_cumprod,
+)
 from tests.engine.conftest import SMALL, png, txt2img
 from tests.engine.test_errors import _a1111_error
 
@@ -205,12 +212,21 @@ def test_progress_counts_both_passes_and_interrupt_in_second_pass(client: httpx.
     assert '"interrupted": true' in body["info"]
 
 
-def test_img2img_steps_runs_exactly_the_requested_steps() -> None:
-    for steps in range(1, 60):
+def test_img2img_schedule_runs_exactly_the_requested_steps() -> None:
+    """A1111 builds ``int(steps / strength)`` sigmas and samples the last ``steps`` of them."""
+    schedule = DiscreteSchedule(train_alphas_cumprod())
+    opts = ScheduleOptions()
+    for steps in range(1, 40):
         for strength in (0.01, 0.1, 0.3, 0.33, 0.5, 0.7, 0.75, 0.999, 1.0):
-            total, s = hires.img2img_steps(steps, strength)
-            assert min(int(total * s), total) == steps, (steps, strength)
-            assert total == max(int(steps / min(strength, 0.999)), steps)
+            total, t_enc = img2img_steps(steps, strength)
+            assert total == int(steps / min(strength, 0.999))
+            for name in ("automatic", "karras"):
+                sigmas = build_sigmas(
+                    name, total, schedule, sdxl=False, discard_next_to_last=False, opts=opts, default_rho=7.0
+                )
+                sched = sigmas[total - t_enc - 1 :]
+                assert len(sched) - 1 == steps, (steps, strength)
+                assert sched[-1] == 0
 
 
 def test_target_matches_a1111() -> None:

@@ -16,7 +16,7 @@ from tests.engine.conftest import png, txt2img
 
 @pytest.mark.parametrize("sampler", [s.name for s in SAMPLERS])
 def test_every_listed_sampler_runs(client: httpx.Client, sampler: str) -> None:
-    body = txt2img(client, sampler_name=sampler, seed=3)
+    body = txt2img(client, sampler_name=sampler, seed=3, steps=3)  # UniPC needs steps >= its order (3)
     assert body["info"]["sampler_name"] == sampler
     image = png(body["images"][0])
     assert image.size == (64, 64)

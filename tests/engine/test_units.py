@@ -60,16 +60,15 @@ def test_break_and_comma_backtrack(chunker: PromptChunker) -> None:
 
 def test_sampler_resolution() -> None:
     karras = resolve("DPM++ 2M Karras", None)
-    assert (karras.sampler.name, karras.schedule.label, karras.flags) == (
-        "DPM++ 2M",
-        "Karras",
-        {"use_karras_sigmas": True},
-    )
+    assert (karras.sampler.name, karras.schedule.label) == ("DPM++ 2M", "Karras")
+    assert resolve("DPM fast", "Align Your Steps").schedule.name == "align_your_steps"
     assert resolve("DPM++ 2M", None).schedule.label == "Karras"  # Automatic → the sampler's own default
     assert resolve("Euler", "karras").schedule.label == "Karras"
     assert resolve(None, None).sampler.name == "Euler"  # sampler_index default
-    with pytest.raises(SamplerError, match="DPM fast"):
-        resolve("DPM fast", None)
+    with pytest.raises(SamplerError, match="DPM fast"):  # the message lists the valid samplers
+        resolve("DPM slow", None)
+    with pytest.raises(SamplerError, match="KL Optimal"):
+        resolve("Euler", "Wiggly")
 
 
 def test_ldm_roundtrip_is_bit_exact(engine_models_dir: Path) -> None:

@@ -1,0 +1,71 @@
+"""Re-record the A1111 pixel goldens the CI compares the embedded engine with (tests/engine/test_golden_parity.py).
+
+Needs the real A1111 v1.10.1 set up by ``../shared/reference-a1111/setup.sh`` (``$A1111_ROOT``, default
+``~/.cache/a1111-reference``). It writes the small deterministic checkpoint (tests/support/parity_model.py)
+with its ``.yaml`` beside it into a temporary models folder, starts A1111 on it with ``serve.sh PORT DIR``,
+sends the ``golden`` requests of scripts/a1111_parity.py, stores the PNGs and ``index.json`` (payloads,
+A1111's infotexts, the checkpoint's sha256) in tests/fixtures/golden/, and stops A1111.
+
+    python scripts/record_goldens.py [--port 7871] [--serve ../shared/reference-a1111/serve.sh]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from scripts.a1111_parity import record  # noqa: E402
+from tests.support import parity_model  # noqa: E402
+
+GOLDEN_DIR = ROOT / "tests" / "fixtures" / "golden"
+log = logging.getLogger("record_goldens")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--port", type=int, default=7871)
+    parser.add_argument("--serve", type=Path, default=ROOT.parent.parent / "shared" / "reference-a1111" / "serve.sh")
+    parser.add_argument("--out", type=Path, default=GOLDEN_DIR)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    a1111_root = Path(os.environ.get("A1111_ROOT", Path.home() / ".cache" / "a1111-reference"))
+    with tempfile.TemporaryDirectory(prefix="goldens-") as tmp:
+        models = Path(tmp)
+        for sub in ("loras", "embeddings", "vae"):
+            (models / sub).mkdir()
+        checkpoint = parity_model.write(models)
+        started = subprocess.run(["bash", str(args.serve), str(args.port), str(models)], check=False, timeout=900)
+        pid_file = a1111_root / ("a1111.pid" if args.port == 7860 else f"a1111-{args.port}.pid")
+        try:
+            if started.returncode != 0:
+                raise SystemExit(f"A1111 did not start (serve.sh exit {started.returncode})")
+            if args.out.exists():
+                shutil.rmtree(args.out)
+            record(f"http://127.0.0.1:{args.port}", args.out, "golden", "", "", 600, None)
+        finally:
+            if pid_file.is_file():
+                os.kill(int(pid_file.read_text().strip()), signal.SIGTERM)
+        index = json.loads((args.out / "index.json").read_text(encoding="utf-8"))
+        meta = {
+            "checkpoint": checkpoint.name,
+            "checkpoint_sha256": parity_model.sha256(checkpoint),
+            "a1111": "v1.10.1 (82a973c0), CPU, fp32 (--no-half --precision full)",
+            "recorded_by": "scripts/record_goldens.py",
+        }
+        (args.out / "index.json").write_text(json.dumps({"meta": meta, "cells": index}, indent=1), encoding="utf-8")
+    log.info("wrote %d cells to %s", len(index), args.out)
+
+
+if __name__ == "__main__":
+    main()
