@@ -78,22 +78,28 @@ def table_requests(lora: str, vae: str) -> Iterator[tuple[str, dict[str, Any]]]:
     yield "feature|LoRA 0.8", {**dpm, "prompt": BASE["prompt"] + f" <lora:{lora}:0.8>"}
     yield "feature|clip skip 2", {**dpm, "override_settings": {"CLIP_stop_at_last_layers": 2}}
     yield "feature|long prompt (2 chunks)", {**dpm, "prompt": ", ".join([BASE["prompt"]] * 6)}
-    yield "feature|hires latent x1.5", {
-        **dpm,
-        "enable_hr": True,
-        "hr_scale": 1.5,
-        "denoising_strength": 0.6,
-        "hr_upscaler": "Latent",
-    }
-    yield "feature|hires Lanczos 96x80 (crop)", {
-        **euler_a,
-        "enable_hr": True,
-        "hr_resize_x": 96,
-        "hr_resize_y": 80,
-        "denoising_strength": 0.5,
-        "hr_upscaler": "Lanczos",
-        "hr_second_pass_steps": 3,
-    }
+    yield (
+        "feature|hires latent x1.5",
+        {
+            **dpm,
+            "enable_hr": True,
+            "hr_scale": 1.5,
+            "denoising_strength": 0.6,
+            "hr_upscaler": "Latent",
+        },
+    )
+    yield (
+        "feature|hires Lanczos 96x80 (crop)",
+        {
+            **euler_a,
+            "enable_hr": True,
+            "hr_resize_x": 96,
+            "hr_resize_y": 80,
+            "denoising_strength": 0.5,
+            "hr_upscaler": "Lanczos",
+            "hr_second_pass_steps": 3,
+        },
+    )
     yield "feature|variation seed 0.3", {**euler_a, "subseed": 99, "subseed_strength": 0.3}
     yield "feature|seed resize from 96x48", {**dpm, "seed_resize_from_w": 96, "seed_resize_from_h": 48}
     yield "feature|ENSD 31337 (Euler a)", {**euler_a, "override_settings": {"eta_noise_seed_delta": 31337}}
@@ -173,7 +179,7 @@ def psnr(a: Any, b: Any) -> float:
 
 
 def _post(url: str, body: dict[str, Any], timeout: float) -> Any:
-    request = urllib.request.Request(
+    request = urllib.request.Request(  # noqa: S310 - loopback A1111 only
         url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
     )
     with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - loopback only
@@ -253,7 +259,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
 
     def fmt(row: dict[str, Any] | None) -> str:
         if row is None:
-            return "–"
+            return "-"
         if row.get("error"):
             return "error"
         value = row["psnr"]

@@ -1,4 +1,4 @@
-"""Re-record the A1111 pixel goldens the CI compares the embedded engine with (tests/engine/test_golden_parity.py).
+"""Re-record the A1111 pixel goldens that tests/engine/test_golden_parity.py compares the engine with.
 
 Needs the real A1111 v1.10.1 set up by ``../shared/reference-a1111/setup.sh`` (``$A1111_ROOT``, default
 ``~/.cache/a1111-reference``). It writes the small deterministic checkpoint (tests/support/parity_model.py)
@@ -33,9 +33,12 @@ log = logging.getLogger("record_goldens")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--port", type=int, default=7871)
-    parser.add_argument("--serve", type=Path, default=ROOT.parent.parent / "shared" / "reference-a1111" / "serve.sh")
+    default_serve = ROOT.parent.parent / "shared" / "reference-a1111" / "serve.sh"
+    parser.add_argument("--serve", type=Path, default=default_serve)
     parser.add_argument("--out", type=Path, default=GOLDEN_DIR)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -45,7 +48,8 @@ def main() -> None:
         for sub in ("loras", "embeddings", "vae"):
             (models / sub).mkdir()
         checkpoint = parity_model.write(models)
-        started = subprocess.run(["bash", str(args.serve), str(args.port), str(models)], check=False, timeout=900)
+        serve = ["bash", str(args.serve), str(args.port), str(models)]
+        started = subprocess.run(serve, check=False, timeout=900)
         pid_file = a1111_root / ("a1111.pid" if args.port == 7860 else f"a1111-{args.port}.pid")
         try:
             if started.returncode != 0:
@@ -63,7 +67,8 @@ def main() -> None:
             "a1111": "v1.10.1 (82a973c0), CPU, fp32 (--no-half --precision full)",
             "recorded_by": "scripts/record_goldens.py",
         }
-        (args.out / "index.json").write_text(json.dumps({"meta": meta, "cells": index}, indent=1), encoding="utf-8")
+        document = json.dumps({"meta": meta, "cells": index}, indent=1)
+        (args.out / "index.json").write_text(document, encoding="utf-8")
     log.info("wrote %d cells to %s", len(index), args.out)
 
 

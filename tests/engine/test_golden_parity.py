@@ -58,7 +58,16 @@ def parity_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     log_path = models / "engine.log"
-    command = [sys.executable, "-m", "diffusers_server", "serve", "--models-dir", str(models), "--port", str(port)]
+    command = [
+        sys.executable,
+        "-m",
+        "diffusers_server",
+        "serve",
+        "--models-dir",
+        str(models),
+        "--port",
+        str(port),
+    ]
     command += ["--threads", "1", "--cpu", "--ckpt", parity_model.NAME]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
     with log_path.open("wb") as log:

@@ -41,7 +41,13 @@ def test_samplers_and_schedulers_shape(client: httpx.Client) -> None:
         "need_inner_model": False,
     }
     assert len(schedulers) == 12
-    assert {s["label"] for s in schedulers} >= {"Karras", "Polyexponential", "KL Optimal", "Align Your Steps", "Beta"}
+    assert {s["label"] for s in schedulers} >= {
+        "Karras",
+        "Polyexponential",
+        "KL Optimal",
+        "Align Your Steps",
+        "Beta",
+    }
 
 
 def test_loras_embeddings_vae(client: httpx.Client) -> None:
