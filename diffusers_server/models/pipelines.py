@@ -14,8 +14,23 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import AutoencoderKL, StableDiffusionPipeline, StableDiffusionXLPipeline
+from accelerate import init_empty_weights
+from accelerate.utils import set_module_tensor_to_device
+from diffusers import (
+    AutoencoderKL,
+    EulerDiscreteScheduler,
+    StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
+    UNet2DConditionModel,
+)
+from diffusers.loaders.single_file_utils import (
+    convert_ldm_clip_checkpoint,
+    convert_ldm_unet_checkpoint,
+    convert_ldm_vae_checkpoint,
+    convert_open_clip_checkpoint,
+)
 from safetensors import safe_open
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 from ..sampling.schedules import train_alphas_cumprod
 from ..tokenizer import BYTE_LEVEL_VOCAB_SIZE, CLIP_REPO, cached_clip_tokenizer_dir, load_clip_tokenizer
@@ -107,20 +122,28 @@ def load_checkpoint(
         log.info("using the cached CLIP tokenizer in %s", tokenizer_dir)
     skeleton = write_skeleton(skeleton_root, kind, configs, tokenizer_dir)
     tokenizer = load_clip_tokenizer(skeleton / "tokenizer")
-    kwargs: dict[str, Any] = {
-        "config": str(skeleton),
-        "local_files_only": True,
-        "torch_dtype": runtime.dtype,
-        "tokenizer": tokenizer,
-    }
     try:
+        parts = _load_components(path, kind, configs, runtime.dtype)
+        scheduler = EulerDiscreteScheduler.from_pretrained(str(skeleton), subfolder="scheduler")
         if kind == "sdxl":
             # OpenCLIP pads with token id 0 ("!"), as A1111's SDXL encoder does.
-            kwargs["tokenizer_2"] = load_clip_tokenizer(skeleton / "tokenizer_2", pad_token=OPENCLIP_PAD)
-            pipe: AnyPipeline = StableDiffusionXLPipeline.from_single_file(str(path), **kwargs)
+            tokenizer_2 = load_clip_tokenizer(skeleton / "tokenizer_2", pad_token=OPENCLIP_PAD)
+            pipe: AnyPipeline = StableDiffusionXLPipeline(
+                tokenizer=tokenizer,
+                tokenizer_2=tokenizer_2,
+                scheduler=scheduler,
+                add_watermarker=False,
+                **parts,
+            )
         else:
-            kwargs |= {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
-            pipe = StableDiffusionPipeline.from_single_file(str(path), **kwargs)
+            pipe = StableDiffusionPipeline(
+                tokenizer=tokenizer,
+                scheduler=scheduler,
+                safety_checker=None,
+                feature_extractor=None,
+                requires_safety_checker=False,
+                **parts,
+            )
     except (ValueError, KeyError, RuntimeError, OSError) as exc:
         raise ModelLoadError(f"cannot load {path.name}: {exc}") from exc
     _place(pipe, runtime)
@@ -131,6 +154,76 @@ def load_checkpoint(
     return LoadedModel(
         pipe=pipe, kind=kind, path=path, text_widths=widths, skeleton=skeleton, original_vae=pipe.vae
     )
+
+
+# Where each component's weights live in A1111's single-file layout.
+_PREFIXES: dict[ModelKind, dict[str, str]] = {
+    "sd15": {
+        "text_encoder": "cond_stage_model.transformer.",
+        "vae": "first_stage_model.",
+        "unet": "model.diffusion_model.",
+    },
+    "sdxl": {
+        "text_encoder": "conditioner.embedders.0.transformer.",
+        "text_encoder_2": "conditioner.embedders.1.model.",
+        "vae": "first_stage_model.",
+        "unet": "model.diffusion_model.",
+    },
+}
+
+
+def _load_components(
+    path: Path, kind: ModelKind, configs: dict[str, dict[str, Any]], dtype: torch.dtype
+) -> dict[str, Any]:
+    """Build each component empty (meta device) and stream its weights in one tensor at a time.
+
+    ``from_single_file`` reads the whole file into memory and keeps it while it builds the models, so a
+    load peaks at the file plus the models. Here only one component's file tensors are read at a time and
+    each is released as soon as its (cast) copy is in the model: the load peaks near the loaded size.
+    """
+    parts: dict[str, Any] = {}
+    with safe_open(str(path), framework="pt") as handle:
+        keys = list(handle.keys())
+        for name, prefix in _PREFIXES[kind].items():
+            state = {k: handle.get_tensor(k) for k in keys if k.startswith(prefix)}
+            config = configs[name]
+            with init_empty_weights():
+                model: torch.nn.Module
+                if name == "unet":
+                    model = UNet2DConditionModel.from_config(config)
+                    state = convert_ldm_unet_checkpoint(state, dict(model.config))
+                elif name == "vae":
+                    model = AutoencoderKL.from_config(config)
+                    state = convert_ldm_vae_checkpoint(state, dict(model.config))
+                elif name == "text_encoder":
+                    model = CLIPTextModel(CLIPTextConfig(**config))
+                    state = convert_ldm_clip_checkpoint(state)
+                else:
+                    model = CLIPTextModelWithProjection(CLIPTextConfig(**config))
+                    state = convert_open_clip_checkpoint(model, state, prefix=prefix)
+            _stream_into(model, state, dtype, path.name, name)
+            parts[name] = model.eval()
+    return parts
+
+
+def _stream_into(
+    model: torch.nn.Module, state: dict[str, torch.Tensor], dtype: torch.dtype, file: str, component: str
+) -> None:
+    """Move the converted tensors into the empty model one by one, dropping each source tensor at once."""
+    expected = dict(model.named_parameters()) | dict(model.named_buffers())
+    for key in list(state):
+        tensor = state.pop(key)
+        # transformers 5 names CLIPTextModel's parameters without the "text_model." prefix diffusers writes
+        name = key if key in expected else key.removeprefix("text_model.")
+        if name not in expected:
+            continue  # e.g. CLIP's position_ids in old files
+        value = tensor.to(dtype) if tensor.is_floating_point() else tensor
+        set_module_tensor_to_device(model, name, "cpu", value=value)
+        del tensor, value
+    missing = [n for n, p in model.named_parameters() if p.device.type == "meta"]
+    if missing:
+        names = ", ".join(missing[:5])
+        raise ModelLoadError(f"{file}: the {component} weights are incomplete (missing {names})")
 
 
 def load_vae(path: Path, skeleton: Path, runtime: Runtime) -> AutoencoderKL:
