@@ -36,11 +36,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ["HF_HUB_OFFLINE"] = "1"
 
+from diffusers import EulerAncestralDiscreteScheduler  # noqa: E402
 from diffusers.utils import logging as diffusers_logging  # noqa: E402
 
 from diffusers_server.demo_models import SD15_NAME, make_demo_models  # noqa: E402
 from diffusers_server.models.pipelines import Runtime, load_checkpoint  # noqa: E402
-from diffusers_server.samplers import resolve  # noqa: E402
 
 PROMPT = "a photo of an astronaut riding a horse"
 NEGATIVE = "blurry"
@@ -142,7 +142,7 @@ def main() -> None:
         None,
     )
     pipe = model.pipe
-    pipe.scheduler = resolve("Euler a", None).build(model.scheduler_config)
+    pipe.scheduler = EulerAncestralDiscreteScheduler.from_config(pipe.scheduler.config)
     results: list[dict[str, Any]] = []
     try:
         with httpx.Client(base_url=url, timeout=300) as client:
