@@ -7,7 +7,7 @@ on the same SD1.5 single file, one after the other: seconds from start to the fi
 step at 512x512 (the difference between a 12-step and a 4-step request, so text encoding, VAE and HTTP
 cancel out) and the server's RSS. ``--skip-a1111`` measures the engine alone.
 
-    python bench/engine_vs_a1111.py --checkpoint ~/.cache/a1111-reference/models/checkpoints/rand_sd15.safetensors \\
+    python bench/engine_vs_a1111.py --checkpoint MODELS/checkpoints/rand_sd15.safetensors \\
         --clip-tokenizer DIR [--serve ../shared/reference-a1111/serve.sh] [--skip-a1111]
 
 ``--mode accelerator`` (a CUDA machine; nothing is downloaded): writes full-size random SD1.5 and SDXL
@@ -48,10 +48,10 @@ RESULTS = ROOT / "bench" / "results" / "engine_vs_a1111.json"
 
 
 def post(url: str, body: dict[str, Any], timeout: float = 3600) -> dict[str, Any]:
-    request = urllib.request.Request(  # noqa: S310 - loopback servers only
+    request = urllib.request.Request(
         url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
     )
-    with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
+    with urllib.request.urlopen(request, timeout=timeout) as response:
         return dict(json.loads(response.read()))
 
 
@@ -100,7 +100,7 @@ def wait_ready(url: str, process: subprocess.Popen[bytes] | None, deadline_s: fl
         if process is not None and process.poll() is not None:
             raise RuntimeError(f"server exited with {process.returncode}")
         try:
-            with urllib.request.urlopen(f"{url}/sdapi/v1/sd-models", timeout=5):  # noqa: S310
+            with urllib.request.urlopen(f"{url}/sdapi/v1/sd-models", timeout=5):
                 return
         except OSError:
             time.sleep(0.5)
@@ -228,7 +228,7 @@ def run_accelerator(args: argparse.Namespace) -> list[dict[str, Any]]:
         request = {"prompt": PROMPT, "negative_prompt": NEGATIVE, "width": size, "height": size, "seed": 1}
         request |= {"sampler_name": "Euler", "cfg_scale": 7.0}
 
-        def ours(steps: int, request: dict[str, Any] = request) -> float:
+        def ours(steps: int, request: dict[str, Any] = request, engine: Engine = engine) -> float:
             torch.cuda.synchronize()
             t = time.perf_counter()
             engine.txt2img(Txt2ImgRequest(**request, steps=steps))
