@@ -269,6 +269,7 @@ def run_accelerator(args: argparse.Namespace) -> list[dict[str, Any]]:
                 "device": torch.cuda.get_device_name(0),
             }
         )
+        print(json.dumps(rows[-1]), flush=True)  # a partial run still reports the finished kinds
         del engine, pipe
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
