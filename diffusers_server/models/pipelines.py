@@ -6,12 +6,15 @@ below ~20 GB of VRAM; everything else runs fp32 on the CPU.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
 import logging
+import struct
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 from accelerate import init_empty_weights
@@ -182,10 +185,14 @@ def _load_components(
     each is released as soon as its (cast) copy is in the model: the load peaks near the loaded size.
     """
     parts: dict[str, Any] = {}
-    with safe_open(str(path), framework="pt") as handle:
-        keys = list(handle.keys())
+    header, data_start = _read_header(path)
+    with path.open("rb") as handle:
         for name, prefix in _PREFIXES[kind].items():
-            state = {k: handle.get_tensor(k) for k in keys if k.startswith(prefix)}
+            state = {
+                key: _read_tensor(handle, data_start, entry, dtype)
+                for key, entry in header.items()
+                if key.startswith(prefix)
+            }
             config = configs[name]
             with init_empty_weights():
                 model: torch.nn.Module
@@ -203,7 +210,52 @@ def _load_components(
                     state = convert_open_clip_checkpoint(model, state, prefix=prefix)
             _stream_into(model, state, dtype, path.name, name)
             parts[name] = model.eval()
+            del state
+            _release_freed_memory()
     return parts
+
+
+def _release_freed_memory() -> None:
+    """Hand the file tensors' freed heap memory back to the OS (glibc keeps it otherwise, and the process
+    would carry the size of the file on top of the model for its whole life)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
+def _read_header(path: Path) -> tuple[dict[str, dict[str, Any]], int]:
+    """The safetensors header (name -> dtype, shape, byte range) and where the tensor data starts."""
+    with path.open("rb") as handle:
+        (length,) = struct.unpack("<Q", handle.read(8))
+        header = json.loads(handle.read(length))
+    header.pop("__metadata__", None)
+    return header, 8 + length
+
+
+def _read_tensor(
+    handle: BinaryIO, data_start: int, entry: dict[str, Any], dtype: torch.dtype
+) -> torch.Tensor:
+    """One tensor read with plain file I/O (no memory map, whose pages would stay resident for the whole
+    file) and converted at once to the model's dtype, so only the converted copy stays in memory."""
+    start, end = entry["data_offsets"]
+    raw = torch.empty(end - start, dtype=torch.uint8)
+    handle.seek(data_start + start)
+    handle.readinto(memoryview(raw.numpy()))
+    tensor = raw.view(_SAFETENSORS_DTYPES[entry["dtype"]]).reshape(entry["shape"])
+    return tensor.to(dtype) if tensor.is_floating_point() else tensor
 
 
 def _stream_into(
