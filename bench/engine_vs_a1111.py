@@ -283,7 +283,10 @@ def main() -> None:
     parser.add_argument("--mode", choices=("servers", "accelerator"), default="servers")
     parser.add_argument("--checkpoint", type=Path)
     parser.add_argument("--clip-tokenizer", type=Path)
-    parser.add_argument("--serve", type=Path, default=ROOT.parent / "shared" / "reference-a1111" / "serve.sh")
+    bases = (ROOT.parent, ROOT.parent.parent)
+    candidates = [base / "shared" / "reference-a1111" / "serve.sh" for base in bases]
+    default_serve = next((c for c in candidates if c.is_file()), candidates[0])
+    parser.add_argument("--serve", type=Path, default=default_serve)
     parser.add_argument("--a1111-port", type=int, default=7872)
     parser.add_argument("--skip-a1111", action="store_true")
     parser.add_argument("--threads", type=int, default=2)

@@ -193,12 +193,19 @@ def record(
     out.mkdir(parents=True, exist_ok=True)
     if checkpoint:
         _post(f"{url}/sdapi/v1/options", {"sd_model_checkpoint": checkpoint}, timeout)
+    # A1111 does not restore override_settings keys that its config.json lacks (a fresh data dir): they would
+    # stick for every later request. Put each overridden key back to its value from before the run.
+    with urllib.request.urlopen(f"{url}/sdapi/v1/options", timeout=timeout) as response:  # noqa: S310
+        baseline = json.loads(response.read())
     index: dict[str, Any] = {}
     for cell, payload in requests_for(matrix, lora, vae):
         started = time.perf_counter()
+        overridden = payload.get("override_settings") or {}
         result = _post(
             f"{url}/sdapi/v1/txt2img", {**payload, "override_settings_restore_afterwards": True}, timeout
         )
+        if overridden:
+            _post(f"{url}/sdapi/v1/options", {k: baseline[k] for k in overridden}, timeout)
         files = []
         for i, image in enumerate(result["images"]):
             name = f"{file_stem(cell)}-{i}.png"

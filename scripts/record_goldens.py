@@ -37,7 +37,10 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--port", type=int, default=7871)
-    default_serve = ROOT.parent.parent / "shared" / "reference-a1111" / "serve.sh"
+    # ../shared beside the main checkout, or two levels up from a worktree
+    bases = (ROOT.parent, ROOT.parent.parent)
+    candidates = [base / "shared" / "reference-a1111" / "serve.sh" for base in bases]
+    default_serve = next((c for c in candidates if c.is_file()), candidates[0])
     parser.add_argument("--serve", type=Path, default=default_serve)
     parser.add_argument("--out", type=Path, default=GOLDEN_DIR)
     args = parser.parse_args()
@@ -49,7 +52,9 @@ def main() -> None:
             (models / sub).mkdir()
         checkpoint = parity_model.write(models)
         serve = ["bash", str(args.serve), str(args.port), str(models)]
-        started = subprocess.run(serve, check=False, timeout=900)
+        # a fresh data dir: no options left over from earlier runs
+        env = {**os.environ, "A1111_DATA_DIR": str(models / "a1111-data")}
+        started = subprocess.run(serve, check=False, timeout=900, env=env)
         pid_file = a1111_root / ("a1111.pid" if args.port == 7860 else f"a1111-{args.port}.pid")
         try:
             if started.returncode != 0:

@@ -12,8 +12,13 @@ Mirrors A1111 v1.10 ``modules/rng.py`` (``ImageRNG``) so that a seed gives A1111
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torchsde
+
+# torchsde warns when a query sits a float32 rounding outside the tree's interval; A1111 queries it so too.
+warnings.filterwarnings("ignore", message="Should have t", category=UserWarning, module="torchsde")
 
 RANDN_SOURCES = ("GPU", "CPU")
 
