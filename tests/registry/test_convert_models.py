@@ -160,7 +160,7 @@ def test_accelerate_checkpoint_folder_to_kohya(tmp_path: Path) -> None:
     assert [p.name for p in training.lora_files] == ["model.safetensors"]
     facts = lora_facts(read_header(training.lora_files[0]).tensors)
     assert facts is not None and (facts.layout, facts.base_weights, facts.rank) == ("peft", True, 4)
-    assert facts.usable_by == ()
+    assert facts.usable_by == ("embedded",)
 
     kohya = tmp_path / "kohya.safetensors"
     summary = kohya_from_lora(training.lora_files, kohya, unet_config=dict(trained.base.unet.config), alpha=8)

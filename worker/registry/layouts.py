@@ -29,13 +29,14 @@ from worker.registry.safetensors_header import HeaderError, TensorInfo, read_hea
 Engine = Literal["a1111", "embedded"]
 ENGINES: tuple[Engine, ...] = ("a1111", "embedded")
 
-#: which engines apply a LoRA file of each layout as it is (A1111 silently skips keys it cannot map;
-#: diffusers' loader reads kohya and prefixed diffusers keys, and skips a bare PEFT state with a warning)
+#: which engines apply a LoRA file of each layout as it is: A1111 skips every key it cannot map, silently;
+#: the embedded engine applies diffusers and PEFT files through the same kohya conversion (diffusers' own
+#: loader takes only part of some layouts diffusers writes, and skips a bare PEFT state, with a warning)
 LORA_ENGINES: dict[LoraLayout, tuple[Engine, ...]] = {
     "kohya": ENGINES,
     "lycoris": ("a1111",),
     "diffusers": ("embedded",),
-    "peft": (),
+    "peft": ("embedded",),
 }
 
 MODEL_INDEX = "model_index.json"
