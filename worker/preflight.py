@@ -278,8 +278,8 @@ class Preflight:
         converted = match_checkpoint(usable.file_name, self._catalog.checkpoints)
         if converted is None:
             raise EngineError(
-                f"checkpoint {usable.file_name!r} was converted on the volume but the engine does not list it "
-                "even after a refresh; check the engine's checkpoint folder"
+                f"checkpoint {usable.file_name!r} was converted on the volume but the engine does not list "
+                "it even after a refresh; check the engine's checkpoint folder"
             )
         return converted
 

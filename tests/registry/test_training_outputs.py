@@ -243,3 +243,22 @@ def test_a_schema_1_registry_gains_layouts_without_rehashing(models_dir, make_re
     assert (entry.layout, entry.usable_by) == ("peft", ["embedded"])
     assert hasher.calls == []  # only the header was read again
     assert json.loads(path.read_text())["schema_version"] == 2
+
+
+def test_image_build_step_keeps_only_what_a1111_applies(models_dir, make_registry, capsys):
+    """The Dockerfile's BAKE_MODEL step: ``convert <id> --to a1111 --remove-source`` after ``pull``."""
+    write_lora(models_dir / "loras" / "peft.safetensors", lora_tensors(layout="peft"))
+    write_model(models_dir, "lora-sd15", "kohya.safetensors")
+    registry = make_registry()
+    assert main(["convert", "peft", "--to", "a1111", "--remove-source"], registry=registry) == 0
+    assert main(["convert", "kohya", "--to", "a1111", "--remove-source"], registry=registry) == 0
+    out = capsys.readouterr().out
+    assert "not needed: lora/kohya.safetensors (kohya layout) is already usable by a1111" in out
+    assert sorted(p.name for p in (models_dir / "loras").iterdir()) == [
+        "kohya.safetensors",
+        "peft-kohya.safetensors",
+    ]
+    assert sorted(e.key for e in registry.entries()) == [
+        "lora/kohya.safetensors",
+        "lora/peft-kohya.safetensors",
+    ]

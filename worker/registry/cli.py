@@ -61,6 +61,11 @@ def _parser() -> argparse.ArgumentParser:
         "--base", help="the base checkpoint a LoRA was trained on (its block layout names the keys)"
     )
     p.add_argument("--alpha", type=float, help="LoRA alpha when the training state does not record it")
+    p.add_argument(
+        "--remove-source",
+        action="store_true",
+        help="delete each source once converted (image builds: A1111 would list and silently skip it)",
+    )
     p.add_argument("--json", action="store_true")
     sub.add_parser("verify", help="re-hash every file and compare with recorded hashes")
     sub.add_parser("gc", help="remove stale partial downloads, forget vanished files, enforce the quota")
@@ -196,6 +201,8 @@ def _convert(registry: ModelRegistry, args: argparse.Namespace, tty: bool) -> in
         results.append(result)
         if not args.json:
             _out(_conversion_line(entry, result))
+        if args.remove_source and result.output is not None and result.output.key != entry.key:
+            registry.remove(entry)
     if args.json:
         _out(json.dumps([_conversion_doc(r) for r in results], indent=1))
     if not results and not failures and not single:

@@ -137,12 +137,10 @@ def check_convertible(entry: LiveEntry, target: Target) -> bool:
         if entry.layout != "ldm" or entry.format != "safetensors":
             raise ConversionFailed(f"{label} is not a safetensors single-file checkpoint")
         return True
-    if entry.kind not in ("checkpoint", "lora"):
-        raise ConversionFailed(f"{label}: {entry.kind}s need no conversion (A1111 reads them as they are)")
-    if entry.layout == "lycoris":
-        raise ConversionFailed(f"{label} is a LyCORIS network: A1111 reads it as it is, nothing converts it")
     if entry.usable_by is None or "a1111" in entry.usable_by:
         return False
+    if entry.kind not in ("checkpoint", "lora"):
+        raise ConversionFailed(f"{label}: {entry.kind}s need no conversion (A1111 reads them as they are)")
     if entry.kind == "lora" and entry.layout not in ("diffusers", "peft"):
         raise ConversionFailed(f"{label} has no LoRA layout this converter knows ({entry.layout})")
     return True

@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -573,6 +574,16 @@ class ModelRegistry:
             converted_from=entry.file_name,
             converted_now=result.status == "converted",
         )
+
+    def remove(self, entry: LiveEntry) -> None:
+        """Delete a model file or folder from the volume and forget it (the CLI's ``--remove-source``)."""
+        path = contained_path(self.models_dir / KIND_DIRS[entry.kind], entry.file_name)
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+        self.store.update(lambda registry: registry.models.pop(entry.key, None))
+        log.info("removed %s from the volume", entry.key)
 
     def _conversion_wait(self) -> float:
         """A job waits for another worker's conversion as long as for a download; the CLI much longer."""
