@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -262,3 +264,16 @@ def test_image_build_step_keeps_only_what_a1111_applies(models_dir, make_registr
         "lora/kohya.safetensors",
         "lora/peft-kohya.safetensors",
     ]
+
+
+def test_gc_removes_what_a_killed_conversion_left(models_dir, make_registry):
+    stale = models_dir / "checkpoints" / ".finetune-diffusers.4242.part"
+    (stale / "unet").mkdir(parents=True)
+    (stale / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"half")
+    fresh = models_dir / "loras" / ".x-kohya.safetensors.4243.part"
+    fresh.write_bytes(b"in progress")
+    old = time.time() - 7 * 3600
+    os.utime(stale, (old, old))
+    actions = make_registry().gc()
+    assert "removed stale partial download or conversion .finetune-diffusers.4242.part" in actions
+    assert not stale.exists() and fresh.exists()  # a conversion still running is left alone

@@ -21,6 +21,7 @@ from worker.errors import InputInvalid, WorkerError
 from worker.model_types import MODEL_KINDS, ModelKind
 from worker.registry.compat import label
 from worker.registry.conversions import TARGETS, ConversionResult, Target, default_target, describe_layout
+from worker.registry.layouts import ENGINES
 from worker.registry.models import LiveEntry
 from worker.registry.registry import ModelRegistry
 from worker.registry.resolve import not_found
@@ -249,17 +250,22 @@ def _list(registry: ModelRegistry, kind: str | None, as_json: bool) -> int:
         }
         _out(json.dumps(doc, indent=1))
         return 0
-    _out(f"{'KIND':<10} {'FILE':<48} {'ARCH':<12} {'HASH':<10} {'SIZE':>10} {'USES':>4}  STATUS")
+    _out(
+        f"{'KIND':<10} {'FILE':<48} {'ARCH':<12} {'LAYOUT':<9} {'HASH':<10} {'SIZE':>10} {'USES':>4}  STATUS"
+    )
     for e in entries:
         status = "ok" if e.usable else f"UNUSABLE: {e.problem}"
+        if e.usable and e.usable_by is not None and len(e.usable_by) < len(ENGINES):
+            missing = [engine for engine in ENGINES if engine not in e.usable_by]
+            status = f"ok for {', '.join(e.usable_by) or 'no engine'}; convert for {', '.join(missing)}"
         _out(
-            f"{e.kind:<10} {e.file_name[:48]:<48} {label(e.architecture):<12} {e.short_hash or '-':<10} "
-            f"{_size(e.size):>10} {e.use_count:>4}  {status}"
+            f"{e.kind:<10} {e.file_name[:48]:<48} {label(e.architecture):<12} {e.layout or '-':<9} "
+            f"{e.short_hash or '-':<10} {_size(e.size):>10} {e.use_count:>4}  {status}"
         )
     for c in absent:
         _out(
-            f"{c.kind:<10} {'(' + c.id + ')':<48} {label(c.architecture):<12} {'-':<10} {'-':>10} {'-':>4}  "
-            f"not on volume; source: {c.source.type}"
+            f"{c.kind:<10} {'(' + c.id + ')':<48} {label(c.architecture):<12} {'-':<9} {'-':<10} {'-':>10} "
+            f"{'-':>4}  not on volume; source: {c.source.type}"
         )
     return 0
 

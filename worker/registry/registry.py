@@ -623,8 +623,11 @@ class ModelRegistry:
             for part in _glob(self.models_dir / kind_dir, ".*.part"):
                 with contextlib.suppress(OSError):
                     if now - part.stat().st_mtime > STALE_PART_S:
-                        part.unlink()
-                        actions.append(f"removed stale partial download {part.name}")
+                        if part.is_dir():  # a killed conversion to a diffusers folder
+                            shutil.rmtree(part)
+                        else:
+                            part.unlink()
+                        actions.append(f"removed stale partial download or conversion {part.name}")
         result = self.scan()
         actions += [f"forgot {key} (file gone)" for key in result.removed]
         if self.quota_bytes is not None:
