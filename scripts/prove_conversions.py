@@ -22,6 +22,8 @@ and checks (PSNR in dB over 8-bit pixels; "inf" = identical):
    consistency (original == converted) and its A1111 parity without any LoRA, for context.
 
 Results print as a table and go to bench/results/conversion_proof.json; the exit status is 1 on any failure.
+Each engine's images are saved as PNGs; ``prove`` without ``--a1111`` reuses A1111's saved ones, so the
+cross-engine check can run with only the embedded engine in memory.
 """
 
 from __future__ import annotations
@@ -211,22 +213,51 @@ def psnr(a: Any, b: Any) -> float:
     return math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
 
 
+IMAGES = RESULTS.parent / "conversion_proof_images"
+
+
+def _engine_images(
+    base: str | None, engine: str, wanted: dict[str, tuple[str, str | None]]
+) -> dict[str, Any]:
+    """Render ``wanted`` (label -> (checkpoint, LoRA)) on ``base``, or read the PNGs a run against that
+    engine saved (so A1111 and the embedded engine never need to be in memory together)."""
+    import numpy as np
+    from PIL import Image
+
+    images = {}
+    for label, (checkpoint, lora) in wanted.items():
+        path = IMAGES / f"{label.replace(' ', '_')}.png"
+        if base is not None:
+            images[label] = render(base, checkpoint, lora)
+            IMAGES.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(images[label]).save(path)
+        elif path.is_file():
+            images[label] = np.asarray(Image.open(path).convert("RGB"))
+        else:
+            raise SystemExit(
+                f"no {engine} URL given and no saved image {path}: run once with the {engine} URL"
+            )
+    return images
+
+
 def prove(args: argparse.Namespace) -> int:
     ckpt = args.checkpoint.name
     stem = args.checkpoint.stem
     lora = args.lora.stem
-    a1111 = args.a1111.rstrip("/")
-    _post(f"{a1111}/sdapi/v1/refresh-loras", {})
+    a1111 = args.a1111.rstrip("/") if args.a1111 else None
     started = time.perf_counter()
-    images = {
-        "a1111 base": render(a1111, ckpt, None),
-        "a1111 kohya original": render(a1111, ckpt, lora),
-        "a1111 peft unconverted": render(a1111, ckpt, "proof-peft"),
-        "a1111 peft converted": render(a1111, ckpt, "proof-peft-kohya"),
-        "a1111 roundtrip": render(a1111, f"{stem}-roundtrip.safetensors", None),
+    if a1111:
+        _post(f"{a1111}/sdapi/v1/refresh-loras", {})
+    wanted: dict[str, tuple[str, str | None]] = {
+        "a1111 base": (ckpt, None),
+        "a1111 kohya original": (ckpt, lora),
+        "a1111 peft unconverted": (ckpt, "proof-peft"),
+        "a1111 peft converted": (ckpt, "proof-peft-kohya"),
+        "a1111 roundtrip": (f"{stem}-roundtrip.safetensors", None),
     }
     if (args.models / "checkpoints" / f"{stem}-via-diffusers.safetensors").exists():
-        images["a1111 via diffusers folder"] = render(a1111, f"{stem}-via-diffusers.safetensors", None)
+        wanted["a1111 via diffusers folder"] = (f"{stem}-via-diffusers.safetensors", None)
+    images = _engine_images(a1111, "A1111", wanted)
     checks: list[tuple[str, float, str, bool]] = []
 
     def check(label: str, a: str, b: str, want: str) -> None:
@@ -258,9 +289,15 @@ def prove(args: argparse.Namespace) -> int:
     if args.embedded:
         embedded = args.embedded.rstrip("/")
         _post(f"{embedded}/sdapi/v1/refresh-loras", {})
-        images["embedded base"] = render(embedded, ckpt, None)
-        images["embedded peft original"] = render(embedded, ckpt, "proof-peft")
-        images["embedded peft converted"] = render(embedded, ckpt, "proof-peft-kohya")
+        images |= _engine_images(
+            embedded,
+            "embedded",
+            {
+                "embedded base": (ckpt, None),
+                "embedded peft original": (ckpt, "proof-peft"),
+                "embedded peft converted": (ckpt, "proof-peft-kohya"),
+            },
+        )
         check(
             "CROSS-ENGINE: embedded + original PEFT vs A1111 + converted",
             "embedded peft original",
@@ -331,7 +368,9 @@ def main() -> int:
                 "--skip-diffusers-writer", action="store_true", help="no save_pretrained folder (saves ~4 GB)"
             )
         else:
-            p.add_argument("--a1111", required=True, help="A1111's URL, serving --models")
+            p.add_argument(
+                "--a1111", help="A1111's URL, serving --models (else its images saved by an earlier run)"
+            )
             p.add_argument(
                 "--embedded", help="the embedded engine's URL, serving --models (cross-engine check)"
             )
