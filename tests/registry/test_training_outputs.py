@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -277,3 +279,33 @@ def test_gc_removes_what_a_killed_conversion_left(models_dir, make_registry):
     actions = make_registry().gc()
     assert "removed stale partial download or conversion .finetune-diffusers.4242.part" in actions
     assert not stale.exists() and fresh.exists()  # a conversion still running is left alone
+
+
+def test_the_cli_converts_in_an_environment_without_torch(models_dir, tmp_path):
+    """The worker's venv in the image has no torch: ``python -m worker registry convert`` must not need it."""
+    write_lora(models_dir / "loras" / "peft.safetensors", lora_tensors(layout="peft"))
+    write_training_checkpoint(models_dir / "loras" / "run" / "checkpoint-7")
+    blocker = tmp_path / "no_torch" / "sitecustomize.py"
+    blocker.parent.mkdir()
+    blocker.write_text(
+        "import sys\nfor name in ('torch', 'diffusers', 'transformers', 'peft'):\n    sys.modules[name] = None\n"
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": f"{blocker.parent}{os.pathsep}{Path(__file__).resolve().parents[2]}",
+        "WORKER_MODELS_DIR": str(models_dir),
+        "WORKER_CATALOGUE_PATH": str(tmp_path / "catalogue.json"),
+    }
+    (tmp_path / "catalogue.json").write_text('{"schema_version": 1, "models": []}')
+    for source in ("peft", str(models_dir / "loras" / "run")):
+        done = subprocess.run(
+            [sys.executable, "-m", "worker", "registry", "convert", source],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.startswith("converted "), done.stdout
+    assert (models_dir / "loras" / "peft-kohya.safetensors").is_file()
+    assert (models_dir / "loras" / "run" / "run-step7-kohya.safetensors").is_file()
