@@ -72,14 +72,17 @@ def _place(source: Path, target: Path) -> None:
 
 def prepare(args: argparse.Namespace) -> None:
     import torch
-    from diffusers import StableDiffusionPipeline
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
     from diffusers.utils import convert_state_dict_to_peft, convert_unet_state_dict_to_peft
 
+    from diffusers_server.models.pipelines import inspect_checkpoint
     from worker.registry.convert import checkpoint_from_diffusers, diffusers_from_checkpoint
     from worker.registry.layouts import inspect_diffusers_folder
     from worker.registry.models import Catalogue
     from worker.registry.registry import ModelRegistry
 
+    kind, configs, _ = inspect_checkpoint(args.checkpoint)
+    pipeline_class = StableDiffusionXLPipeline if kind == "sdxl" else StableDiffusionPipeline
     models: Path = args.models
     for sub in ("checkpoints", "loras", "embeddings", "vae"):
         (models / sub).mkdir(parents=True, exist_ok=True)
@@ -96,18 +99,16 @@ def prepare(args: argparse.Namespace) -> None:
         print(f"checkpoint round trip (ours both ways): {time.perf_counter() - started:.1f} s")
         if not args.skip_diffusers_writer:
             from diffusers_server.models.architectures import write_skeleton
-            from diffusers_server.models.pipelines import inspect_checkpoint
             from diffusers_server.tokenizer import cached_clip_tokenizer_dir
 
-            kind, configs, _ = inspect_checkpoint(args.checkpoint)
             skeleton = write_skeleton(work / "skeleton", kind, configs, cached_clip_tokenizer_dir())
-            pipe = StableDiffusionPipeline.from_single_file(
+            extra = {"safety_checker": None, "feature_extractor": None} if kind == "sd15" else {}
+            pipe = pipeline_class.from_single_file(
                 str(args.checkpoint),
                 config=str(skeleton),
                 local_files_only=True,
                 torch_dtype=torch.float16,
-                safety_checker=None,
-                feature_extractor=None,
+                **extra,
             )
             pipe.save_pretrained(work / "by-diffusers")
             del pipe
@@ -120,13 +121,16 @@ def prepare(args: argparse.Namespace) -> None:
         shutil.rmtree(work, ignore_errors=True)
 
     # The kohya LoRA re-written by diffusers' own code: its kohya reader, then save_lora_weights in PEFT keys.
-    state, alphas = StableDiffusionPipeline.lora_state_dict(str(args.lora))
+    state, alphas = pipeline_class.lora_state_dict(str(args.lora))
     unet = convert_unet_state_dict_to_peft(
         {k[len("unet.") :]: v for k, v in state.items() if k.startswith("unet.")}
     )
-    text_state = {k[len("text_encoder.") :]: v for k, v in state.items() if k.startswith("text_encoder.")}
-    text = convert_state_dict_to_peft(text_state) if text_state else {}
-    if not all(".lora_A." in k or ".lora_B." in k for k in (*unet, *text)):
+    texts: dict[str, dict[str, Any]] = {}
+    for encoder in ("text_encoder", "text_encoder_2"):
+        part = {k[len(encoder) + 1 :]: v for k, v in state.items() if k.startswith(encoder + ".")}
+        if part:
+            texts[encoder] = convert_state_dict_to_peft(part)
+    if not all(".lora_A." in k or ".lora_B." in k for k in (*unet, *(k for t in texts.values() for k in t))):
         raise SystemExit("diffusers did not produce PEFT keys (lora_A/lora_B) for this LoRA")
     ranks = {v.shape[0] for k, v in unet.items() if "lora_A" in k}
     alpha_values = set(alphas.values()) if alphas else set(ranks)
@@ -140,19 +144,16 @@ def prepare(args: argparse.Namespace) -> None:
         "lora_alpha": alpha,
         "target_modules": sorted({k.rsplit(".lora_", 1)[0] for k in unet}),
     }
-    text_meta = {
-        "r": rank,
-        "lora_alpha": alpha,
-        "target_modules": sorted({k.rsplit(".lora_", 1)[0] for k in text}),
-    }
+    layers: dict[str, Any] = {"unet_lora_layers": unet, "unet_lora_adapter_metadata": meta}
+    for encoder, part in texts.items():
+        layers[f"{encoder}_lora_layers"] = part
+        layers[f"{encoder}_lora_adapter_metadata"] = {
+            "r": rank,
+            "lora_alpha": alpha,
+            "target_modules": sorted({k.rsplit(".lora_", 1)[0] for k in part}),
+        }
     out = Path(tempfile.mkdtemp())
-    StableDiffusionPipeline.save_lora_weights(
-        str(out),
-        unet_lora_layers=unet,
-        text_encoder_lora_layers=text or None,
-        unet_lora_adapter_metadata=meta,
-        text_encoder_lora_adapter_metadata=text_meta if text else None,
-    )
+    pipeline_class.save_lora_weights(str(out), **layers)
     (out / "pytorch_lora_weights.safetensors").replace(models / "loras" / "proof-peft.safetensors")
     shutil.rmtree(out, ignore_errors=True)
     registry = ModelRegistry(
@@ -163,7 +164,7 @@ def prepare(args: argparse.Namespace) -> None:
     )
     entry = registry.resolve("lora", "proof-peft").live
     assert entry is not None and entry.layout == "diffusers", entry
-    result = registry.convert(entry, "a1111", force=True)
+    result = registry.convert(entry, "a1111", force=True, base=args.checkpoint.name)
     output = result.output.key if result.output else "?"
     print(f"LoRA: {args.lora.name} -> proof-peft.safetensors (rank {rank}, alpha {alpha:g}) -> {output}")
 
