@@ -75,10 +75,13 @@ COPY webui_extensions/worker-routes "${A1111_DIR}/extensions/worker-routes"
 COPY scripts/a1111-config.json "${A1111_DATA_DIR}/config.json"
 
 # Optional: a catalogue model in the image, e.g. --build-arg BAKE_MODEL=<id from cache_registry.json>.
+# A model A1111 cannot use as it is (a diffusers/PEFT LoRA) is converted here, once, never at request time.
 # It lands in A1111's own model folders on local disk (scanned besides the volume's --ckpt-dir/--lora-dir).
 RUN if [ -n "${BAKE_MODEL}" ]; then \
         mkdir -p /tmp/bake/checkpoints /tmp/bake/loras \
         && WORKER_MODELS_DIR=/tmp/bake /opt/worker-venv/bin/python -m worker registry pull "${BAKE_MODEL}" \
+        && WORKER_MODELS_DIR=/tmp/bake /opt/worker-venv/bin/python -m worker registry convert "${BAKE_MODEL}" \
+            --to a1111 --remove-source \
         && mkdir -p "${A1111_DATA_DIR}/models/Stable-diffusion" "${A1111_DATA_DIR}/models/Lora" \
         && find /tmp/bake/checkpoints -type f -exec mv -t "${A1111_DATA_DIR}/models/Stable-diffusion" {} + \
         && find /tmp/bake/loras -type f -exec mv -t "${A1111_DATA_DIR}/models/Lora" {} + \

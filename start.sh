@@ -67,6 +67,8 @@ if [[ "$WORKER_ENGINE" == auto ]]; then
 	if [[ -f "$A1111_DIR/launch.py" ]]; then WORKER_ENGINE=a1111; else WORKER_ENGINE=embedded; fi
 fi
 case "$WORKER_ENGINE" in a1111 | embedded | external) ;; *) die "WORKER_ENGINE=$WORKER_ENGINE: use auto, a1111, embedded or external" ;; esac
+# the worker holds a job to the rules of the engine in use (e.g. converting a PEFT LoRA that A1111 would skip)
+export WORKER_ENGINE
 
 if [[ "$WORKER_ENGINE" == external ]]; then
 	[[ -n "${WORKER_A1111_URL:-}" ]] || die "WORKER_ENGINE=external needs WORKER_A1111_URL (the engine's address)"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
 import io
 import json
 import logging
@@ -20,6 +21,12 @@ import torch
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 from safetensors.torch import load_file
+
+from worker.registry.conversions import ConversionFailed
+from worker.registry.convert import kohya_from_lora
+from worker.registry.keymaps import lora_layout
+from worker.registry.layouts import LayoutError
+from worker.registry.safetensors_header import read_header
 
 from . import __version__, hires, infotext, options
 from .cond_schedule import BatchConds
@@ -156,10 +163,17 @@ class Engine:
         self.refresh_vae()
 
     def refresh_checkpoints(self) -> None:
+        """Single files and diffusers pipeline folders (loaded as they are), in A1111's listing order."""
         root = self.config.checkpoints
-        self.checkpoints = [
+        infos = [
             CheckpointInfo.from_file(p, root, self.hashes) for p in files.scan(root, files.CHECKPOINT_EXTS)
         ]
+        for folder in files.scan_pipelines(root):
+            try:
+                infos.append(CheckpointInfo.from_folder(folder, root, self.hashes))
+            except (LayoutError, OSError) as exc:
+                log.warning("skipping diffusers folder %s: %s", folder, exc)
+        self.checkpoints = sorted(infos, key=lambda info: info.name.lower())
         log.info("%d checkpoint(s) in %s", len(self.checkpoints), root)
 
     def refresh_loras(self) -> None:
@@ -850,13 +864,47 @@ class Engine:
             latents.append((dist.mean + dist.std * eps) * vae.config.scaling_factor)
         return torch.cat(latents).float()
 
+    def _kohya_file(self, lora: LoraInfo, model: LoadedModel) -> Path:
+        """A diffusers/PEFT-layout LoRA as the kohya file the registry's converter makes of it (cached).
+
+        diffusers' own loader applies only part of some layouts it writes itself (the ``lora.down``
+        keys of ``convert_state_dict_to_diffusers``) and skips a bare PEFT state, with a warning; the
+        converted file is applied whole, exactly as A1111 applies the same conversion.
+        """
+        if lora.filename.suffix.lower() != ".safetensors":
+            return lora.filename
+        layout = lora_layout(read_header(lora.filename).tensors)
+        if layout not in ("diffusers", "peft"):
+            return lora.filename
+        unet_config = dict(model.pipe.unet.config)
+        st = lora.filename.stat()
+        key = json.dumps(
+            [str(lora.filename), st.st_size, st.st_mtime_ns, unet_config], sort_keys=True, default=str
+        )
+        target = self.skeleton_root / "loras" / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.safetensors"
+        if target.is_file():
+            return target
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_suffix(".part")
+        widths = dict(zip(("text_encoder", "text_encoder_2"), model.text_widths, strict=False))
+        try:
+            kohya_from_lora([lora.filename], tmp, unet_config=unet_config, text_widths=widths)  # type: ignore[arg-type]
+        except ConversionFailed as exc:
+            tmp.unlink(missing_ok=True)
+            raise EngineError(
+                400, f"LoRA {lora.name!r} cannot be applied to {model.path.name}: {exc.message}"
+            ) from exc
+        tmp.replace(target)
+        log.info("LoRA %s (%s layout) applied through its kohya conversion", lora.name, layout)
+        return target
+
     def _apply_loras(self, model: LoadedModel, loras: list[tuple[LoraInfo, float, float]]) -> None:
         """Load each LoRA once per model (adapter = file stem), then activate exactly this request's set."""
         pipe = model.pipe
         for lora, _, _ in loras:
             if lora.name not in model.loaded_loras:
                 try:
-                    pipe.load_lora_weights(str(lora.filename), adapter_name=lora.name)
+                    pipe.load_lora_weights(str(self._kohya_file(lora, model)), adapter_name=lora.name)
                 except (ValueError, KeyError, RuntimeError) as exc:
                     with contextlib.suppress(ValueError, KeyError):
                         pipe.delete_adapters([lora.name])

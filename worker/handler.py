@@ -104,7 +104,8 @@ class JobRunner:
         mark = _stopwatch(timings, "validate", started)
 
         # 2. Resolve every name against the engine's lists; provision what is missing.
-        preflight = Preflight(self.engine, self.provider).resolve(job_input)
+        engine_kind = "embedded" if self.settings.engine == "embedded" else "a1111"
+        preflight = Preflight(self.engine, self.provider, engine_kind=engine_kind).resolve(job_input)
         timings["provision"] = round(preflight.provision_ms, 1)
         mark("preflight", subtract=preflight.provision_ms)
 

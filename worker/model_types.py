@@ -28,6 +28,11 @@ class ModelFacts:
     default_weight: float | None = None
     trigger_words: tuple[str, ...] = ()
     registry_id: str | None = None
+    #: key layout (``kohya``, ``diffusers``, ``peft``, ``ldm``...) and the engines that use the model as it is
+    #: (None: not known, treated as usable); ``format`` ``diffusers``/``training`` for model folders
+    layout: str | None = None
+    usable_by: tuple[str, ...] | None = None
+    format: str | None = None
 
 
 @dataclass(frozen=True)
@@ -38,6 +43,9 @@ class ProvisionedModel:
     downloaded: bool = False
     seconds: float = 0.0
     notes: tuple[str, ...] = field(default=())
+    #: the model a conversion started from, when ``facts`` describe its converted form
+    converted_from: str | None = None
+    converted_now: bool = False
 
 
 class ModelProvider(Protocol):
@@ -56,3 +64,13 @@ class ModelProvider(Protocol):
 
     def record_use(self, kind: ModelKind, file_name: str) -> None:
         """Note that a job used the file (last_used, use_count) for LRU eviction."""
+
+    def convert_for(
+        self, kind: ModelKind, file_name: str, engine: str, *, base: str | None = None
+    ) -> ProvisionedModel:
+        """The model as ``engine`` can use it: itself, an earlier conversion, or one made now (cached on
+        the volume). ``base`` is the job's checkpoint file (a LoRA's block layout follows it).
+
+        Raises ``ModelIncompatible`` naming the conversion command when automatic conversion is off
+        or the model cannot be converted.
+        """

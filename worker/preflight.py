@@ -172,12 +172,20 @@ class PreflightResult:
 class Preflight:
     """Resolves one job's names; a fresh instance per job (it remembers which lists it refreshed)."""
 
-    def __init__(self, engine: EngineLists, provider: ModelProvider | None = None) -> None:
+    def __init__(
+        self, engine: EngineLists, provider: ModelProvider | None = None, *, engine_kind: str = "a1111"
+    ) -> None:
         self._engine = engine
         self._provider = provider
+        #: ``a1111`` or ``embedded``: decides which model layouts need a conversion first
+        self._engine_kind = engine_kind
         self._catalog = engine.catalog()
         self._refreshed: set[ModelKind] = set()
         self._lists_refetched = False
+        self._base: str | None = None
+        self._lora_renames: dict[str, str] = {}
+        self._described: dict[tuple[ModelKind, str], ModelFacts | None] = {}
+        self._conversion_warnings: list[str] = []
         self.provision_ms = 0.0
         self.downloaded: list[str] = []
 
@@ -194,6 +202,7 @@ class Preflight:
             )
 
         checkpoint = self._checkpoint(checkpoint_ref) if checkpoint_ref else None
+        self._base = self._base_checkpoint(checkpoint)
         sampler, scheduler = self._sampler(job.sampler or DEFAULT_SAMPLER, job.scheduler, "sampler")
         loras = tuple(self._native_lora(ref.name, ref.weight) for ref in job.loras)
         tagged: list[tuple[LoraEntry, float]] = []
@@ -205,7 +214,7 @@ class Preflight:
                         f"LoRA tag <lora:{tag_name}:…> differs from the engine's name {entry.name!r} "
                         "(A1111 matches LoRA names case-sensitively); write it as the engine does"
                     )
-                tagged.append((entry, _tag_weight(weight_text)))
+                tagged.append((self._usable_lora(entry), _tag_weight(weight_text)))
         vae = self._vae(vae_ref) if vae_ref else None
 
         hires = job.hires
@@ -232,10 +241,12 @@ class Preflight:
             hr_checkpoint_title=hr_checkpoint,
             hr_upscaler=self._upscaler(hr_upscaler_ref) if hr_upscaler_ref else None,
             refiner_checkpoint_title=refiner,
+            lora_renames=tuple(self._lora_renames.items()),
         )
         models = self._models_used(checkpoint, loras + tuple(tagged), vae)
         if self.downloaded:
             warnings.append(f"downloaded before generating: {', '.join(self.downloaded)}")
+        warnings += self._conversion_warnings
         return PreflightResult(
             names=names,
             models=models,
@@ -254,7 +265,23 @@ class Preflight:
         if entry is None:
             candidates = [c.title for c in self._catalog.checkpoints]
             raise ModelNotFound(_choices("checkpoint", ref, candidates))
-        return entry
+        return self._usable_checkpoint(entry)
+
+    def _usable_checkpoint(self, entry: CheckpointEntry) -> CheckpointEntry:
+        """The engine's checkpoint, or its converted twin when this engine cannot load it as it is."""
+        facts = self._describe("checkpoint", checkpoint_file(entry))
+        if facts is None:
+            return entry
+        usable = self._usable("checkpoint", facts)
+        if usable.file_name == facts.file_name:
+            return entry
+        converted = match_checkpoint(usable.file_name, self._catalog.checkpoints)
+        if converted is None:
+            raise EngineError(
+                f"checkpoint {usable.file_name!r} was converted on the volume but the engine does not list "
+                "it even after a refresh; check the engine's checkpoint folder"
+            )
+        return converted
 
     def _optional_checkpoint(self, ref: str | None, keep_word: str) -> str | None:
         if not ref or _key(ref) in {_key(keep_word), "none", ""}:
@@ -271,7 +298,7 @@ class Preflight:
         return entry
 
     def _native_lora(self, ref: str, weight: float | None) -> tuple[LoraEntry, float]:
-        entry = self._lora(ref)
+        entry = self._usable_lora(self._lora(ref))
         if weight is None:
             facts = self._describe("lora", entry.name)
             weight = facts.default_weight if facts and facts.default_weight is not None else 1.0
@@ -352,6 +379,7 @@ class Preflight:
                     if provisioned.downloaded:
                         self.downloaded.append(f"{kind}:{facts.file_name}")
             if facts is not None:
+                facts = self._usable(kind, facts)
                 found = find(facts.file_name) or find(_stem(facts.file_name))
                 if found is None:
                     self._refresh(kind)
@@ -365,8 +393,56 @@ class Preflight:
         self._refresh(kind)
         return find(ref)
 
-    def _refresh(self, kind: ModelKind) -> None:
-        if kind in self._refreshed:
+    def _usable(self, kind: ModelKind, facts: ModelFacts) -> ModelFacts:
+        """``facts``, or those of its conversion when this engine cannot use the model as it is."""
+        if self._provider is None or facts.usable_by is None or self._engine_kind in facts.usable_by:
+            return facts
+        started = time.perf_counter()
+        provisioned = self._provider.convert_for(kind, facts.file_name, self._engine_kind, base=self._base)
+        seconds = time.perf_counter() - started
+        self.provision_ms += seconds * 1000
+        if provisioned.converted_from is not None and provisioned.facts.file_name != facts.file_name:
+            done = f"in {seconds:.1f} s" if provisioned.converted_now else "earlier"
+            self._conversion_warnings.append(
+                f"{kind} {facts.file_name} ({facts.layout or facts.format} layout) cannot be used by "
+                f"{self._engine_kind} as it is: using {provisioned.facts.file_name}, converted {done}"
+            )
+            if not self._listed(kind, provisioned.facts.file_name):
+                self._refresh(kind, force=True)  # a file converted after the engine's last listing
+        return provisioned.facts
+
+    def _listed(self, kind: ModelKind, file_name: str) -> bool:
+        if kind == "lora":
+            return match_lora(_stem(file_name), self._catalog.loras) is not None
+        return kind == "checkpoint" and match_checkpoint(file_name, self._catalog.checkpoints) is not None
+
+    def _usable_lora(self, entry: LoraEntry) -> LoraEntry:
+        """The engine's LoRA, or its converted twin when the engine would skip this layout silently."""
+        if entry.name in self._lora_renames:
+            return match_lora(self._lora_renames[entry.name], self._catalog.loras) or entry
+        facts = self._describe("lora", entry.name)
+        if facts is None:
+            return entry
+        usable = self._usable("lora", facts)
+        if usable.file_name == facts.file_name:
+            return entry
+        converted = match_lora(_stem(usable.file_name), self._catalog.loras)
+        if converted is None:
+            raise EngineError(
+                f"LoRA {usable.file_name!r} was converted on the volume but the engine does not list it "
+                "even after a refresh; check the engine's LoRA folder"
+            )
+        self._lora_renames[entry.name] = converted.name
+        return converted
+
+    def _base_checkpoint(self, checkpoint: CheckpointEntry | None) -> str | None:
+        """The checkpoint file the job runs on (a LoRA's conversion follows its block layout)."""
+        if checkpoint is None and self._catalog.current_checkpoint:
+            checkpoint = match_checkpoint(self._catalog.current_checkpoint, self._catalog.checkpoints)
+        return checkpoint_file(checkpoint) if checkpoint else None
+
+    def _refresh(self, kind: ModelKind, *, force: bool = False) -> None:
+        if kind in self._refreshed and not force:
             return
         self._refreshed.add(kind)
         log.info("refreshing the engine's %s list after a miss", kind)
@@ -382,7 +458,13 @@ class Preflight:
         return True
 
     def _describe(self, kind: ModelKind, ref: str) -> ModelFacts | None:
-        return self._provider.describe(kind, ref) if self._provider is not None else None
+        """The registry's facts, asked once per job and name (each ask reads the registry file)."""
+        if self._provider is None:
+            return None
+        key = (kind, ref)
+        if key not in self._described:
+            self._described[key] = self._provider.describe(kind, ref)
+        return self._described[key]
 
     def _models_used(
         self,

@@ -182,6 +182,7 @@ def embedded_engine_hook(app: FastAPI) -> None:
                 "a1111_url": AnyHttpUrl(f"http://127.0.0.1:{config.port}"),
                 "models_dir": config.models_dir,
                 "engine_pid_file": None,  # the engine is this process
+                "engine": "embedded",
             }
         )
         return JobRunner.from_settings(settings)

@@ -59,6 +59,8 @@ ENV_NAMES: dict[str, str] = {
     "WORKER_DOWNLOAD_MAX_BYTES": "download_max_bytes",
     "WORKER_DOWNLOAD_TIMEOUT_S": "download_timeout_s",
     "WORKER_VOLUME_QUOTA_GB": "volume_quota_gb",
+    "WORKER_ENGINE": "engine",
+    "WORKER_AUTO_CONVERT": "auto_convert",
     "CIVITAI_TOKEN": "civitai_token",
     "HF_TOKEN": "hf_token",
     "BUCKET_ENDPOINT_URL": "bucket_endpoint_url",
@@ -101,6 +103,10 @@ class WorkerSettings(BaseModel):
     download_max_bytes: int = Field(20 * 1024**3, ge=1)
     download_timeout_s: float = Field(60.0, gt=0)
     volume_quota_gb: float | None = Field(None, gt=0)
+    #: which engine answers on a1111_url (start.sh resolves ``auto``); anything but ``embedded`` is held to
+    #: A1111's rules, e.g. a LoRA in diffusers/PEFT layout is converted (or refused) before A1111 sees it
+    engine: Literal["auto", "a1111", "embedded", "external"] = "auto"
+    auto_convert: bool = True
     civitai_token: SecretStr | None = None
     hf_token: SecretStr | None = None
     bucket_endpoint_url: AnyHttpUrl | None = None

@@ -49,6 +49,8 @@ class ResolvedNames:
     hr_checkpoint_title: str | None = None
     hr_upscaler: str | None = None
     refiner_checkpoint_title: str | None = None
+    #: LoRA tags to rewrite in the prompts: (name the user wrote, engine name of its converted file)
+    lora_renames: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass
@@ -65,6 +67,23 @@ def format_weight(weight: float) -> str:
 def prompt_lora_tags(prompt: str) -> dict[str, str | None]:
     """LoRA names carried by a prompt's ``<lora:name:weight>`` tags → their weight text."""
     return {match.group(1).strip(): match.group(2) for match in LORA_TAG.finditer(prompt)}
+
+
+def rename_lora_tags(prompt: str, renames: tuple[tuple[str, str], ...]) -> str:
+    """Point ``<lora:old:w>`` tags at another LoRA (a converted file), keeping weights and extra fields."""
+    if not renames or not prompt:
+        return prompt
+    table = dict(renames)
+
+    def swap(match: re.Match[str]) -> str:
+        name = match.group(1).strip()
+        if name not in table:
+            return match.group(0)
+        start, end = match.span(1)
+        whole = match.group(0)
+        return whole[: start - match.start()] + table[name] + whole[end - match.start() :]
+
+    return LORA_TAG.sub(swap, prompt)
 
 
 def add_lora_tags(prompt: str, loras: tuple[tuple[str, float], ...]) -> tuple[str, list[str]]:
@@ -97,10 +116,10 @@ def _weight_differs(written: str, weight: float) -> bool:
 
 def build_txt2img_payload(job: Txt2ImgJob, names: ResolvedNames) -> Translation:
     """The exact ``/sdapi/v1/txt2img`` body for ``job`` (see the module docstring for the rules)."""
-    prompt, warnings = add_lora_tags(job.prompt, names.loras)
+    prompt, warnings = add_lora_tags(rename_lora_tags(job.prompt, names.lora_renames), names.loras)
     payload: dict[str, Any] = {"prompt": prompt, "sampler_name": names.sampler}
     if job.negative_prompt is not None:
-        payload["negative_prompt"] = job.negative_prompt
+        payload["negative_prompt"] = rename_lora_tags(job.negative_prompt, names.lora_renames)
     if names.scheduler:
         payload["scheduler"] = names.scheduler
     for name in ("steps", "cfg_scale", "width", "height", "seed", "batch_size", "n_iter"):
@@ -149,8 +168,8 @@ def _place_hires(job: Txt2ImgJob, names: ResolvedNames, payload: dict[str, Any])
         "hr_resize_x": hires.resize_x if hires else job.hr_resize_x,
         "hr_resize_y": hires.resize_y if hires else job.hr_resize_y,
         "hr_second_pass_steps": hires.steps if hires else job.hr_second_pass_steps,
-        "hr_prompt": hires.prompt if hires else job.hr_prompt,
-        "hr_negative_prompt": hires.negative_prompt if hires else job.hr_negative_prompt,
+        "hr_prompt": _renamed(hires.prompt if hires else job.hr_prompt, names),
+        "hr_negative_prompt": _renamed(hires.negative_prompt if hires else job.hr_negative_prompt, names),
         "hr_upscaler": names.hr_upscaler,
         "hr_sampler_name": names.hr_sampler,
         "hr_scheduler": names.hr_scheduler,
@@ -167,3 +186,7 @@ def _place_hires(job: Txt2ImgJob, names: ResolvedNames, payload: dict[str, Any])
         ]
     payload["denoising_strength"] = strength
     return []
+
+
+def _renamed(text: str | None, names: ResolvedNames) -> str | None:
+    return rename_lora_tags(text, names.lora_renames) if text else text

@@ -18,6 +18,10 @@ from typing import Any
 
 from safetensors import safe_open
 
+from worker.registry.hashing import hash_file
+from worker.registry.layouts import component_weights, folder_stat, is_diffusers_folder
+from worker.registry.scan import folder_digest
+
 log = logging.getLogger(__name__)
 
 CHECKPOINT_EXTS = (".safetensors", ".ckpt")
@@ -58,6 +62,20 @@ class HashCache:
     def addnet(self, file: Path) -> str:
         return self._get(file, "addnet", _addnet_hash)
 
+    def folder(self, folder: Path) -> str:
+        """A diffusers folder's digest, defined as the worker's registry defines it (so both agree)."""
+        size, mtime_ns = folder_stat(folder)
+        key = f"folder:{folder.resolve()}"
+        with self._lock:
+            entry = self._data.get(key)
+            if entry and entry["size"] == size and entry["mtime"] == mtime_ns:
+                return str(entry["sha256"])
+        digest = folder_digest(folder, hash_file)
+        with self._lock:
+            self._data[key] = {"size": size, "mtime": mtime_ns, "sha256": digest}
+            self._save()
+        return digest
+
     def _save(self) -> None:
         if self.path is None:
             return
@@ -94,13 +112,34 @@ def old_model_hash(file: Path) -> str:
 
 
 def scan(folder: Path, exts: tuple[str, ...]) -> list[Path]:
-    """Model files below ``folder`` (recursive, sorted like A1111's listing; hidden entries skipped)."""
+    """Model files below ``folder`` (recursive, sorted like A1111's listing; hidden entries skipped).
+
+    Files inside a diffusers pipeline folder are parts of that model, not models (A1111 would list them).
+    """
     if not folder.is_dir():
         return []
+    pipelines = scan_pipelines(folder)
     found = [
         p
         for p in folder.rglob("*")
-        if p.suffix.lower() in exts and p.is_file() and not any(part.startswith(".") for part in p.parts)
+        if p.suffix.lower() in exts
+        and p.is_file()
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+        and not any(pipe in p.parents for pipe in pipelines)
+    ]
+    return sorted(found, key=lambda p: str(p.relative_to(folder)).lower())
+
+
+def scan_pipelines(folder: Path) -> list[Path]:
+    """diffusers pipeline folders (``model_index.json``) below ``folder``; hidden ones skipped."""
+    if not folder.is_dir():
+        return []
+    found = [
+        p.parent
+        for p in folder.rglob("model_index.json")
+        if p.parent != folder
+        and not any(part.startswith(".") for part in p.parent.relative_to(folder).parts)
+        and is_diffusers_folder(p.parent)
     ]
     return sorted(found, key=lambda p: str(p.relative_to(folder)).lower())
 
@@ -126,13 +165,21 @@ class CheckpointInfo:
         name = str(file.relative_to(root)).replace(os.sep, "/")
         return cls(filename=file, name=name, sha256=cache.sha256(file), hash=old_model_hash(file))
 
+    @classmethod
+    def from_folder(cls, folder: Path, root: Path, cache: HashCache) -> CheckpointInfo:
+        """A diffusers pipeline folder: named by its path, hashed as the registry hashes folders."""
+        name = str(folder.relative_to(root)).replace(os.sep, "/")
+        unet = component_weights(folder / "unet")[0]
+        return cls(filename=folder, name=name, sha256=cache.folder(folder), hash=old_model_hash(unet))
+
     @property
     def name_for_extra(self) -> str:
-        return self.filename.stem
+        return self.filename.name if self.filename.is_dir() else self.filename.stem
 
     @property
     def model_name(self) -> str:
-        return self.name.rsplit(".", 1)[0].replace("/", "_").replace("\\", "_")
+        stem = self.name if self.filename.is_dir() else self.name.rsplit(".", 1)[0]
+        return stem.replace("/", "_").replace("\\", "_")
 
     @property
     def shorthash(self) -> str:

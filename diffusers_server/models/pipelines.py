@@ -33,10 +33,18 @@ from diffusers.loaders.single_file_utils import (
     convert_open_clip_checkpoint,
 )
 from safetensors import safe_open
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+from worker.registry.layouts import LayoutError, inspect_diffusers_folder
 
 from ..sampling.schedules import train_alphas_cumprod
-from ..tokenizer import BYTE_LEVEL_VOCAB_SIZE, CLIP_REPO, cached_clip_tokenizer_dir, load_clip_tokenizer
+from ..tokenizer import (
+    BYTE_LEVEL_VOCAB_SIZE,
+    CLIP_REPO,
+    cached_clip_tokenizer_dir,
+    load_clip_tokenizer,
+    write_byte_level_vocab,
+)
 from .architectures import CONFIG_METADATA_KEY, REAL_CONFIGS, ModelKind, write_skeleton
 
 log = logging.getLogger(__name__)
@@ -111,7 +119,9 @@ def inspect_checkpoint(path: Path) -> tuple[ModelKind, dict[str, dict[str, Any]]
 def load_checkpoint(
     path: Path, runtime: Runtime, skeleton_root: Path, tokenizer_dir: Path | None
 ) -> LoadedModel:
-    """Load ``path`` without any network access."""
+    """Load ``path`` (a single file, or a diffusers pipeline folder) without any network access."""
+    if path.is_dir():
+        return load_pipeline_folder(path, runtime, skeleton_root, tokenizer_dir)
     started = time.perf_counter()
     kind, configs, vocab_size = inspect_checkpoint(path)
     if vocab_size != BYTE_LEVEL_VOCAB_SIZE and tokenizer_dir is None:
@@ -276,6 +286,72 @@ def _stream_into(
     if missing:
         names = ", ".join(missing[:5])
         raise ModelLoadError(f"{file}: the {component} weights are incomplete (missing {names})")
+
+
+def _folder_tokenizers(
+    folder: Path, kind: ModelKind, vocab_size: int, skeleton_root: Path, tokenizer_dir: Path | None
+) -> dict[str, Any]:
+    """The folder's own tokenizers when it has them; else the ones a single file of its vocabulary gets."""
+    pads = {"tokenizer": None, "tokenizer_2": OPENCLIP_PAD}
+    wanted = ("tokenizer", "tokenizer_2") if kind == "sdxl" else ("tokenizer",)
+    if all((folder / sub).is_dir() for sub in wanted):
+        found: dict[str, Any] = {}
+        for sub in wanted:
+            extra = {"pad_token": pads[sub]} if pads[sub] else {}
+            found[sub] = CLIPTokenizer.from_pretrained(str(folder / sub), model_max_length=77, **extra)
+        return found
+    if vocab_size != BYTE_LEVEL_VOCAB_SIZE and tokenizer_dir is None:
+        tokenizer_dir = cached_clip_tokenizer_dir()
+        if tokenizer_dir is None:
+            raise ModelLoadError(
+                f"{folder.name} has no tokenizer/ and needs the real CLIP vocabulary ({vocab_size} tokens): "
+                f"start the engine with --clip-tokenizer DIR or put {CLIP_REPO}'s tokenizer in the local "
+                "Hugging Face cache"
+            )
+    source = tokenizer_dir or write_byte_level_vocab(skeleton_root / "byte-level-tokenizer")
+    return {sub: load_clip_tokenizer(source, pad_token=pads[sub]) for sub in wanted}
+
+
+def load_pipeline_folder(
+    folder: Path, runtime: Runtime, skeleton_root: Path, tokenizer_dir: Path | None
+) -> LoadedModel:
+    """Load a diffusers pipeline folder (SD1.x or SDXL) directly: no key conversion, no config skeleton."""
+    started = time.perf_counter()
+    try:
+        info = inspect_diffusers_folder(folder)
+        kind: ModelKind = info.pipeline_kind
+    except (LayoutError, ValueError) as exc:
+        raise ModelLoadError(f"cannot load {folder.name}: {exc}") from exc
+    if "text_encoder" not in info.configs or "vae" not in info.configs:
+        raise ModelLoadError(f"cannot load {folder.name}: it needs text_encoder/ and vae/")
+    vocab_size = int(info.configs["text_encoder"].get("vocab_size", 0))
+    kwargs: dict[str, Any] = {
+        "local_files_only": True,
+        "torch_dtype": runtime.dtype,
+        **_folder_tokenizers(folder, kind, vocab_size, skeleton_root, tokenizer_dir),
+    }
+    try:
+        if kind == "sdxl":
+            pipe: AnyPipeline = StableDiffusionXLPipeline.from_pretrained(str(folder), **kwargs)
+        else:
+            kwargs |= {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
+            pipe = StableDiffusionPipeline.from_pretrained(str(folder), **kwargs)
+    except (ValueError, KeyError, RuntimeError, OSError) as exc:
+        raise ModelLoadError(f"cannot load {folder.name}: {exc}") from exc
+    _place(pipe, runtime)
+    pipe.set_progress_bar_config(disable=True)
+    encoders = [pipe.text_encoder] + ([pipe.text_encoder_2] if kind == "sdxl" else [])
+    widths = tuple(int(te.config.hidden_size) for te in encoders)
+    log.info(
+        "loaded %s (%s folder) in %.2f s on %s",
+        folder.name,
+        kind,
+        time.perf_counter() - started,
+        runtime.device,
+    )
+    return LoadedModel(
+        pipe=pipe, kind=kind, path=folder, text_widths=widths, skeleton=folder, original_vae=pipe.vae
+    )
 
 
 def load_vae(path: Path, skeleton: Path, runtime: Runtime) -> AutoencoderKL:

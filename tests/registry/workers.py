@@ -40,3 +40,12 @@ def write_forever(registry_path: str) -> None:
                 )
 
         store.update(change)
+
+
+def convert_in_process(models_dir: str, reference: str, queue: Any) -> None:
+    """Convert ``reference`` for A1111 through the registry; report (status, output key)."""
+    registry = ModelRegistry(**registry_kwargs(Path(models_dir), None, None))
+    found = registry.resolve("lora", reference)
+    assert found.live is not None
+    result = registry.convert(found.live, "a1111")
+    queue.put((result.status, result.output.key if result.output else None))

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,26 +72,25 @@ def _wait_ready(url: str, process: subprocess.Popen[bytes], log_path: Path) -> N
     raise TimeoutError(f"engine not ready after {STARTUP_DEADLINE_S}s:\n{log_path.read_text()[-4000:]}")
 
 
-@pytest.fixture(scope="session")
-def embedded_engine(
-    engine_models_dir: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[EmbeddedEngine]:
+@contextmanager
+def running_engine(models_dir: Path, log_dir: Path, ckpt: str = "demo-sd15-tiny") -> Iterator[EmbeddedEngine]:
+    """``python -m diffusers_server serve`` on ``models_dir`` and a free loopback port, stopped on exit."""
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    log_path = tmp_path_factory.mktemp("engine-log") / "engine.log"
+    log_path = log_dir / "engine.log"
     command = [
         sys.executable,
         "-m",
         "diffusers_server",
         "serve",
         "--models-dir",
-        str(engine_models_dir),
+        str(models_dir),
         "--port",
         str(port),
         "--threads",
         "1",
         "--ckpt",
-        "demo-sd15-tiny",
+        ckpt,
         "--cpu",
     ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
@@ -98,7 +98,7 @@ def embedded_engine(
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
     try:
         _wait_ready(url, process, log_path)
-        yield EmbeddedEngine(url=url, models_dir=engine_models_dir, process=process, log_path=log_path)
+        yield EmbeddedEngine(url=url, models_dir=models_dir, process=process, log_path=log_path)
     finally:
         process.terminate()
         try:
@@ -106,3 +106,11 @@ def embedded_engine(
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=5)
+
+
+@pytest.fixture(scope="session")
+def embedded_engine(
+    engine_models_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[EmbeddedEngine]:
+    with running_engine(engine_models_dir, tmp_path_factory.mktemp("engine-log")) as engine:
+        yield engine

@@ -7,7 +7,13 @@ import pytest
 from tests.support.fixtures import StaticEngineLists, engine_catalog, job_fixture, load_json
 from worker.preflight import Preflight
 from worker.schema import GenerationRequest, Txt2ImgJob, parse_job_input
-from worker.translate import ResolvedNames, add_lora_tags, build_txt2img_payload, format_weight
+from worker.translate import (
+    ResolvedNames,
+    add_lora_tags,
+    build_txt2img_payload,
+    format_weight,
+    rename_lora_tags,
+)
 
 
 def job_of(raw: dict) -> Txt2ImgJob:
@@ -101,3 +107,34 @@ def test_warnings_for_ignored_flags() -> None:
     )
     assert any("send_images=false" in w for w in translation.warnings)
     assert any("denoising_strength" in w for w in translation.warnings)
+
+
+RENAMES = (("style", "style-kohya"),)
+
+
+@pytest.mark.parametrize(
+    ("prompt", "expected"),
+    [
+        ("a cat <lora:style:0.8>", "a cat <lora:style-kohya:0.8>"),
+        ("<lora:style>", "<lora:style-kohya>"),
+        ("<lyco:style:1:0.5>", "<lyco:style-kohya:1:0.5>"),
+        ("<lora:stylex:1> <lora:other:1>", "<lora:stylex:1> <lora:other:1>"),  # whole names only
+        ("style <lora:style:1> <lora:style:0.2>", "style <lora:style-kohya:1> <lora:style-kohya:0.2>"),
+    ],
+)
+def test_rename_lora_tags(prompt: str, expected: str) -> None:
+    assert rename_lora_tags(prompt, RENAMES) == expected
+
+
+def test_renamed_loras_reach_every_prompt_of_the_payload() -> None:
+    job = job_of(
+        {
+            "prompt": "a <lora:style:0.5>",
+            "negative_prompt": "<lora:style:-1>",
+            "hires": {"enabled": True, "prompt": "b <lora:style:0.7>", "denoising_strength": 0.5},
+        }
+    )
+    payload = build_txt2img_payload(job, ResolvedNames(sampler="Euler", lora_renames=RENAMES)).payload
+    assert payload["prompt"] == "a <lora:style-kohya:0.5>"
+    assert payload["negative_prompt"] == "<lora:style-kohya:-1>"
+    assert payload["hr_prompt"] == "b <lora:style-kohya:0.7>"

@@ -1,4 +1,4 @@
-"""``python -m worker registry {scan,list,show,pull,verify,gc}``: the operator's view of the registry.
+"""``python -m worker registry {scan,list,show,pull,convert,verify,gc}``: the operator's view of the registry.
 
 Output goes to stdout (tables or ``--json``), progress bars and errors to stderr; failures exit
 non-zero with one clear line.
@@ -12,13 +12,17 @@ import logging
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
-from worker.errors import WorkerError
+from worker.errors import InputInvalid, WorkerError
 from worker.model_types import MODEL_KINDS, ModelKind
 from worker.registry.compat import label
+from worker.registry.conversions import TARGETS, ConversionResult, Target, default_target, describe_layout
+from worker.registry.layouts import ENGINES
+from worker.registry.models import LiveEntry
 from worker.registry.registry import ModelRegistry
 from worker.registry.resolve import not_found
 from worker.settings import SettingsError, WorkerSettings
@@ -42,6 +46,28 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("ref")
     p.add_argument("--kind", choices=MODEL_KINDS)
+    p = sub.add_parser(
+        "convert",
+        help="convert once: diffusers folder, diffusers/PEFT LoRA or checkpoint-N -> A1111; "
+        "single file -> diffusers folder",
+    )
+    p.add_argument(
+        "src", help="a registry reference, or a path on the volume (a folder converts all below it)"
+    )
+    p.add_argument("--to", choices=TARGETS, help="a1111 (kohya LoRA / single file) or diffusers (folder)")
+    p.add_argument("--kind", choices=MODEL_KINDS)
+    p.add_argument("--half", action="store_true", help="store floats as fp16")
+    p.add_argument("--force", action="store_true", help="convert again, replacing an earlier output")
+    p.add_argument(
+        "--base", help="the base checkpoint a LoRA was trained on (its block layout names the keys)"
+    )
+    p.add_argument("--alpha", type=float, help="LoRA alpha when the training state does not record it")
+    p.add_argument(
+        "--remove-source",
+        action="store_true",
+        help="delete each source once converted (image builds: A1111 would list and silently skip it)",
+    )
+    p.add_argument("--json", action="store_true")
     sub.add_parser("verify", help="re-hash every file and compare with recorded hashes")
     sub.add_parser("gc", help="remove stale partial downloads, forget vanished files, enforce the quota")
     return parser
@@ -105,6 +131,8 @@ def _run(args: argparse.Namespace, registry: ModelRegistry) -> int:
             f"({got.seconds:.1f}s){' ' + '; '.join(got.notes) if got.notes else ''}"
         )
         return 0
+    if args.command == "convert":
+        return _convert(registry, args, tty)
     if args.command == "verify":
         with _bar("verifying", tty) as progress:
             problems = registry.verify(progress)
@@ -117,6 +145,96 @@ def _run(args: argparse.Namespace, registry: ModelRegistry) -> int:
         _out(action)
     _out(f"{len(actions)} action(s)")
     return 0
+
+
+def _convert_sources(registry: ModelRegistry, src: str, kind: ModelKind | None) -> list[LiveEntry]:
+    """A path on the volume (everything at or below it), else a registry reference."""
+    path = Path(src).expanduser()
+    candidates = [path] if path.is_absolute() else [Path.cwd() / path, registry.models_dir / path]
+    for candidate in candidates:
+        if candidate.exists():
+            if registry.models_dir.resolve() not in candidate.resolve().parents:
+                raise InputInvalid(f"{src} is not on the volume ({registry.models_dir}); copy it there first")
+            below = [e for e in registry.entries_below(candidate) if kind is None or e.kind == kind]
+            if not below:
+                raise InputInvalid(f"{src} holds no model the registry recognises")
+            return below
+    for candidate_kind in [kind] if kind else list(MODEL_KINDS):
+        found = registry.resolve(candidate_kind, src)
+        if found.live is not None:
+            return [found.live]
+    raise not_found(kind or "checkpoint", src, registry.snapshot(), registry.catalogue)
+
+
+def _convert(registry: ModelRegistry, args: argparse.Namespace, tty: bool) -> int:
+    entries = _convert_sources(registry, args.src, args.kind)
+    single = len(entries) == 1
+    results, failures = [], 0
+    for entry in entries:
+        target: Target | None = args.to or default_target(entry)
+        if not entry.usable:
+            failures += 1
+            sys.stderr.write(f"error: {entry.key} cannot be converted: {entry.problem}\n")
+            continue
+        if target is None:
+            if single:
+                _out(f"nothing to convert: {entry.key} ({describe_layout(entry)}) runs on both engines as is")
+            continue
+        if not single and entry.lineage is not None:
+            continue  # an output of an earlier conversion inside the folder
+        try:
+            with _bar(f"converting {entry.file_name}", tty) as progress:
+                result = registry.convert(
+                    entry,
+                    target,
+                    half=args.half,
+                    force=args.force,
+                    alpha=args.alpha,
+                    base=args.base,
+                    progress=progress,
+                )
+        except WorkerError as exc:
+            if single:
+                raise
+            failures += 1
+            sys.stderr.write(f"error: {entry.key}: {exc}\n")
+            continue
+        results.append(result)
+        if not args.json:
+            _out(_conversion_line(entry, result))
+        if args.remove_source and result.output is not None and result.output.key != entry.key:
+            registry.remove(entry)
+    if args.json:
+        _out(json.dumps([_conversion_doc(r) for r in results], indent=1))
+    if not results and not failures and not single:
+        _out(f"nothing to convert below {args.src}")
+    return 1 if failures else 0
+
+
+def _conversion_line(entry: LiveEntry, result: ConversionResult) -> str:
+    if result.status == "not needed":
+        return f"not needed: {entry.key} ({describe_layout(entry)}) is already usable by {result.target}"
+    assert result.output is not None
+    out = result.output
+    facts = ", ".join(
+        f"{k} {out.details[k]}" for k in ("rank", "precision", "step") if out.details.get(k) is not None
+    )
+    verb = "converted" if result.status == "converted" else "already converted:"
+    line = f"{verb} {entry.key} ({describe_layout(entry)}) -> {out.key} sha256={out.short_hash}"
+    line += f" ({facts})" if facts else ""
+    line += f" in {result.seconds:.1f}s" if result.status == "converted" else ""
+    return line + "".join(f"; {note}" for note in result.notes)
+
+
+def _conversion_doc(result: ConversionResult) -> dict[str, Any]:
+    return {
+        "source": result.source,
+        "target": result.target,
+        "status": result.status,
+        "seconds": round(result.seconds, 3),
+        "notes": list(result.notes),
+        "output": result.output.model_dump() if result.output else None,
+    }
 
 
 def _list(registry: ModelRegistry, kind: str | None, as_json: bool) -> int:
@@ -132,17 +250,22 @@ def _list(registry: ModelRegistry, kind: str | None, as_json: bool) -> int:
         }
         _out(json.dumps(doc, indent=1))
         return 0
-    _out(f"{'KIND':<10} {'FILE':<48} {'ARCH':<12} {'HASH':<10} {'SIZE':>10} {'USES':>4}  STATUS")
+    _out(
+        f"{'KIND':<10} {'FILE':<48} {'ARCH':<12} {'LAYOUT':<9} {'HASH':<10} {'SIZE':>10} {'USES':>4}  STATUS"
+    )
     for e in entries:
         status = "ok" if e.usable else f"UNUSABLE: {e.problem}"
+        if e.usable and e.usable_by is not None and len(e.usable_by) < len(ENGINES):
+            missing = [engine for engine in ENGINES if engine not in e.usable_by]
+            status = f"ok for {', '.join(e.usable_by) or 'no engine'}; convert for {', '.join(missing)}"
         _out(
-            f"{e.kind:<10} {e.file_name[:48]:<48} {label(e.architecture):<12} {e.short_hash or '-':<10} "
-            f"{_size(e.size):>10} {e.use_count:>4}  {status}"
+            f"{e.kind:<10} {e.file_name[:48]:<48} {label(e.architecture):<12} {e.layout or '-':<9} "
+            f"{e.short_hash or '-':<10} {_size(e.size):>10} {e.use_count:>4}  {status}"
         )
     for c in absent:
         _out(
-            f"{c.kind:<10} {'(' + c.id + ')':<48} {label(c.architecture):<12} {'-':<10} {'-':>10} {'-':>4}  "
-            f"not on volume; source: {c.source.type}"
+            f"{c.kind:<10} {'(' + c.id + ')':<48} {label(c.architecture):<12} {'-':<9} {'-':<10} {'-':>10} "
+            f"{'-':>4}  not on volume; source: {c.source.type}"
         )
     return 0
 

@@ -41,6 +41,8 @@ _KIND_TABLE: tuple[tuple[ModelKind, MatchType, str], ...] = (
     ("lora", "contains", ".lora_down."),
     ("lora", "contains", ".lora.down."),
     ("lora", "contains", ".lora_A."),
+    ("lora", "contains", "_lora.down."),  # diffusers' attention-processor LoRAs (to_q_lora.down)
+    ("lora", "contains", ".lora_linear_layer.down."),
     ("lora", "contains", ".hada_w1_a"),
     ("lora", "contains", ".lokr_w1"),
     ("embedding", "key", "emb_params"),
@@ -108,6 +110,8 @@ ARCH_RULES: dict[ModelKind, tuple[Rule, ...]] = {
         *_shape_rules("attn2_to_k.lora_down.weight", 1, _CONTEXT),
         *_shape_rules("attn2.to_k.lora.down.weight", 1, _CONTEXT),
         *_shape_rules("attn2.to_k.lora_A.weight", 1, _CONTEXT),
+        *_shape_rules("attn2.to_k.lora_A.default.weight", 1, _CONTEXT),  # accelerate's full training state
+        *_shape_rules("attn2.processor.to_k_lora.down.weight", 1, _CONTEXT),
         *_META_RULES,
     ),
     "embedding": (

@@ -15,7 +15,8 @@ from worker.model_types import Architecture, ModelKind
 from worker.registry.names import safe_relative_name
 
 CATALOGUE_SCHEMA_VERSION = 1
-REGISTRY_SCHEMA_VERSION = 1
+#: 2 added training outputs (folders), LoRA layouts, the engines each file works with, and lineage
+REGISTRY_SCHEMA_VERSION: Literal[2] = 2
 
 _SHA256_CHARS = frozenset("0123456789abcdef")
 
@@ -117,8 +118,20 @@ class Catalogue(_Strict):
         return value
 
 
+class Lineage(BaseModel):
+    """Where a converted model came from: enough to tell whether it is still current."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: str  # the source's registry key (``lora/run/checkpoint-500``)
+    source_sha256: str | None
+    converter: str  # ``worker.registry.convert.CONVERTER_VERSION`` when it was written
+    converted_at: float
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
 class LiveEntry(BaseModel):
-    """One file present on the volume, as last seen by a scan or a download."""
+    """One file or model folder on the volume, as last seen by a scan, a download or a conversion."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -126,7 +139,8 @@ class LiveEntry(BaseModel):
     file_name: str
     size: int
     mtime_ns: int
-    format: Literal["safetensors", "pickle", "other"]
+    #: ``diffusers``: a pipeline folder; ``training``: a LoRA training folder (checkpoint-N, PEFT adapter)
+    format: Literal["safetensors", "pickle", "other", "diffusers", "training"]
     sha256: str | None = None
     short_hash: str | None = None
     addnet_hash: str | None = None
@@ -135,6 +149,12 @@ class LiveEntry(BaseModel):
     usable: bool = True
     problem: str | None = None
     metadata: dict[str, str] = Field(default_factory=dict)
+    #: key layout: ``ldm``/``diffusers`` (checkpoints), ``kohya``/``lycoris``/``diffusers``/``peft`` (LoRAs)
+    layout: str | None = None
+    #: engines that use it as it is (None: not known, treated as usable); the rest need a conversion
+    usable_by: list[str] | None = None
+    details: dict[str, Any] = Field(default_factory=dict)  # rank, precision, step, base model...
+    lineage: Lineage | None = None
     registry_id: str | None = None
     source: dict[str, Any] | None = None
     downloaded: bool = False
@@ -150,9 +170,15 @@ class LiveEntry(BaseModel):
 class LiveRegistry(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    schema_version: Literal[1] = 1
+    schema_version: Literal[1, 2] = REGISTRY_SCHEMA_VERSION
     scanned_at: float | None = None
     models: dict[str, LiveEntry] = Field(default_factory=dict)
+
+    @field_validator("schema_version")
+    @classmethod
+    def _upgrade(cls, value: int) -> int:
+        """A version-1 file reads as is (its new fields are absent) and is written back as the current one."""
+        return REGISTRY_SCHEMA_VERSION
 
 
 def entry_key(kind: str, file_name: str) -> str:

@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -26,6 +27,17 @@ from worker.errors import DownloadFailed, InputInvalid, ModelIncompatible, Model
 from worker.model_types import MODEL_KINDS, ModelFacts, ModelKind, ProvisionedModel
 from worker.registry.catalogue import load_catalogue, match_catalogue
 from worker.registry.civitai import DEFAULT_API_BASE, CivitaiClient
+from worker.registry.conversions import (
+    ConversionFailed,
+    ConversionResult,
+    ConversionRunner,
+    Target,
+    conversion_hint,
+    describe_layout,
+    existing_conversion,
+    options_for,
+    target_for_engine,
+)
 from worker.registry.download import Downloader, DownloadRequest, TokenRule
 from worker.registry.evict import plan_eviction
 from worker.registry.hashing import Hasher, Progress, hash_file
@@ -49,6 +61,7 @@ from worker.registry.scan import (
     ScanResult,
     inspect_file,
     merge_scan,
+    needs_hash,
     plan_scan,
 )
 from worker.registry.store import RegistryStore
@@ -118,6 +131,7 @@ class ModelRegistry:
         clock: Callable[[], float] = time.time,
         hasher: Hasher = hash_file,
         progress: bool = False,
+        auto_convert: bool = True,
     ) -> None:
         self.models_dir = models_dir
         self.catalogue = catalogue
@@ -130,6 +144,8 @@ class ModelRegistry:
         self.hasher = hasher
         self.progress = progress
         self.store = RegistryStore(registry_path, lock_timeout_s=lock_timeout_s, clock=clock)
+        self.auto_convert = auto_convert
+        self.converter = ConversionRunner(models_dir=models_dir, store=self.store, hasher=hasher, clock=clock)
         session = requests.Session()
         tokens = []
         if civitai_token:
@@ -173,6 +189,7 @@ class ModelRegistry:
             "quota_bytes": int(settings.volume_quota_gb * 1e9) if settings.volume_quota_gb else None,
             "civitai_token": settings.civitai_token.get_secret_value() if settings.civitai_token else None,
             "hf_token": settings.hf_token.get_secret_value() if settings.hf_token else None,
+            "auto_convert": settings.auto_convert,
         }
         kwargs.update(overrides)
         return cls(**kwargs)
@@ -196,12 +213,20 @@ class ModelRegistry:
         found, todo = plan_scan(self.models_dir, before, hash_files=hash_files)
         fresh = {}
         for f in todo:
+            rehash = hash_files and needs_hash(f, before)
             entry = inspect_file(
                 f,
                 allow_pickle=self.allow_pickle,
-                hasher=self.hasher if hash_files else None,
+                hasher=self.hasher if rehash else None,
                 progress=progress,
             )
+            old = before.models.get(entry.key)
+            if not rehash and old is not None and entry.sha256 is None:
+                entry.sha256, entry.short_hash, entry.addnet_hash = (
+                    old.sha256,
+                    old.short_hash,
+                    old.addnet_hash,
+                )
             fresh[entry.key] = entry
 
         def apply(registry: LiveRegistry) -> ScanResult:
@@ -473,6 +498,97 @@ class ModelRegistry:
 
         self.store.update(put)
 
+    # ---- conversion ---------------------------------------------------------------------------------
+
+    def convert(
+        self,
+        entry: LiveEntry,
+        target: Target,
+        *,
+        half: bool = False,
+        force: bool = False,
+        alpha: float | None = None,
+        base: str | None = None,
+        progress: Progress | None = None,
+    ) -> ConversionResult:
+        """Convert one registered model once (see ``ConversionRunner.run``); ``base`` names its checkpoint."""
+        base_entry = None
+        if base is not None:
+            found = self.resolve("checkpoint", base)
+            if found.live is None:
+                raise not_found("checkpoint", base, self.snapshot(), self.catalogue)
+            base_entry = found.live
+        return self.converter.run(
+            entry,
+            target,
+            wait_s=self._conversion_wait(),
+            half=half,
+            force=force,
+            alpha=alpha,
+            base=base_entry,
+            progress=progress,
+        )
+
+    def entries_below(self, path: Path) -> list[LiveEntry]:
+        """Registered models at or below ``path`` (a file, a model folder or any folder on the volume)."""
+        self.scan()
+        resolved = path.resolve()
+        found = []
+        for entry in self.entries():
+            location = (self.models_dir / KIND_DIRS[entry.kind] / entry.file_name).resolve()
+            if location == resolved or resolved in location.parents:
+                found.append(entry)
+        return found
+
+    def convert_for(
+        self, kind: ModelKind, file_name: str, engine: str, *, base: str | None = None
+    ) -> ProvisionedModel:
+        """The job path's view: the model as ``engine`` uses it, converting once when needed and allowed."""
+        started = time.monotonic()
+        registry = self.snapshot()
+        entry = registry.models.get(entry_key(kind, file_name))
+        if entry is None:
+            raise ModelNotFound(f"{kind} {file_name!r} is not registered", details={"file_name": file_name})
+        target = target_for_engine(entry, engine)  # type: ignore[arg-type]
+        if target is None:
+            return ProvisionedModel(self._facts(entry, None))
+        options = options_for(target, half=False, alpha=None)
+        done = existing_conversion(registry, entry, target, options)
+        if done is not None and self._current(done):
+            return ProvisionedModel(self._facts(done, None), converted_from=entry.file_name)
+        why = _engine_gap(entry, engine)
+        if not self.auto_convert:
+            raise ModelIncompatible(
+                f"{kind} {entry.file_name} is a {describe_layout(entry)}: {why}; convert it once with "
+                f"`{conversion_hint(entry, target)}` (or set WORKER_AUTO_CONVERT=true)",
+                details={"file_name": entry.file_name, "layout": entry.layout, "engine": engine},
+            )
+        base_entry = registry.models.get(entry_key("checkpoint", base)) if base else None
+        result = self.converter.run(entry, target, wait_s=self._conversion_wait(), base=base_entry)
+        if result.output is None:  # "not needed" cannot happen after target_for_engine said otherwise
+            raise ConversionFailed(f"{kind} {entry.file_name}: conversion for {engine} produced nothing")
+        return ProvisionedModel(
+            self._facts(result.output, None),
+            seconds=time.monotonic() - started,
+            notes=(f"{why}: converted once to {result.output.file_name}", *result.notes),
+            converted_from=entry.file_name,
+            converted_now=result.status == "converted",
+        )
+
+    def remove(self, entry: LiveEntry) -> None:
+        """Delete a model file or folder from the volume and forget it (the CLI's ``--remove-source``)."""
+        path = contained_path(self.models_dir / KIND_DIRS[entry.kind], entry.file_name)
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+        self.store.update(lambda registry: registry.models.pop(entry.key, None))
+        log.info("removed %s from the volume", entry.key)
+
+    def _conversion_wait(self) -> float:
+        """A job waits for another worker's conversion as long as for a download; the CLI much longer."""
+        return self.download_deadline_s if self.download_deadline_s is not None else self.lock_timeout_s * 60
+
     # ---- maintenance --------------------------------------------------------------------------------
 
     def verify(self, progress: Progress | None = None) -> list[VerifyProblem]:
@@ -507,8 +623,11 @@ class ModelRegistry:
             for part in _glob(self.models_dir / kind_dir, ".*.part"):
                 with contextlib.suppress(OSError):
                     if now - part.stat().st_mtime > STALE_PART_S:
-                        part.unlink()
-                        actions.append(f"removed stale partial download {part.name}")
+                        if part.is_dir():  # a killed conversion to a diffusers folder
+                            shutil.rmtree(part)
+                        else:
+                            part.unlink()
+                        actions.append(f"removed stale partial download or conversion {part.name}")
         result = self.scan()
         actions += [f"forgot {key} (file gone)" for key in result.removed]
         if self.quota_bytes is not None:
@@ -546,7 +665,21 @@ class ModelRegistry:
             default_weight=catalogue.default_weight if catalogue else None,
             trigger_words=catalogue.trigger_words if catalogue else (),
             registry_id=entry.registry_id,
+            layout=entry.layout,
+            usable_by=tuple(entry.usable_by) if entry.usable_by is not None else None,
+            format=entry.format,
         )
+
+
+def _engine_gap(entry: LiveEntry, engine: str) -> str:
+    """Why ``engine`` cannot use ``entry`` as it is, in one clause."""
+    if entry.format == "training":
+        return "no engine loads a training folder"
+    if entry.format == "diffusers":
+        return "A1111 loads single-file checkpoints only"
+    if engine == "a1111":
+        return "A1111 would skip every one of its keys silently"
+    return f"the {engine} engine cannot apply it"
 
 
 def _check_kind(kind: str) -> None:

@@ -7,6 +7,7 @@ Only headers are read to detect kind and architecture; hashing is the one full r
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from collections.abc import Callable, Iterator
@@ -17,6 +18,17 @@ from typing import Any
 from worker.model_types import MODEL_KINDS, ModelKind
 from worker.registry.detect import detect
 from worker.registry.hashing import Hasher, Progress, hash_file
+from worker.registry.layouts import (
+    ENGINES,
+    LayoutError,
+    folder_files,
+    folder_stat,
+    inspect_diffusers_folder,
+    inspect_training_folder,
+    is_diffusers_folder,
+    is_training_folder,
+    lora_facts,
+)
 from worker.registry.models import LiveEntry, LiveRegistry, entry_key
 from worker.registry.safetensors_header import HeaderError, read_header
 
@@ -44,16 +56,34 @@ class FoundFile:
     path: Path
     size: int
     mtime_ns: int
+    folder: bool = False  # a model folder (diffusers pipeline, LoRA training folder), seen as one unit
+
+
+def _unit_folder(kind: ModelKind, folder: Path) -> bool:
+    """A folder that is one model: a diffusers pipeline (checkpoints/) or a LoRA training folder (loras/)."""
+    if kind == "checkpoint":
+        return is_diffusers_folder(folder)
+    return kind == "lora" and is_training_folder(folder)
 
 
 def iter_model_files(models_dir: Path) -> Iterator[FoundFile]:
-    """Every model file below the kind folders; hidden names (our temp and lock files) are skipped."""
+    """Every model file or model folder below the kind folders; hidden names (our temp and lock files)
+    are skipped, and nothing inside a model folder is listed on its own."""
     for kind in MODEL_KINDS:
         root = models_dir / KIND_DIRS[kind]
         if not root.is_dir():
             continue
         for dirpath, dirnames, filenames in os.walk(root):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            here = Path(dirpath)
+            if here != root and _unit_folder(kind, here):
+                dirnames[:] = []
+                try:
+                    size, mtime_ns = folder_stat(here)
+                except OSError:
+                    continue
+                yield FoundFile(kind, here.relative_to(root).as_posix(), here, size, mtime_ns, folder=True)
+                continue
             for name in sorted(filenames):
                 if name.startswith(".") or not name.lower().endswith(MODEL_EXT):
                     continue
@@ -89,6 +119,15 @@ def inspect_file(
         "mtime_ns": found.mtime_ns,
     }
     addnet_offset: int | None = None
+    if found.folder:
+        fields.update(_inspect_folder(found))
+        if hasher is not None and fields.get("usable", True):
+            try:
+                fields["sha256"] = folder_digest(found.path, hasher, progress)
+                fields["short_hash"] = fields["sha256"][:10]
+            except OSError as exc:
+                fields.update(usable=False, problem=f"unreadable: {exc.strerror or exc}")
+        return LiveEntry(**fields)
     if found.file_name.lower().endswith(SAFETENSORS_EXT):
         fields["format"] = "safetensors"
         try:
@@ -104,6 +143,19 @@ def inspect_file(
                 architecture=found_kind.architecture,
                 metadata=_kept_metadata(header.metadata),
             )
+            if found_kind.kind == "checkpoint":
+                fields.update(layout="ldm", usable_by=list(ENGINES))
+            facts = lora_facts(header.tensors) if found_kind.kind == "lora" else None
+            if facts is not None:
+                fields.update(
+                    layout=facts.layout,
+                    usable_by=list(facts.usable_by),
+                    details={
+                        "rank": facts.rank,
+                        "modules": facts.modules,
+                        "components": list(facts.components),
+                    },
+                )
             if found_kind.kind is not None and found_kind.kind != found.kind:
                 fields.update(
                     usable=False,
@@ -128,6 +180,63 @@ def inspect_file(
     return LiveEntry(**fields)
 
 
+def _inspect_folder(found: FoundFile) -> dict[str, Any]:
+    """A model folder's entry fields from its json files and headers (never the tensor data)."""
+    fields: dict[str, Any] = {"detected_kind": found.kind}
+    try:
+        if found.kind == "checkpoint":
+            pipeline = inspect_diffusers_folder(found.path)
+            fields.update(
+                format="diffusers",
+                layout="diffusers",
+                architecture=pipeline.architecture,
+                # A1111 loads single files only; the embedded engine loads the folder itself
+                usable_by=["embedded"],
+                details={
+                    "pipeline": pipeline.pipeline,
+                    "precision": pipeline.precision,
+                    "components": sorted(pipeline.weights),
+                    "tokenizer": pipeline.has_tokenizer,
+                },
+            )
+            return fields
+        training = inspect_training_folder(found.path)
+        header = read_header(training.lora_files[0])
+        facts = lora_facts(header.tensors)
+        fields.update(
+            format="training",
+            layout=facts.layout if facts else None,
+            architecture=detect(header.tensors, header.metadata).architecture,
+            usable_by=[],  # no engine lists a folder: convert it to a LoRA file
+            details={
+                "step": training.step,
+                "rank": facts.rank if facts else None,
+                "modules": facts.modules if facts else 0,
+                "optimizer_state": training.optimizer,
+                "base_model": training.base_model,
+                "lora_files": [p.name for p in training.lora_files],
+            },
+        )
+        if facts is None:
+            fields.update(usable=False, problem=f"{training.lora_files[0].name} holds no LoRA tensors")
+    except (LayoutError, HeaderError) as exc:
+        fields.update(
+            format="diffusers" if found.kind == "checkpoint" else "training", usable=False, problem=str(exc)
+        )
+    except OSError as exc:
+        fields.update(format="other", usable=False, problem=f"unreadable: {exc.strerror or exc}")
+    return fields
+
+
+def folder_digest(folder: Path, hasher: Hasher, progress: Progress | None = None) -> str:
+    """A folder's sha256: over ``<relative path>\0<file sha256>\n`` of its files in path order."""
+    digest = hashlib.sha256()
+    for file in folder_files(folder):
+        rel = file.relative_to(folder).as_posix()
+        digest.update(f"{rel}\0{hasher(file, None, progress).sha256}\n".encode())
+    return digest.hexdigest()
+
+
 @dataclass
 class ScanResult:
     added: list[str] = field(default_factory=list)
@@ -140,15 +249,35 @@ class ScanResult:
 def plan_scan(
     models_dir: Path, registry: LiveRegistry, *, hash_files: bool
 ) -> tuple[list[FoundFile], list[FoundFile]]:
-    """(all files, files needing inspection) — unchanged (size, mtime) files reuse their entry."""
+    """(all files, files needing inspection) — unchanged (size, mtime) files reuse their entry.
+
+    A usable safetensors entry written by a schema-1 registry has no ``layout`` yet: it is inspected
+    again (its header only; ``needs_hash`` tells the caller its cached hashes still hold).
+    """
     found = list(iter_model_files(models_dir))
     todo = []
     for f in found:
         old = registry.models.get(entry_key(f.kind, f.file_name))
         changed = old is None or old.size != f.size or old.mtime_ns != f.mtime_ns
-        if changed or (hash_files and old is not None and old.sha256 is None):
+        if changed or (hash_files and old is not None and old.sha256 is None) or _predates_layouts(old):
             todo.append(f)
     return found, todo
+
+
+def _predates_layouts(entry: LiveEntry | None) -> bool:
+    return (
+        entry is not None
+        and entry.usable
+        and entry.layout is None
+        and entry.format == "safetensors"
+        and entry.detected_kind in ("lora", "checkpoint")
+    )
+
+
+def needs_hash(found: FoundFile, registry: LiveRegistry) -> bool:
+    """False only for an unchanged file whose entry already has its hashes."""
+    old = registry.models.get(entry_key(found.kind, found.file_name))
+    return old is None or old.sha256 is None or old.size != found.size or old.mtime_ns != found.mtime_ns
 
 
 def merge_scan(
