@@ -179,10 +179,10 @@ def psnr(a: Any, b: Any) -> float:
 
 
 def _post(url: str, body: dict[str, Any], timeout: float) -> Any:
-    request = urllib.request.Request(  # noqa: S310 - loopback A1111 only
+    request = urllib.request.Request(
         url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
     )
-    with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - loopback only
+    with urllib.request.urlopen(request, timeout=timeout) as response:
         return json.loads(response.read())
 
 
@@ -195,7 +195,7 @@ def record(
         _post(f"{url}/sdapi/v1/options", {"sd_model_checkpoint": checkpoint}, timeout)
     # A1111 does not restore override_settings keys that its config.json lacks (a fresh data dir): they would
     # stick for every later request. Put each overridden key back to its value from before the run.
-    with urllib.request.urlopen(f"{url}/sdapi/v1/options", timeout=timeout) as response:  # noqa: S310
+    with urllib.request.urlopen(f"{url}/sdapi/v1/options", timeout=timeout) as response:
         baseline = json.loads(response.read())
     index: dict[str, Any] = {}
     for cell, payload in requests_for(matrix, lora, vae):

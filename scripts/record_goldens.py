@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from scripts.a1111_parity import record  # noqa: E402
+from scripts.a1111_parity import record  # noqa: E402 - after the sys.path line
 from tests.support import parity_model  # noqa: E402
 
 GOLDEN_DIR = ROOT / "tests" / "fixtures" / "golden"
