@@ -10,14 +10,18 @@ Every request carries a ``(connect, read)`` timeout; every failure becomes one o
 * anything else (other 5xx, 3xx, invalid JSON) → ``EngineError`` with the status and a truncated body.
 
 Retries are explicit and bounded (tenacity): GETs and the idempotent refresh POSTs on connection errors and
-502/503/504; txt2img and options POSTs only when the connection was never made, so a generation is never run
-twice. Between attempts the engine process is checked, and a dead engine ends the call at once.
+502/503/504; txt2img and options POSTs only when the request never reached the engine: the connection was
+never made, or a kept-alive connection the engine had already closed was reused (the engine closes idle or
+post-error connections; the request then dies without a single response byte). That case is retried once, on a
+fresh connection, so a healthy engine is never reported dead, and a generation is never run twice. Between
+attempts the engine process is checked, and a dead engine ends the call at once.
 
 Messages and logs never carry base64 payloads or credentials.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import os
@@ -30,7 +34,10 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
-from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential
+from requests.adapters import HTTPAdapter
+from tenacity import RetryCallState, Retrying, stop_after_attempt, wait_exponential
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 
 from worker.errors import EngineError, EngineUnavailable, InputInvalid, JobTimeout, OutOfMemory, WorkerError
@@ -159,6 +166,10 @@ class Progress:
     active: bool
 
 
+class _StaleConnection(requests.ConnectionError):
+    """A reused keep-alive connection died before any response byte: the request never reached the engine."""
+
+
 class _RetryableStatus(Exception):
     """A 502/503/504 on a safe request: raised only so tenacity retries it."""
 
@@ -273,6 +284,71 @@ def _str_tuple(values: Any) -> tuple[str, ...]:
 
 
 # --------------------------------------------------------------------------------------------------
+# Keep-alive tracking: was the request sent on a reused connection?
+# --------------------------------------------------------------------------------------------------
+
+_sent = threading.local()
+
+
+class _TrackedConnectionMixin:
+    """Records, per thread, whether the last request went out on a socket that had already served one."""
+
+    sock: Any
+    _served_on_socket = 0
+
+    def connect(self) -> None:
+        super().connect()  # type: ignore[misc]
+        self._served_on_socket = 0
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        _sent.reused = self.sock is not None and self._served_on_socket > 0
+        super().request(*args, **kwargs)  # type: ignore[misc]
+        self._served_on_socket += 1
+
+
+class _TrackedHTTPConnection(_TrackedConnectionMixin, HTTPConnection):
+    pass
+
+
+class _TrackedHTTPSConnection(_TrackedConnectionMixin, HTTPSConnection):
+    pass
+
+
+class _TrackedHTTPPool(HTTPConnectionPool):
+    ConnectionCls = _TrackedHTTPConnection
+
+
+class _TrackedHTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _TrackedHTTPSConnection
+
+
+class _TrackedAdapter(HTTPAdapter):
+    """requests' adapter with connections that know whether they were reused (see ``_StaleConnection``)."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": _TrackedHTTPPool, "https": _TrackedHTTPSPool}
+
+
+def _no_response(exc: BaseException) -> bool:
+    """True when the connection was closed or reset before the response's status line arrived."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(
+            cause,
+            (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError, ConnectionAbortedError),
+        ):
+            return True
+        if cause.args and isinstance(cause.args[-1], BaseException):
+            cause = cause.args[-1]
+        else:
+            cause = cause.__cause__ or cause.__context__
+    return False
+
+
+# --------------------------------------------------------------------------------------------------
 # The client
 # --------------------------------------------------------------------------------------------------
 
@@ -310,6 +386,8 @@ class A1111Client:
             session = requests.Session()
             # The engine is local: a proxy from the environment must never sit in between.
             session.trust_env = False
+            session.mount("http://", _TrackedAdapter())
+            session.mount("https://", _TrackedAdapter())
         self._session = session
         self._catalog: EngineCatalog | None = None
         self._catalog_lock = threading.Lock()
@@ -334,6 +412,11 @@ class A1111Client:
     def close(self) -> None:
         if self._owns_session:
             self._session.close()
+
+    def _drop_idle_connections(self) -> None:
+        """Close every pooled connection (the session stays usable and opens fresh ones)."""
+        for adapter in self._session.adapters.values():
+            adapter.close()
 
     def __enter__(self) -> A1111Client:
         return self
@@ -396,15 +479,23 @@ class A1111Client:
         body: dict[str, Any] | None,
         retry_statuses: bool,
     ) -> requests.Response:
-        response = self._session.request(
-            method,
-            self._url(endpoint),
-            params=params,
-            json=body,
-            auth=self._auth,
-            timeout=(self._connect_timeout_s, read_timeout_s),
-            allow_redirects=False,
-        )
+        _sent.reused = False
+        try:
+            response = self._session.request(
+                method,
+                self._url(endpoint),
+                params=params,
+                json=body,
+                auth=self._auth,
+                timeout=(self._connect_timeout_s, read_timeout_s),
+                allow_redirects=False,
+            )
+        except requests.ConnectionError as exc:
+            if getattr(_sent, "reused", False) and _no_response(exc):
+                # Every idle connection may be as stale as this one: the retry must open a fresh one.
+                self._drop_idle_connections()
+                raise _StaleConnection(*exc.args, request=exc.request) from exc
+            raise
         if retry_statuses and response.status_code in _RETRY_STATUSES:
             raise _RetryableStatus(response)
         return response
@@ -423,27 +514,43 @@ class A1111Client:
         """One request with the retry policy; transport failures come back as typed errors.
 
         ``idempotent`` requests are retried on any connection error and on 502/503/504; the others only
-        when the connection was never made. Read timeouts are never retried; they propagate as
+        when the request never reached the engine (connection never made, or a stale kept-alive
+        connection: once, on a fresh one). Read timeouts are never retried; they propagate as
         ``requests.ReadTimeout`` so the caller decides (txt2img interrupts).
         """
         what = self._what(method, endpoint)
+        backoff = wait_exponential(multiplier=_RETRY_BACKOFF_S, max=2.0)
 
-        def should_retry(exc: BaseException) -> bool:
+        def should_retry(state: RetryCallState) -> bool:
+            exc = state.outcome.exception() if state.outcome else None
+            if exc is None:
+                return False
             if idempotent:
                 transient = isinstance(exc, (_RetryableStatus, requests.ConnectionError))
+            elif isinstance(exc, _StaleConnection):
+                transient = state.attempt_number == 1
             else:
                 transient = _never_connected(exc)
             return transient and self.is_engine_alive()
 
+        def wait(state: RetryCallState) -> float:
+            exc = state.outcome.exception() if state.outcome else None
+            return 0.0 if isinstance(exc, _StaleConnection) else float(backoff(state))
+
         def log_retry(state: RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
-            reason = str(exc) if isinstance(exc, _RetryableStatus) else _transport_reason(exc or Exception())
+            if isinstance(exc, _StaleConnection):
+                reason = "a kept-alive connection the engine had closed; retrying on a fresh one"
+            elif isinstance(exc, _RetryableStatus):
+                reason = str(exc)
+            else:
+                reason = _transport_reason(exc or Exception())
             log.warning("%s failed (%s); retry %d of %d", what, reason, state.attempt_number, attempts - 1)
 
         retrying = Retrying(
             stop=stop_after_attempt(attempts),
-            wait=wait_exponential(multiplier=_RETRY_BACKOFF_S, max=2.0),
-            retry=retry_if_exception(should_retry),
+            wait=wait,
+            retry=should_retry,
             before_sleep=log_retry,
             reraise=True,
         )
