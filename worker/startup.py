@@ -111,6 +111,11 @@ def prepare_engine(runner_or_client: Any, settings: WorkerSettings) -> Timeline:
         return left
 
     try:
+        warm_registry = getattr(provider, "warm", None)
+        if callable(warm_registry):
+            # while the engine boots: jobs then look models up in memory, never rescanning the volume
+            scanned = warm_registry(deadline_s=remaining("the registry scan") / 2)
+            log.info("registry ready: %d model files (%d hashed now)", scanned.total, scanned.hashed)
         engine.wait_until_ready(remaining("the engine to answer"), warmup=False)
         timeline.mark("port_open")
         if settings.default_checkpoint:
