@@ -10,6 +10,7 @@ import logging
 import random
 import tempfile
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -138,6 +139,8 @@ class Engine:
         self.embeddings: dict[str, dict[int, torch.Tensor]] = {}
         self.embedding_errors: dict[str, str] = {}
         self.vaes: dict[str, Path] = {}
+        #: folder kind -> {path: reason} for files listed as unusable and skipped (see files.scan)
+        self.unusable: dict[str, dict[str, str]] = {}
         self.refresh_all()
 
     # ---- folders ----
@@ -148,21 +151,42 @@ class Engine:
         self.refresh_embeddings()
         self.refresh_vae()
 
+    def _scan(self, kind: str, folder: Path, exts: tuple[str, ...]) -> list[Path]:
+        unusable: dict[str, str] = {}
+        found = files.scan(folder, exts, models_dir=self.config.models_dir, unusable=unusable)
+        self.unusable[kind] = unusable
+        return found
+
+    def unusable_listing(self) -> list[dict[str, str]]:
+        """Files skipped at the last refresh of each folder, with the reason (never silently)."""
+        return [
+            {"kind": kind, "filename": path, "reason": reason}
+            for kind, found in sorted(self.unusable.items())
+            for path, reason in sorted(found.items())
+        ]
+
     def refresh_checkpoints(self) -> None:
         root = self.config.checkpoints
-        self.checkpoints = [
-            CheckpointInfo.from_file(p, root, self.hashes) for p in files.scan(root, files.CHECKPOINT_EXTS)
-        ]
+        infos = []
+        for path in self._scan("checkpoints", root, files.CHECKPOINT_EXTS):
+            try:
+                infos.append(CheckpointInfo.from_file(path, root, self.hashes))
+            except OSError as exc:  # removed or unreadable since the listing
+                self.unusable["checkpoints"][str(path)] = f"unreadable: {exc.strerror or exc}"
+                log.warning("skipping checkpoint %s: %s", path, exc)
+        self.checkpoints = infos
         log.info("%d checkpoint(s) in %s", len(self.checkpoints), root)
 
     def refresh_loras(self) -> None:
-        infos = [LoraInfo.from_file(p) for p in files.scan(self.config.loras, files.LORA_EXTS)]
+        infos = [LoraInfo.from_file(p) for p in self._scan("loras", self.config.loras, files.LORA_EXTS)]
         self.loras = {info.name: info for info in infos}
         for info in infos:
             self.loras.setdefault(info.alias, info)
 
     def refresh_embeddings(self) -> None:
-        self.embedding_files = {p.stem: p for p in files.scan(self.config.embeddings, files.EMBEDDING_EXTS)}
+        self.embedding_files = {
+            p.stem: p for p in self._scan("embeddings", self.config.embeddings, files.EMBEDDING_EXTS)
+        }
         self.embeddings, self.embedding_errors = {}, {}
         for name, path in self.embedding_files.items():
             try:
@@ -172,7 +196,7 @@ class Engine:
                 log.warning("skipping embedding %s: %s", path, exc)
 
     def refresh_vae(self) -> None:
-        self.vaes = {p.name: p for p in files.scan(self.config.vaes, files.VAE_EXTS)}
+        self.vaes = {p.name: p for p in self._scan("vae", self.config.vaes, files.VAE_EXTS)}
 
     def find_checkpoint(self, name: str) -> CheckpointInfo:
         """Any A1111 alias (title, name, stem, model_name, shorthash, sha256, old hash); else 404."""
@@ -198,8 +222,26 @@ class Engine:
                 self.load_error = str(exc)
                 log.error("initial model load failed: %s", exc)
 
+    def _gone(
+        self, what: str, name: str, refresh: Callable[[], None], names: Callable[[], list[str]]
+    ) -> EngineError:
+        """A listed model file that was removed from disk since: 404 naming it, never its full path."""
+        refresh()
+        return EngineError(
+            404,
+            f"{what} {name!r} was removed from disk after it was listed; "
+            f"available: {', '.join(names()) or '(none)'}",
+        )
+
     def _ensure_model(self, info: CheckpointInfo, vae_choice: str) -> LoadedModel:
         if self.model is None or self.model_info is None or self.model_info.filename != info.filename:
+            if not info.filename.is_file():
+                raise self._gone(
+                    "checkpoint",
+                    info.title,
+                    self.refresh_checkpoints,
+                    lambda: [i.title for i in self.checkpoints],
+                )
             self.model = None
             self.model = load_checkpoint(
                 info.filename, self.runtime, self.skeleton_root, self.config.clip_tokenizer
@@ -216,6 +258,8 @@ class Engine:
             raise EngineError(
                 404, f"VAE {choice!r} not found; available: Automatic, None, {', '.join(self.vaes)}"
             )
+        if not self.vaes[choice].is_file():
+            raise self._gone("VAE", choice, self.refresh_vae, lambda: ["Automatic", "None", *self.vaes])
         return self.vaes[choice]
 
     def _apply_vae(self, model: LoadedModel, choice: str) -> None:
@@ -375,6 +419,13 @@ class Engine:
             if tag.name not in self.loras:
                 names = ", ".join(sorted({i.name for i in self.loras.values()})) or "(none)"
                 raise EngineError(404, f"LoRA {tag.name!r} not found; available: {names}")
+            if not self.loras[tag.name].filename.is_file():
+                raise self._gone(
+                    "LoRA",
+                    tag.name,
+                    self.refresh_loras,
+                    lambda: sorted({i.name for i in self.loras.values()}),
+                )
             loras.append((self.loras[tag.name], tag.te_weight, tag.unet_weight))
         return loras
 

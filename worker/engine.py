@@ -40,7 +40,15 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 
-from worker.errors import EngineError, EngineUnavailable, InputInvalid, JobTimeout, OutOfMemory, WorkerError
+from worker.errors import (
+    EngineError,
+    EngineUnavailable,
+    InputInvalid,
+    JobTimeout,
+    ModelNotFound,
+    OutOfMemory,
+    WorkerError,
+)
 
 if TYPE_CHECKING:
     from worker.settings import WorkerSettings
@@ -218,6 +226,25 @@ def _summarise_body(body: str) -> str:
         if cls:
             return _truncate(str(cls))
     return _truncate(body)
+
+
+_MODEL_WORDS = ("checkpoint", "lora", "vae", "embedding")
+_MISSING_PATH = re.compile(r"No such file or directory: '([^']*)'")
+
+
+def _vanished_model(method: str, status: int, body: str, summary: str) -> str | None:
+    """A model file removed between pre-flight and generation, as a message without the engine's paths.
+
+    The embedded engine answers 404 naming the model; A1111 fails with a 500 ``FileNotFoundError``
+    carrying the absolute path, of which only the file name is kept.
+    """
+    if method == "POST" and status == 404 and any(word in summary.lower() for word in _MODEL_WORDS):
+        return f"a model the engine listed is gone: {summary}"
+    if status >= 500 and "FileNotFoundError" in body:
+        found = _MISSING_PATH.search(body)
+        name = found.group(1).replace("\\", "/").rsplit("/", 1)[-1] if found else "a model file"
+        return f"the engine could not open {name!r}: it was removed from the volume"
+    return None
 
 
 def _is_oom(body: str) -> bool:
@@ -603,6 +630,9 @@ class A1111Client:
             )
         if status == 422:
             raise InputInvalid(f"A1111 rejected the request: {summary}", details=details)
+        gone = _vanished_model(method, status, text, summary)
+        if gone is not None:
+            raise ModelNotFound(f"{gone} (on {what}); the job can be retried", details=details)
         if 400 <= status < 500:
             raise InputInvalid(f"A1111 rejected {what} with HTTP {status}: {summary}", details=details)
         if status >= 500 and _is_oom(text):

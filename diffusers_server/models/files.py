@@ -16,7 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
+
+from worker.registry.file_policy import real_roots, unreadable_reason
+from worker.registry.safetensors_header import HeaderError, read_header
 
 log = logging.getLogger(__name__)
 
@@ -93,23 +96,62 @@ def old_model_hash(file: Path) -> str:
         return hashlib.sha256(handle.read(0x10000)).hexdigest()[:8]
 
 
-def scan(folder: Path, exts: tuple[str, ...]) -> list[Path]:
-    """Model files below ``folder`` (recursive, sorted like A1111's listing; hidden entries skipped)."""
+def scan(
+    folder: Path,
+    exts: tuple[str, ...],
+    *,
+    models_dir: Path | None = None,
+    unusable: dict[str, str] | None = None,
+) -> list[Path]:
+    """Usable model files below ``folder`` (recursive, sorted like A1111's listing; hidden entries skipped).
+
+    The registry's file policy applies (``worker.registry.file_policy``): only regular files whose real path
+    stays inside ``folder`` or ``models_dir`` are listed, and a ``.safetensors`` file must have a readable,
+    complete header. Every other file goes into ``unusable`` (path -> reason) and is never opened again, so
+    one HTML error page saved as ``*.safetensors`` cannot break a refresh or the start-up.
+    """
     if not folder.is_dir():
         return []
-    found = [
-        p
-        for p in folder.rglob("*")
-        if p.suffix.lower() in exts and p.is_file() and not any(part.startswith(".") for part in p.parts)
-    ]
+    roots = real_roots(folder, *([models_dir] if models_dir is not None else []))
+    found = []
+    for p in folder.rglob("*"):
+        relative = p.relative_to(folder)
+        # hidden names below the folder are skipped; dots above it (~/.cache/models) do not matter
+        if p.suffix.lower() not in exts or any(part.startswith(".") for part in relative.parts):
+            continue
+        if p.is_dir() and not p.is_symlink():
+            continue
+        reason = unreadable_reason(p, roots)
+        if reason is None and p.suffix.lower() == ".safetensors":
+            reason = _header_problem(p)
+        if reason is not None:
+            log.warning("skipping unusable model file %s: %s", p, reason)
+            if unusable is not None:
+                unusable[str(p)] = reason
+            continue
+        found.append(p)
     return sorted(found, key=lambda p: str(p.relative_to(folder)).lower())
+
+
+def _header_problem(file: Path) -> str | None:
+    try:
+        read_header(file)
+    except HeaderError as exc:
+        return f"not a usable safetensors file: {exc}"
+    except OSError as exc:
+        return f"unreadable: {exc.strerror or exc}"
+    return None
 
 
 def read_metadata(file: Path) -> dict[str, str]:
     if file.suffix.lower() != ".safetensors":
         return {}
-    with safe_open(str(file), framework="pt") as handle:
-        return dict(handle.metadata() or {})
+    try:
+        with safe_open(str(file), framework="pt") as handle:
+            return dict(handle.metadata() or {})
+    except (SafetensorError, OSError) as exc:  # changed since the scan: listed without metadata
+        log.warning("cannot read the metadata of %s: %s", file, exc)
+        return {}
 
 
 @dataclass(frozen=True)

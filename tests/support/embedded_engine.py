@@ -9,6 +9,7 @@ Both skip when the engine's dependencies (torch, diffusers) are not installed.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import socket
@@ -71,34 +72,31 @@ def _wait_ready(url: str, process: subprocess.Popen[bytes], log_path: Path) -> N
     raise TimeoutError(f"engine not ready after {STARTUP_DEADLINE_S}s:\n{log_path.read_text()[-4000:]}")
 
 
-@pytest.fixture(scope="session")
-def embedded_engine(
-    engine_models_dir: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[EmbeddedEngine]:
+@contextlib.contextmanager
+def run_engine(models_dir: Path, log_path: Path, *extra: str) -> Iterator[EmbeddedEngine]:
+    """``python -m diffusers_server serve`` on ``models_dir`` and a free port, stopped on exit."""
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    log_path = tmp_path_factory.mktemp("engine-log") / "engine.log"
     command = [
         sys.executable,
         "-m",
         "diffusers_server",
         "serve",
         "--models-dir",
-        str(engine_models_dir),
+        str(models_dir),
         "--port",
         str(port),
         "--threads",
         "1",
-        "--ckpt",
-        "demo-sd15-tiny",
         "--cpu",
+        *extra,
     ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
     with log_path.open("wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
     try:
         _wait_ready(url, process, log_path)
-        yield EmbeddedEngine(url=url, models_dir=engine_models_dir, process=process, log_path=log_path)
+        yield EmbeddedEngine(url=url, models_dir=models_dir, process=process, log_path=log_path)
     finally:
         process.terminate()
         try:
@@ -106,3 +104,12 @@ def embedded_engine(
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=5)
+
+
+@pytest.fixture(scope="session")
+def embedded_engine(
+    engine_models_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[EmbeddedEngine]:
+    log_path = tmp_path_factory.mktemp("engine-log") / "engine.log"
+    with run_engine(engine_models_dir, log_path, "--ckpt", "demo-sd15-tiny") as engine:
+        yield engine
