@@ -27,7 +27,7 @@ from worker.engine import (
     SamplerEntry,
     SchedulerEntry,
 )
-from worker.errors import EngineError, InputInvalid, ModelNotFound
+from worker.errors import EngineError, InputInvalid, ModelNotFound, excerpt
 from worker.model_types import ModelFacts, ModelKind, ModelProvider
 from worker.registry.compat import check_compatible
 from worker.schema import Txt2ImgJob
@@ -144,9 +144,9 @@ def nearest(ref: str, candidates: Iterable[str], n: int = 3) -> list[str]:
 def _choices(kind: str, ref: str, candidates: list[str]) -> str:
     close = nearest(ref, candidates)
     if close:
-        return f"{kind} {ref!r} not found; nearest: {', '.join(close)}"
+        return f"{kind} {excerpt(ref)} not found; nearest: {', '.join(close)}"
     listed = ", ".join(candidates[:20]) or "none"
-    return f"{kind} {ref!r} not found; available: {listed}"
+    return f"{kind} {excerpt(ref)} not found; available: {listed}"
 
 
 # --- the engine round trips -------------------------------------------------------------------
@@ -190,7 +190,7 @@ class Preflight:
         if job.clip_skip is not None and clip_override is not None and clip_override != job.clip_skip:
             raise InputInvalid(
                 f"conflicting values for clip_skip: clip_skip={job.clip_skip!r}, "
-                f"override_settings.CLIP_stop_at_last_layers={clip_override!r}; give one of them"
+                f"override_settings.CLIP_stop_at_last_layers={excerpt(clip_override)}; give one of them"
             )
 
         checkpoint = self._checkpoint(checkpoint_ref) if checkpoint_ref else None
@@ -201,8 +201,9 @@ class Preflight:
             for tag_name, weight_text in prompt_lora_tags(text or "").items():
                 entry = self._lora(tag_name)
                 if tag_name not in (entry.name, entry.alias):
+                    shown = excerpt(tag_name)[1:-1]
                     raise InputInvalid(
-                        f"LoRA tag <lora:{tag_name}:…> differs from the engine's name {entry.name!r} "
+                        f"LoRA tag <lora:{shown}:…> differs from the engine's name {entry.name!r} "
                         "(A1111 matches LoRA names case-sensitively); write it as the engine does"
                     )
                 tagged.append((entry, _tag_weight(weight_text)))
@@ -309,8 +310,8 @@ class Preflight:
         scheduler = self._scheduler(scheduler_ref) if scheduler_ref else None
         if suffix is not None and scheduler is not None and _key(scheduler) != _key(suffix.label):
             raise InputInvalid(
-                f"conflicting values for scheduler: {what} {ref!r} implies {suffix.label!r} "
-                f"but scheduler={scheduler_ref!r}; give one of them"
+                f"conflicting values for scheduler: {what} {excerpt(ref)} implies {suffix.label!r} "
+                f"but scheduler={excerpt(scheduler_ref)}; give one of them"
             )
         return sampler.name, scheduler or (suffix.label if suffix else None)
 
@@ -435,10 +436,10 @@ def _tag_weight(text: str | None) -> float:
 def _agreeing(what: str, native: str | None, override: Any) -> str | None:
     """``checkpoint`` and ``override_settings.sd_model_checkpoint`` are two spellings of one value."""
     if override is not None and not isinstance(override, str):
-        raise InputInvalid(f"override_settings value for {what} must be a string, got {override!r}")
+        raise InputInvalid(f"override_settings value for {what} must be a string, got {excerpt(override)}")
     if native and override and _key(native) != _key(override):
         raise InputInvalid(
-            f"conflicting values for {what}: {what}={native!r} and override_settings={override!r}; "
-            "give one of them"
+            f"conflicting values for {what}: {what}={excerpt(native)} and "
+            f"override_settings={excerpt(override)}; give one of them"
         )
     return native or override
