@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 VERSION_TEXT = f"diffusers-server-{__version__}"
 MAX_SIDE = 4096
 MAX_IMAGES = 64
+SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1  # what torch.Generator.manual_seed takes
 
 
 class EngineError(Exception):
@@ -141,6 +142,7 @@ class Engine:
         self.vaes: dict[str, Path] = {}
         #: folder kind -> {path: reason} for files listed as unusable and skipped (see files.scan)
         self.unusable: dict[str, dict[str, str]] = {}
+        self._clip_layers: dict[Path, int | None] = {}  # checkpoint -> CLIP layers (from its header)
         self.refresh_all()
 
     # ---- folders ----
@@ -357,6 +359,15 @@ class Engine:
             batch < 1 or n_iter < 1 or batch * n_iter > MAX_IMAGES,
             f"batch_size*n_iter must be 1..{MAX_IMAGES}",
         )
+        # torch seeds are 64-bit, and image i of the job uses seed + i
+        last_seed = SEED_MAX - batch * n_iter + 1
+        for name in ("seed", "subseed"):
+            value = getattr(req, name)
+            refuse(
+                value is not None and value != -1 and not SEED_MIN <= value <= last_seed,
+                f"{name} must be -1 (random) or {SEED_MIN}..{last_seed} for {batch * n_iter} image(s); "
+                f"got {str(value)[:40] if value is not None and abs(value) < 10**40 else 'a larger number'}",
+            )
         try:
             resolve(req.sampler_name or req.sampler_index, req.scheduler)
         except SamplerError as exc:
@@ -368,6 +379,7 @@ class Engine:
             raise EngineError(400, f"override_settings: {exc}") from exc
         if "sd_model_checkpoint" in overrides:
             self.find_checkpoint(str(overrides["sd_model_checkpoint"]))
+        self._check_clip_skip(overrides)
         if "sd_vae" in overrides:
             self._vae_path(str(overrides["sd_vae"]))
         for name in ("eta", "s_min_uncond", "s_tmax", "s_tmin", "s_noise"):
@@ -408,6 +420,23 @@ class Engine:
         if req.enable_hr:
             job.hires = self._prepare_hires(job, width, height, steps, comments)
         return job
+
+    def _check_clip_skip(self, overrides: dict[str, Any]) -> None:
+        """Clip skip beyond the checkpoint's CLIP layers is a 400 (A1111 fails with an IndexError 500)."""
+        clip_stop = int(overrides.get("CLIP_stop_at_last_layers", self.options["CLIP_stop_at_last_layers"]))
+        wanted = overrides.get("sd_model_checkpoint") or self.options.get("sd_model_checkpoint")
+        info = self.find_checkpoint(str(wanted)) if wanted else self.model_info
+        if info is None:
+            return
+        if info.filename not in self._clip_layers:
+            self._clip_layers[info.filename] = files.clip_layers(info.filename)
+        layers = self._clip_layers[info.filename]
+        if layers is not None and clip_stop > layers:
+            raise EngineError(
+                400,
+                f"CLIP_stop_at_last_layers (clip skip) {clip_stop} is more than checkpoint {info.title} "
+                f"allows: its text encoder has {layers} layers, so use 1..{layers}",
+            )
 
     def _resolve_loras(self, tags: list[NetworkTag]) -> list[LoraUse]:
         loras: list[LoraUse] = []

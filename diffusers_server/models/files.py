@@ -10,6 +10,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import struct
 import threading
 from dataclasses import dataclass
@@ -141,6 +142,25 @@ def _header_problem(file: Path) -> str | None:
     except OSError as exc:
         return f"unreadable: {exc.strerror or exc}"
     return None
+
+
+_TEXT_ENCODER_LAYER = re.compile(
+    r"^(?:cond_stage_model\.transformer\.|conditioner\.embedders\.0\.transformer\.)"
+    r"(?:text_model\.)?encoder\.layers\.(\d+)\."
+)
+
+
+def clip_layers(file: Path) -> int | None:
+    """How many CLIP(-L) transformer layers a single-file checkpoint has, from its header; None if unknown.
+
+    ``CLIP_stop_at_last_layers`` can skip at most that many (A1111's 12 for SD1.x).
+    """
+    try:
+        header = read_header(file)
+    except (HeaderError, OSError):
+        return None
+    layers = {int(m.group(1)) for name in header.tensors if (m := _TEXT_ENCODER_LAYER.match(name))}
+    return max(layers) + 1 if layers else None
 
 
 def read_metadata(file: Path) -> dict[str, str]:
