@@ -123,7 +123,7 @@ class ModelRegistry:
         hasher: Hasher = hash_file,
         progress: bool = False,
         scan_deadline_s: float | None = 10.0,
-        usage_flush_s: float = 2.0,
+        usage_flush_s: float = 10.0,
     ) -> None:
         self.models_dir = models_dir
         self.scan_deadline_s = scan_deadline_s
