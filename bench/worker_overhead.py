@@ -158,7 +158,11 @@ def measure_volume(url: str, files: int, rounds: int) -> dict[str, Any]:
             job_input = {
                 "prompt": "a lighthouse at dusk",
                 "checkpoint": "bench-ckpt",
-                "loras": [{"name": "lora-00001", "weight": 0.5}, {"name": "lora-00002"}],
+                # the last two of the engine's list: the worst case for any lookup that scans the list
+                "loras": [
+                    {"name": f"lora-{files - 3:05d}", "weight": 0.5},
+                    {"name": f"lora-{files - 2:05d}"},
+                ],
                 "sampler": "Euler a",
                 "seed": 1,
             }

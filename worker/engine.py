@@ -28,7 +28,7 @@ import os
 import re
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, get_args
 from urllib.parse import urlsplit, urlunsplit
@@ -161,6 +161,8 @@ class EngineCatalog:
     vaes: tuple[str, ...]  # /sd-vae model_name values
     upscalers: tuple[str, ...]  # /upscalers names + /latent-upscale-modes names
     current_checkpoint: str | None  # GET /options sd_model_checkpoint
+    #: lookup tables pre-flight derives from these lists, built once per fetched catalog (not compared)
+    memo: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
 @dataclass(frozen=True)

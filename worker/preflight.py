@@ -70,25 +70,50 @@ def checkpoint_aliases(entry: CheckpointEntry) -> set[str]:
     return {_key(alias) for alias in aliases if alias}
 
 
-def match_checkpoint(ref: str, checkpoints: Iterable[CheckpointEntry]) -> CheckpointEntry | None:
-    wanted = _key(ref)
+def _checkpoint_table(checkpoints: Iterable[CheckpointEntry]) -> dict[str, CheckpointEntry]:
+    """Every alias → the first checkpoint (in the engine's order) that has it."""
+    table: dict[str, CheckpointEntry] = {}
     for entry in checkpoints:
-        if wanted in checkpoint_aliases(entry):
-            return entry
-    return None
+        for alias in checkpoint_aliases(entry):
+            table.setdefault(alias, entry)
+    return table
 
 
-def match_lora(ref: str, loras: Iterable[LoraEntry]) -> LoraEntry | None:
+def match_checkpoint(
+    ref: str, checkpoints: Iterable[CheckpointEntry], table: dict[str, CheckpointEntry] | None = None
+) -> CheckpointEntry | None:
+    """The first checkpoint with ``ref`` among its aliases; a prebuilt ``table`` makes it O(1)."""
+    return (table if table is not None else _checkpoint_table(checkpoints)).get(_key(ref))
+
+
+def _lora_tables(loras: Iterable[LoraEntry]) -> tuple[dict[str, LoraEntry], dict[str, LoraEntry]]:
+    """(name or file stem → first entry, alias → first entry), in the engine's order."""
+    by_name: dict[str, LoraEntry] = {}
+    by_alias: dict[str, LoraEntry] = {}
+    for entry in loras:
+        by_name.setdefault(_key(entry.name), entry)
+        by_name.setdefault(_key(_stem(entry.path)), entry)
+        by_alias.setdefault(_key(entry.alias), entry)
+    return by_name, by_alias
+
+
+def match_lora(
+    ref: str,
+    loras: Iterable[LoraEntry],
+    tables: tuple[dict[str, LoraEntry], dict[str, LoraEntry]] | None = None,
+) -> LoraEntry | None:
     """By file stem first (always unique to A1111), then by alias (``ss_output_name``)."""
-    entries = list(loras)
+    by_name, by_alias = tables if tables is not None else _lora_tables(loras)
     wanted = _key(ref)
-    for entry in entries:
-        if _key(entry.name) == wanted or _key(_stem(entry.path)) == wanted:
-            return entry
-    for entry in entries:
-        if _key(entry.alias) == wanted:
-            return entry
-    return None
+    return by_name.get(wanted) or by_alias.get(wanted)
+
+
+def _memo(catalog: EngineCatalog, name: str, build: Callable[[], FoundT]) -> FoundT:
+    """A lookup table built once per catalog: a job's cost does not grow with the engine's lists."""
+    if name not in catalog.memo:
+        catalog.memo[name] = build()
+    table: FoundT = catalog.memo[name]
+    return table
 
 
 def match_name(ref: str, names: Iterable[str]) -> str | None:
@@ -249,7 +274,9 @@ class Preflight:
 
     def _checkpoint(self, ref: str) -> CheckpointEntry:
         def find(text: str) -> CheckpointEntry | None:
-            return match_checkpoint(text, self._catalog.checkpoints)
+            catalog = self._catalog
+            table = _memo(catalog, "checkpoints", lambda: _checkpoint_table(catalog.checkpoints))
+            return match_checkpoint(text, catalog.checkpoints, table)
 
         entry = self._find_model("checkpoint", ref, find)
         if entry is None:
@@ -264,7 +291,10 @@ class Preflight:
 
     def _lora(self, ref: str) -> LoraEntry:
         def find(text: str) -> LoraEntry | None:
-            return match_lora(text, self._catalog.loras)
+            catalog = self._catalog
+            return match_lora(
+                text, catalog.loras, _memo(catalog, "loras", lambda: _lora_tables(catalog.loras))
+            )
 
         entry = self._find_model("lora", ref, find)
         if entry is None:
@@ -394,7 +424,9 @@ class Preflight:
         """What the job will use, with hashes, for the output's ``models``; refuses mismatched add-ons."""
         if checkpoint is None:
             current = self._catalog.current_checkpoint
-            checkpoint = match_checkpoint(current, self._catalog.checkpoints) if current else None
+            catalog = self._catalog
+            table = _memo(catalog, "checkpoints", lambda: _checkpoint_table(catalog.checkpoints))
+            checkpoint = match_checkpoint(current, catalog.checkpoints, table) if current else None
         checkpoint_facts = self._describe("checkpoint", checkpoint_file(checkpoint)) if checkpoint else None
         lora_facts = [self._describe("lora", entry.name) for entry, _ in loras]
         if checkpoint_facts is not None:
