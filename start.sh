@@ -240,7 +240,7 @@ stop_all() {
 		waited=$((waited + 1))
 	done
 	for pid in $worker_pid $engine_pid; do wait "$pid" 2>/dev/null || true; done
-	rm -f "$WORKER_ENGINE_PID_FILE"
+	rm -f "${WORKER_ENGINE_PID_FILE:-}" # unset for an external engine
 }
 
 on_signal() {

@@ -679,7 +679,7 @@ class A1111Client:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise EngineUnavailable(
-                    f"A1111 at {self._public_base} was not ready within the {timeout_s:g} s deadline; "
+                    f"A1111 at {self._public_base} was not ready within the {timeout_s:.3g} s deadline; "
                     f"last error: {last_error}",
                     details={"deadline_s": timeout_s, "last_error": last_error},
                 )
@@ -710,14 +710,14 @@ class A1111Client:
         if warmup:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise EngineUnavailable(f"no time left for the warm-up within the {timeout_s:g} s deadline")
+                raise EngineUnavailable(f"no time left for the warm-up within the {timeout_s:.3g} s deadline")
             try:
                 self.txt2img(dict(WARMUP_PAYLOAD), timeout_s=remaining)
             except (EngineUnavailable, OutOfMemory):
                 raise
             except JobTimeout:
                 raise EngineUnavailable(
-                    f"the warm-up txt2img did not finish within the {timeout_s:g} s readiness deadline "
+                    f"the warm-up txt2img did not finish within the {timeout_s:.3g} s readiness deadline "
                     "(default checkpoint still loading?)",
                     details={"deadline_s": timeout_s},
                 ) from None
