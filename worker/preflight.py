@@ -428,6 +428,8 @@ class Preflight:
             table = _memo(catalog, "checkpoints", lambda: _checkpoint_table(catalog.checkpoints))
             checkpoint = match_checkpoint(current, catalog.checkpoints, table) if current else None
         checkpoint_facts = self._describe("checkpoint", checkpoint_file(checkpoint)) if checkpoint else None
+        if vae is not None and vae not in VAE_SPECIAL:
+            self._describe("vae", vae)  # an unusable file (e.g. a link out of the volume) is refused here too
         lora_facts = [self._describe("lora", entry.name) for entry, _ in loras]
         if checkpoint_facts is not None:
             check_compatible(checkpoint_facts, [facts for facts in lora_facts if facts is not None])
