@@ -111,9 +111,10 @@ def prepare_engine(runner_or_client: Any, settings: WorkerSettings) -> Timeline:
             )
         return left
 
+    first_wait_s = remaining("the engine to answer")
     warming = _warm_registry(provider, settings.ready_timeout_s / 2)
     try:
-        engine.wait_until_ready(remaining("the engine to answer"), warmup=False)
+        engine.wait_until_ready(first_wait_s, warmup=False)
         timeline.mark("port_open")
         if settings.default_checkpoint:
             title = resolve_default_checkpoint(engine, settings.default_checkpoint, provider)
