@@ -80,10 +80,30 @@ fi
 bind_host=127.0.0.1
 if [[ "$WORKER_EXPOSE_ENGINE" == 1 ]]; then
 	[[ "$WORKER_ENGINE" == a1111 ]] || die "WORKER_EXPOSE_ENGINE=1 is only supported for A1111 (the embedded engine has no authentication)"
-	[[ "$A1111_API_AUTH" == *:* ]] || die "WORKER_EXPOSE_ENGINE=1 needs A1111_API_AUTH=user:password; refusing to expose an unauthenticated engine"
+	# every comma-separated pair needs a user and a password: ":" or "user:" would expose an open engine
+	[[ "$A1111_API_AUTH" =~ ^[^:,]+:[^,]+(,[^:,]+:[^,]+)*$ ]] || die "WORKER_EXPOSE_ENGINE=1 needs A1111_API_AUTH=user:password (both non-empty); refusing to expose an unauthenticated engine"
 	bind_host=0.0.0.0
 	export WORKER_A1111_AUTH="${WORKER_A1111_AUTH:-$A1111_API_AUTH}"
 fi
+
+# Where the engine listens and who may call it is decided above and nowhere else (docs/deploying.md, threat
+# model): extra arguments that bind other interfaces, change the port or the credentials are refused, including
+# argparse abbreviations of them (A1111's parser accepts "--list" for "--listen") and A1111's COMMANDLINE_ARGS.
+refuse_bind_args() {
+	local source="$1" protected="$2" exact="$3" arg word flag
+	shift 3
+	for arg in "$@"; do
+		word="${arg//[\"\']/}"
+		word="${word%%=*}"
+		[[ "$word" == --?* ]] || continue
+		[[ " $exact " == *" $word "* ]] && continue # a flag of its own, not an abbreviation
+		for flag in $protected; do
+			if [[ "$flag" == "$word"* ]]; then
+				die "$source contains $arg: where the engine listens and its credentials ($flag) are set by start.sh alone (WORKER_ENGINE_PORT, WORKER_EXPOSE_ENGINE=1 with A1111_API_AUTH); see the threat model in docs/deploying.md"
+			fi
+		done
+	done
+}
 
 # --- the engine command -----------------------------------------------------------------------------
 engine_cmd=()
@@ -108,11 +128,15 @@ if [[ "$WORKER_ENGINE" == a1111 ]]; then
 		engine_cmd+=(--api-auth "$A1111_API_AUTH")
 		shown_cmd+=(--api-auth '<redacted>')
 	fi
+	a1111_protected="--listen --server-name --share --ngrok --port --api-auth"
+	read -r -a from_env <<<"${COMMANDLINE_ARGS:-}" # A1111 appends COMMANDLINE_ARGS to its own arguments
+	refuse_bind_args COMMANDLINE_ARGS "$a1111_protected" "--api" "${from_env[@]}"
 	if [[ -n "$A1111_EXTRA_ARGS" ]]; then
 		read -r -a extra <<<"$A1111_EXTRA_ARGS"
+		refuse_bind_args A1111_EXTRA_ARGS "$a1111_protected" "--api" "${extra[@]}"
 		for arg in "${extra[@]}"; do
 			case "$arg" in
-			--disable-safe-unpickle | --allow-code | --api-server-stop | --listen | --share | --enable-insecure-extension-access)
+			--disable-safe-unpickle | --allow-code | --api-server-stop | --enable-insecure-extension-access)
 				log "WARNING: A1111_EXTRA_ARGS contains $arg, which weakens the engine's security (docs/deploying.md)"
 				;;
 			esac
@@ -125,6 +149,8 @@ elif [[ "$WORKER_ENGINE" == embedded ]]; then
 		--host "$bind_host" --port "$WORKER_ENGINE_PORT")
 	if [[ -n "$WORKER_EMBEDDED_EXTRA_ARGS" ]]; then
 		read -r -a extra <<<"$WORKER_EMBEDDED_EXTRA_ARGS"
+		# the embedded engine has no authentication at all: it only ever listens on the loopback
+		refuse_bind_args WORKER_EMBEDDED_EXTRA_ARGS "--host --port" "" "${extra[@]}"
 		engine_cmd+=("${extra[@]}")
 	fi
 	shown_cmd=("${engine_cmd[@]}")
@@ -216,7 +242,7 @@ stop_all() {
 		waited=$((waited + 1))
 	done
 	for pid in $worker_pid $engine_pid; do wait "$pid" 2>/dev/null || true; done
-	rm -f "$WORKER_ENGINE_PID_FILE"
+	rm -f "${WORKER_ENGINE_PID_FILE:-}" # unset for an external engine
 }
 
 on_signal() {

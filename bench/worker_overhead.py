@@ -8,27 +8,47 @@ difference is the worker's overhead. Also reported: peak RSS of this (worker) pr
 was decoded (Pillow's Image module must never be imported on PNG pass-through).
 
     python bench/worker_overhead.py [--rounds 60]
+    python bench/worker_overhead.py --volume-files 7 200 2000 [--rounds 60]
 
 Targets (issue 2): median overhead < 5 ms per job, < 1 ms per extra image, peak RSS < 150 MB.
+
+``--volume-files N...`` (issue 9) adds the model registry: a volume of N real (tiny) safetensors files, one
+checkpoint and N-1 LoRAs, scanned once at "start-up" as the worker does, and a job naming the checkpoint and
+two LoRAs (one with the registry's default weight). Per N it reports the overhead the same way, plus the
+handler's time for a job naming a LoRA that does not exist (a registry miss: no engine call, the error comes
+back) and the start-up scan. Target: < 3 ms median overhead at 2,000 files, independent of N.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from worker.engine import A1111Client  # noqa: E402
 from worker.handler import JobRunner  # noqa: E402
+from worker.registry.hashing import hash_file  # noqa: E402
+from worker.registry.models import Catalogue  # noqa: E402
+from worker.registry.registry import ModelRegistry  # noqa: E402
 from worker.settings import WorkerSettings  # noqa: E402
+
+LORA_KEY = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k.lora_down.weight"
+CKPT_KEYS = (
+    "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight",
+    "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight",
+)
 
 
 def start_fake_engine() -> tuple[subprocess.Popen[str], str]:
@@ -78,11 +98,163 @@ def measure(runner: JobRunner, engine: A1111Client, images: int, rounds: int) ->
     }
 
 
+def make_volume(root: Path, files: int) -> dict[str, Any]:
+    """One checkpoint and ``files - 1`` LoRAs (valid safetensors headers, a few KB each) under ``root``."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    (root / "checkpoints").mkdir(parents=True)
+    (root / "loras").mkdir()
+    ckpt = root / "checkpoints" / "bench-ckpt.safetensors"
+    save_file(
+        {CKPT_KEYS[0]: np.zeros((4, 768), np.float16), CKPT_KEYS[1]: np.zeros((2, 8), np.float16)}, ckpt
+    )
+    loras = []
+    for index in range(files - 1):
+        path = root / "loras" / f"lora-{index:05d}.safetensors"
+        save_file({LORA_KEY: np.full((4, 768), index % 7, np.float16)}, path, metadata={"seed": str(index)})
+        loras.append(path)
+    sha = hash_file(ckpt).sha256
+    return {
+        "checkpoints": [
+            {
+                "title": f"bench-ckpt.safetensors [{sha[:10]}]",
+                "model_name": "bench-ckpt",
+                "hash": sha[:8],
+                "sha256": sha,
+                "filename": str(ckpt),
+                "config": None,
+            }
+        ],
+        "loras": [{"name": p.stem, "alias": p.stem, "path": str(p), "metadata": {}} for p in loras],
+    }
+
+
+def set_fake_data(url: str, data: dict[str, Any]) -> None:
+    request = urllib.request.Request(
+        f"{url}/__fake__/data", data=json.dumps(data).encode(), headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        response.read()
+
+
+def measure_volume(url: str, files: int, rounds: int) -> dict[str, Any]:
+    """Overhead of a job naming a checkpoint and two LoRAs, with the registry on a volume of ``files``."""
+    with tempfile.TemporaryDirectory(prefix="bench-volume-") as tmp:
+        root = Path(tmp) / "models"
+        set_fake_data(url, make_volume(root, files))
+        registry = ModelRegistry(
+            models_dir=root,
+            registry_path=root / "cache_registry.json",
+            catalogue=Catalogue(),
+            allowed_hosts=(),
+        )
+        started = time.perf_counter()
+        registry.warm()  # what worker.startup does while the engine boots
+        scan_ms = (time.perf_counter() - started) * 1000
+        settings = WorkerSettings(a1111_url=url, models_dir=root, progress_interval_s=1.0)  # type: ignore[arg-type]
+        with A1111Client(url) as engine:
+            runner = JobRunner(settings, engine, provider=registry)
+            job_input = {
+                "prompt": "a lighthouse at dusk",
+                "checkpoint": "bench-ckpt",
+                # the last two of the engine's list: the worst case for any lookup that scans the list
+                "loras": [
+                    {"name": f"lora-{files - 3:05d}", "weight": 0.5},
+                    {"name": f"lora-{files - 2:05d}"},
+                ],
+                "sampler": "Euler a",
+                "seed": 1,
+            }
+            first = runner.run({"id": "bench-first", "input": job_input})
+            assert isinstance(first, dict) and "error" not in first, first
+            payload = dict(engine_payload(first))
+            direct, handled, misses, cpu = [], [], [], []
+            for index in range(rounds + 5):  # the first 5 are warm-up
+                started, cpu_started = time.perf_counter(), time.process_time()
+                engine.txt2img(payload, timeout_s=30)
+                direct_ms = (time.perf_counter() - started) * 1000
+                direct_cpu_ms = (time.process_time() - cpu_started) * 1000
+                started, cpu_started = time.perf_counter(), time.process_time()
+                output = runner.run({"id": f"bench-{index}", "input": job_input})
+                handled_ms = (time.perf_counter() - started) * 1000
+                handled_cpu_ms = (time.process_time() - cpu_started) * 1000
+                assert isinstance(output, dict) and "error" not in output, output
+                started = time.perf_counter()
+                missed = runner.run(
+                    {"id": f"miss-{index}", "input": {**job_input, "loras": [{"name": "no-such"}]}}
+                )
+                miss_ms = (time.perf_counter() - started) * 1000
+                assert isinstance(missed, dict) and missed["error"].startswith("model_not_found"), missed
+                if index >= 5:
+                    direct.append(direct_ms)
+                    handled.append(handled_ms)
+                    misses.append(miss_ms)
+                    cpu.append(handled_cpu_ms - direct_cpu_ms)
+            registry.flush_uses()
+    overheads = [h - d for h, d in zip(handled, direct, strict=True)]
+    return {
+        "volume_files": files,
+        "startup_scan_ms": round(scan_ms, 1),
+        "engine_ms_median": round(statistics.median(direct), 2),
+        "handler_ms_median": round(statistics.median(handled), 2),
+        "overhead_ms_median": round(statistics.median(overheads), 2),
+        "overhead_ms_p90": round(statistics.quantiles(overheads, n=10)[-1], 2),
+        # CPU time of this process (the engine is another one): robust to other load on the machine
+        "overhead_cpu_ms_median": round(statistics.median(cpu), 2),
+        "miss_job_ms_median": round(statistics.median(misses), 2),
+    }
+
+
+def engine_payload(output: dict[str, Any]) -> dict[str, Any]:
+    """The txt2img body the handler sent (A1111 echoes it as ``parameters``), for the direct calls."""
+    parameters = output["parameters"]
+    assert isinstance(parameters, dict) and parameters.get("prompt"), parameters
+    return parameters
+
+
+def main_volume(url: str, volumes: list[int], rounds: int, out: Path) -> int:
+    rows = [measure_volume(url, files, rounds) for files in volumes]
+    header = (
+        f"{'files':>6} {'scan ms':>9} {'engine ms':>10} {'handler ms':>11} {'overhead ms':>12} {'p90':>7} "
+        f"{'overhead cpu ms':>16} {'miss job ms':>12}"
+    )
+    sys.stdout.write(header + "\n")
+    for row in rows:
+        sys.stdout.write(
+            f"{row['volume_files']:>6} {row['startup_scan_ms']:>9} {row['engine_ms_median']:>10} "
+            f"{row['handler_ms_median']:>11} {row['overhead_ms_median']:>12} {row['overhead_ms_p90']:>7} "
+            f"{row['overhead_cpu_ms_median']:>16} {row['miss_job_ms_median']:>12}\n"
+        )
+    result = {
+        "rows": rows,
+        "rounds": rounds,
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+    sys.stdout.write(f"peak RSS: {result['peak_rss_mb']} MB\n")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=60)
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "worker_overhead.json")
+    parser.add_argument("--volume-files", type=int, nargs="+", metavar="N", help="volume sizes to measure")
+    parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
+    logging.getLogger("worker").setLevel(logging.ERROR)  # the miss jobs' warnings are expected
+    if args.volume_files:
+        if min(args.volume_files) < 3:
+            parser.error("--volume-files needs at least 3 files (a checkpoint and two LoRAs)")
+        process, url = start_fake_engine()
+        try:
+            out = args.out or ROOT / "bench" / "results" / "worker_overhead_volume.json"
+            return main_volume(url, args.volume_files, args.rounds, out)
+        finally:
+            process.terminate()
+            process.wait(timeout=10)
+    args.out = args.out or ROOT / "bench" / "results" / "worker_overhead.json"
 
     process, url = start_fake_engine()
     try:

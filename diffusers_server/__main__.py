@@ -9,9 +9,12 @@ from pathlib import Path
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m diffusers_server", description=__doc__)
+    # no abbreviations: "--ho 0.0.0.0" must not slip past start.sh's bind rules as "--host"
+    parser = argparse.ArgumentParser(
+        prog="python -m diffusers_server", description=__doc__, allow_abbrev=False
+    )
     sub = parser.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="run the A1111-compatible /sdapi/v1 server")
+    serve = sub.add_parser("serve", help="run the A1111-compatible /sdapi/v1 server", allow_abbrev=False)
     serve.add_argument(
         "--models-dir", type=Path, required=True, help="root with checkpoints/ loras/ embeddings/ vae/"
     )

@@ -7,6 +7,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 
 from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from . import __version__
@@ -25,6 +26,14 @@ def _a1111_error(status: int, error: str, detail: str, errors: str) -> JSONRespo
     )
 
 
+def _short(value: object, limit: int = 80) -> str:
+    try:
+        text = repr(value)
+    except ValueError:  # an integer with more digits than Python prints
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def create_app(
     config: ServerConfig,
     extra_routers: Sequence[APIRouter] = (),
@@ -41,6 +50,21 @@ def create_app(
     async def engine_error(_request: Request, exc: EngineError) -> JSONResponse:
         log.info("request refused (%d): %s", exc.status, exc.message)
         return _a1111_error(exc.status, "HTTPException", exc.message, f"{exc.status}: {exc.message}")
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's 422 body, with each offending input as a short text: a NaN or a 1 MB string must not turn
+        # the answer into a 500 or a megabyte of echo.
+        detail = [
+            {
+                "loc": list(err.get("loc", ())),
+                "msg": str(err.get("msg", "invalid")),
+                "type": str(err.get("type", "value_error")),
+                "input": _short(err.get("input")),
+            }
+            for err in exc.errors()
+        ]
+        return JSONResponse(status_code=422, content={"detail": detail})
 
     @app.exception_handler(Exception)
     async def unexpected(_request: Request, exc: Exception) -> JSONResponse:

@@ -57,6 +57,7 @@ log = logging.getLogger(__name__)
 VERSION_TEXT = f"diffusers-server-{__version__}"
 MAX_SIDE = 4096
 MAX_IMAGES = 64
+SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1  # what torch.Generator.manual_seed takes
 
 
 class EngineError(Exception):
@@ -152,6 +153,9 @@ class Engine:
         self.embeddings: dict[str, dict[int, torch.Tensor]] = {}
         self.embedding_errors: dict[str, str] = {}
         self.vaes: dict[str, Path] = {}
+        #: folder kind -> {path: reason} for files listed as unusable and skipped (see files.scan)
+        self.unusable: dict[str, dict[str, str]] = {}
+        self._clip_layers: dict[Path, int | None] = {}  # checkpoint -> CLIP layers (from its header)
         self.refresh_all()
 
     # ---- folders ----
@@ -162,28 +166,49 @@ class Engine:
         self.refresh_embeddings()
         self.refresh_vae()
 
+    def _scan(self, kind: str, folder: Path, exts: tuple[str, ...]) -> list[Path]:
+        unusable: dict[str, str] = {}
+        found = files.scan(folder, exts, models_dir=self.config.models_dir, unusable=unusable)
+        self.unusable[kind] = unusable
+        return found
+
+    def unusable_listing(self) -> list[dict[str, str]]:
+        """Files skipped at the last refresh of each folder, with the reason (never silently)."""
+        return [
+            {"kind": kind, "filename": path, "reason": reason}
+            for kind, found in sorted(self.unusable.items())
+            for path, reason in sorted(found.items())
+        ]
+
     def refresh_checkpoints(self) -> None:
         """Single files and diffusers pipeline folders (loaded as they are), in A1111's listing order."""
         root = self.config.checkpoints
-        infos = [
-            CheckpointInfo.from_file(p, root, self.hashes) for p in files.scan(root, files.CHECKPOINT_EXTS)
-        ]
+        infos = []
+        for path in self._scan("checkpoints", root, files.CHECKPOINT_EXTS):
+            try:
+                infos.append(CheckpointInfo.from_file(path, root, self.hashes))
+            except OSError as exc:  # removed or unreadable since the listing
+                self.unusable["checkpoints"][str(path)] = f"unreadable: {exc.strerror or exc}"
+                log.warning("skipping checkpoint %s: %s", path, exc)
         for folder in files.scan_pipelines(root):
             try:
                 infos.append(CheckpointInfo.from_folder(folder, root, self.hashes))
             except (LayoutError, OSError) as exc:
+                self.unusable["checkpoints"][str(folder)] = f"unusable diffusers folder: {exc}"
                 log.warning("skipping diffusers folder %s: %s", folder, exc)
         self.checkpoints = sorted(infos, key=lambda info: info.name.lower())
         log.info("%d checkpoint(s) in %s", len(self.checkpoints), root)
 
     def refresh_loras(self) -> None:
-        infos = [LoraInfo.from_file(p) for p in files.scan(self.config.loras, files.LORA_EXTS)]
+        infos = [LoraInfo.from_file(p) for p in self._scan("loras", self.config.loras, files.LORA_EXTS)]
         self.loras = {info.name: info for info in infos}
         for info in infos:
             self.loras.setdefault(info.alias, info)
 
     def refresh_embeddings(self) -> None:
-        self.embedding_files = {p.stem: p for p in files.scan(self.config.embeddings, files.EMBEDDING_EXTS)}
+        self.embedding_files = {
+            p.stem: p for p in self._scan("embeddings", self.config.embeddings, files.EMBEDDING_EXTS)
+        }
         self.embeddings, self.embedding_errors = {}, {}
         for name, path in self.embedding_files.items():
             try:
@@ -193,7 +218,7 @@ class Engine:
                 log.warning("skipping embedding %s: %s", path, exc)
 
     def refresh_vae(self) -> None:
-        self.vaes = {p.name: p for p in files.scan(self.config.vaes, files.VAE_EXTS)}
+        self.vaes = {p.name: p for p in self._scan("vae", self.config.vaes, files.VAE_EXTS)}
 
     def find_checkpoint(self, name: str) -> CheckpointInfo:
         """Any A1111 alias (title, name, stem, model_name, shorthash, sha256, old hash); else 404."""
@@ -219,8 +244,26 @@ class Engine:
                 self.load_error = str(exc)
                 log.error("initial model load failed: %s", exc)
 
+    def _gone(
+        self, what: str, name: str, refresh: Callable[[], None], names: Callable[[], list[str]]
+    ) -> EngineError:
+        """A listed model file that was removed from disk since: 404 naming it, never its full path."""
+        refresh()
+        return EngineError(
+            404,
+            f"{what} {name!r} was removed from disk after it was listed; "
+            f"available: {', '.join(names()) or '(none)'}",
+        )
+
     def _ensure_model(self, info: CheckpointInfo, vae_choice: str) -> LoadedModel:
         if self.model is None or self.model_info is None or self.model_info.filename != info.filename:
+            if not (info.filename.is_file() or info.filename.is_dir()):  # a file or a diffusers folder
+                raise self._gone(
+                    "checkpoint",
+                    info.title,
+                    self.refresh_checkpoints,
+                    lambda: [i.title for i in self.checkpoints],
+                )
             self.model = None
             self.model = load_checkpoint(
                 info.filename, self.runtime, self.skeleton_root, self.config.clip_tokenizer
@@ -237,6 +280,8 @@ class Engine:
             raise EngineError(
                 404, f"VAE {choice!r} not found; available: Automatic, None, {', '.join(self.vaes)}"
             )
+        if not self.vaes[choice].is_file():
+            raise self._gone("VAE", choice, self.refresh_vae, lambda: ["Automatic", "None", *self.vaes])
         return self.vaes[choice]
 
     def _apply_vae(self, model: LoadedModel, choice: str) -> None:
@@ -331,6 +376,15 @@ class Engine:
             batch < 1 or n_iter < 1 or batch * n_iter > MAX_IMAGES,
             f"batch_size*n_iter must be 1..{MAX_IMAGES}",
         )
+        # torch seeds are 64-bit, and image i of the job uses seed + i
+        last_seed = SEED_MAX - batch * n_iter + 1
+        for name in ("seed", "subseed"):
+            value = getattr(req, name)
+            refuse(
+                value is not None and value != -1 and not SEED_MIN <= value <= last_seed,
+                f"{name} must be -1 (random) or {SEED_MIN}..{last_seed} for {batch * n_iter} image(s); "
+                f"got {str(value)[:40] if value is not None and abs(value) < 10**40 else 'a larger number'}",
+            )
         try:
             resolve(req.sampler_name or req.sampler_index, req.scheduler)
         except SamplerError as exc:
@@ -342,6 +396,7 @@ class Engine:
             raise EngineError(400, f"override_settings: {exc}") from exc
         if "sd_model_checkpoint" in overrides:
             self.find_checkpoint(str(overrides["sd_model_checkpoint"]))
+        self._check_clip_skip(overrides)
         if "sd_vae" in overrides:
             self._vae_path(str(overrides["sd_vae"]))
         if (req.subseed_strength or 0) != 0 and not 0 <= float(req.subseed_strength or 0) <= 1:
@@ -386,6 +441,23 @@ class Engine:
             job.hires = self._prepare_hires(job, width, height, steps, comments)
         return job
 
+    def _check_clip_skip(self, overrides: dict[str, Any]) -> None:
+        """Clip skip beyond the checkpoint's CLIP layers is a 400 (A1111 fails with an IndexError 500)."""
+        clip_stop = int(overrides.get("CLIP_stop_at_last_layers", self.options["CLIP_stop_at_last_layers"]))
+        wanted = overrides.get("sd_model_checkpoint") or self.options.get("sd_model_checkpoint")
+        info = self.find_checkpoint(str(wanted)) if wanted else self.model_info
+        if info is None:
+            return
+        if info.filename not in self._clip_layers:
+            self._clip_layers[info.filename] = files.clip_layers(info.filename)
+        layers = self._clip_layers[info.filename]
+        if layers is not None and clip_stop > layers:
+            raise EngineError(
+                400,
+                f"CLIP_stop_at_last_layers (clip skip) {clip_stop} is more than checkpoint {info.title} "
+                f"allows: its text encoder has {layers} layers, so use 1..{layers}",
+            )
+
     def _resolve_loras(self, tags: list[NetworkTag]) -> list[LoraUse]:
         loras: list[LoraUse] = []
         for tag in tags:
@@ -396,6 +468,13 @@ class Engine:
             if tag.name not in self.loras:
                 names = ", ".join(sorted({i.name for i in self.loras.values()})) or "(none)"
                 raise EngineError(404, f"LoRA {tag.name!r} not found; available: {names}")
+            if not self.loras[tag.name].filename.is_file():
+                raise self._gone(
+                    "LoRA",
+                    tag.name,
+                    self.refresh_loras,
+                    lambda: sorted({i.name for i in self.loras.values()}),
+                )
             loras.append((self.loras[tag.name], tag.te_weight, tag.unet_weight))
         return loras
 

@@ -7,6 +7,7 @@ Unknown keys are rejected with a 400 naming them (A1111 answers a 500 ``KeyError
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 DEFAULTS: dict[str, Any] = {
@@ -144,6 +145,8 @@ def validate(values: dict[str, Any]) -> list[str]:
         raise OptionError(
             f"unknown option(s) {', '.join(unknown)}; this engine knows: {', '.join(sorted(DEFAULTS))}"
         )
+    for key, value in values.items():
+        _check_type(key, value)
     for key in REFUSED_UNLESS_DEFAULT & values.keys():
         if values[key] not in (DEFAULTS[key], None):
             raise OptionError(
@@ -165,3 +168,22 @@ def validate(values: dict[str, Any]) -> list[str]:
         raise OptionError(f"CLIP_stop_at_last_layers must be an integer 1..12, got {clip!r}")
     ignored = sorted(k for k in values if k not in HONOURED and k not in REFUSED_UNLESS_DEFAULT)
     return [f"option {k} is stored but has no effect on this engine" for k in ignored]
+
+
+def _check_type(key: str, value: Any) -> None:
+    """A value of the option's own type (numbers finite, booleans not numbers); None keeps the default."""
+    default = DEFAULTS[key]
+    if value is None or default is None:
+        return
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, (int, float)):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        ok = ok and (isinstance(value, int) or not isinstance(default, int) or float(value).is_integer())
+    elif isinstance(default, str):
+        ok = isinstance(value, str)
+    else:
+        ok = True
+    if not ok:
+        kind = type(default).__name__
+        raise OptionError(f"option {key} must be a {kind} like its default {default!r}, got {value!r}")

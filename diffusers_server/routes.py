@@ -115,6 +115,12 @@ def sd_vae(engine: Engine = EngineDep) -> list[dict[str, Any]]:
     return [{"model_name": name, "filename": str(path)} for name, path in engine.vaes.items()]
 
 
+@router.get("/unusable-models")
+def unusable_models(engine: Engine = EngineDep) -> list[dict[str, str]]:
+    """Not an A1111 route: the model files this engine skipped at its last refresh, with the reason."""
+    return engine.unusable_listing()
+
+
 @router.get("/upscalers")
 def upscalers() -> list[dict[str, Any]]:
     return upscalers_listing()

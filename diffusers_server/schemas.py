@@ -10,7 +10,10 @@ from pydantic import BaseModel, ConfigDict
 class Txt2ImgRequest(BaseModel):
     """A1111's ``StableDiffusionTxt2ImgProcessingAPI`` (a1111-api.md §3.2): all optional, API defaults."""
 
-    model_config = ConfigDict(extra="ignore", populate_by_name=True, protected_namespaces=())
+    # NaN/Infinity (which Python's JSON reader accepts) are refused with a 422, never a 500 later on
+    model_config = ConfigDict(
+        extra="ignore", populate_by_name=True, protected_namespaces=(), allow_inf_nan=False
+    )
 
     prompt: str | None = ""
     negative_prompt: str | None = ""

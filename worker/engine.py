@@ -10,30 +10,45 @@ Every request carries a ``(connect, read)`` timeout; every failure becomes one o
 * anything else (other 5xx, 3xx, invalid JSON) → ``EngineError`` with the status and a truncated body.
 
 Retries are explicit and bounded (tenacity): GETs and the idempotent refresh POSTs on connection errors and
-502/503/504; txt2img and options POSTs only when the connection was never made, so a generation is never run
-twice. Between attempts the engine process is checked, and a dead engine ends the call at once.
+502/503/504; txt2img and options POSTs only when the request never reached the engine: the connection was
+never made, or a kept-alive connection the engine had already closed was reused (the engine closes idle or
+post-error connections; the request then dies without a single response byte). That case is retried once, on a
+fresh connection, so a healthy engine is never reported dead, and a generation is never run twice. Between
+attempts the engine process is checked, and a dead engine ends the call at once.
 
 Messages and logs never carry base64 payloads or credentials.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import os
 import re
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, get_args
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
-from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential
+from requests.adapters import HTTPAdapter
+from tenacity import RetryCallState, Retrying, stop_after_attempt, wait_exponential
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 
-from worker.errors import EngineError, EngineUnavailable, InputInvalid, JobTimeout, OutOfMemory, WorkerError
+from worker.errors import (
+    EngineError,
+    EngineUnavailable,
+    InputInvalid,
+    JobTimeout,
+    ModelNotFound,
+    OutOfMemory,
+    WorkerError,
+)
 
 if TYPE_CHECKING:
     from worker.settings import WorkerSettings
@@ -146,6 +161,8 @@ class EngineCatalog:
     vaes: tuple[str, ...]  # /sd-vae model_name values
     upscalers: tuple[str, ...]  # /upscalers names + /latent-upscale-modes names
     current_checkpoint: str | None  # GET /options sd_model_checkpoint
+    #: lookup tables pre-flight derives from these lists, built once per fetched catalog (not compared)
+    memo: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -157,6 +174,10 @@ class Progress:
     step: int
     total: int
     active: bool
+
+
+class _StaleConnection(requests.ConnectionError):
+    """A reused keep-alive connection died before any response byte: the request never reached the engine."""
 
 
 class _RetryableStatus(Exception):
@@ -207,6 +228,25 @@ def _summarise_body(body: str) -> str:
         if cls:
             return _truncate(str(cls))
     return _truncate(body)
+
+
+_MODEL_WORDS = ("checkpoint", "lora", "vae", "embedding")
+_MISSING_PATH = re.compile(r"No such file or directory: '([^']*)'")
+
+
+def _vanished_model(method: str, status: int, body: str, summary: str) -> str | None:
+    """A model file removed between pre-flight and generation, as a message without the engine's paths.
+
+    The embedded engine answers 404 naming the model; A1111 fails with a 500 ``FileNotFoundError``
+    carrying the absolute path, of which only the file name is kept.
+    """
+    if method == "POST" and status == 404 and any(word in summary.lower() for word in _MODEL_WORDS):
+        return f"a model the engine listed is gone: {summary}"
+    if status >= 500 and "FileNotFoundError" in body:
+        found = _MISSING_PATH.search(body)
+        name = found.group(1).replace("\\", "/").rsplit("/", 1)[-1] if found else "a model file"
+        return f"the engine could not open {name!r}: it was removed from the volume"
+    return None
 
 
 def _is_oom(body: str) -> bool:
@@ -273,6 +313,71 @@ def _str_tuple(values: Any) -> tuple[str, ...]:
 
 
 # --------------------------------------------------------------------------------------------------
+# Keep-alive tracking: was the request sent on a reused connection?
+# --------------------------------------------------------------------------------------------------
+
+_sent = threading.local()
+
+
+class _TrackedConnectionMixin:
+    """Records, per thread, whether the last request went out on a socket that had already served one."""
+
+    sock: Any
+    _served_on_socket = 0
+
+    def connect(self) -> None:
+        super().connect()  # type: ignore[misc]
+        self._served_on_socket = 0
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        _sent.reused = self.sock is not None and self._served_on_socket > 0
+        super().request(*args, **kwargs)  # type: ignore[misc]
+        self._served_on_socket += 1
+
+
+class _TrackedHTTPConnection(_TrackedConnectionMixin, HTTPConnection):
+    pass
+
+
+class _TrackedHTTPSConnection(_TrackedConnectionMixin, HTTPSConnection):
+    pass
+
+
+class _TrackedHTTPPool(HTTPConnectionPool):
+    ConnectionCls = _TrackedHTTPConnection
+
+
+class _TrackedHTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _TrackedHTTPSConnection
+
+
+class _TrackedAdapter(HTTPAdapter):
+    """requests' adapter with connections that know whether they were reused (see ``_StaleConnection``)."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": _TrackedHTTPPool, "https": _TrackedHTTPSPool}
+
+
+def _no_response(exc: BaseException) -> bool:
+    """True when the connection was closed or reset before the response's status line arrived."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(
+            cause,
+            (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError, ConnectionAbortedError),
+        ):
+            return True
+        if cause.args and isinstance(cause.args[-1], BaseException):
+            cause = cause.args[-1]
+        else:
+            cause = cause.__cause__ or cause.__context__
+    return False
+
+
+# --------------------------------------------------------------------------------------------------
 # The client
 # --------------------------------------------------------------------------------------------------
 
@@ -310,6 +415,8 @@ class A1111Client:
             session = requests.Session()
             # The engine is local: a proxy from the environment must never sit in between.
             session.trust_env = False
+            session.mount("http://", _TrackedAdapter())
+            session.mount("https://", _TrackedAdapter())
         self._session = session
         self._catalog: EngineCatalog | None = None
         self._catalog_lock = threading.Lock()
@@ -334,6 +441,11 @@ class A1111Client:
     def close(self) -> None:
         if self._owns_session:
             self._session.close()
+
+    def _drop_idle_connections(self) -> None:
+        """Close every pooled connection (the session stays usable and opens fresh ones)."""
+        for adapter in self._session.adapters.values():
+            adapter.close()
 
     def __enter__(self) -> A1111Client:
         return self
@@ -396,15 +508,23 @@ class A1111Client:
         body: dict[str, Any] | None,
         retry_statuses: bool,
     ) -> requests.Response:
-        response = self._session.request(
-            method,
-            self._url(endpoint),
-            params=params,
-            json=body,
-            auth=self._auth,
-            timeout=(self._connect_timeout_s, read_timeout_s),
-            allow_redirects=False,
-        )
+        _sent.reused = False
+        try:
+            response = self._session.request(
+                method,
+                self._url(endpoint),
+                params=params,
+                json=body,
+                auth=self._auth,
+                timeout=(self._connect_timeout_s, read_timeout_s),
+                allow_redirects=False,
+            )
+        except requests.ConnectionError as exc:
+            if getattr(_sent, "reused", False) and _no_response(exc):
+                # Every idle connection may be as stale as this one: the retry must open a fresh one.
+                self._drop_idle_connections()
+                raise _StaleConnection(*exc.args, request=exc.request) from exc
+            raise
         if retry_statuses and response.status_code in _RETRY_STATUSES:
             raise _RetryableStatus(response)
         return response
@@ -423,27 +543,43 @@ class A1111Client:
         """One request with the retry policy; transport failures come back as typed errors.
 
         ``idempotent`` requests are retried on any connection error and on 502/503/504; the others only
-        when the connection was never made. Read timeouts are never retried; they propagate as
+        when the request never reached the engine (connection never made, or a stale kept-alive
+        connection: once, on a fresh one). Read timeouts are never retried; they propagate as
         ``requests.ReadTimeout`` so the caller decides (txt2img interrupts).
         """
         what = self._what(method, endpoint)
+        backoff = wait_exponential(multiplier=_RETRY_BACKOFF_S, max=2.0)
 
-        def should_retry(exc: BaseException) -> bool:
+        def should_retry(state: RetryCallState) -> bool:
+            exc = state.outcome.exception() if state.outcome else None
+            if exc is None:
+                return False
             if idempotent:
                 transient = isinstance(exc, (_RetryableStatus, requests.ConnectionError))
+            elif isinstance(exc, _StaleConnection):
+                transient = state.attempt_number == 1
             else:
                 transient = _never_connected(exc)
             return transient and self.is_engine_alive()
 
+        def wait(state: RetryCallState) -> float:
+            exc = state.outcome.exception() if state.outcome else None
+            return 0.0 if isinstance(exc, _StaleConnection) else float(backoff(state))
+
         def log_retry(state: RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
-            reason = str(exc) if isinstance(exc, _RetryableStatus) else _transport_reason(exc or Exception())
+            if isinstance(exc, _StaleConnection):
+                reason = "a kept-alive connection the engine had closed; retrying on a fresh one"
+            elif isinstance(exc, _RetryableStatus):
+                reason = str(exc)
+            else:
+                reason = _transport_reason(exc or Exception())
             log.warning("%s failed (%s); retry %d of %d", what, reason, state.attempt_number, attempts - 1)
 
         retrying = Retrying(
             stop=stop_after_attempt(attempts),
-            wait=wait_exponential(multiplier=_RETRY_BACKOFF_S, max=2.0),
-            retry=retry_if_exception(should_retry),
+            wait=wait,
+            retry=should_retry,
             before_sleep=log_retry,
             reraise=True,
         )
@@ -496,6 +632,9 @@ class A1111Client:
             )
         if status == 422:
             raise InputInvalid(f"A1111 rejected the request: {summary}", details=details)
+        gone = _vanished_model(method, status, text, summary)
+        if gone is not None:
+            raise ModelNotFound(f"{gone} (on {what}); the job can be retried", details=details)
         if 400 <= status < 500:
             raise InputInvalid(f"A1111 rejected {what} with HTTP {status}: {summary}", details=details)
         if status >= 500 and _is_oom(text):
@@ -540,7 +679,7 @@ class A1111Client:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise EngineUnavailable(
-                    f"A1111 at {self._public_base} was not ready within the {timeout_s:g} s deadline; "
+                    f"A1111 at {self._public_base} was not ready within the {timeout_s:.3g} s deadline; "
                     f"last error: {last_error}",
                     details={"deadline_s": timeout_s, "last_error": last_error},
                 )
@@ -571,14 +710,14 @@ class A1111Client:
         if warmup:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise EngineUnavailable(f"no time left for the warm-up within the {timeout_s:g} s deadline")
+                raise EngineUnavailable(f"no time left for the warm-up within the {timeout_s:.3g} s deadline")
             try:
                 self.txt2img(dict(WARMUP_PAYLOAD), timeout_s=remaining)
             except (EngineUnavailable, OutOfMemory):
                 raise
             except JobTimeout:
                 raise EngineUnavailable(
-                    f"the warm-up txt2img did not finish within the {timeout_s:g} s readiness deadline "
+                    f"the warm-up txt2img did not finish within the {timeout_s:.3g} s readiness deadline "
                     "(default checkpoint still loading?)",
                     details={"deadline_s": timeout_s},
                 ) from None

@@ -8,8 +8,30 @@ restart a worker.
 
 from __future__ import annotations
 
+import math
 from enum import Enum
 from typing import Any, ClassVar
+
+#: the longest piece of a caller's value an error message may quote
+EXCERPT_CHARS = 80
+
+
+def excerpt(value: Any, limit: int = EXCERPT_CHARS) -> str:
+    """A short, safe ``repr`` of a caller's value for a message: a 1 MB prompt is never echoed whole.
+
+    Integers too long for ``repr`` (Python refuses more than 4,300 digits) are described by their size.
+    """
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 256:
+        digits = int(value.bit_length() * math.log10(2)) + 1
+        return f"<{'-' if value < 0 else ''}integer of about {digits} digits>"
+    try:
+        text = repr(value)
+    except ValueError:
+        return f"<{type(value).__name__}>"
+    if len(text) <= limit:
+        return text
+    size = f" ({len(value)} characters)" if isinstance(value, str) else ""
+    return text[: limit - 1] + "…" + size
 
 
 class ErrorCode(str, Enum):

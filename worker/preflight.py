@@ -27,7 +27,7 @@ from worker.engine import (
     SamplerEntry,
     SchedulerEntry,
 )
-from worker.errors import EngineError, InputInvalid, ModelNotFound
+from worker.errors import EngineError, InputInvalid, ModelNotFound, excerpt
 from worker.model_types import ModelFacts, ModelKind, ModelProvider
 from worker.registry.compat import check_compatible
 from worker.schema import Txt2ImgJob
@@ -70,25 +70,50 @@ def checkpoint_aliases(entry: CheckpointEntry) -> set[str]:
     return {_key(alias) for alias in aliases if alias}
 
 
-def match_checkpoint(ref: str, checkpoints: Iterable[CheckpointEntry]) -> CheckpointEntry | None:
-    wanted = _key(ref)
+def _checkpoint_table(checkpoints: Iterable[CheckpointEntry]) -> dict[str, CheckpointEntry]:
+    """Every alias → the first checkpoint (in the engine's order) that has it."""
+    table: dict[str, CheckpointEntry] = {}
     for entry in checkpoints:
-        if wanted in checkpoint_aliases(entry):
-            return entry
-    return None
+        for alias in checkpoint_aliases(entry):
+            table.setdefault(alias, entry)
+    return table
 
 
-def match_lora(ref: str, loras: Iterable[LoraEntry]) -> LoraEntry | None:
+def match_checkpoint(
+    ref: str, checkpoints: Iterable[CheckpointEntry], table: dict[str, CheckpointEntry] | None = None
+) -> CheckpointEntry | None:
+    """The first checkpoint with ``ref`` among its aliases; a prebuilt ``table`` makes it O(1)."""
+    return (table if table is not None else _checkpoint_table(checkpoints)).get(_key(ref))
+
+
+def _lora_tables(loras: Iterable[LoraEntry]) -> tuple[dict[str, LoraEntry], dict[str, LoraEntry]]:
+    """(name or file stem → first entry, alias → first entry), in the engine's order."""
+    by_name: dict[str, LoraEntry] = {}
+    by_alias: dict[str, LoraEntry] = {}
+    for entry in loras:
+        by_name.setdefault(_key(entry.name), entry)
+        by_name.setdefault(_key(_stem(entry.path)), entry)
+        by_alias.setdefault(_key(entry.alias), entry)
+    return by_name, by_alias
+
+
+def match_lora(
+    ref: str,
+    loras: Iterable[LoraEntry],
+    tables: tuple[dict[str, LoraEntry], dict[str, LoraEntry]] | None = None,
+) -> LoraEntry | None:
     """By file stem first (always unique to A1111), then by alias (``ss_output_name``)."""
-    entries = list(loras)
+    by_name, by_alias = tables if tables is not None else _lora_tables(loras)
     wanted = _key(ref)
-    for entry in entries:
-        if _key(entry.name) == wanted or _key(_stem(entry.path)) == wanted:
-            return entry
-    for entry in entries:
-        if _key(entry.alias) == wanted:
-            return entry
-    return None
+    return by_name.get(wanted) or by_alias.get(wanted)
+
+
+def _memo(catalog: EngineCatalog, name: str, build: Callable[[], FoundT]) -> FoundT:
+    """A lookup table built once per catalog: a job's cost does not grow with the engine's lists."""
+    if name not in catalog.memo:
+        catalog.memo[name] = build()
+    table: FoundT = catalog.memo[name]
+    return table
 
 
 def match_name(ref: str, names: Iterable[str]) -> str | None:
@@ -144,9 +169,9 @@ def nearest(ref: str, candidates: Iterable[str], n: int = 3) -> list[str]:
 def _choices(kind: str, ref: str, candidates: list[str]) -> str:
     close = nearest(ref, candidates)
     if close:
-        return f"{kind} {ref!r} not found; nearest: {', '.join(close)}"
+        return f"{kind} {excerpt(ref)} not found; nearest: {', '.join(close)}"
     listed = ", ".join(candidates[:20]) or "none"
-    return f"{kind} {ref!r} not found; available: {listed}"
+    return f"{kind} {excerpt(ref)} not found; available: {listed}"
 
 
 # --- the engine round trips -------------------------------------------------------------------
@@ -198,7 +223,7 @@ class Preflight:
         if job.clip_skip is not None and clip_override is not None and clip_override != job.clip_skip:
             raise InputInvalid(
                 f"conflicting values for clip_skip: clip_skip={job.clip_skip!r}, "
-                f"override_settings.CLIP_stop_at_last_layers={clip_override!r}; give one of them"
+                f"override_settings.CLIP_stop_at_last_layers={excerpt(clip_override)}; give one of them"
             )
 
         checkpoint = self._checkpoint(checkpoint_ref) if checkpoint_ref else None
@@ -210,8 +235,9 @@ class Preflight:
             for tag_name, weight_text in prompt_lora_tags(text or "").items():
                 entry = self._lora(tag_name)
                 if tag_name not in (entry.name, entry.alias):
+                    shown = excerpt(tag_name)[1:-1]
                     raise InputInvalid(
-                        f"LoRA tag <lora:{tag_name}:…> differs from the engine's name {entry.name!r} "
+                        f"LoRA tag <lora:{shown}:…> differs from the engine's name {entry.name!r} "
                         "(A1111 matches LoRA names case-sensitively); write it as the engine does"
                     )
                 tagged.append((self._usable_lora(entry), _tag_weight(weight_text)))
@@ -259,7 +285,9 @@ class Preflight:
 
     def _checkpoint(self, ref: str) -> CheckpointEntry:
         def find(text: str) -> CheckpointEntry | None:
-            return match_checkpoint(text, self._catalog.checkpoints)
+            catalog = self._catalog
+            table = _memo(catalog, "checkpoints", lambda: _checkpoint_table(catalog.checkpoints))
+            return match_checkpoint(text, catalog.checkpoints, table)
 
         entry = self._find_model("checkpoint", ref, find)
         if entry is None:
@@ -290,7 +318,10 @@ class Preflight:
 
     def _lora(self, ref: str) -> LoraEntry:
         def find(text: str) -> LoraEntry | None:
-            return match_lora(text, self._catalog.loras)
+            catalog = self._catalog
+            return match_lora(
+                text, catalog.loras, _memo(catalog, "loras", lambda: _lora_tables(catalog.loras))
+            )
 
         entry = self._find_model("lora", ref, find)
         if entry is None:
@@ -336,8 +367,8 @@ class Preflight:
         scheduler = self._scheduler(scheduler_ref) if scheduler_ref else None
         if suffix is not None and scheduler is not None and _key(scheduler) != _key(suffix.label):
             raise InputInvalid(
-                f"conflicting values for scheduler: {what} {ref!r} implies {suffix.label!r} "
-                f"but scheduler={scheduler_ref!r}; give one of them"
+                f"conflicting values for scheduler: {what} {excerpt(ref)} implies {suffix.label!r} "
+                f"but scheduler={excerpt(scheduler_ref)}; give one of them"
             )
         return sampler.name, scheduler or (suffix.label if suffix else None)
 
@@ -475,8 +506,12 @@ class Preflight:
         """What the job will use, with hashes, for the output's ``models``; refuses mismatched add-ons."""
         if checkpoint is None:
             current = self._catalog.current_checkpoint
-            checkpoint = match_checkpoint(current, self._catalog.checkpoints) if current else None
+            catalog = self._catalog
+            table = _memo(catalog, "checkpoints", lambda: _checkpoint_table(catalog.checkpoints))
+            checkpoint = match_checkpoint(current, catalog.checkpoints, table) if current else None
         checkpoint_facts = self._describe("checkpoint", checkpoint_file(checkpoint)) if checkpoint else None
+        if vae is not None and vae not in VAE_SPECIAL:
+            self._describe("vae", vae)  # an unusable file (e.g. a link out of the volume) is refused here too
         lora_facts = [self._describe("lora", entry.name) for entry, _ in loras]
         if checkpoint_facts is not None:
             check_compatible(checkpoint_facts, [facts for facts in lora_facts if facts is not None])
@@ -517,10 +552,10 @@ def _tag_weight(text: str | None) -> float:
 def _agreeing(what: str, native: str | None, override: Any) -> str | None:
     """``checkpoint`` and ``override_settings.sd_model_checkpoint`` are two spellings of one value."""
     if override is not None and not isinstance(override, str):
-        raise InputInvalid(f"override_settings value for {what} must be a string, got {override!r}")
+        raise InputInvalid(f"override_settings value for {what} must be a string, got {excerpt(override)}")
     if native and override and _key(native) != _key(override):
         raise InputInvalid(
-            f"conflicting values for {what}: {what}={native!r} and override_settings={override!r}; "
-            "give one of them"
+            f"conflicting values for {what}: {what}={excerpt(native)} and "
+            f"override_settings={excerpt(override)}; give one of them"
         )
     return native or override

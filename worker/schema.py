@@ -16,16 +16,19 @@ them, which is how a typo becomes a different image.
 from __future__ import annotations
 
 import difflib
+import math
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from worker.engine import READONLY_ENDPOINTS
-from worker.errors import InputInvalid
+from worker.errors import InputInvalid, excerpt
 from worker.output import OutputOptions
 
 MAX_SEED = 2**32 - 1
+#: model, sampler and scheduler names (paths with sub-folders and an A1111 " [hash]" fit easily)
+MAX_NAME = 1000
 
 #: Envelope endpoints that only read or refresh the engine's lists (anything else is refused).
 LISTING_ENDPOINTS: tuple[str, ...] = tuple(sorted(READONLY_ENDPOINTS))
@@ -39,8 +42,23 @@ def _dimension(value: int, name: str) -> int:
     return value
 
 
+def _is_number_field(annotation: Any) -> bool:
+    """int or float (maybe optional), not bool: a JSON ``true`` there is a mistake, not the number 1."""
+    options = set(getattr(annotation, "__args__", ())) or {annotation}
+    return bool(options & {int, float}) and bool not in options
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    # NaN and Infinity are not numbers a generation can use (and not JSON either)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_boolean_numbers(cls, value: Any, info: Any) -> Any:
+        field = cls.model_fields.get(info.field_name)
+        if isinstance(value, bool) and field is not None and _is_number_field(field.annotation):
+            raise ValueError("must be a number, not true/false")
+        return value
 
 
 class LoraRef(_Strict):
@@ -57,14 +75,14 @@ class HiresOptions(_Strict):
     scale: float | None = Field(None, ge=1, le=4)
     resize_x: int | None = Field(None, ge=0, le=4096)
     resize_y: int | None = Field(None, ge=0, le=4096)
-    upscaler: str | None = None
+    upscaler: str | None = Field(None, max_length=MAX_NAME)
     steps: int | None = Field(None, ge=0, le=150)
     denoising_strength: float | None = Field(None, ge=0, le=1)
-    sampler: str | None = None
-    scheduler: str | None = None
-    checkpoint: str | None = None
-    prompt: str | None = None
-    negative_prompt: str | None = None
+    sampler: str | None = Field(None, max_length=MAX_NAME)
+    scheduler: str | None = Field(None, max_length=MAX_NAME)
+    checkpoint: str | None = Field(None, max_length=MAX_NAME)
+    prompt: str | None = Field(None, max_length=20_000)
+    negative_prompt: str | None = Field(None, max_length=20_000)
 
 
 class Txt2ImgJob(_Strict):
@@ -73,11 +91,11 @@ class Txt2ImgJob(_Strict):
     # --- native form ---------------------------------------------------------------------
     prompt: str = Field(max_length=20_000)
     negative_prompt: str | None = Field(None, max_length=20_000)
-    checkpoint: str | None = Field(None, min_length=1)
+    checkpoint: str | None = Field(None, min_length=1, max_length=MAX_NAME)
     loras: list[LoraRef] = Field(default_factory=list, max_length=32)
-    vae: str | None = Field(None, min_length=1)
-    sampler: str | None = Field(None, min_length=1)
-    scheduler: str | None = Field(None, min_length=1)
+    vae: str | None = Field(None, min_length=1, max_length=MAX_NAME)
+    sampler: str | None = Field(None, min_length=1, max_length=MAX_NAME)
+    scheduler: str | None = Field(None, min_length=1, max_length=MAX_NAME)
     steps: int | None = Field(None, ge=1, le=150)
     cfg_scale: float | None = Field(None, ge=1, le=30)
     width: int | None = Field(None, ge=64, le=2048)
@@ -90,8 +108,8 @@ class Txt2ImgJob(_Strict):
     output: OutputOptions = Field(default_factory=OutputOptions)
 
     # --- other spellings of native fields --------------------------------------------------
-    sampler_name: str | None = Field(None, min_length=1)
-    sampler_index: str | None = Field(None, min_length=1)
+    sampler_name: str | None = Field(None, min_length=1, max_length=MAX_NAME)
+    sampler_index: str | None = Field(None, min_length=1, max_length=MAX_NAME)
     num_inference_steps: int | None = Field(None, ge=1, le=150)
     guidance_scale: float | None = Field(None, ge=1, le=30)
 
@@ -114,7 +132,7 @@ class Txt2ImgJob(_Strict):
     s_noise: float | None = None
     override_settings: dict[str, Any] | None = None
     override_settings_restore_afterwards: bool | None = None
-    refiner_checkpoint: str | None = None
+    refiner_checkpoint: str | None = Field(None, max_length=MAX_NAME)
     refiner_switch_at: float | None = Field(None, ge=0, le=1)
     disable_extra_networks: bool | None = None
     comments: dict[str, Any] | None = None
@@ -122,17 +140,17 @@ class Txt2ImgJob(_Strict):
     firstphase_width: int | None = Field(None, ge=0, le=2048)
     firstphase_height: int | None = Field(None, ge=0, le=2048)
     hr_scale: float | None = Field(None, ge=1, le=4)
-    hr_upscaler: str | None = None
+    hr_upscaler: str | None = Field(None, max_length=MAX_NAME)
     hr_second_pass_steps: int | None = Field(None, ge=0, le=150)
     hr_resize_x: int | None = Field(None, ge=0, le=4096)
     hr_resize_y: int | None = Field(None, ge=0, le=4096)
-    hr_checkpoint_name: str | None = None
-    hr_sampler_name: str | None = None
-    hr_scheduler: str | None = None
-    hr_prompt: str | None = None
-    hr_negative_prompt: str | None = None
-    force_task_id: str | None = None
-    script_name: str | None = None
+    hr_checkpoint_name: str | None = Field(None, max_length=MAX_NAME)
+    hr_sampler_name: str | None = Field(None, max_length=MAX_NAME)
+    hr_scheduler: str | None = Field(None, max_length=MAX_NAME)
+    hr_prompt: str | None = Field(None, max_length=20_000)
+    hr_negative_prompt: str | None = Field(None, max_length=20_000)
+    force_task_id: str | None = Field(None, max_length=MAX_NAME)
+    script_name: str | None = Field(None, max_length=MAX_NAME)
     script_args: list[Any] | None = None
     send_images: bool | None = None
     save_images: bool | None = None
@@ -151,7 +169,7 @@ class Txt2ImgJob(_Strict):
             given = {native: getattr(self, native)} if getattr(self, native) is not None else {}
             given.update({name: getattr(self, name) for name in others if getattr(self, name) is not None})
             if len({_comparable(v) for v in given.values()}) > 1:
-                shown = ", ".join(f"{k}={v!r}" for k, v in given.items())
+                shown = ", ".join(f"{k}={excerpt(v)}" for k, v in given.items())
                 raise ValueError(f"conflicting values for {native}: {shown}; give one of them")
             if given and getattr(self, native) is None:
                 object.__setattr__(self, native, next(iter(given.values())))
@@ -256,6 +274,7 @@ def parse_job_input(raw: Any, *, max_images: int) -> JobRequest:
     """
     if not isinstance(raw, dict):
         raise InputInvalid(f"job input must be a JSON object, got {type(raw).__name__}")
+    _refuse_non_finite(raw, "input")
     if "api" in raw:
         return _parse_envelope(raw, max_images=max_images)
     job = _validate(Txt2ImgJob, raw, where="input")
@@ -294,6 +313,18 @@ def _parse_envelope(raw: dict[str, Any], *, max_images: int) -> JobRequest:
     return ListingRequest(endpoint=endpoint)
 
 
+def _refuse_non_finite(value: Any, where: str) -> None:
+    """NaN/Infinity anywhere (``override_settings``, ``comments``...): not JSON, never sent to the engine."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InputInvalid(f"{where}={value!r}: not a finite number (JSON has no NaN or Infinity)")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _refuse_non_finite(item, f"{where}.{excerpt(key, 40) if not isinstance(key, str) else key[:40]}")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _refuse_non_finite(item, f"{where}.{index}")
+
+
 def _endpoint_name(endpoint: str) -> str:
     """'/sdapi/v1/txt2img', 'sdapi/v1/txt2img' and 'txt2img' all name the same endpoint."""
     name = endpoint.strip().strip("/")
@@ -323,16 +354,16 @@ def _describe(exc: ValidationError, model: type[BaseModel], where: str) -> str:
     """Turn pydantic's errors into one line naming each field, its value and what is valid."""
     problems = []
     for err in exc.errors(include_url=False):
-        loc = ".".join(str(part) for part in err["loc"])
+        loc = ".".join(str(part)[:40] for part in err["loc"])
         field = f"{where}.{loc}" if loc else where
         if err["type"] == "extra_forbidden":
-            problems.append(_unknown_field(field, str(err["loc"][-1]), model, err["loc"]))
+            problems.append(_unknown_field(field, str(err["loc"][-1])[:100], model, err["loc"]))
         elif err["type"] == "missing":
             problems.append(f"{field} is required")
         else:
             message = err["msg"].removeprefix("Value error, ")
             if loc:
-                problems.append(f"{field}={err['input']!r}: {message}")
+                problems.append(f"{field}={excerpt(err['input'])}: {message}")
             else:
                 problems.append(message)
     return "; ".join(problems)

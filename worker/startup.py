@@ -10,6 +10,7 @@ docs/deploying.md explains what shortens each phase.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,8 +111,10 @@ def prepare_engine(runner_or_client: Any, settings: WorkerSettings) -> Timeline:
             )
         return left
 
+    first_wait_s = remaining("the engine to answer")
+    warming = _warm_registry(provider, settings.ready_timeout_s / 2)
     try:
-        engine.wait_until_ready(remaining("the engine to answer"), warmup=False)
+        engine.wait_until_ready(first_wait_s, warmup=False)
         timeline.mark("port_open")
         if settings.default_checkpoint:
             title = resolve_default_checkpoint(engine, settings.default_checkpoint, provider)
@@ -127,6 +130,31 @@ def prepare_engine(runner_or_client: Any, settings: WorkerSettings) -> Timeline:
         timeline.mark("failed")
         log.error("start-up failed: %s (timeline: %s)", exc, timeline.summary())
         raise
+    if warming is not None:
+        warming.join(max(0.0, deadline - time.monotonic()))
     timeline.mark("ready")
     log.info("start-up timeline: %s", timeline.summary(), extra={"startup": timeline.as_dict()})
     return timeline
+
+
+def _warm_registry(provider: Any, deadline_s: float) -> threading.Thread | None:
+    """Scan the volume while the engine boots, so jobs look models up in memory and never rescan it.
+
+    Runs beside the engine's start-up (a thread: the scan is mostly I/O); a failure is logged, not fatal:
+    the job path meets the same registry and reports its error to the job.
+    """
+    warm = getattr(provider, "warm", None)
+    if not callable(warm):
+        return None
+
+    def run() -> None:
+        try:
+            scanned = warm(deadline_s=deadline_s)
+        except Exception as exc:  # e.g. a registry file from a newer worker: the jobs will say so
+            log.error("registry scan at start-up failed: %s", exc)
+            return
+        log.info("registry ready: %d model files (%d hashed now)", scanned.total, scanned.hashed)
+
+    thread = threading.Thread(target=run, name="registry-warm", daemon=True)
+    thread.start()
+    return thread

@@ -10,16 +10,19 @@ import hashlib
 import json
 import logging
 import os
+import re
 import struct
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
+from worker.registry.file_policy import real_roots, unreadable_reason
 from worker.registry.hashing import hash_file
 from worker.registry.layouts import component_weights, folder_stat, is_diffusers_folder
+from worker.registry.safetensors_header import HeaderError, read_header
 from worker.registry.scan import folder_digest
 
 log = logging.getLogger(__name__)
@@ -111,22 +114,44 @@ def old_model_hash(file: Path) -> str:
         return hashlib.sha256(handle.read(0x10000)).hexdigest()[:8]
 
 
-def scan(folder: Path, exts: tuple[str, ...]) -> list[Path]:
-    """Model files below ``folder`` (recursive, sorted like A1111's listing; hidden entries skipped).
+def scan(
+    folder: Path,
+    exts: tuple[str, ...],
+    *,
+    models_dir: Path | None = None,
+    unusable: dict[str, str] | None = None,
+) -> list[Path]:
+    """Usable model files below ``folder`` (recursive, sorted like A1111's listing; hidden entries skipped).
 
-    Files inside a diffusers pipeline folder are parts of that model, not models (A1111 would list them).
+    The registry's file policy applies (``worker.registry.file_policy``): only regular files whose real path
+    stays inside ``folder`` or ``models_dir`` are listed, and a ``.safetensors`` file must have a readable,
+    complete header. Every other file goes into ``unusable`` (path -> reason) and is never opened again, so
+    one HTML error page saved as ``*.safetensors`` cannot break a refresh or the start-up. Files inside a
+    diffusers pipeline folder are parts of that model, not models (A1111 would list them).
     """
     if not folder.is_dir():
         return []
+    roots = real_roots(folder, *([models_dir] if models_dir is not None else []))
     pipelines = scan_pipelines(folder)
-    found = [
-        p
-        for p in folder.rglob("*")
-        if p.suffix.lower() in exts
-        and p.is_file()
-        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-        and not any(pipe in p.parents for pipe in pipelines)
-    ]
+    found = []
+    for p in folder.rglob("*"):
+        relative = p.relative_to(folder)
+        # hidden names below the folder are skipped; dots above it (~/.cache/models) do not matter
+        if p.suffix.lower() not in exts or any(part.startswith(".") for part in relative.parts):
+            continue
+        if p.is_dir() and not p.is_symlink():
+            continue
+        if any(pipe in p.parents for pipe in pipelines):
+            continue
+        reason = unreadable_reason(p, roots)
+        if reason is None and p.suffix.lower() == ".safetensors":
+            reason = _header_problem(p)
+        if reason is not None:
+            log.warning("skipping unusable model file %s: %s", p, reason)
+            if unusable is not None:
+                unusable[str(p)] = reason
+            continue
+        found.append(p)
     return sorted(found, key=lambda p: str(p.relative_to(folder)).lower())
 
 
@@ -144,11 +169,44 @@ def scan_pipelines(folder: Path) -> list[Path]:
     return sorted(found, key=lambda p: str(p.relative_to(folder)).lower())
 
 
+def _header_problem(file: Path) -> str | None:
+    try:
+        read_header(file)
+    except HeaderError as exc:
+        return f"not a usable safetensors file: {exc}"
+    except OSError as exc:
+        return f"unreadable: {exc.strerror or exc}"
+    return None
+
+
+_TEXT_ENCODER_LAYER = re.compile(
+    r"^(?:cond_stage_model\.transformer\.|conditioner\.embedders\.0\.transformer\.)"
+    r"(?:text_model\.)?encoder\.layers\.(\d+)\."
+)
+
+
+def clip_layers(file: Path) -> int | None:
+    """How many CLIP(-L) transformer layers a single-file checkpoint has, from its header; None if unknown.
+
+    ``CLIP_stop_at_last_layers`` can skip at most that many (A1111's 12 for SD1.x).
+    """
+    try:
+        header = read_header(file)
+    except (HeaderError, OSError):
+        return None
+    layers = {int(m.group(1)) for name in header.tensors if (m := _TEXT_ENCODER_LAYER.match(name))}
+    return max(layers) + 1 if layers else None
+
+
 def read_metadata(file: Path) -> dict[str, str]:
     if file.suffix.lower() != ".safetensors":
         return {}
-    with safe_open(str(file), framework="pt") as handle:
-        return dict(handle.metadata() or {})
+    try:
+        with safe_open(str(file), framework="pt") as handle:
+            return dict(handle.metadata() or {})
+    except (SafetensorError, OSError) as exc:  # changed since the scan: listed without metadata
+        log.warning("cannot read the metadata of %s: %s", file, exc)
+        return {}
 
 
 @dataclass(frozen=True)

@@ -56,3 +56,24 @@ def test_deadline_is_kept(tmp_path: Path) -> None:
     with pytest.raises(EngineUnavailable, match="deadline"):
         prepare_engine(A1111Client("http://127.0.0.1:9", connect_timeout_s=0.5), settings)
     assert time.monotonic() - started < 5
+
+
+def test_the_registry_is_scanned_while_the_engine_starts(fake_a1111: FakeA1111, tmp_path: Path) -> None:
+    from tests.registry.fixtures import write_model
+    from worker.handler import JobRunner
+    from worker.registry.models import Catalogue, LiveRegistry
+    from worker.registry.registry import ModelRegistry
+
+    models = tmp_path / "models"
+    write_model(models, "lora-sd15", "early.safetensors")
+    registry = ModelRegistry(
+        models_dir=models,
+        registry_path=models / "cache_registry.json",
+        catalogue=Catalogue(),
+        allowed_hosts=(),
+    )
+    settings = _settings(fake_a1111.url, models, warmup=False)
+    prepare_engine(JobRunner(settings, A1111Client(fake_a1111.url), provider=registry), settings)
+    on_disk = LiveRegistry.model_validate_json((models / "cache_registry.json").read_bytes())
+    assert on_disk.scanned_at is not None
+    assert on_disk.models["lora/early.safetensors"].sha256 is not None  # hashed before the first job

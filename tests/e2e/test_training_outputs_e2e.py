@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.embedded_engine import EmbeddedEngine, running_engine
+from tests.support.embedded_engine import EmbeddedEngine, run_engine
 from worker.engine import A1111Client
 from worker.handler import JobRunner
 from worker.registry import ModelRegistry
@@ -40,7 +40,9 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedEngine]
         saved = save_diffusers_lora(trained, work / name, old_format=True, metadata=True)
         saved.rename(root / "loras" / f"{name}.safetensors")
     tiny_pipeline("sd15", work / "tok", seed=3).save_pretrained(root / "checkpoints" / "finetune")
-    with running_engine(root, tmp_path_factory.mktemp("training-engine-log")) as running:
+    with run_engine(
+        root, tmp_path_factory.mktemp("training-engine-log") / "engine.log", "--ckpt", "demo-sd15-tiny"
+    ) as running:
         yield running
 
 

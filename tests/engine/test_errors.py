@@ -72,3 +72,13 @@ def test_script_name_like_a1111(client: httpx.Client) -> None:
 
 def test_bad_size(client: httpx.Client) -> None:
     _a1111_error(client.post("/txt2img", json={**SMALL, "width": 70}), 400, "width")
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("sigma_max", ":"), ("eta_noise_seed_delta", 1.5), ("tiling", 1), ("s_noise", "1.0")],
+)
+def test_option_of_the_wrong_type_is_400_naming_it(client: httpx.Client, option: str, value: object) -> None:
+    """Found by the engine fuzz test: a string where a number goes crashed sampling with a 500."""
+    response = client.post("/txt2img", json={**SMALL, "override_settings": {option: value}})
+    _a1111_error(response, 400, option)

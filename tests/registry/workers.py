@@ -24,6 +24,7 @@ def provision_many(models_dir: str, port: int, catalogue: dict[str, Any], refs: 
         assert got is not None
         registry.record_use("lora", got.facts.file_name)
         out.append(got.facts.sha256 or "")
+    registry.flush_uses()  # pool processes end with os._exit: atexit would not run
     return out
 
 

@@ -9,6 +9,7 @@ Both skip when the engine's dependencies (torch, diffusers) are not installed.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import socket
@@ -16,7 +17,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,12 +72,11 @@ def _wait_ready(url: str, process: subprocess.Popen[bytes], log_path: Path) -> N
     raise TimeoutError(f"engine not ready after {STARTUP_DEADLINE_S}s:\n{log_path.read_text()[-4000:]}")
 
 
-@contextmanager
-def running_engine(models_dir: Path, log_dir: Path, ckpt: str = "demo-sd15-tiny") -> Iterator[EmbeddedEngine]:
-    """``python -m diffusers_server serve`` on ``models_dir`` and a free loopback port, stopped on exit."""
+@contextlib.contextmanager
+def run_engine(models_dir: Path, log_path: Path, *extra: str) -> Iterator[EmbeddedEngine]:
+    """``python -m diffusers_server serve`` on ``models_dir`` and a free port, stopped on exit."""
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    log_path = log_dir / "engine.log"
     command = [
         sys.executable,
         "-m",
@@ -89,9 +88,8 @@ def running_engine(models_dir: Path, log_dir: Path, ckpt: str = "demo-sd15-tiny"
         str(port),
         "--threads",
         "1",
-        "--ckpt",
-        ckpt,
         "--cpu",
+        *extra,
     ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
     with log_path.open("wb") as log:
@@ -112,5 +110,6 @@ def running_engine(models_dir: Path, log_dir: Path, ckpt: str = "demo-sd15-tiny"
 def embedded_engine(
     engine_models_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[EmbeddedEngine]:
-    with running_engine(engine_models_dir, tmp_path_factory.mktemp("engine-log")) as engine:
+    log_path = tmp_path_factory.mktemp("engine-log") / "engine.log"
+    with run_engine(engine_models_dir, log_path, "--ckpt", "demo-sd15-tiny") as engine:
         yield engine

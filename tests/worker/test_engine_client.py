@@ -29,7 +29,7 @@ from tests.support.fake_a1111 import (
     write_pid_file,
 )
 from worker.engine import READONLY_ENDPOINTS, A1111Client, EngineCatalog, Progress
-from worker.errors import EngineError, EngineUnavailable, InputInvalid, JobTimeout, OutOfMemory
+from worker.errors import EngineError, EngineUnavailable, InputInvalid, JobTimeout, ModelNotFound, OutOfMemory
 from worker.settings import WorkerSettings
 
 pytestmark = pytest.mark.timeout(20)
@@ -562,3 +562,14 @@ def test_fake_runs_as_a_process_until_sigterm(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_a1111_file_not_found_is_model_not_found_without_the_path(
+    fake_a1111: FakeA1111, client: A1111Client
+) -> None:
+    errors = "[Errno 2] No such file or directory: '/runpod-volume/models/checkpoints/sub/gone.safetensors'"
+    fake_a1111.set_fault("txt2img", status=500, body=a1111_error_body("FileNotFoundError", errors))
+    with pytest.raises(ModelNotFound) as info:
+        client.txt2img(PAYLOAD, timeout_s=5)
+    assert "'gone.safetensors'" in info.value.message and "/runpod-volume" not in info.value.message
+    assert not info.value.refresh_worker

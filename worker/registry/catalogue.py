@@ -52,6 +52,9 @@ def match_catalogue(catalogue: Catalogue, live: LiveEntry) -> str | None:
         for entry in candidates:
             if entry.sha256 == live.sha256:
                 return entry.id
+    # by name only when the hashes cannot tell otherwise: a file whose sha256 is known and differs from the
+    # declared one is not that catalogue entry
+    candidates = [e for e in candidates if not (e.sha256 and live.sha256 and e.sha256 != live.sha256)]
     lowered = live.file_name.lower()
     for entry in candidates:
         if entry.file_name and entry.file_name.lower() == lowered:

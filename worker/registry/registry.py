@@ -8,11 +8,13 @@ HTTP server.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import hashlib
 import logging
 import os
 import shutil
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -52,7 +54,7 @@ from worker.registry.models import (
     entry_key,
 )
 from worker.registry.names import contained_path, safe_relative_name
-from worker.registry.resolve import Resolution, not_found, resolve
+from worker.registry.resolve import LiveIndex, Resolution, not_found, resolve
 from worker.registry.scan import (
     KIND_DIRS,
     PICKLE_EXT,
@@ -106,6 +108,8 @@ class ModelRegistry:
         download_deadline_s: overall budget per download (None: only the stall timeout applies).
         quota_bytes: volume quota enabling LRU eviction (None: no quota).
         clock: wall clock for timestamps; hasher: the full-file hash function (tests count calls).
+        scan_deadline_s: budget of a rescan on the job path (hashing stops there; the next scan goes on).
+        usage_flush_s: how long uses are batched in memory before one registry write (``record_use``).
     """
 
     def __init__(
@@ -132,8 +136,14 @@ class ModelRegistry:
         hasher: Hasher = hash_file,
         progress: bool = False,
         auto_convert: bool = True,
+        scan_deadline_s: float | None = 10.0,
+        usage_flush_s: float = 10.0,
     ) -> None:
         self.models_dir = models_dir
+        self.scan_deadline_s = scan_deadline_s
+        self._indexed: tuple[LiveRegistry, LiveIndex] | None = None
+        self._folder_mtimes: dict[ModelKind, dict[str, int]] = {}
+        self._usage = UsageBatch(self._write_uses, flush_after_s=usage_flush_s)
         self.catalogue = catalogue
         self.allow_pickle = allow_pickle
         self.quota_bytes = quota_bytes
@@ -190,6 +200,8 @@ class ModelRegistry:
             "civitai_token": settings.civitai_token.get_secret_value() if settings.civitai_token else None,
             "hf_token": settings.hf_token.get_secret_value() if settings.hf_token else None,
             "auto_convert": settings.auto_convert,
+            # a rescan on the job path must leave the job most of its time
+            "scan_deadline_s": min(10.0, settings.job_timeout_s / 4),
         }
         kwargs.update(overrides)
         return cls(**kwargs)
@@ -200,17 +212,47 @@ class ModelRegistry:
         """The live registry, scanning first when it was never built (or was rebuilt after corruption)."""
         registry = self.store.read()
         if registry.scanned_at is None:
-            self.scan()
+            self.scan(deadline_s=self.scan_deadline_s)
             registry = self.store.read()
         return registry
+
+    def warm(self, *, deadline_s: float | None = None) -> ScanResult:
+        """Start-up: one full scan (hashing new files within ``deadline_s``) and the lookup index built."""
+        result = self.scan(deadline_s=deadline_s)
+        self._view()
+        return result
+
+    def _view(self) -> tuple[LiveRegistry, LiveIndex]:
+        """The snapshot and its index, rebuilt only when the registry file changed (a ``stat`` otherwise)."""
+        registry = self.snapshot()
+        view = self._indexed
+        if view is None or view[0] is not registry:
+            view = (registry, LiveIndex(registry, self.catalogue))
+            self._indexed = view
+        return view
 
     def entries(self) -> list[LiveEntry]:
         return sorted(self.snapshot().models.values(), key=lambda e: e.key)
 
-    def scan(self, *, hash_files: bool = True, progress: Progress | None = None) -> ScanResult:
-        """Bring the registry in line with the folders; hash only new or changed files, outside the lock."""
+    def scan(
+        self,
+        *,
+        hash_files: bool = True,
+        progress: Progress | None = None,
+        kinds: tuple[ModelKind, ...] = MODEL_KINDS,
+        deadline_s: float | None = None,
+    ) -> ScanResult:
+        """Bring the registry in line with the folders of ``kinds``.
+
+        Only new or changed files are hashed, outside the lock, and only until ``deadline_s`` has passed
+        (the rest are registered unhashed; the next scan hashes them).
+        """
+        deadline = None if deadline_s is None else time.monotonic() + deadline_s
         before = self.store.read()
-        found, todo = plan_scan(self.models_dir, before, hash_files=hash_files)
+        mtimes: dict[str, int] = {}
+        found, todo = plan_scan(
+            self.models_dir, before, hash_files=hash_files, kinds=kinds, folder_mtimes=mtimes
+        )
         fresh = {}
         for f in todo:
             rehash = hash_files and needs_hash(f, before)
@@ -219,6 +261,7 @@ class ModelRegistry:
                 allow_pickle=self.allow_pickle,
                 hasher=self.hasher if rehash else None,
                 progress=progress,
+                deadline=deadline,
             )
             old = before.models.get(entry.key)
             if not rehash and old is not None and entry.sha256 is None:
@@ -235,7 +278,10 @@ class ModelRegistry:
                 missing = [f for f in found if entry_key(f.kind, f.file_name) not in fresh]
                 for f in missing:
                     e = inspect_file(
-                        f, allow_pickle=self.allow_pickle, hasher=self.hasher if hash_files else None
+                        f,
+                        allow_pickle=self.allow_pickle,
+                        hasher=self.hasher if hash_files else None,
+                        deadline=deadline,
                     )
                     fresh[e.key] = e
             result = merge_scan(
@@ -245,11 +291,17 @@ class ModelRegistry:
                 fresh,
                 now=self.clock(),
                 match_catalogue=lambda e: match_catalogue(self.catalogue, e),
+                kinds=kinds,
             )
-            result.hashed = len(fresh) if hash_files else 0
+            result.hashed = sum(1 for e in fresh.values() if e.sha256) if hash_files else 0
             return result
 
         result = self.store.update(apply)
+        for kind in kinds:
+            root = str(self.models_dir / KIND_DIRS[kind])
+            self._folder_mtimes[kind] = {
+                d: m for d, m in mtimes.items() if d == root or d.startswith(root + os.sep)
+            }
         if result.added or result.removed or result.changed:
             log.info(
                 "registry scan: %d files, %d added, %d changed, %d removed",
@@ -261,13 +313,38 @@ class ModelRegistry:
         return result
 
     def resolve(self, kind: ModelKind, reference: str) -> Resolution:
+        """Look ``reference`` up in the cached index; the disk is only rescanned where it changed.
+
+        A hit costs one ``stat`` of the file (still the registered size and mtime?). A miss rescans the
+        kind's folders only when one of their mtimes moved (a file added, removed or renamed since this
+        process last scanned them), within ``scan_deadline_s``: never the whole volume in a job.
+        """
         _check_kind(kind)
-        registry = self.snapshot()
-        found = resolve(kind, reference, registry, self.catalogue)
-        if found.live is None or not self._current(found.live):
-            self.scan()  # the file may have been added, replaced or removed since the last scan
-            found = resolve(kind, reference, self.store.read(), self.catalogue)
-        return found
+        registry, index = self._view()
+        found = resolve(kind, reference, registry, self.catalogue, index)
+        if found.live is not None and self._current(found.live):
+            return found
+        if found.live is None and not self._folders_changed(kind):
+            return found
+        self.scan(kinds=(kind,), deadline_s=self.scan_deadline_s)
+        registry, index = self._view()
+        return resolve(kind, reference, registry, self.catalogue, index)
+
+    def _folders_changed(self, kind: ModelKind) -> bool:
+        """Whether a folder of ``kind`` gained, lost or renamed an entry since this process scanned it."""
+        seen = self._folder_mtimes.get(kind)
+        if seen is None:
+            return True
+        root = self.models_dir / KIND_DIRS[kind]
+        if not seen:
+            return root.is_dir()
+        for folder, mtime_ns in seen.items():
+            try:
+                if os.stat(folder).st_mtime_ns != mtime_ns:
+                    return True
+            except OSError:
+                return True
+        return False
 
     def describe(self, kind: ModelKind, reference: str) -> ModelFacts | None:
         """Facts about a local model (any reference form); None when it is not on the volume.
@@ -287,6 +364,18 @@ class ModelRegistry:
         """Make the model present, downloading a catalogue entry or explicit remote reference if needed."""
         started = time.monotonic()
         found = self.resolve(kind, reference)
+        cat = found.catalogue
+        if (
+            found.live is not None
+            and cat is not None
+            and cat.sha256
+            and self._sha256_of(found.live) != cat.sha256
+        ):
+            # a file linked to the catalogue entry by name only: not the declared file, so fetch that one
+            log.warning(
+                "%s is not catalogue entry %s (its sha256 differs); fetching it", found.live.key, cat.id
+            )
+            found = Resolution(None, cat, found.remote)
         if found.live is not None and found.live.usable:
             return ProvisionedModel(self._facts(found.live, found.catalogue))
         if found.catalogue is None and found.remote is None:
@@ -334,16 +423,26 @@ class ModelRegistry:
         return result
 
     def record_use(self, kind: ModelKind, file_name: str) -> None:
-        """Note a use (last_used, use_count): the LRU order eviction follows."""
-        key = entry_key(kind, file_name)
+        """Note a use (last_used, use_count): the LRU order eviction follows.
 
+        Uses are batched in memory and written by a background thread (one locked write per
+        ``usage_flush_s``), so a job never pays for rewriting the registry; ``flush_uses`` writes now.
+        """
+        self._usage.add(entry_key(kind, file_name), self.clock())
+
+    def flush_uses(self) -> None:
+        """Write the batched uses now (at exit, before eviction, in tests)."""
+        self._usage.flush()
+
+    def _write_uses(self, uses: dict[str, tuple[int, float]]) -> None:
         def touch(registry: LiveRegistry) -> None:
-            entry = registry.models.get(key)
-            if entry is None:
-                log.debug("record_use: %s is not registered", key)
-                return
-            entry.last_used = self.clock()
-            entry.use_count += 1
+            for key, (count, last) in uses.items():
+                entry = registry.models.get(key)
+                if entry is None:
+                    log.debug("record_use: %s is not registered", key)
+                    continue
+                entry.last_used = max(entry.last_used or 0.0, last)
+                entry.use_count += count
 
         self.store.update(touch)
 
@@ -461,12 +560,44 @@ class ModelRegistry:
             if (same_name or same_source) and self._current(entry):
                 if replace is not None and entry.key == replace.key and entry.mtime_ns == replace.mtime_ns:
                     continue  # the unusable file we came to replace
+                if plan.sha256 is not None and self._sha256_of(entry) != plan.sha256:
+                    if same_name:  # downloading would overwrite another model: the operator decides
+                        raise ModelIncompatible(
+                            f"{kind} {entry.file_name} on the volume is not catalogue entry {plan.key}: "
+                            f"its sha256 differs from the declared {plan.sha256[:12]}…; rename or remove it",
+                            details={"file_name": entry.file_name, "expected_sha256": plan.sha256},
+                        )
+                    log.warning(
+                        "%s matches %s by name or source but not by its declared sha256; not reusing it",
+                        entry.key,
+                        plan.key,
+                    )
+                    continue
                 return entry
         return None
+
+    def _sha256_of(self, entry: LiveEntry) -> str | None:
+        """The entry's sha256, hashing the file now (and recording it) when a scan left it unhashed."""
+        if entry.sha256 is not None:
+            return entry.sha256
+        path = self.models_dir / KIND_DIRS[entry.kind] / entry.file_name
+        try:
+            digest = self.hasher(path, None, None).sha256
+        except OSError:
+            return None
+
+        def record(registry: LiveRegistry) -> None:
+            current = registry.models.get(entry.key)
+            if current is not None and current.mtime_ns == entry.mtime_ns and current.size == entry.size:
+                current.sha256, current.short_hash = digest, digest[:10]
+
+        self.store.update(record)
+        return digest
 
     def _make_room(self, needed: int, keep: set[str]) -> None:
         if self.quota_bytes is None:
             return
+        self.flush_uses()  # the LRU order must include this process's latest uses
         pinned = {c.id for c in self.catalogue.models if c.pinned}
         victims = plan_eviction(
             self.snapshot().models.values(),
@@ -680,6 +811,50 @@ def _engine_gap(entry: LiveEntry, engine: str) -> str:
     if engine == "a1111":
         return "A1111 would skip every one of its keys silently"
     return f"the {engine} engine cannot apply it"
+
+
+class UsageBatch:
+    """Uses (count, last time) per registry key, collected in memory and written in one batch.
+
+    The first use after a flush starts a timer thread; the batch is written ``flush_after_s`` later, or
+    at ``flush()``, or at interpreter exit. A failed write is logged and its uses kept for the next one.
+    """
+
+    def __init__(
+        self, write: Callable[[dict[str, tuple[int, float]]], None], *, flush_after_s: float
+    ) -> None:
+        self._write = write
+        self._flush_after_s = flush_after_s
+        self._lock = threading.Lock()
+        self._pending: dict[str, tuple[int, float]] = {}
+        self._timer: threading.Timer | None = None
+        atexit.register(self.flush)
+
+    def add(self, key: str, when: float) -> None:
+        with self._lock:
+            count, last = self._pending.get(key, (0, 0.0))
+            self._pending[key] = (count + 1, max(last, when))
+            if self._timer is None:
+                self._timer = threading.Timer(self._flush_after_s, self.flush)
+                self._timer.daemon = True
+                self._timer.start()
+
+    def flush(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, {}
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+        if not pending:
+            return
+        try:
+            self._write(pending)
+        except Exception:  # bookkeeping must never break a job or the exit
+            log.warning("could not record %d model use(s) in the registry", len(pending), exc_info=True)
+            with self._lock:
+                for key, (count, last) in pending.items():
+                    old_count, old_last = self._pending.get(key, (0, 0.0))
+                    self._pending[key] = (old_count + count, max(old_last, last))
 
 
 def _check_kind(kind: str) -> None:

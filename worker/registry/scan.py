@@ -2,7 +2,9 @@
 
 Only headers are read to detect kind and architecture; hashing is the one full read, done once per
 (size, mtime) and cached in the registry, so a warm scan is a ``stat`` per file. The slow part
-(hashing) runs outside the registry lock; only the merge takes it.
+(hashing) runs outside the registry lock; only the merge takes it. Only regular files inside the models
+folder are ever opened (``file_policy``); hashing stops at the scan's deadline, leaving the rest for the
+next scan.
 """
 
 from __future__ import annotations
@@ -10,13 +12,15 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from worker.model_types import MODEL_KINDS, ModelKind
 from worker.registry.detect import detect
+from worker.registry.file_policy import real_roots, unreadable_reason
 from worker.registry.hashing import Hasher, Progress, hash_file
 from worker.registry.layouts import (
     ENGINES,
@@ -57,6 +61,12 @@ class FoundFile:
     size: int
     mtime_ns: int
     folder: bool = False  # a model folder (diffusers pipeline, LoRA training folder), seen as one unit
+    #: why the file must not be opened (not a regular file, symlink out of the folder), else None
+    problem: str | None = None
+
+
+class ScanDeadline(Exception):
+    """Raised from the hashing loop when the scan's deadline has passed."""
 
 
 def _unit_folder(kind: ModelKind, folder: Path) -> bool:
@@ -66,15 +76,29 @@ def _unit_folder(kind: ModelKind, folder: Path) -> bool:
     return kind == "lora" and is_training_folder(folder)
 
 
-def iter_model_files(models_dir: Path) -> Iterator[FoundFile]:
-    """Every model file or model folder below the kind folders; hidden names (our temp and lock files)
-    are skipped, and nothing inside a model folder is listed on its own."""
-    for kind in MODEL_KINDS:
+def iter_model_files(
+    models_dir: Path,
+    kinds: Iterable[ModelKind] = MODEL_KINDS,
+    folder_mtimes: dict[str, int] | None = None,
+) -> Iterator[FoundFile]:
+    """Every model file or model folder below the kind folders; hidden names (our temp and lock files) are
+    skipped, and nothing inside a model folder is listed on its own.
+
+    Directory symlinks are not followed; a file that is not a regular file inside the models folder comes
+    with its ``problem`` and is never opened. ``folder_mtimes`` collects every walked folder's mtime.
+    """
+    for kind in kinds:
         root = models_dir / KIND_DIRS[kind]
         if not root.is_dir():
             continue
+        roots = real_roots(models_dir, root)
         for dirpath, dirnames, filenames in os.walk(root):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            if folder_mtimes is not None:
+                try:
+                    folder_mtimes[dirpath] = os.stat(dirpath).st_mtime_ns
+                except OSError:
+                    folder_mtimes[dirpath] = -1
             here = Path(dirpath)
             if here != root and _unit_folder(kind, here):
                 dirnames[:] = []
@@ -88,12 +112,13 @@ def iter_model_files(models_dir: Path) -> Iterator[FoundFile]:
                 if name.startswith(".") or not name.lower().endswith(MODEL_EXT):
                     continue
                 path = Path(dirpath) / name
+                problem = unreadable_reason(path, roots)
                 try:
-                    st = path.stat()
+                    st = os.stat(path) if problem is None else os.lstat(path)
                 except OSError:
                     continue
                 rel = path.relative_to(root).as_posix()
-                yield FoundFile(kind, rel, path, st.st_size, st.st_mtime_ns)
+                yield FoundFile(kind, rel, path, st.st_size, st.st_mtime_ns, problem=problem)
 
 
 def _kept_metadata(metadata: dict[str, str]) -> dict[str, str]:
@@ -110,8 +135,12 @@ def inspect_file(
     allow_pickle: bool,
     hasher: Hasher | None = hash_file,
     progress: Progress | None = None,
+    deadline: float | None = None,
 ) -> LiveEntry:
-    """Describe one file: header-based detection, usability, and (when ``hasher``) its hashes."""
+    """Describe one file: header-based detection, usability, and (when ``hasher``) its hashes.
+
+    ``deadline`` (``time.monotonic()``): past it the hash is left out (the next scan computes it).
+    """
     fields: dict[str, Any] = {
         "kind": found.kind,
         "file_name": found.file_name,
@@ -119,12 +148,20 @@ def inspect_file(
         "mtime_ns": found.mtime_ns,
     }
     addnet_offset: int | None = None
+    if found.problem is not None:
+        is_safetensors = found.file_name.lower().endswith(SAFETENSORS_EXT)
+        fields.update(
+            format="safetensors" if is_safetensors else "pickle", usable=False, problem=found.problem
+        )
+        return LiveEntry(**fields)
     if found.folder:
         fields.update(_inspect_folder(found))
-        if hasher is not None and fields.get("usable", True):
+        if hasher is not None and fields.get("usable", True) and _before(deadline):
             try:
-                fields["sha256"] = folder_digest(found.path, hasher, progress)
+                fields["sha256"] = folder_digest(found.path, hasher, _bounded(progress, deadline))
                 fields["short_hash"] = fields["sha256"][:10]
+            except ScanDeadline:
+                log.warning("scan deadline reached while hashing %s; left for the next scan", found.path)
             except OSError as exc:
                 fields.update(usable=False, problem=f"unreadable: {exc.strerror or exc}")
         return LiveEntry(**fields)
@@ -170,9 +207,13 @@ def inspect_file(
                 usable=False,
                 problem="pickle format (.ckpt/.pt/.bin) can run code; refused unless WORKER_ALLOW_PICKLE",
             )
-    if hasher is not None:
+    if hasher is not None and _before(deadline):
         try:
-            hashes = hasher(found.path, addnet_offset, progress)
+            hashes = hasher(found.path, addnet_offset, _bounded(progress, deadline))
+        except ScanDeadline:
+            log.warning(
+                "scan deadline reached while hashing %s; its hash is left for the next scan", found.path
+            )
         except OSError as exc:
             fields.update(usable=False, problem=f"unreadable: {exc.strerror or exc}")
         else:
@@ -237,6 +278,24 @@ def folder_digest(folder: Path, hasher: Hasher, progress: Progress | None = None
     return digest.hexdigest()
 
 
+def _before(deadline: float | None) -> bool:
+    return deadline is None or time.monotonic() < deadline
+
+
+def _bounded(progress: Progress | None, deadline: float | None) -> Progress | None:
+    """The hasher's progress callback, raising ``ScanDeadline`` once the deadline has passed."""
+    if deadline is None:
+        return progress
+
+    def check(n: int) -> None:
+        if progress is not None:
+            progress(n)
+        if time.monotonic() > deadline:
+            raise ScanDeadline
+
+    return check
+
+
 @dataclass
 class ScanResult:
     added: list[str] = field(default_factory=list)
@@ -247,19 +306,26 @@ class ScanResult:
 
 
 def plan_scan(
-    models_dir: Path, registry: LiveRegistry, *, hash_files: bool
+    models_dir: Path,
+    registry: LiveRegistry,
+    *,
+    hash_files: bool,
+    kinds: Iterable[ModelKind] = MODEL_KINDS,
+    folder_mtimes: dict[str, int] | None = None,
 ) -> tuple[list[FoundFile], list[FoundFile]]:
     """(all files, files needing inspection) — unchanged (size, mtime) files reuse their entry.
 
     A usable safetensors entry written by a schema-1 registry has no ``layout`` yet: it is inspected
     again (its header only; ``needs_hash`` tells the caller its cached hashes still hold).
     """
-    found = list(iter_model_files(models_dir))
+    found = list(iter_model_files(models_dir, kinds, folder_mtimes))
     todo = []
     for f in found:
         old = registry.models.get(entry_key(f.kind, f.file_name))
         changed = old is None or old.size != f.size or old.mtime_ns != f.mtime_ns
-        if changed or (hash_files and old is not None and old.sha256 is None) or _predates_layouts(old):
+        changed = changed or (old is not None and old.problem != f.problem and f.problem is not None)
+        unhashed = old is not None and old.sha256 is None and f.problem is None
+        if changed or (hash_files and unhashed) or _predates_layouts(old):
             todo.append(f)
     return found, todo
 
@@ -288,8 +354,10 @@ def merge_scan(
     *,
     now: float,
     match_catalogue: Callable[[LiveEntry], str | None],
+    kinds: Iterable[ModelKind] = MODEL_KINDS,
 ) -> ScanResult:
-    """Apply a scan to the (locked, freshest) registry, keeping usage history of known files."""
+    """Apply a scan of ``kinds`` to the (locked, freshest) registry, keeping usage history of known files."""
+    scanned = set(kinds)
     result = ScanResult(total=len(found))
     present = {entry_key(f.kind, f.file_name) for f in found}
     for key, entry in fresh.items():
@@ -306,15 +374,16 @@ def merge_scan(
             result.added.append(key)
         registry.models[key] = entry
     for key in list(registry.models):
-        if key in present:
+        if key in present or registry.models[key].kind not in scanned:
             continue
         entry = registry.models[key]
         # a file another worker added after our listing is not in ``found``: keep it while it exists
-        if not (models_dir / KIND_DIRS[entry.kind] / entry.file_name).is_file():
+        if not os.path.lexists(models_dir / KIND_DIRS[entry.kind] / entry.file_name):
             del registry.models[key]
             result.removed.append(key)
     for entry in registry.models.values():
         if entry.registry_id is None:
             entry.registry_id = match_catalogue(entry)
-    registry.scanned_at = now
+    if scanned >= set(MODEL_KINDS):
+        registry.scanned_at = now
     return result

@@ -1,8 +1,10 @@
 """The live registry file: locked read-modify-write, atomic replace, corrupt files kept aside.
 
 Readers never lock: the file is only ever replaced whole (tmp + fsync + os.replace), so a reader
-sees the old or the new version, never a mix. Writers serialise on ``<registry>.lock`` (filelock:
-``flock``), which the kernel releases when a holder dies, so a killed worker never wedges the rest.
+sees the old or the new version, never a mix. A reader re-parses the file only when its identity
+(inode, size, mtime, ctime) changed: on a warm volume a read is one ``stat``. Writers serialise on
+``<registry>.lock`` (filelock: ``flock``), which the kernel releases when a holder dies, so a killed
+worker never wedges the rest.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import logging
 import os
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -90,6 +93,7 @@ class RegistryStore:
         self._clock = clock
         #: set when the last load found a corrupt file and moved it aside (the caller rescans)
         self.recovered_from: Path | None = None
+        self._cached: tuple[tuple[int, ...], LiveRegistry] | None = None
 
     @contextmanager
     def locked(self) -> Iterator[None]:
@@ -107,8 +111,22 @@ class RegistryStore:
             lock.release()
 
     def read(self) -> LiveRegistry:
-        """Current contents without locking (safe: writers replace the file atomically)."""
-        return self._load(move_corrupt=False)
+        """Current contents without locking (safe: writers replace the file atomically).
+
+        The result is shared between readers until the file changes: treat it as read-only
+        (``update`` is the way to change the registry).
+        """
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return LiveRegistry()
+        identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        cached = self._cached
+        if cached is not None and cached[0] == identity:
+            return cached[1]
+        registry = self._load(move_corrupt=False)
+        self._cached = (identity, registry)
+        return registry
 
     def update(self, change: Callable[[LiveRegistry], T]) -> T:
         """Run ``change`` on the freshest registry under the lock and write the result atomically."""
@@ -134,7 +152,10 @@ class RegistryStore:
                 )
                 return LiveRegistry()
             stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(self._clock()))
-            aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}-{os.getpid()}")
+            # unique even for two corruptions in the same second by the same process
+            aside = self.path.with_name(
+                f"{self.path.name}.corrupt-{stamp}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            )
             os.replace(self.path, aside)
             self.recovered_from = aside
             log.warning(
