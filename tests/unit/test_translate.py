@@ -7,7 +7,13 @@ import pytest
 from tests.support.fixtures import StaticEngineLists, engine_catalog, job_fixture, load_json
 from worker.preflight import Preflight
 from worker.schema import GenerationRequest, Txt2ImgJob, parse_job_input
-from worker.translate import ResolvedNames, add_lora_tags, build_txt2img_payload, format_weight
+from worker.translate import (
+    ResolvedNames,
+    SettingsBaseline,
+    add_lora_tags,
+    build_txt2img_payload,
+    format_weight,
+)
 
 
 def job_of(raw: dict) -> Txt2ImgJob:
@@ -29,8 +35,18 @@ def job_of(raw: dict) -> Txt2ImgJob:
 )
 def test_fixture_payloads(fixture: str) -> None:
     job = job_of(job_fixture(fixture)["input"])
-    names = Preflight(StaticEngineLists(engine_catalog())).resolve(job).names
-    assert build_txt2img_payload(job, names).payload == load_json(f"payloads/{fixture}.json")
+    catalog = engine_catalog()
+    names = Preflight(StaticEngineLists(catalog)).resolve(job).names
+    # The engine's settings as A1111's /options reports them (clip skip as a float).
+    baseline = SettingsBaseline(
+        {
+            "sd_model_checkpoint": catalog.current_checkpoint,
+            "CLIP_stop_at_last_layers": 1.0,
+            "sd_vae": "Automatic",
+        }
+    )
+    payload = build_txt2img_payload(job, names, baseline.defaults()).payload
+    assert payload == load_json(f"payloads/{fixture}.json")
 
 
 NAMES = ResolvedNames(sampler="Euler")
