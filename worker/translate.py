@@ -32,8 +32,9 @@ HIRES_DEFAULT_DENOISING = 0.7
 
 #: Engine settings sent on every job, defaults included (docs/decisions.md, "a job never changes later jobs").
 MANAGED_SETTINGS: tuple[str, ...] = ("sd_model_checkpoint", "CLIP_stop_at_last_layers", "sd_vae")
-#: A1111's own defaults, for an engine whose ``/options`` lacks a managed key.
-_MANAGED_FALLBACKS: dict[str, Any] = {"CLIP_stop_at_last_layers": 1, "sd_vae": "Automatic"}
+#: What a job that leaves clip skip or VAE unset gets: A1111's built-in defaults, whatever the engine's
+#: current settings say (an earlier request may have left them changed).
+MANAGED_DEFAULTS: dict[str, Any] = {"CLIP_stop_at_last_layers": 1, "sd_vae": "Automatic"}
 
 #: A1111 extra-network tags that name a LoRA (``lyco`` is an alias A1111 keeps).
 LORA_TAG = re.compile(r"<(?:lora|lyco):([^:>]+)(?::([^:>]*))?[^>]*>", re.IGNORECASE)
@@ -71,12 +72,13 @@ class Translation:
 
 
 class SettingsBaseline:
-    """The engine's settings before the worker's first job, and every setting a job has overridden since.
+    """What a job sends for every engine setting it leaves unset, so it never inherits an earlier job's.
 
-    ``defaults()`` is what a job sends for each of those settings it does not set itself, so a job never
-    inherits what an earlier one set (A1111 keeps an override whose key is missing from ``config.json``,
-    and every override when ``override_settings_restore_afterwards`` is false). Thread-safe: the routes
-    server runs jobs from several threads.
+    A1111 keeps an override whose key is missing from its ``opts.data`` (``config.json`` plus what was set
+    since), and every override when ``override_settings_restore_afterwards`` is false. So every job sends:
+    clip skip and VAE (``MANAGED_DEFAULTS``), the checkpoint the engine had selected when the worker first
+    looked, and, for each other setting some job has overridden, the value the engine had then.
+    Thread-safe: the routes server runs jobs from several threads.
 
     Args:
         options: the engine's ``GET /options``; keys it does not list cannot be restored and are not tracked.
@@ -84,9 +86,7 @@ class SettingsBaseline:
 
     def __init__(self, options: Mapping[str, Any]) -> None:
         self._values = {key: _whole_number(value) for key, value in options.items()}
-        for key, fallback in _MANAGED_FALLBACKS.items():
-            if self._values.get(key) is None:
-                self._values[key] = fallback
+        self._values.update(MANAGED_DEFAULTS)
         self._tracked = set(MANAGED_SETTINGS)
         self._lock = threading.Lock()
 

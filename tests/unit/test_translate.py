@@ -117,3 +117,32 @@ def test_warnings_for_ignored_flags() -> None:
     )
     assert any("send_images=false" in w for w in translation.warnings)
     assert any("denoising_strength" in w for w in translation.warnings)
+
+
+def test_settings_baseline_sends_defaults_not_what_an_earlier_request_left() -> None:
+    # /options as A1111 reports it after some request left clip skip 2 and a VAE behind
+    options = {
+        "sd_model_checkpoint": "a.safetensors [0123456789]",
+        "CLIP_stop_at_last_layers": 2.0,
+        "sd_vae": "leaked.safetensors",
+        "eta_noise_seed_delta": 0.0,
+        "samples_format": "png",
+    }
+    baseline = SettingsBaseline(options)
+    assert baseline.defaults() == {
+        "CLIP_stop_at_last_layers": 1,
+        "sd_model_checkpoint": "a.safetensors [0123456789]",
+        "sd_vae": "Automatic",
+    }
+    baseline.track({"eta_noise_seed_delta": 31337, "not_an_option": 1})
+    defaults = baseline.defaults()
+    assert defaults["eta_noise_seed_delta"] == 0 and isinstance(defaults["eta_noise_seed_delta"], int)
+    assert "not_an_option" not in defaults  # A1111 would refuse it anyway (500 KeyError)
+
+
+def test_a_job_overrides_the_baseline_and_restore_is_always_on() -> None:
+    job = job_of({"prompt": "a", "clip_skip": 3, "override_settings_restore_afterwards": False})
+    translation = build_txt2img_payload(job, NAMES, {"CLIP_stop_at_last_layers": 1, "sd_vae": "Automatic"})
+    assert translation.payload["override_settings"] == {"CLIP_stop_at_last_layers": 3, "sd_vae": "Automatic"}
+    assert translation.payload["override_settings_restore_afterwards"] is True
+    assert any("restore_afterwards=false was ignored" in w for w in translation.warnings)
