@@ -5,7 +5,8 @@ scripts/a1111_test_models.py. The worker's own payload for the job is captured o
 straight through ``A1111Client.txt2img`` and runs the job through the handler, alternately, so both sides see
 the same engine state. The difference is what the worker adds: validation, pre-flight against the cached
 lists, translation, the post-generation ``/progress`` check and verification, the progress relay thread and
-output shaping.
+output shaping. On a busy machine the engine's own variance (seconds) swamps that difference, so the table
+also gives the worker's stages as it times them inside each job (``timings_ms``: total minus generate).
 
     A1111_DIR=... [A1111_PYTHON=...] python bench/a1111_worker_overhead.py [--rounds 30]
 """
@@ -50,7 +51,7 @@ def captured_payload(runner: JobRunner, job_input: dict[str, Any]) -> dict[str, 
 
 def measure(runner: JobRunner, engine: A1111Client, job_input: dict[str, Any], rounds: int) -> dict[str, Any]:
     payload = captured_payload(runner, job_input)
-    direct, handled = [], []
+    direct, handled, outside_generate, verify = [], [], [], []
     for index in range(rounds + 3):  # the first 3 are warm-up
         started = time.perf_counter()
         engine.txt2img(payload, timeout_s=300)
@@ -62,6 +63,9 @@ def measure(runner: JobRunner, engine: A1111Client, job_input: dict[str, Any], r
         if index >= 3:
             direct.append(direct_ms)
             handled.append(handled_ms)
+            timings = output["timings_ms"]
+            outside_generate.append(timings["total"] - timings["generate"])
+            verify.append(timings["verify"])
     overheads = [h - d for h, d in zip(handled, direct, strict=True)]
     return {
         "job": f"{job_input['width']}x{job_input['height']}, {job_input['steps']} steps, "
@@ -71,6 +75,9 @@ def measure(runner: JobRunner, engine: A1111Client, job_input: dict[str, Any], r
         "overhead_ms_median": round(statistics.median(overheads), 1),
         "overhead_ms_p10_p90": [round(q, 1) for q in statistics.quantiles(overheads, n=10)[::8]],
         "ratio_median": round(statistics.median(handled) / statistics.median(direct), 3),
+        # The worker's own stages, timed inside the job: robust to the engine's variance.
+        "own_stages_ms_median": round(statistics.median(outside_generate), 1),
+        "verify_ms_median": round(statistics.median(verify), 2),
     }
 
 
@@ -115,12 +122,22 @@ def main() -> int:
             )
             for job in jobs:
                 rows.append(measure(runner, engine, job, args.rounds))
-    header = ("job", "engine ms", "handler ms", "overhead ms", "p10..p90", "ratio")
+    header = (
+        "job",
+        "engine ms",
+        "handler ms",
+        "overhead ms",
+        "p10..p90",
+        "ratio",
+        "own stages ms",
+        "verify ms",
+    )
     print(" | ".join(header))
     for row in rows:
         low, high = row["overhead_ms_p10_p90"]
         cells = [row["job"], row["engine_ms_median"], row["handler_ms_median"], row["overhead_ms_median"]]
-        print(" | ".join(str(cell) for cell in [*cells, f"{low}..{high}", row["ratio_median"]]))
+        tail = [f"{low}..{high}", row["ratio_median"], row["own_stages_ms_median"], row["verify_ms_median"]]
+        print(" | ".join(str(cell) for cell in [*cells, *tail]))
     out = ROOT / "bench" / "results" / "a1111_worker_overhead.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"rounds": args.rounds, "rows": rows}, indent=2) + "\n")
