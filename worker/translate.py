@@ -5,10 +5,10 @@ as if the caller had talked to A1111 directly. The exceptions are deliberate and
 
 * ``sampler_name`` is always sent (the resolved engine name), so the effective sampler is known;
 * the engine settings the worker manages (``MANAGED_SETTINGS``: checkpoint, clip skip, VAE) and every
-  setting an earlier job overrode are sent on every job, the engine's own baseline value when the job
-  leaves them unset (see ``SettingsBaseline``), with ``override_settings_restore_afterwards=true``:
-  A1111 does not restore an override whose key is missing from its ``config.json``, so otherwise one
-  job's clip skip or VAE would silently apply to every later job;
+  setting an earlier job overrode are sent on every job, defaults included when the job leaves them
+  unset (see ``SettingsBaseline``), with ``override_settings_restore_afterwards=true``: A1111 does not
+  restore an override whose key is missing from its ``config.json``, so otherwise one job's clip skip or
+  VAE would silently apply to every later job;
 * ``save_images=false`` and ``send_images=true``: the worker returns images, it never writes them
   on the engine's disk;
 * ``denoising_strength`` when hires is on (A1111 fails with a 500 without it): 0.7, A1111's UI
