@@ -118,32 +118,16 @@ def model_config(text_encoder_dir: Path) -> dict[str, Any]:
     }
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2/CLIP's byte → printable character table."""
-    printable = [
-        *range(ord("!"), ord("~") + 1),
-        *range(ord("¡"), ord("¬") + 1),
-        *range(ord("®"), ord("ÿ") + 1),
-    ]
-    chars = printable[:]
-    extra = 0
-    for byte in range(256):
-        if byte not in printable:
-            printable.append(byte)
-            chars.append(256 + extra)
-            extra += 1
-    return dict(zip(printable, (chr(c) for c in chars), strict=True))
-
-
 def write_text_encoder(folder: Path) -> None:
     """CLIP's tokenizer files from the BPE list the ``clip`` package ships, plus a small text config."""
     import clip  # A1111's environment always has it (prepare_environment installs openai CLIP)
+    from transformers.models.clip.tokenization_clip import bytes_to_unicode
 
     bpe = Path(clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz"
     with gzip.open(bpe) as packed:
         lines = packed.read().decode("utf-8").split("\n")
     merges = lines[1 : 49152 - 256 - 2 + 1]
-    vocab = list(_bytes_to_unicode().values())
+    vocab = list(bytes_to_unicode().values())
     vocab += [v + "</w>" for v in vocab]
     vocab += ["".join(merge.split()) for merge in merges]
     vocab += ["<|startoftext|>", "<|endoftext|>"]
