@@ -70,26 +70,26 @@ RUN python3.10 -m venv /opt/worker-venv \
     && /opt/worker-venv/bin/python -m pip install "/opt/worker" \
     && /opt/worker-venv/bin/python -c "import runpod, uvicorn, worker.routes"
 
-# Our extension, and a complete config.json so override_settings are always restored (a1111-api.md §3.5).
-COPY webui_extensions/worker-routes "${A1111_DIR}/extensions/worker-routes"
+# start.sh owns the folder layout: the extension and baked models go where the flags it passes make A1111
+# look (with --data-dir, A1111 loads extensions only from <data-dir>/extensions); see start.sh --print-layout.
+COPY start.sh /start.sh
+COPY webui_extensions/worker-routes /tmp/worker-routes
+RUN /start.sh --install-extension /tmp/worker-routes && rm -rf /tmp/worker-routes
+
+# A complete config.json: A1111 starts from known settings (the worker sends every setting it manages on every
+# job anyway, so it never depends on A1111 restoring them).
 COPY scripts/a1111-config.json "${A1111_DATA_DIR}/config.json"
 
 # Optional: a catalogue model in the image, e.g. --build-arg BAKE_MODEL=<id from cache_registry.json>.
 # A model A1111 cannot use as it is (a diffusers/PEFT LoRA) is converted here, once, never at request time.
-# It lands in A1111's own model folders on local disk (scanned besides the volume's --ckpt-dir/--lora-dir).
+# It lands in A1111's own model folders on local disk, scanned besides the volume (start.sh --bake-models).
 RUN if [ -n "${BAKE_MODEL}" ]; then \
-        mkdir -p /tmp/bake/checkpoints /tmp/bake/loras \
-        && WORKER_MODELS_DIR=/tmp/bake /opt/worker-venv/bin/python -m worker registry pull "${BAKE_MODEL}" \
+        WORKER_MODELS_DIR=/tmp/bake /opt/worker-venv/bin/python -m worker registry pull "${BAKE_MODEL}" \
         && WORKER_MODELS_DIR=/tmp/bake /opt/worker-venv/bin/python -m worker registry convert "${BAKE_MODEL}" \
             --to a1111 --remove-source \
-        && mkdir -p "${A1111_DATA_DIR}/models/Stable-diffusion" "${A1111_DATA_DIR}/models/Lora" \
-        && find /tmp/bake/checkpoints -type f -exec mv -t "${A1111_DATA_DIR}/models/Stable-diffusion" {} + \
-        && find /tmp/bake/loras -type f -exec mv -t "${A1111_DATA_DIR}/models/Lora" {} + \
+        && /start.sh --bake-models /tmp/bake \
         && rm -rf /tmp/bake; \
     fi
-
-COPY start.sh /start.sh
-RUN chmod +x /start.sh
 
 EXPOSE 3000
 # Health is 200 only once the checkpoint is loaded; the start period covers a cold model load.

@@ -8,6 +8,9 @@
 #
 #   ./start.sh                          start (WORKER_MODE=serverless|api|local)
 #   ./start.sh --print-engine-command   print the engine command line (secrets redacted) and exit
+#   ./start.sh --print-layout           print where A1111 finds extensions and baked models, and exit
+#   ./start.sh --install-extension DIR  copy an A1111 extension where A1111 loads it (image build)
+#   ./start.sh --bake-models DIR        move DIR/{checkpoints,loras,vae}/* where A1111 finds them (image build)
 set -euo pipefail
 
 log() { printf '[start] %s\n' "$*"; }
@@ -47,12 +50,77 @@ export WORKER_MODELS_DIR
 export WORKER_ENGINE_PID_FILE="${WORKER_ENGINE_PID_FILE:-/tmp/engine.pid}"
 export PYTHONUNBUFFERED=1
 
+# --- where A1111 finds things -----------------------------------------------------------------------
+# One layout, derived from the folders the engine command below passes to A1111, so the image's
+# extension and baked models land where A1111 looks (A1111 v1.10.1's rules, checked by
+# tests/deploy/test_layout.py and, on the real A1111, by tests/a1111/test_start_sh.py):
+#   --data-dir D       user extensions load from D/extensions only (modules/paths_internal.py);
+#                      A1111's own models folder is D/models
+#   checkpoints        D/models/Stable-diffusion and --ckpt-dir (the volume) are both scanned
+#   LoRAs              only --lora-dir (the volume) and --lyco-dir-backcompat, which is set to D/models/Lora
+#   VAEs               D/models/VAE and --vae-dir (the volume) are both scanned
+#   embeddings         only --embeddings-dir (the volume): nothing can be baked
+A1111_EXTENSIONS_DIR="$A1111_DATA_DIR/extensions"
+A1111_OWN_MODELS_DIR="$A1111_DATA_DIR/models"
+declare -A BAKED_DIRS=(
+	[checkpoints]="$A1111_OWN_MODELS_DIR/Stable-diffusion"
+	[loras]="$A1111_OWN_MODELS_DIR/Lora"
+	[vae]="$A1111_OWN_MODELS_DIR/VAE"
+)
+
+print_layout() {
+	printf 'A1111_EXTENSIONS_DIR=%q\n' "$A1111_EXTENSIONS_DIR"
+	printf 'A1111_BAKED_CHECKPOINTS_DIR=%q\n' "${BAKED_DIRS[checkpoints]}"
+	printf 'A1111_BAKED_LORAS_DIR=%q\n' "${BAKED_DIRS[loras]}"
+	printf 'A1111_BAKED_VAE_DIR=%q\n' "${BAKED_DIRS[vae]}"
+}
+
+install_extension() { # SRC [link]: copy (or symlink) an extension folder into A1111's extensions folder
+	local src="${1%/}" dest
+	[[ -d "$src" ]] || die "--install-extension $src: not a folder"
+	dest="$A1111_EXTENSIONS_DIR/$(basename "$src")"
+	mkdir -p "$A1111_EXTENSIONS_DIR"
+	rm -rf "$dest"
+	if [[ "${2:-}" == link ]]; then ln -s "$(cd "$src" && pwd)" "$dest"; else cp -R "$src" "$dest"; fi
+	log "extension $(basename "$src") installed in $A1111_EXTENSIONS_DIR"
+}
+
+bake_models() { # DIR: move DIR/<kind>/* into the folders A1111 scans besides the volume
+	local src="${1%/}" kind found
+	[[ -d "$src" ]] || die "--bake-models $src: not a folder"
+	if [[ -d "$src/embeddings" ]] && find "$src/embeddings" -type f -print -quit | grep -q .; then
+		die "--bake-models: embeddings cannot be baked (A1111 reads only --embeddings-dir, the volume); put them on the volume"
+	fi
+	for kind in "${!BAKED_DIRS[@]}"; do
+		[[ -d "$src/$kind" ]] || continue
+		found="$(find "$src/$kind" -type f \( -name '*.safetensors' -o -name '*.ckpt' -o -name '*.pt' \) -print)"
+		[[ -n "$found" ]] || continue
+		mkdir -p "${BAKED_DIRS[$kind]}"
+		while IFS= read -r file; do
+			mv -f "$file" "${BAKED_DIRS[$kind]}/"
+			log "baked $kind: ${BAKED_DIRS[$kind]}/$(basename "$file")"
+		done <<<"$found"
+	done
+}
+
 print_only=0
 case "${1:-}" in
 "") ;;
 --print-engine-command) print_only=1 ;;
+--print-layout)
+	print_layout
+	exit 0
+	;;
+--install-extension)
+	install_extension "${2:?--install-extension needs the extension folder}"
+	exit 0
+	;;
+--bake-models)
+	bake_models "${2:?--bake-models needs the folder of models to bake}"
+	exit 0
+	;;
 -h | --help)
-	sed -n '2,10p' "$0"
+	sed -n '2,13p' "$0"
 	exit 0
 	;;
 *) die "unknown argument ${1}; see docs/deploying.md" ;;
@@ -120,6 +188,7 @@ if [[ "$WORKER_ENGINE" == a1111 ]]; then
 		--skip-version-check --skip-python-version-check
 		--data-dir "$A1111_DATA_DIR"
 		--ckpt-dir "$WORKER_MODELS_DIR/checkpoints" --lora-dir "$WORKER_MODELS_DIR/loras"
+		--lyco-dir-backcompat "${BAKED_DIRS[loras]}"
 		--embeddings-dir "$WORKER_MODELS_DIR/embeddings" --vae-dir "$WORKER_MODELS_DIR/vae")
 	# The registry records every model's sha256, so A1111 need not re-hash multi-GB files on each boot.
 	[[ "$A1111_NO_HASHING" == 1 ]] && engine_cmd+=(--no-hashing)
@@ -190,9 +259,22 @@ prepare_models_dir() {
 }
 
 log "mode=$WORKER_MODE engine=$WORKER_ENGINE models=$WORKER_MODELS_DIR engine_url=${WORKER_A1111_URL}"
+# The image installs the extension at build time (--install-extension); a checkout links its own copy.
+ensure_extension() {
+	local bundled
+	bundled="$(cd "$(dirname "$0")" && pwd)/webui_extensions/worker-routes"
+	[[ -e "$A1111_EXTENSIONS_DIR/worker-routes" ]] && return 0
+	if [[ -d "$bundled" ]]; then
+		install_extension "$bundled" link
+	else
+		log "WARNING: no worker-routes extension in $A1111_EXTENSIONS_DIR: /worker/v1/* will answer 404"
+	fi
+}
+
 if [[ "$WORKER_ENGINE" == a1111 ]]; then
 	gpu_preflight
 	mkdir -p "$A1111_DATA_DIR"
+	ensure_extension
 fi
 [[ "$WORKER_ENGINE" == external ]] || prepare_models_dir
 

@@ -28,6 +28,7 @@ import os
 import re
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, get_args
@@ -127,8 +128,11 @@ class CheckpointEntry:
 
 @dataclass(frozen=True)
 class SamplerEntry:
+    """``default_scheduler`` is the scheduler name A1111's ``Automatic`` means for this sampler, if any."""
+
     name: str
     aliases: tuple[str, ...]
+    default_scheduler: str | None = None
 
 
 @dataclass(frozen=True)
@@ -163,6 +167,7 @@ class EngineCatalog:
     current_checkpoint: str | None  # GET /options sd_model_checkpoint
     #: lookup tables pre-flight derives from these lists, built once per fetched catalog (not compared)
     memo: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    options: Mapping[str, Any] = field(default_factory=dict)  # GET /options, whole
 
 
 @dataclass(frozen=True)
@@ -174,6 +179,7 @@ class Progress:
     step: int
     total: int
     active: bool
+    interrupted: bool = False  # the last job's interrupted/skipped flag, kept until the next job starts
 
 
 class _StaleConnection(requests.ConnectionError):
@@ -304,6 +310,11 @@ def _public_url(url: str) -> str:
     host = parts.hostname or ""
     netloc = f"{host}:{parts.port}" if parts.port else host
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def _default_scheduler(options: Any) -> str | None:
+    value = options.get("scheduler") if isinstance(options, dict) else None
+    return str(value) if value else None
 
 
 def _str_tuple(values: Any) -> tuple[str, ...]:
@@ -773,6 +784,7 @@ class A1111Client:
             step=int(state.get("sampling_step") or 0),
             total=int(state.get("sampling_steps") or 0),
             active=job_count != 0 or progress > 0,
+            interrupted=bool(state.get("interrupted") or state.get("skipped")),
         )
 
     def interrupt(self) -> bool:
@@ -863,7 +875,11 @@ class A1111Client:
             for m in self._fetch_list("sd-models")
         )
         samplers = tuple(
-            SamplerEntry(name=str(s["name"]), aliases=_str_tuple(s.get("aliases")))
+            SamplerEntry(
+                name=str(s["name"]),
+                aliases=_str_tuple(s.get("aliases")),
+                default_scheduler=_default_scheduler(s.get("options")),
+            )
             for s in self._fetch_list("samplers")
         )
         # /schedulers exists since A1111 1.9.1; the Lora routes only with the built-in extension enabled.
@@ -901,6 +917,7 @@ class A1111Client:
             vaes=vaes,
             upscalers=upscalers,
             current_checkpoint=str(current) if current else None,
+            options=dict(options) if isinstance(options, dict) else {},
         )
 
     def refresh(self, kind: RefreshKind) -> None:

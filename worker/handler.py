@@ -11,9 +11,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable
-from pathlib import PurePath
 from typing import Any
 
 from worker.engine import A1111Client
@@ -25,7 +25,8 @@ from worker.preflight import Preflight
 from worker.progress import ProgressRelay
 from worker.schema import GenerationRequest, ListingRequest, parse_job_input
 from worker.settings import WorkerSettings
-from worker.translate import build_txt2img_payload
+from worker.translate import SettingsBaseline, build_txt2img_payload
+from worker.verify import check_generation, check_not_interrupted
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,8 @@ class JobRunner:
         self.provider = provider
         self.uploader = uploader
         self.progress_sink = progress_sink
+        self._baseline: SettingsBaseline | None = None
+        self._baseline_lock = threading.Lock()
 
     @classmethod
     def from_settings(cls, settings: WorkerSettings) -> JobRunner:
@@ -109,20 +112,30 @@ class JobRunner:
         timings["provision"] = round(preflight.provision_ms, 1)
         mark("preflight", subtract=preflight.provision_ms)
 
-        # 3. Translate (pure) and generate, relaying progress.
-        translation = build_txt2img_payload(job_input, preflight.names)
+        # 3. Translate (pure), every managed engine setting included, and generate, relaying progress.
+        baseline = self._settings_baseline()
+        translation = build_txt2img_payload(job_input, preflight.names, baseline.defaults())
+        baseline.track(translation.payload.get("override_settings") or {})
         with self._progress(job):
             response = self.engine.txt2img(translation.payload, timeout_s=self.settings.job_timeout_s)
         mark("generate")
 
-        # 4. Check what the engine really did, then shape and deliver the output.
+        # 4. Check what the engine really did (worker.verify), then shape and deliver the output.
         info = _parse_info(response.get("info"))
-        _check_checkpoint_used(preflight.names.checkpoint_title, info)
+        images = list(response.get("images") or [])
+        check_not_interrupted(info, self.engine.progress())
+        verify_warnings = check_generation(translation.payload, self.engine.catalog(), images, info)
+        mark("verify")
         engine_warnings = info.get("warnings")
         engine_warnings = engine_warnings if isinstance(engine_warnings, list) else []
-        warnings = [*preflight.warnings, *translation.warnings, *(f"engine: {w}" for w in engine_warnings)]
+        warnings = [
+            *preflight.warnings,
+            *translation.warnings,
+            *verify_warnings,
+            *(f"engine: {w}" for w in engine_warnings),
+        ]
         output: dict[str, Any] = {
-            "images": convert_images(list(response.get("images") or []), job_input.output, warnings),
+            "images": convert_images(images, job_input.output, warnings),
             "parameters": response.get("parameters", {}),
             "info": response.get("info", ""),
             "seeds": info.get("all_seeds") or ([info["seed"]] if "seed" in info else []),
@@ -140,6 +153,13 @@ class JobRunner:
             max_bytes=self.settings.output_max_bytes,
             uploader=self.uploader,
         )
+
+    def _settings_baseline(self) -> SettingsBaseline:
+        """The engine's settings as the first job found them (``worker.translate.SettingsBaseline``)."""
+        with self._baseline_lock:
+            if self._baseline is None:
+                self._baseline = SettingsBaseline(self.engine.catalog().options)
+            return self._baseline
 
     def _progress(self, job: dict[str, Any]) -> ProgressRelay:
         sink = self.progress_sink
@@ -190,18 +210,6 @@ def _parse_info(info: Any) -> dict[str, Any]:
             raise EngineError(f"engine returned an info field that is not JSON: {info[:120]!r}") from exc
         return parsed if isinstance(parsed, dict) else {}
     return {}
-
-
-def _check_checkpoint_used(requested_title: str | None, info: dict[str, Any]) -> None:
-    """A1111 silently falls back to another checkpoint; make sure it used the one we asked for."""
-    used = info.get("sd_model_name")
-    if not requested_title or not used:
-        return
-    wanted = PurePath(requested_title.split(" [", 1)[0].replace("\\", "/")).stem
-    if str(used).lower() != wanted.lower():
-        raise EngineError(
-            f"the engine generated with checkpoint {used!r} instead of the requested {wanted!r}"
-        )
 
 
 # --- the RunPod entry points --------------------------------------------------------------------

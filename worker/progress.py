@@ -65,7 +65,8 @@ class ProgressRelay:
                 except WorkerError as exc:
                     log.debug("progress poll failed: %s", exc)
                     continue
-                if not progress.active or (progress.step, progress.total) == last:
+                # Before its first step A1111 still reports the previous job's step count: skip that.
+                if not progress.active or progress.step == 0 or (progress.step, progress.total) == last:
                     continue
                 last = (progress.step, progress.total)
                 update = {

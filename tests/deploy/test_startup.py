@@ -27,11 +27,24 @@ def test_preloads_the_default_checkpoint_and_logs_the_timeline(
     timeline = prepare_engine(A1111Client(fake_a1111.url, pid_file=pid_file), settings)
     options = [r.body for r in fake_a1111.requests_to("options", "POST")]
     assert options == [{"sd_model_checkpoint": "sdxl/base_xl.safetensors [fedcba9876]"}]
-    assert len(fake_a1111.requests_to("txt2img")) == 1  # the warm-up
+    # one generation waits for A1111's own background load (POST /options during it races), one warms up
+    assert len(fake_a1111.requests_to("txt2img")) == 2
+    first_options = fake_a1111.requests_to("options", "POST")[0].at
+    assert fake_a1111.requests_to("txt2img")[0].at < first_options < fake_a1111.requests_to("txt2img")[1].at
     phases = [name for name, _ in timeline.marks]
     assert timeline.origin_label == "engine_process_start"
     assert phases == ["worker_start", "port_open", "model_loaded", "warmed_up", "ready"]
     assert "start-up timeline: engine_process_start 0.0s" in caplog.text
+
+
+def test_the_default_checkpoint_already_selected_is_not_loaded_again(
+    fake_a1111: FakeA1111, tmp_path: Path
+) -> None:
+    settings = _settings(fake_a1111.url, tmp_path, default_checkpoint="demo")
+    timeline = prepare_engine(A1111Client(fake_a1111.url), settings)
+    assert fake_a1111.requests_to("options", "POST") == []
+    assert len(fake_a1111.requests_to("txt2img")) == 1  # waiting for the load was the warm-up
+    assert [name for name, _ in timeline.marks] == ["port_open", "model_loaded", "warmed_up", "ready"]
 
 
 def test_unknown_default_checkpoint_names_the_nearest(fake_a1111: FakeA1111, tmp_path: Path) -> None:

@@ -25,6 +25,7 @@ import argparse
 import base64
 import contextlib
 import copy
+import hashlib
 import io
 import json
 import logging
@@ -44,6 +45,8 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+
+from tests.support.a1111_behaviour import A1111Failure, exception_body, generate, transcript
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +69,7 @@ def validation_body(
     return {"detail": [{"loc": ["body", field_name], "msg": msg, "type": kind}]}
 
 
-def a1111_error_body(cls: str, errors: str) -> dict[str, Any]:
-    """A1111's 500 body for an exception of class ``cls`` with ``str(e) == errors``."""
-    return {"error": cls, "detail": "", "body": "", "errors": errors}
+a1111_error_body = exception_body
 
 
 # --------------------------------------------------------------------------------------------------
@@ -81,55 +82,41 @@ def _checkpoint(name: str, sha256: str | None, root: str = "/models/Stable-diffu
     return {
         "title": f"{name} [{sha256[:10]}]" if sha256 else name,
         "model_name": stem.replace("/", "_"),
-        "hash": sha256[:8] if sha256 else None,
+        "hash": sha256[:10] if sha256 else None,
         "sha256": sha256,
         "filename": f"{root}/{name}",
         "config": None,
     }
 
 
-def _default_samplers() -> list[dict[str, Any]]:
-    return [
-        {"name": "DPM++ 2M", "aliases": ["k_dpmpp_2m"], "options": {"scheduler": "karras"}},
-        {
-            "name": "DPM++ SDE",
-            "aliases": ["k_dpmpp_sde"],
-            "options": {"scheduler": "karras", "second_order": "True", "brownian_noise": "True"},
-        },
-        {
-            "name": "DPM++ 2M SDE",
-            "aliases": ["k_dpmpp_2m_sde"],
-            "options": {"scheduler": "exponential", "brownian_noise": "True"},
-        },
-        {"name": "Euler a", "aliases": ["k_euler_a", "k_euler_ancestral"], "options": {"uses_ensd": "True"}},
-        {"name": "Euler", "aliases": ["k_euler"], "options": {}},
-        {"name": "LMS", "aliases": ["k_lms"], "options": {}},
-        {"name": "Heun", "aliases": ["k_heun"], "options": {"second_order": "True"}},
-        {"name": "DDIM", "aliases": ["ddim"], "options": {}},
-        {"name": "UniPC", "aliases": ["unipc"], "options": {}},
-    ]
+def _recorded(name: str) -> Any:
+    """A recorded A1111 listing (tests/fixtures/a1111/listings.json), a fresh copy."""
+    return copy.deepcopy(transcript("listings")[name])
 
 
-def _default_schedulers() -> list[dict[str, Any]]:
-    rows = [
-        ("automatic", "Automatic", -1.0, False, None),
-        ("uniform", "Uniform", -1.0, True, None),
-        ("karras", "Karras", 7.0, False, None),
-        ("exponential", "Exponential", -1.0, False, None),
-        ("polyexponential", "Polyexponential", 1.0, False, None),
-        ("sgm_uniform", "SGM Uniform", -1.0, True, ["SGMUniform"]),
-        ("simple", "Simple", -1.0, True, None),
-        ("normal", "Normal", -1.0, True, None),
-    ]
-    return [
-        {"name": n, "label": lbl, "aliases": a, "default_rho": rho, "need_inner_model": inner}
-        for n, lbl, rho, inner, a in rows
-    ]
+def _made_up_hash(name: str, length: int) -> str:
+    return hashlib.sha256(name.encode()).hexdigest()[:length]
+
+
+def _default_options() -> dict[str, Any]:
+    """A1111's recorded ``/options`` (a fresh data dir), on the default data's checkpoint."""
+    options = _recorded("options")
+    options.update(sd_model_checkpoint="demo.safetensors [0123456789]", sd_vae="Automatic")
+    options.update(CLIP_stop_at_last_layers=1, eta_noise_seed_delta=0)
+    return options
 
 
 @dataclass
 class FakeData:
-    """Everything the listing endpoints return, in A1111's shapes."""
+    """Everything the listing endpoints return, in A1111's shapes.
+
+    A1111's own lists (samplers, schedulers, upscalers, options...) are the recorded ones; the model lists
+    are made-up test models unless built with ``FakeData.recorded()`` (the recorder's tiny models).
+    ``hashes`` holds what A1111 writes into infotexts (LoRA addnet hashes, TI and VAE hashes, checkpoint
+    sha256 known once loaded); ``opts_data_keys`` are the option keys A1111 holds in ``opts.data`` (its
+    ``config.json`` plus every key set since): only those are restored after ``override_settings``, and a
+    fresh data dir holds just the checkpoint.
+    """
 
     checkpoints: list[dict[str, Any]] = field(
         default_factory=lambda: [
@@ -138,8 +125,8 @@ class FakeData:
             _checkpoint("unhashed.ckpt", None),
         ]
     )
-    samplers: list[dict[str, Any]] = field(default_factory=_default_samplers)
-    schedulers: list[dict[str, Any]] = field(default_factory=_default_schedulers)
+    samplers: list[dict[str, Any]] = field(default_factory=lambda: _recorded("samplers"))
+    schedulers: list[dict[str, Any]] = field(default_factory=lambda: _recorded("schedulers"))
     loras: list[dict[str, Any]] = field(
         default_factory=lambda: [
             {
@@ -194,69 +181,54 @@ class FakeData:
             {"model_name": "sdxl_vae.safetensors", "filename": "/models/VAE/sdxl_vae.safetensors"},
         ]
     )
-    upscalers: list[dict[str, Any]] = field(
-        default_factory=lambda: [
-            {"name": "None", "model_name": None, "model_path": None, "model_url": None, "scale": 4.0},
-            {"name": "Lanczos", "model_name": None, "model_path": None, "model_url": None, "scale": 4.0},
-            {"name": "Nearest", "model_name": None, "model_path": None, "model_url": None, "scale": 4.0},
-            {
-                "name": "R-ESRGAN 4x+",
-                "model_name": "RealESRGAN_x4plus",
-                "model_path": "https://example.invalid/x4.pth",
-                "model_url": None,
-                "scale": 4.0,
-            },
-        ]
-    )
+    upscalers: list[dict[str, Any]] = field(default_factory=lambda: _recorded("upscalers"))
     latent_upscale_modes: list[dict[str, Any]] = field(
-        default_factory=lambda: [
-            {"name": n}
-            for n in (
-                "Latent",
-                "Latent (antialiased)",
-                "Latent (bicubic)",
-                "Latent (bicubic antialiased)",
-                "Latent (nearest)",
-                "Latent (nearest-exact)",
-            )
-        ]
+        default_factory=lambda: _recorded("latent-upscale-modes")
     )
-    hypernetworks: list[dict[str, Any]] = field(default_factory=list)
-    face_restorers: list[dict[str, Any]] = field(
-        default_factory=lambda: [{"name": "CodeFormer", "cmd_dir": None}, {"name": "GFPGAN", "cmd_dir": None}]
-    )
-    realesrgan_models: list[dict[str, Any]] = field(
-        default_factory=lambda: [
-            {"name": "R-ESRGAN 4x+", "path": "https://example.invalid/x4.pth", "scale": 4}
-        ]
-    )
-    prompt_styles: list[dict[str, Any]] = field(default_factory=list)
-    scripts: dict[str, Any] = field(
-        default_factory=lambda: {"txt2img": ["prompt matrix", "x/y/z plot"], "img2img": ["sd upscale"]}
-    )
-    memory: dict[str, Any] = field(
+    hypernetworks: list[dict[str, Any]] = field(default_factory=lambda: _recorded("hypernetworks"))
+    face_restorers: list[dict[str, Any]] = field(default_factory=lambda: _recorded("face-restorers"))
+    realesrgan_models: list[dict[str, Any]] = field(default_factory=lambda: _recorded("realesrgan-models"))
+    prompt_styles: list[dict[str, Any]] = field(default_factory=lambda: _recorded("prompt-styles"))
+    scripts: dict[str, Any] = field(default_factory=lambda: _recorded("scripts"))
+    memory: dict[str, Any] = field(default_factory=lambda: _recorded("memory"))
+    options: dict[str, Any] = field(default_factory=_default_options)
+    hashes: dict[str, dict[str, str]] = field(
         default_factory=lambda: {
-            "ram": {"free": 8e9, "used": 4e9, "total": 12e9},
-            "cuda": {"error": "CUDA not available"},
+            "checkpoints": {},
+            "loras": {name: _made_up_hash(name, 12) for name in ("detail_tweaker", "pixel_art")},
+            "embeddings": {name: _made_up_hash(name, 12) for name in ("easynegative", "badhandv4")},
+            "vae": {
+                name: _made_up_hash(name, 10)
+                for name in ("vae-ft-mse-840000-ema-pruned.safetensors", "sdxl_vae.safetensors")
+            },
         }
     )
-    options: dict[str, Any] = field(
-        default_factory=lambda: {
-            "sd_model_checkpoint": "demo.safetensors [0123456789]",
-            "sd_vae": "Automatic",
-            "CLIP_stop_at_last_layers": 1,
-            "samples_format": "png",
-            "sd_checkpoints_limit": 1,
-            "eta_noise_seed_delta": 0,
-        }
-    )
+    opts_data_keys: set[str] = field(default_factory=lambda: {"sd_model_checkpoint"})
+
+    @classmethod
+    def recorded(cls) -> FakeData:
+        """Exactly what the recorded A1111 served: its tiny models, options and hashes."""
+        meta = transcript("meta")
+        return cls(
+            checkpoints=_recorded("sd-models"),
+            loras=_recorded("loras"),
+            embeddings=_recorded("embeddings"),
+            vaes=_recorded("sd-vae"),
+            options=_recorded("options"),
+            hashes=copy.deepcopy(meta["hashes"]),
+        )
+
+    def with_complete_config(self) -> FakeData:
+        """As with the image's complete ``config.json``: every option is restored after a job."""
+        self.opts_data_keys = set(self.options)
+        return self
 
     def checkpoint_for(self, name: str | None) -> dict[str, Any] | None:
         """The checkpoint ``name`` designates, using A1111's aliases (title, name, stem, hashes)."""
         if not name:
             return None
         for ckpt in self.checkpoints:
-            rel = ckpt["filename"].split("/Stable-diffusion/", 1)[-1]
+            rel = ckpt["title"].split(" [", 1)[0]
             stem = rel.rsplit("/", 1)[-1].rsplit(".", 1)[0]
             aliases = {ckpt["title"], ckpt["model_name"], rel, stem}
             if ckpt.get("hash"):
@@ -382,6 +354,10 @@ class FakeA1111:
         self._lock = threading.Lock()
         self._release = threading.Event()  # set on stop: ends every hang at once
         self._running = 0
+        self._jobs_done = 0
+        self._last_steps = 0
+        self._job_timestamp = "0"
+        self._cond_cache: list[Any] = []  # A1111's one-entry conditioning cache
         self._httpd = _Server((host, port), _Handler)
         self._httpd.fake = self
         self._thread: threading.Thread | None = None
@@ -426,6 +402,8 @@ class FakeA1111:
             self.auth = None
             self.txt2img_delay = 0.0
             self.interrupted.clear()
+            self._jobs_done = 0
+            self._cond_cache.clear()
 
     # -- faults ------------------------------------------------------------------------------------
 
@@ -486,23 +464,24 @@ class FakeA1111:
     # -- endpoint behaviour ------------------------------------------------------------------------
 
     def _progress(self) -> dict[str, Any]:
+        """``/progress`` as recorded: the interrupted flag outlives the job until the next one begins."""
         with self._lock:
             if self.progress_script:
                 return (
                     self.progress_script.pop(0) if len(self.progress_script) > 1 else self.progress_script[0]
                 )
             running = self._running > 0
-        state = {
-            "skipped": False,
-            "interrupted": self.interrupted.is_set(),
-            "stopping_generation": False,
-            "job": "scripts_txt2img" if running else "",
-            "job_count": -1 if running else 0,
-            "job_timestamp": time.strftime("%Y%m%d%H%M%S"),
-            "job_no": 0,
-            "sampling_step": 10 if running else 0,
-            "sampling_steps": 20 if running else 0,
-        }
+            state = {
+                "skipped": False,
+                "interrupted": self.interrupted.is_set(),
+                "stopping_generation": False,
+                "job": "scripts_txt2img" if running else "",
+                "job_count": 1 if running else 0,
+                "job_timestamp": self._job_timestamp,
+                "job_no": 0 if running else min(self._jobs_done, 1),
+                "sampling_step": 10 if running else 0,
+                "sampling_steps": 20 if running else self._last_steps,
+            }
         return {
             "progress": 0.5 if running else 0.0,
             "eta_relative": 1.5 if running else 0.0,
@@ -526,116 +505,38 @@ class FakeA1111:
 
         with self._lock:
             self._running += 1
-            self.interrupted.clear()
+            self.interrupted.clear()  # state.begin()
+            self._last_steps = int(body.get("steps") or 50)
+            self._job_timestamp = time.strftime("%Y%m%d%H%M%S")
         try:
             if self.txt2img_delay:
                 # An interrupt ends the generation early, like A1111 returning the partial latent.
                 self.interrupted.wait(self.txt2img_delay)
             return 200, self._txt2img_response(body)
+        except A1111Failure as failure:
+            return failure.status, failure.body
         finally:
             with self._lock:
                 self._running -= 1
+                self._jobs_done += 1
 
     def _txt2img_response(self, body: dict[str, Any]) -> dict[str, Any]:
-        data = self.data
-        batch_size = int(body.get("batch_size") or 1)
-        n_iter = int(body.get("n_iter") or 1)
-        count = batch_size * n_iter
-        width, height = int(body.get("width") or 512), int(body.get("height") or 512)
-        raw_seed = body.get("seed")
-        seed = -1 if raw_seed is None else int(raw_seed)
-        if seed == -1:
-            seed = random.randint(0, 2**32 - 1)
-        seeds = [seed + i for i in range(count)]
-        raw_subseed = body.get("subseed")
-        subseed = -1 if raw_subseed is None else int(raw_subseed)
-        if subseed == -1:
-            subseed = random.randint(0, 2**32 - 1)
-
-        override = body.get("override_settings") or {}
-        ckpt_name = override.get("sd_model_checkpoint") if isinstance(override, dict) else None
-        ckpt = data.checkpoint_for(ckpt_name) or data.checkpoint_for(data.options.get("sd_model_checkpoint"))
-        model_name = ckpt["filename"].rsplit("/", 1)[-1].rsplit(".", 1)[0] if ckpt else None
-        model_hash = ckpt["sha256"][:10] if ckpt and ckpt.get("sha256") else None
-
-        sampler = body.get("sampler_name") or body.get("sampler_index") or "DPM++ 2M"
-        scheduler = body.get("scheduler")
-        label = next(
-            (s["label"] for s in data.schedulers if scheduler in (s["name"], s["label"])), "Automatic"
-        )
-        prompt = str(body.get("prompt", ""))
-        negative = str(body.get("negative_prompt", ""))
-        steps = int(body.get("steps") or 50)
-        cfg = body.get("cfg_scale", 7.0)
-        clip_skip = int(body.get("clip_skip") or data.options.get("CLIP_stop_at_last_layers") or 1)
-
-        def infotext(s: int) -> str:
-            fields = [
-                f"Steps: {steps}",
-                f"Sampler: {sampler}",
-                f"Schedule type: {label}",
-                f"CFG scale: {cfg}",
-                f"Seed: {s}",
-                f"Size: {width}x{height}",
-            ]
-            if model_hash:
-                fields.append(f"Model hash: {model_hash}")
-            if model_name:
-                fields.append(f"Model: {model_name}")
-            if clip_skip > 1:
-                fields.append(f"Clip skip: {clip_skip}")
-            fields.append("Version: v1.10.1")
-            lines = [prompt]
-            if negative:
-                lines.append(f"Negative prompt: {negative}")
-            lines.append(", ".join(fields))
-            return "\n".join(lines)
-
-        info = {
-            "prompt": prompt,
-            "all_prompts": [prompt] * count,
-            "negative_prompt": negative,
-            "all_negative_prompts": [negative] * count,
-            "seed": seeds[0],
-            "all_seeds": seeds,
-            "subseed": subseed,
-            "all_subseeds": [subseed + i for i in range(count)],
-            "subseed_strength": body.get("subseed_strength", 0),
-            "width": width,
-            "height": height,
-            "sampler_name": sampler,
-            "cfg_scale": cfg,
-            "steps": steps,
-            "batch_size": batch_size,
-            "restore_faces": False,
-            "face_restoration_model": None,
-            "sd_model_name": model_name,
-            "sd_model_hash": model_hash,
-            "sd_vae_name": None,
-            "sd_vae_hash": None,
-            "seed_resize_from_w": -1,
-            "seed_resize_from_h": -1,
-            "denoising_strength": body.get("denoising_strength"),
-            "extra_generation_params": {"Schedule type": label},
-            "index_of_first_image": 0,
-            "infotexts": [infotext(s) for s in seeds],
-            "styles": body.get("styles") or [],
-            "job_timestamp": time.strftime("%Y%m%d%H%M%S"),
-            "clip_skip": clip_skip,
-            "is_using_inpainting_conditioning": False,
-            "version": "v1.10.1",
-        }
-        if body.get("send_images", True) is False:
-            images: list[str] = []
-        else:
+        """A1111's answer (tests/support/a1111_behaviour.py), with real PNGs of the right size."""
+        with self._lock:
+            response = generate(self.data, body, self._cond_cache)
+        response["info"]["job_timestamp"] = self._job_timestamp
+        images = []
+        for size in response["images"]:
             if self.png_size is None:
-                size = (min(width, 2048), min(height, 2048))
+                width, height = min(size["width"], 2048), min(size["height"], 2048)
             elif isinstance(self.png_size, int):
-                size = (self.png_size, self.png_size)
+                width = height = self.png_size
             else:
-                size = self.png_size
-            images = [png_base64(*size)] * count
-        return {"images": images, "parameters": body, "info": json.dumps(info)}
+                width, height = self.png_size
+            images.append(png_base64(width, height))
+        response["images"] = images
+        response["info"] = json.dumps(response["info"])
+        return response
 
     def _set_options(self, body: Any) -> tuple[int, Any]:
         if not isinstance(body, dict):
@@ -644,9 +545,7 @@ class FakeA1111:
         if "sd_model_checkpoint" in body:
             ckpt = data.checkpoint_for(body["sd_model_checkpoint"])
             if ckpt is None:
-                return 500, a1111_error_body(
-                    "RuntimeError", f"model {body['sd_model_checkpoint']!r} not found"
-                )
+                return 500, exception_body("RuntimeError", f"model {body['sd_model_checkpoint']!r} not found")
             body = {**body, "sd_model_checkpoint": ckpt["title"]}
         data.options.update(body)
         return 200, None
@@ -798,15 +697,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._abort()
             return
         if fake.needs_auth(parts.path) and not self._authorised(fake.auth):
-            self._reply(
-                401,
-                {
-                    "error": "HTTPException",
-                    "detail": "Incorrect username or password",
-                    "body": "",
-                    "errors": "",
-                },
-            )
+            given = self.headers.get("Authorization", "").lower().startswith("basic ")
+            detail = "Incorrect username or password" if given else "Not authenticated"
+            self._reply(401, {"error": "HTTPException", "detail": detail, "body": "", "errors": ""})
             return
         if fault is not None and fault.status is not None:
             status, payload = fault.status, fault.body

@@ -9,6 +9,7 @@ from worker.preflight import Preflight
 from worker.schema import GenerationRequest, Txt2ImgJob, parse_job_input
 from worker.translate import (
     ResolvedNames,
+    SettingsBaseline,
     add_lora_tags,
     build_txt2img_payload,
     format_weight,
@@ -35,8 +36,18 @@ def job_of(raw: dict) -> Txt2ImgJob:
 )
 def test_fixture_payloads(fixture: str) -> None:
     job = job_of(job_fixture(fixture)["input"])
-    names = Preflight(StaticEngineLists(engine_catalog())).resolve(job).names
-    assert build_txt2img_payload(job, names).payload == load_json(f"payloads/{fixture}.json")
+    catalog = engine_catalog()
+    names = Preflight(StaticEngineLists(catalog)).resolve(job).names
+    # The engine's settings as A1111's /options reports them (clip skip as a float).
+    baseline = SettingsBaseline(
+        {
+            "sd_model_checkpoint": catalog.current_checkpoint,
+            "CLIP_stop_at_last_layers": 1.0,
+            "sd_vae": "Automatic",
+        }
+    )
+    payload = build_txt2img_payload(job, names, baseline.defaults()).payload
+    assert payload == load_json(f"payloads/{fixture}.json")
 
 
 NAMES = ResolvedNames(sampler="Euler")
@@ -138,3 +149,32 @@ def test_renamed_loras_reach_every_prompt_of_the_payload() -> None:
     assert payload["prompt"] == "a <lora:style-kohya:0.5>"
     assert payload["negative_prompt"] == "<lora:style-kohya:-1>"
     assert payload["hr_prompt"] == "b <lora:style-kohya:0.7>"
+
+
+def test_settings_baseline_sends_defaults_not_what_an_earlier_request_left() -> None:
+    # /options as A1111 reports it after some request left clip skip 2 and a VAE behind
+    options = {
+        "sd_model_checkpoint": "a.safetensors [0123456789]",
+        "CLIP_stop_at_last_layers": 2.0,
+        "sd_vae": "leaked.safetensors",
+        "eta_noise_seed_delta": 0.0,
+        "samples_format": "png",
+    }
+    baseline = SettingsBaseline(options)
+    assert baseline.defaults() == {
+        "CLIP_stop_at_last_layers": 1,
+        "sd_model_checkpoint": "a.safetensors [0123456789]",
+        "sd_vae": "Automatic",
+    }
+    baseline.track({"eta_noise_seed_delta": 31337, "not_an_option": 1})
+    defaults = baseline.defaults()
+    assert defaults["eta_noise_seed_delta"] == 0 and isinstance(defaults["eta_noise_seed_delta"], int)
+    assert "not_an_option" not in defaults  # A1111 would refuse it anyway (500 KeyError)
+
+
+def test_a_job_overrides_the_baseline_and_restore_is_always_on() -> None:
+    job = job_of({"prompt": "a", "clip_skip": 3, "override_settings_restore_afterwards": False})
+    translation = build_txt2img_payload(job, NAMES, {"CLIP_stop_at_last_layers": 1, "sd_vae": "Automatic"})
+    assert translation.payload["override_settings"] == {"CLIP_stop_at_last_layers": 3, "sd_vae": "Automatic"}
+    assert translation.payload["override_settings_restore_afterwards"] is True
+    assert any("restore_afterwards=false was ignored" in w for w in translation.warnings)
