@@ -7,7 +7,7 @@ Every request carries a ``(connect, read)`` timeout; every failure becomes one o
 * 500 mentioning out-of-memory → ``OutOfMemory``;
 * refused/reset connections, a response dropped midway, a dead engine process → ``EngineUnavailable``;
 * a txt2img that outlives its deadline → ``interrupt()`` then ``JobTimeout``;
-* anything else (other 5xx, 3xx, invalid JSON) → ``EngineError`` with the status and a truncated body.
+* anything else (other 5xx, 3xx, invalid JSON) → ``EngineFailed`` with the status and a truncated body.
 
 Retries are explicit and bounded (tenacity): GETs and the idempotent refresh POSTs on connection errors and
 502/503/504; txt2img and options POSTs only when the request never reached the engine: the connection was
@@ -42,7 +42,7 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 
 from worker.errors import (
-    EngineError,
+    EngineFailed,
     EngineUnavailable,
     InputInvalid,
     JobTimeout,
@@ -613,7 +613,7 @@ class A1111Client:
                 details={"endpoint": endpoint, "reason": reason},
             ) from exc
         except requests.RequestException as exc:
-            raise EngineError(
+            raise EngineFailed(
                 f"A1111 request {what} failed: {_transport_reason(exc)}", details={"endpoint": endpoint}
             ) from exc
         return response
@@ -627,7 +627,7 @@ class A1111Client:
             try:
                 return response.json()
             except ValueError:
-                raise EngineError(
+                raise EngineFailed(
                     f"A1111 answered {what} with HTTP {status} but the body is not JSON: "
                     f"{_truncate(response.text)}",
                     details=details,
@@ -637,7 +637,7 @@ class A1111Client:
         details["detail"] = summary
         if status in (401, 403):
             # Not the user's fault: the worker's credentials (WORKER_A1111_AUTH) do not match --api-auth.
-            raise EngineError(
+            raise EngineFailed(
                 f"A1111 refused {what} with HTTP {status} ({summary}); check WORKER_A1111_AUTH",
                 details=details,
             )
@@ -650,7 +650,7 @@ class A1111Client:
             raise InputInvalid(f"A1111 rejected {what} with HTTP {status}: {summary}", details=details)
         if status >= 500 and _is_oom(text):
             raise OutOfMemory(f"A1111 ran out of GPU memory on {what}: {summary}", details=details)
-        raise EngineError(f"A1111 answered {what} with HTTP {status}: {summary}", details=details)
+        raise EngineFailed(f"A1111 answered {what} with HTTP {status}: {summary}", details=details)
 
     def _get(self, endpoint: str, params: dict[str, str] | None = None) -> Any:
         """GET with retries; a read timeout on a cheap listing means the engine is wedged."""
@@ -765,14 +765,14 @@ class A1111Client:
         result = self._decode("POST", "txt2img", response)
         log.info("%s -> %d in %.2f s", what, response.status_code, time.monotonic() - started)
         if not isinstance(result, dict):
-            raise EngineError(f"A1111 answered {what} with a {type(result).__name__}, not an object")
+            raise EngineFailed(f"A1111 answered {what} with a {type(result).__name__}, not an object")
         return result
 
     def progress(self) -> Progress:
         """The engine's progress; ``skip_current_image`` spares base64-encoding a preview."""
         data = self._get("progress", params={"skip_current_image": "true"})
         if not isinstance(data, dict):
-            raise EngineError(f"A1111 /progress returned a {type(data).__name__}, not an object")
+            raise EngineFailed(f"A1111 /progress returned a {type(data).__name__}, not an object")
         state = data.get("state") or {}
         if not isinstance(state, dict):
             state = {}
@@ -834,7 +834,7 @@ class A1111Client:
         try:
             catalog = self._build_catalog()
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise EngineError(
+            raise EngineFailed(
                 f"A1111 returned an unexpected listing shape: {type(exc).__name__}: {exc}"
             ) from exc
         with self._catalog_lock:
@@ -858,9 +858,11 @@ class A1111Client:
             if optional and exc.details.get("status") == 404:
                 log.warning("A1111 has no /%s endpoint; treating it as empty", endpoint)
                 return []
-            raise EngineError(f"A1111 failed to list {endpoint}: {exc.message}", details=exc.details) from exc
+            raise EngineFailed(
+                f"A1111 failed to list {endpoint}: {exc.message}", details=exc.details
+            ) from exc
         if not isinstance(data, list):
-            raise EngineError(f"A1111 /{endpoint} returned a {type(data).__name__}, not a list")
+            raise EngineFailed(f"A1111 /{endpoint} returned a {type(data).__name__}, not a list")
         return [item for item in data if isinstance(item, dict)]
 
     def _build_catalog(self) -> EngineCatalog:

@@ -93,7 +93,11 @@ class EngineUnavailable(WorkerError):
     refresh_worker = True
 
 
-class EngineError(WorkerError):
+class EngineFailed(WorkerError):
+    """The engine answered, but wrongly (a 5xx, a broken body, another image than asked for), or the worker
+    itself failed; wire code ``engine_error``. (Not ``diffusers_server.engine.EngineError``, the embedded
+    engine's own HTTP error.)"""
+
     code = ErrorCode.ENGINE_ERROR
 
 

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from worker.engine import A1111Client
-from worker.errors import EngineError, WorkerError
+from worker.errors import EngineFailed, WorkerError
 from worker.logs import job_context
 from worker.model_types import ModelProvider
 from worker.output import ImageUploader, check_delivery, convert_images, deliver
@@ -89,7 +89,7 @@ class JobRunner:
                 return error_output(exc)
             except Exception as exc:  # a bug: keep the traceback in the logs, not in the response
                 log.exception("job crashed")
-                return error_output(EngineError(f"unexpected worker failure ({type(exc).__name__})"))
+                return error_output(EngineFailed(f"unexpected worker failure ({type(exc).__name__})"))
             log.info("job done in %.0f ms", (time.perf_counter() - started) * 1000)
             return result
 
@@ -207,7 +207,7 @@ def _parse_info(info: Any) -> dict[str, Any]:
         try:
             parsed = json.loads(info)
         except ValueError as exc:
-            raise EngineError(f"engine returned an info field that is not JSON: {info[:120]!r}") from exc
+            raise EngineFailed(f"engine returned an info field that is not JSON: {info[:120]!r}") from exc
         return parsed if isinstance(parsed, dict) else {}
     return {}
 

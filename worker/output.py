@@ -32,7 +32,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from worker.errors import EngineError, InputInvalid, OutputTooLarge, UploadFailed
+from worker.errors import EngineFailed, InputInvalid, OutputTooLarge, UploadFailed
 
 if TYPE_CHECKING:
     from PIL.Image import Image as PILImage
@@ -96,13 +96,13 @@ class OutputOptions(BaseModel):
 def _decode_b64(data: Any, index: int) -> bytes:
     """Decode one engine image; anything that is not base64 is the engine's fault."""
     if not isinstance(data, str):
-        raise EngineError(f"image {index} from the engine is a {type(data).__name__}, not a base64 string")
+        raise EngineFailed(f"image {index} from the engine is a {type(data).__name__}, not a base64 string")
     if data.startswith("data:"):  # tolerate a data URL, as some A1111 forks send
         data = data.partition(",")[2]
     try:
         return base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError):
-        raise EngineError(f"image {index} from the engine is not valid base64 ({len(data)} chars)") from None
+        raise EngineFailed(f"image {index} from the engine is not valid base64 ({len(data)} chars)") from None
 
 
 def _sniff_format(raw: bytes) -> str | None:
@@ -133,7 +133,7 @@ def convert_images(
         warnings: when given, a line is appended for each infotext that could not be kept.
 
     Raises:
-        EngineError: an image is not base64 or not a readable image.
+        EngineFailed: an image is not base64 or not a readable image.
     """
     if options.format == "png" or not images_b64:
         return images_b64
@@ -169,7 +169,7 @@ def _convert_one(b64: str, index: int, fmt: OutputFormat, quality: int) -> tuple
         source = Image.open(io.BytesIO(raw))
         source.load()  # text chunks after IDAT only appear in .info once loaded
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise EngineError(f"image {index} from the engine is not a readable image: {exc}") from None
+        raise EngineFailed(f"image {index} from the engine is not a readable image: {exc}") from None
     with source:
         infotext = _read_infotext(source)
         image = source if source.mode == "RGB" else source.convert("RGB")
@@ -447,7 +447,7 @@ class ImageUploader:
         The content type follows the bytes (a PNG stays image/png even if ``fmt`` says otherwise).
 
         Raises:
-            EngineError: an image is not base64.
+            EngineFailed: an image is not base64.
             UploadFailed: anything else went wrong; the message names the bucket and endpoint.
         """
         if not images_b64:

@@ -27,7 +27,7 @@ from worker.engine import (
     SamplerEntry,
     SchedulerEntry,
 )
-from worker.errors import EngineError, InputInvalid, ModelNotFound, excerpt
+from worker.errors import EngineFailed, InputInvalid, ModelNotFound, excerpt
 from worker.model_types import ModelFacts, ModelKind, ModelProvider
 from worker.registry.compat import check_compatible
 from worker.schema import Txt2ImgJob
@@ -305,7 +305,7 @@ class Preflight:
             return entry
         converted = match_checkpoint(usable.file_name, self._catalog.checkpoints)
         if converted is None:
-            raise EngineError(
+            raise EngineFailed(
                 f"checkpoint {usable.file_name!r} was converted on the volume but the engine does not list "
                 "it even after a refresh; check the engine's checkpoint folder"
             )
@@ -416,7 +416,7 @@ class Preflight:
                     self._refresh(kind)
                     found = find(facts.file_name) or find(_stem(facts.file_name))
                 if found is None:
-                    raise EngineError(
+                    raise EngineFailed(
                         f"{kind} {facts.file_name!r} is on the volume but the engine does not list it "
                         "even after a refresh; check the engine's model folders"
                     )
@@ -459,7 +459,7 @@ class Preflight:
             return entry
         converted = match_lora(_stem(usable.file_name), self._catalog.loras)
         if converted is None:
-            raise EngineError(
+            raise EngineFailed(
                 f"LoRA {usable.file_name!r} was converted on the volume but the engine does not list it "
                 "even after a refresh; check the engine's LoRA folder"
             )

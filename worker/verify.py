@@ -31,7 +31,7 @@ from pathlib import PurePath
 from typing import Any
 
 from worker.engine import EngineCatalog, Progress
-from worker.errors import Cancelled, EngineError
+from worker.errors import Cancelled, EngineFailed
 from worker.translate import LORA_TAG
 
 # One ``key: value`` pair of an infotext's last line; values with commas or colons are JSON-quoted.
@@ -101,7 +101,7 @@ def check_generation(
     images: Sequence[Any],
     info: Mapping[str, Any],
 ) -> list[str]:
-    """Compare A1111's report with ``payload``; raise ``EngineError`` naming every field that differs.
+    """Compare A1111's report with ``payload``; raise ``EngineFailed`` naming every field that differs.
 
     Returns:
         `list[str]`: warnings for what could not be checked (e.g. LoRAs on an engine that does not hash).
@@ -169,7 +169,7 @@ def check_generation(
     mismatches += problems
     warnings += unverified
     if mismatches:
-        raise EngineError(
+        raise EngineFailed(
             "the engine did not generate what the job asked for: " + "; ".join(mismatches),
             details={"mismatches": mismatches},
         )

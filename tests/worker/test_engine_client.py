@@ -29,7 +29,14 @@ from tests.support.fake_a1111 import (
     write_pid_file,
 )
 from worker.engine import READONLY_ENDPOINTS, A1111Client, EngineCatalog, Progress
-from worker.errors import EngineError, EngineUnavailable, InputInvalid, JobTimeout, ModelNotFound, OutOfMemory
+from worker.errors import (
+    EngineFailed,
+    EngineUnavailable,
+    InputInvalid,
+    JobTimeout,
+    ModelNotFound,
+    OutOfMemory,
+)
 from worker.settings import WorkerSettings
 
 pytestmark = pytest.mark.timeout(20)
@@ -208,9 +215,9 @@ def test_hang_past_deadline_is_timeout_and_interrupts(fake_a1111: FakeA1111, cli
 
 def test_500_is_engine_error_with_truncated_body(fake_a1111: FakeA1111, client: A1111Client) -> None:
     fake_a1111.set_fault("txt2img", status=500, body=a1111_error_body("RuntimeError", "boom " * 200))
-    with pytest.raises(EngineError) as info:
+    with pytest.raises(EngineFailed) as info:
         client.txt2img(PAYLOAD, timeout_s=5)
-    assert type(info.value) is EngineError and info.value.refresh_worker is False
+    assert type(info.value) is EngineFailed and info.value.refresh_worker is False
     assert "HTTP 500" in info.value.message and "RuntimeError: boom boom" in info.value.message
     assert len(info.value.message) < 420
     assert len(fake_a1111.requests_to("txt2img")) == 1  # never retried
@@ -219,7 +226,7 @@ def test_500_is_engine_error_with_truncated_body(fake_a1111: FakeA1111, client: 
 def test_error_bodies_never_carry_base64(fake_a1111: FakeA1111, client: A1111Client) -> None:
     blob = base64.b64encode(os.urandom(600)).decode()
     fake_a1111.set_fault("txt2img", status=500, body=a1111_error_body("ValueError", f"bad image {blob}"))
-    with pytest.raises(EngineError) as info:
+    with pytest.raises(EngineFailed) as info:
         client.txt2img(PAYLOAD, timeout_s=5)
     assert blob[:100] not in str(info.value) and "chars of base64" in info.value.message
 
@@ -295,10 +302,10 @@ def test_txt2img_is_retried_when_never_sent() -> None:
 
 def test_other_statuses_and_bad_json_are_engine_errors(fake_a1111: FakeA1111, client: A1111Client) -> None:
     fake_a1111.set_fault("txt2img", status=200, body="<html>not json</html>")
-    with pytest.raises(EngineError, match="not JSON"):
+    with pytest.raises(EngineFailed, match="not JSON"):
         client.txt2img(PAYLOAD, timeout_s=5)
     fake_a1111.set_fault("txt2img", status=302, body={"detail": "moved"})
-    with pytest.raises(EngineError, match="HTTP 302"):
+    with pytest.raises(EngineFailed, match="HTTP 302"):
         client.txt2img(PAYLOAD, timeout_s=5)
 
 
@@ -322,7 +329,7 @@ def test_get_retried_after_closed_connection(fake_a1111: FakeA1111, client: A111
 
 def test_get_retries_are_bounded(fake_a1111: FakeA1111, client: A1111Client) -> None:
     fake_a1111.set_fault("samplers", status=502, body="Bad Gateway")
-    with pytest.raises(EngineError, match="HTTP 502"):
+    with pytest.raises(EngineFailed, match="HTTP 502"):
         client.call_listing("samplers")
     assert len(fake_a1111.requests_to("samplers")) == 3
 
@@ -337,7 +344,7 @@ def test_retry_stops_at_once_when_engine_died(fake_a1111: FakeA1111, tmp_path: P
 
 def test_txt2img_500_is_not_retried_even_if_503(fake_a1111: FakeA1111, client: A1111Client) -> None:
     fake_a1111.fail_times("txt2img", 1, status=503)
-    with pytest.raises(EngineError, match="HTTP 503"):
+    with pytest.raises(EngineFailed, match="HTTP 503"):
         client.txt2img(PAYLOAD, timeout_s=5)
     assert len(fake_a1111.requests_to("txt2img")) == 1
 
@@ -453,7 +460,7 @@ def test_set_options(fake_a1111: FakeA1111, client: A1111Client) -> None:
     client.set_options({"sd_model_checkpoint": "base_xl"}, timeout_s=5)
     assert fake_a1111.requests_to("options", "POST")[0].body == {"sd_model_checkpoint": "base_xl"}
     assert client.catalog().current_checkpoint == "sdxl/base_xl.safetensors [fedcba9876]"
-    with pytest.raises(EngineError, match="model 'nope' not found"):
+    with pytest.raises(EngineFailed, match="model 'nope' not found"):
         client.set_options({"sd_model_checkpoint": "nope"}, timeout_s=5)
     fake_a1111.set_fault("options", hang=10)
     with pytest.raises(JobTimeout):
@@ -485,7 +492,7 @@ def test_from_settings_with_pydantic_url_and_auth(fake_a1111: FakeA1111) -> None
 def test_wrong_credentials_never_leak(fake_a1111: FakeA1111, caplog: pytest.LogCaptureFixture) -> None:
     fake_a1111.auth = ("alice", "right-pass")
     client = A1111Client(fake_a1111.url, auth=("alice", "wrong-pass"))
-    with caplog.at_level(logging.DEBUG), pytest.raises(EngineError) as info:
+    with caplog.at_level(logging.DEBUG), pytest.raises(EngineFailed) as info:
         client.txt2img(PAYLOAD, timeout_s=5)
     assert "HTTP 401" in info.value.message and "WORKER_A1111_AUTH" in info.value.message
     assert "wrong-pass" not in str(info.value) and "wrong-pass" not in caplog.text

@@ -19,7 +19,7 @@ from PIL import Image, PngImagePlugin
 from pydantic import SecretStr, ValidationError
 
 from tests.support.s3_server import S3Endpoint
-from worker.errors import EngineError, InputInvalid, OutputTooLarge, UploadFailed
+from worker.errors import EngineFailed, InputInvalid, OutputTooLarge, UploadFailed
 from worker.output import (
     ImageUploader,
     OutputOptions,
@@ -179,7 +179,7 @@ def test_converting_a_jpeg_source_keeps_its_comment() -> None:
     ["%%% not base64 %%%", base64.b64encode(b"valid base64, not an image").decode(), 42],
 )
 def test_bad_engine_image_is_an_engine_error(bad: Any) -> None:
-    with pytest.raises(EngineError) as info:
+    with pytest.raises(EngineFailed) as info:
         convert_images([bad], OutputOptions(format="jpeg"))
     assert "image 0" in str(info.value)
     assert len(str(info.value)) < 300
@@ -417,7 +417,7 @@ def test_upload_to_a_bad_endpoint_fails(
 
 
 def test_upload_of_bad_base64_is_an_engine_error(s3_server: S3Endpoint) -> None:
-    with pytest.raises(EngineError):
+    with pytest.raises(EngineFailed):
         uploader_for(s3_server).upload("job", ["%%% nope"], "png")
 
 

@@ -23,7 +23,7 @@ import pytest
 
 from tests.support.fake_a1111 import write_pid_file
 from worker.engine import A1111Client
-from worker.errors import EngineError, EngineUnavailable
+from worker.errors import EngineFailed, EngineUnavailable
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -125,7 +125,7 @@ def test_job_after_an_engine_error_runs_on_a_fresh_connection(engine: tuple[Ledg
     ledger.drop = drop
     with A1111Client(url, connect_timeout_s=1, request_timeout_s=2) as client:
         for _ in range(5):  # the issue saw the failure in 2 of 5 rounds; here it is every round
-            with pytest.raises(EngineError) as failed:
+            with pytest.raises(EngineFailed) as failed:
                 client.txt2img({"prompt": "x", "clip_skip": 12}, timeout_s=5)
             assert not failed.value.refresh_worker
             result = client.txt2img({"prompt": "x"}, timeout_s=5)

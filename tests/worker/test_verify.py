@@ -14,7 +14,7 @@ import pytest
 from tests.support.a1111_behaviour import transcript
 from tests.support.fake_a1111 import FakeA1111, FakeData
 from worker.engine import A1111Client, EngineCatalog, Progress
-from worker.errors import Cancelled, EngineError
+from worker.errors import Cancelled, EngineFailed
 from worker.verify import check_generation, check_not_interrupted, lora_hash_names, parse_infotext
 
 #: recorded exchange → (what the worker would have asked instead, the mismatch it must report)
@@ -90,7 +90,7 @@ def test_recorded_generation(exchange: dict[str, Any], recorded_catalog: EngineC
         return
     changes, message = CAUGHT[exchange["name"]]
     payload = {**exchange["body"], **changes}
-    with pytest.raises(EngineError) as caught:
+    with pytest.raises(EngineFailed) as caught:
         check_generation(payload, recorded_catalog, images, info)
     assert message in caught.value.message
     assert str(caught.value).startswith("engine_error: the engine did not generate what the job asked for")
@@ -102,7 +102,7 @@ def test_lora_use_is_not_verifiable_without_hashes(recorded_catalog: EngineCatal
     info = {**recorded["response"]["info"], "sd_model_hash": None, "extra_generation_params": {}}
     warnings = check_generation(recorded["body"], recorded_catalog, recorded["response"]["images"], info)
     assert warnings and "could not be verified" in warnings[0]
-    with pytest.raises(EngineError, match="LoRA 'tiny_lora' was not applied"):
+    with pytest.raises(EngineFailed, match="LoRA 'tiny_lora' was not applied"):
         check_generation(
             recorded["body"], recorded_catalog, recorded["response"]["images"], {**info, "sd_model_hash": "x"}
         )
