@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.support.real_a1111 import a1111_dir, launched, start_env, volume_with_tiny_models  # noqa: E402
-from worker.engine import A1111Client  # noqa: E402
+from worker.a1111.client import A1111Client  # noqa: E402
 from worker.handler import JobRunner  # noqa: E402
 from worker.registry import ModelRegistry  # noqa: E402
 from worker.settings import WorkerSettings  # noqa: E402

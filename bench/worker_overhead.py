@@ -37,7 +37,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from worker.engine import A1111Client  # noqa: E402
+from worker.a1111.client import A1111Client  # noqa: E402
 from worker.handler import JobRunner  # noqa: E402
 from worker.registry.hashing import hash_file  # noqa: E402
 from worker.registry.models import Catalogue  # noqa: E402

@@ -31,13 +31,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.support.real_a1111 import a1111_dir, launched, start_env, volume_with_tiny_models  # noqa: E402
-from worker.engine import READONLY_ENDPOINTS  # noqa: E402
+from worker.a1111.endpoints import LISTING_ENDPOINTS  # noqa: E402
 
 log = logging.getLogger("record_a1111_transcripts")
 
 AUTH = ("recorder", "recorder-pass")
 #: Every read-only listing the worker may serve (its envelope allowlist), minus refreshes and /progress.
-LISTINGS = tuple(sorted(e for e in READONLY_ENDPOINTS if not e.startswith("refresh-") and e != "progress"))
+LISTINGS = tuple(sorted(e for e in LISTING_ENDPOINTS if not e.startswith("refresh-") and e != "progress"))
 BASE: dict[str, Any] = {
     "prompt": "a lighthouse",
     "steps": 2,

@@ -16,13 +16,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from worker.engine import A1111Client
+from worker.a1111.client import A1111Client
 from worker.errors import EngineFailed, WorkerError
 from worker.logs import job_context
 from worker.model_types import ModelProvider
 from worker.output import ImageUploader, check_delivery, convert_images, deliver
 from worker.preflight import Preflight
-from worker.progress import ProgressRelay
+from worker.progress_relay import ProgressRelay
 from worker.schema import GenerationRequest, ListingRequest, parse_job_input
 from worker.settings import WorkerSettings
 from worker.translate import SettingsBaseline, build_txt2img_payload

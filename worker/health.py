@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable
 from typing import Any, Literal
 
-from worker.engine import A1111Client
+from worker.a1111.client import A1111Client
 from worker.errors import EngineUnavailable, WorkerError
 
 log = logging.getLogger(__name__)

@@ -19,14 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import PurePath
 from typing import Any, Protocol, TypeVar
 
-from worker.engine import (
-    CheckpointEntry,
-    EngineCatalog,
-    LoraEntry,
-    RefreshKind,
-    SamplerEntry,
-    SchedulerEntry,
-)
+from worker.a1111.catalog import CheckpointEntry, EngineCatalog, LoraEntry, SamplerEntry, SchedulerEntry
+from worker.a1111.endpoints import RefreshKind
 from worker.errors import EngineFailed, InputInvalid, ModelNotFound, excerpt
 from worker.model_types import ModelFacts, ModelKind, ModelProvider
 from worker.registry.compat import check_compatible
@@ -178,7 +172,7 @@ def _choices(kind: str, ref: str, candidates: list[str]) -> str:
 
 
 class EngineLists(Protocol):
-    """The part of ``worker.engine.A1111Client`` that pre-flight needs."""
+    """The part of ``worker.a1111.client.A1111Client`` that pre-flight needs."""
 
     def catalog(self, *, refresh: bool = False) -> EngineCatalog: ...
 

@@ -22,17 +22,13 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from worker.engine import READONLY_ENDPOINTS
+from worker.a1111.endpoints import GENERATION_ENDPOINTS, LISTING_ENDPOINTS, endpoint_name, listing_method
 from worker.errors import InputInvalid, excerpt
 from worker.output import OutputOptions
 
 MAX_SEED = 2**32 - 1
 #: model, sampler and scheduler names (paths with sub-folders and an A1111 " [hash]" fit easily)
 MAX_NAME = 1000
-
-#: Envelope endpoints that only read or refresh the engine's lists (anything else is refused).
-LISTING_ENDPOINTS: tuple[str, ...] = tuple(sorted(READONLY_ENDPOINTS))
-GENERATION_ENDPOINTS: tuple[str, ...] = ("txt2img",)
 
 
 def _dimension(value: int, name: str) -> int:
@@ -285,7 +281,7 @@ def parse_job_input(raw: Any, *, max_images: int) -> JobRequest:
 
 def _parse_envelope(raw: dict[str, Any], *, max_images: int) -> JobRequest:
     envelope = _validate(Envelope, raw, where="input")
-    endpoint = _endpoint_name(envelope.api.endpoint)
+    endpoint = endpoint_name(envelope.api.endpoint)
     method = envelope.api.method.upper()
     if endpoint in GENERATION_ENDPOINTS:
         if method != "POST":
@@ -300,7 +296,7 @@ def _parse_envelope(raw: dict[str, Any], *, max_images: int) -> JobRequest:
             f"api.endpoint {envelope.api.endpoint!r} is not served by this worker{hint}; "
             f"allowed: {', '.join(GENERATION_ENDPOINTS + LISTING_ENDPOINTS)}"
         )
-    expected = "POST" if endpoint.startswith("refresh-") else "GET"
+    expected = listing_method(endpoint)
     if method != expected and expected == "GET":
         raise InputInvalid(
             f"api.method {method!r} is not allowed for {endpoint}: it is read-only through this worker, "
@@ -323,13 +319,6 @@ def _refuse_non_finite(value: Any, where: str) -> None:
     elif isinstance(value, list):
         for index, item in enumerate(value):
             _refuse_non_finite(item, f"{where}.{index}")
-
-
-def _endpoint_name(endpoint: str) -> str:
-    """'/sdapi/v1/txt2img', 'sdapi/v1/txt2img' and 'txt2img' all name the same endpoint."""
-    name = endpoint.strip().strip("/")
-    prefix = "sdapi/v1/"
-    return name[len(prefix) :] if name.startswith(prefix) else name
 
 
 def _check_image_cap(job: Txt2ImgJob, max_images: int) -> None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from worker.engine import A1111Client
+from worker.a1111.client import A1111Client
 from worker.errors import EngineUnavailable, ModelNotFound, WorkerError
 from worker.preflight import match_checkpoint, nearest
 from worker.settings import WorkerSettings

@@ -30,7 +30,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import PurePath
 from typing import Any
 
-from worker.engine import EngineCatalog, Progress
+from worker.a1111.catalog import EngineCatalog
+from worker.a1111.progress import GenerationProgress
 from worker.errors import Cancelled, EngineFailed
 from worker.translate import LORA_TAG
 
@@ -86,7 +87,7 @@ def expected_schedule(payload: Mapping[str, Any], catalog: EngineCatalog) -> str
     return "Automatic"
 
 
-def check_not_interrupted(info: Mapping[str, Any], progress: Progress | None) -> None:
+def check_not_interrupted(info: Mapping[str, Any], progress: GenerationProgress | None) -> None:
     """An interrupted or skipped generation answers 200 with cut-short images: fail it as ``cancelled``."""
     if info.get("interrupted") is True or (progress is not None and progress.interrupted):
         raise Cancelled(

@@ -24,7 +24,8 @@ from tests.support.real_a1111 import (
     start_env,
     volume_with_tiny_models,
 )
-from worker.engine import A1111Client, EngineCatalog
+from worker.a1111.catalog import EngineCatalog
+from worker.a1111.client import A1111Client
 from worker.handler import JobRunner
 from worker.registry import ModelRegistry
 from worker.settings import WorkerSettings

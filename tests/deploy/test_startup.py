@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.fake_a1111 import FakeA1111, dead_pid, write_pid_file
-from worker.engine import A1111Client
+from worker.a1111.client import A1111Client
 from worker.errors import EngineUnavailable, ModelNotFound
 from worker.settings import WorkerSettings
 from worker.startup import prepare_engine

@@ -21,7 +21,7 @@ from safetensors.numpy import load_file, save
 
 from tests.support.fixtures import job_fixture
 from tests.support.model_server import ModelServer, model_server  # noqa: F401  (fixture)
-from worker.engine import A1111Client
+from worker.a1111.client import A1111Client
 from worker.handler import JobRunner
 from worker.registry import ModelRegistry
 from worker.settings import WorkerSettings

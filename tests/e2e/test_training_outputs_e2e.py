@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from tests.support.embedded_engine import EmbeddedEngine, run_engine
-from worker.engine import A1111Client
+from worker.a1111.client import A1111Client
 from worker.handler import JobRunner
 from worker.registry import ModelRegistry
 from worker.settings import WorkerSettings

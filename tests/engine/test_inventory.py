@@ -101,7 +101,7 @@ def txt2img_ok(api: httpx.Client, **fields: str) -> bool:
 def test_checkpoint_deleted_after_preflight_is_model_not_found_through_the_worker(
     api: httpx.Client, hostile: EmbeddedEngine
 ) -> None:
-    from worker.engine import A1111Client
+    from worker.a1111.client import A1111Client
     from worker.handler import JobRunner
     from worker.settings import WorkerSettings
 

@@ -62,7 +62,7 @@ def test_clip_skip_beyond_the_text_encoder_is_400(client: httpx.Client) -> None:
 def test_clip_skip_beyond_the_model_is_input_invalid_through_the_worker(
     embedded_engine: EmbeddedEngine,
 ) -> None:
-    from worker.engine import A1111Client
+    from worker.a1111.client import A1111Client
     from worker.handler import JobRunner
     from worker.settings import WorkerSettings
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import uvicorn
 
-from worker.engine import A1111Client
+from worker.a1111.client import A1111Client
 from worker.handler import JobRunner
 from worker.registry import ModelRegistry
 from worker.settings import WorkerSettings

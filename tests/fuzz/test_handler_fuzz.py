@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 from tests.registry.fixtures import write_model
 from tests.support.fake_a1111 import FakeA1111
-from worker.engine import A1111Client
+from worker.a1111.client import A1111Client
 from worker.errors import ErrorCode
 from worker.handler import JobRunner
 from worker.registry.models import Catalogue

@@ -6,14 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from worker.engine import (
-    CheckpointEntry,
-    EngineCatalog,
-    LoraEntry,
-    RefreshKind,
-    SamplerEntry,
-    SchedulerEntry,
-)
+from worker.a1111.catalog import CheckpointEntry, EngineCatalog, LoraEntry, SamplerEntry, SchedulerEntry
+from worker.a1111.endpoints import RefreshKind
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from worker.engine import A1111Client
+from worker.a1111.client import A1111Client
 from worker.errors import InputInvalid, excerpt
 from worker.handler import JobRunner
 from worker.schema import GenerationRequest, parse_job_input

@@ -6,7 +6,7 @@ import asyncio
 
 from tests.support.fake_a1111 import FakeA1111
 from worker import handler as handler_module
-from worker.engine import A1111Client
+from worker.a1111.client import A1111Client
 from worker.handler import JobRunner, async_handler, set_runner
 from worker.settings import WorkerSettings
 

@@ -1,4 +1,4 @@
-"""Contract tests of ``worker.engine.A1111Client`` against a real loopback fake A1111 with injected faults."""
+"""Contract tests of ``worker.a1111.client.A1111Client`` against a real loopback fake A1111 with injected faults."""
 
 from __future__ import annotations
 
@@ -28,7 +28,10 @@ from tests.support.fake_a1111 import (
     validation_body,
     write_pid_file,
 )
-from worker.engine import READONLY_ENDPOINTS, A1111Client, EngineCatalog, Progress
+from worker.a1111.catalog import EngineCatalog
+from worker.a1111.client import A1111Client
+from worker.a1111.endpoints import LISTING_ENDPOINTS
+from worker.a1111.progress import GenerationProgress
 from worker.errors import (
     EngineFailed,
     EngineUnavailable,
@@ -402,7 +405,7 @@ def test_call_listing_allowlist(fake_a1111: FakeA1111, client: A1111Client) -> N
             client.call_listing(bad)
         assert bad in info.value.message and "sd-models" in info.value.message
     assert fake_a1111.requests == []
-    assert "cmd-flags" not in READONLY_ENDPOINTS
+    assert "cmd-flags" not in LISTING_ENDPOINTS
     assert client.call_listing("/sdapi/v1/upscalers")[0]["name"] == "None"
     assert client.call_listing("embeddings")["loaded"]
     assert client.call_listing("refresh-checkpoints") is None
@@ -411,13 +414,15 @@ def test_call_listing_allowlist(fake_a1111: FakeA1111, client: A1111Client) -> N
 
 
 def test_every_allowlisted_endpoint_is_served(fake_a1111: FakeA1111, client: A1111Client) -> None:
-    for name in sorted(READONLY_ENDPOINTS):
+    for name in sorted(LISTING_ENDPOINTS):
         client.call_listing(name)
     assert all(r.path.startswith("/sdapi/v1/") for r in fake_a1111.requests)
 
 
 def test_progress(fake_a1111: FakeA1111, client: A1111Client) -> None:
-    assert client.progress() == Progress(progress=0.0, eta_relative=0.0, step=0, total=0, active=False)
+    assert client.progress() == GenerationProgress(
+        progress=0.0, eta_relative=0.0, step=0, total=0, active=False
+    )
     fake_a1111.progress_script = [
         {
             "progress": 0.0,
@@ -430,8 +435,12 @@ def test_progress(fake_a1111: FakeA1111, client: A1111Client) -> None:
             "state": {"job_count": 0, "sampling_step": 5, "sampling_steps": 20},
         },
     ]
-    assert client.progress() == Progress(progress=0.0, eta_relative=3.0, step=0, total=20, active=True)
-    assert client.progress() == Progress(progress=0.25, eta_relative=1.5, step=5, total=20, active=True)
+    assert client.progress() == GenerationProgress(
+        progress=0.0, eta_relative=3.0, step=0, total=20, active=True
+    )
+    assert client.progress() == GenerationProgress(
+        progress=0.25, eta_relative=1.5, step=5, total=20, active=True
+    )
     assert all(r.query == {"skip_current_image": ["true"]} for r in fake_a1111.requests_to("progress"))
 
 
@@ -524,7 +533,7 @@ def test_every_request_has_a_timeout(fake_a1111: FakeA1111) -> None:
 def test_logs_carry_no_base64(
     fake_a1111: FakeA1111, client: A1111Client, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.DEBUG, logger="worker.engine"):
+    with caplog.at_level(logging.DEBUG, logger="worker.a1111"):
         client.txt2img(PAYLOAD, timeout_s=5)
     assert "txt2img" in caplog.text
     assert not re.search(r"[A-Za-z0-9+/=]{200,}", caplog.text)

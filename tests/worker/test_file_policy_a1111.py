@@ -9,7 +9,7 @@ import pytest
 
 from tests.registry.fixtures import model_bytes
 from tests.support.fake_a1111 import FakeA1111
-from worker.engine import A1111Client
+from worker.a1111.client import A1111Client
 from worker.handler import JobRunner
 from worker.registry.models import Catalogue
 from worker.registry.registry import ModelRegistry

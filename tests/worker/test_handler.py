@@ -21,7 +21,7 @@ import requests
 from tests.support.fake_a1111 import OOM_BODY, FakeA1111, validation_body
 from tests.support.fixtures import job_fixture
 from tests.support.s3_server import S3Endpoint
-from worker.engine import A1111Client
+from worker.a1111.client import A1111Client
 from worker.handler import JobRunner
 from worker.output import ImageUploader
 from worker.settings import WorkerSettings
@@ -161,7 +161,7 @@ def test_engine_faults_map_to_codes(
     assert out.get("refresh_worker", False) is refresh
     assert "Traceback" not in out["error"]
     # The POST is never retried once the engine answered part of it. A kept-alive connection closed without
-    # a single response byte looks like a stale one: retried once on a fresh connection (worker/engine.py).
+    # a single response byte looks like a stale one: retried once on a fresh connection (worker/a1111/transport.py).
     assert len(sent_txt2img(fake_a1111)) == (2 if fault.get("close") else 1)
     if code == "timeout":
         assert fake_a1111.requests_to("interrupt", "POST"), "a timed-out job must interrupt the engine"

@@ -16,7 +16,7 @@ from typing import Any
 import requests
 
 from tests.support.fake_a1111 import FakeA1111
-from worker.engine import A1111Client
+from worker.a1111.client import A1111Client
 from worker.handler import JobRunner
 from worker.settings import WorkerSettings
 

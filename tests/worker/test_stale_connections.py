@@ -22,7 +22,7 @@ from typing import Any, Literal
 import pytest
 
 from tests.support.fake_a1111 import write_pid_file
-from worker.engine import A1111Client
+from worker.a1111.client import A1111Client
 from worker.errors import EngineFailed, EngineUnavailable
 
 pytestmark = pytest.mark.timeout(30)

@@ -13,7 +13,9 @@ import pytest
 
 from tests.support.a1111_behaviour import transcript
 from tests.support.fake_a1111 import FakeA1111, FakeData
-from worker.engine import A1111Client, EngineCatalog, Progress
+from worker.a1111.catalog import EngineCatalog
+from worker.a1111.client import A1111Client
+from worker.a1111.progress import GenerationProgress
 from worker.errors import Cancelled, EngineFailed
 from worker.verify import check_generation, check_not_interrupted, lora_hash_names, parse_infotext
 
@@ -110,13 +112,13 @@ def test_lora_use_is_not_verifiable_without_hashes(recorded_catalog: EngineCatal
 
 def test_interruption_is_cancelled() -> None:
     after = transcript("progress")["after_interrupt"]["state"]
-    progress = Progress(0.0, 0.0, 0, 60, active=False, interrupted=after["interrupted"])
+    progress = GenerationProgress(0.0, 0.0, 0, 60, active=False, interrupted=after["interrupted"])
     with pytest.raises(Cancelled) as caught:
         check_not_interrupted({}, progress)
     assert str(caught.value).startswith("cancelled: the engine's generation was interrupted")
     with pytest.raises(Cancelled):
         check_not_interrupted({"interrupted": True}, None)  # the embedded engine says so in info
-    check_not_interrupted({}, Progress(0.0, 0.0, 0, 2, active=False, interrupted=False))
+    check_not_interrupted({}, GenerationProgress(0.0, 0.0, 0, 2, active=False, interrupted=False))
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Protocol
 
-from worker.engine import Progress
+from worker.a1111.progress import GenerationProgress
 from worker.errors import WorkerError
 from worker.logs import job_context
 
@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 
 class ProgressSource(Protocol):
-    def progress(self) -> Progress: ...
+    def progress(self) -> GenerationProgress: ...
 
 
 class ProgressRelay:
