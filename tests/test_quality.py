@@ -35,7 +35,7 @@ def test_mypy_strict() -> None:
 
 def test_worker_never_imports_torch() -> None:
     code = (
-        "import sys, worker.handler, worker.__main__, worker.registry.cli, worker.registry.convert, worker.output; "
+        "import sys, worker.handler, worker.__main__, worker.registry.cli, worker.registry.convert, worker.output.upload; "
         "bad = [m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules]; "
         "sys.exit(f'worker imported {bad}' if bad else 0)"
     )

@@ -20,7 +20,10 @@ from worker.a1111.client import A1111Client
 from worker.errors import EngineFailed, WorkerError
 from worker.logs import job_context
 from worker.model_types import ModelProvider
-from worker.output import ImageUploader, check_delivery, convert_images, deliver
+from worker.output.bucket_config import uploader_from_settings
+from worker.output.delivery import check_delivery, deliver
+from worker.output.images import convert_images
+from worker.output.upload import ImageUploader
 from worker.preflight import Preflight
 from worker.progress_relay import ProgressRelay
 from worker.schema import GenerationRequest, ListingRequest, parse_job_input
@@ -74,7 +77,7 @@ class JobRunner:
             settings,
             A1111Client.from_settings(settings),
             provider=ModelRegistry.from_settings(settings),
-            uploader=ImageUploader.from_settings(settings),
+            uploader=uploader_from_settings(settings),
             progress_sink=sink,
         )
 

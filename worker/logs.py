@@ -10,19 +10,17 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
-import re
 import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
+from worker.redaction import mask_secrets, redact_base64
+
 if TYPE_CHECKING:
     from worker.settings import WorkerSettings
 
 job_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("job_id", default=None)
-
-# A run of 200+ base64 characters is an image or a weight blob, never something a log needs.
-_BASE64_RUN = re.compile(r"[A-Za-z0-9+/=]{200,}")
 
 
 @contextmanager
@@ -40,12 +38,10 @@ class RedactingFilter(logging.Filter):
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
         super().__init__()
-        self._secrets = [s for s in secrets if len(s) >= 4]
+        self._secrets = tuple(secrets)
 
     def redact(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return _BASE64_RUN.sub(lambda m: f"<{len(m.group(0))} chars of base64>", text)
+        return redact_base64(mask_secrets(text, self._secrets))
 
     def filter(self, record: logging.LogRecord) -> bool:
         record.job_id = job_id_var.get()

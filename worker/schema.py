@@ -24,7 +24,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from worker.a1111.endpoints import GENERATION_ENDPOINTS, LISTING_ENDPOINTS, endpoint_name, listing_method
 from worker.errors import InputInvalid, excerpt
-from worker.output import OutputOptions
+
+OutputFormat = Literal["png", "jpeg", "webp"]
+Delivery = Literal["auto", "inline", "url"]
 
 MAX_SEED = 2**32 - 1
 #: model, sampler and scheduler names (paths with sub-folders and an A1111 " [hash]" fit easily)
@@ -55,6 +57,24 @@ class _Strict(BaseModel):
         if isinstance(value, bool) and field is not None and _is_number_field(field.annotation):
             raise ValueError("must be a number, not true/false")
         return value
+
+
+class OutputOptions(BaseModel):
+    """The job's ``output`` object: image format and how images are delivered."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format: OutputFormat = Field(
+        "png", description="png passes the engine's bytes through untouched; jpeg/webp re-encode."
+    )
+    quality: int = Field(90, ge=1, le=100, description="JPEG/WebP quality (ignored for png).")
+    delivery: Delivery = Field(
+        "auto",
+        description=(
+            "auto: inline unless the output exceeds the size limit, then upload if a bucket is "
+            "configured; inline: never upload; url: always upload."
+        ),
+    )
 
 
 class LoraRef(_Strict):

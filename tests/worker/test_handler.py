@@ -23,7 +23,7 @@ from tests.support.fixtures import job_fixture
 from tests.support.s3_server import S3Endpoint
 from worker.a1111.client import A1111Client
 from worker.handler import JobRunner
-from worker.output import ImageUploader
+from worker.output.bucket_config import uploader_from_settings
 from worker.settings import WorkerSettings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -270,7 +270,7 @@ def test_large_output_is_uploaded_to_s3(fake_a1111: FakeA1111, s3_server: S3Endp
         bucket_name=s3_server.bucket,
     )
     engine = A1111Client(fake_a1111.url, connect_timeout_s=1, request_timeout_s=5)
-    runner = JobRunner(settings, engine, uploader=ImageUploader.from_settings(settings))
+    runner = JobRunner(settings, engine, uploader=uploader_from_settings(settings))
     out = runner.run({"id": "job-s3", "input": {"prompt": "a", "batch_size": 2, "width": 64, "height": 64}})
     assert "error" not in out, out
     assert out["images"] == []

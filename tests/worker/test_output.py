@@ -20,14 +20,12 @@ from pydantic import SecretStr, ValidationError
 
 from tests.support.s3_server import S3Endpoint
 from worker.errors import EngineFailed, InputInvalid, OutputTooLarge, UploadFailed
-from worker.output import (
-    ImageUploader,
-    OutputOptions,
-    check_delivery,
-    convert_images,
-    deliver,
-    serialized_size,
-)
+from worker.output.bucket_config import bucket_endpoint, uploader_from_settings
+from worker.output.delivery import check_delivery, deliver
+from worker.output.images import convert_images
+from worker.output.size import serialized_size
+from worker.output.upload import ImageUploader
+from worker.schema import OutputOptions
 from worker.settings import SettingsError, WorkerSettings
 
 INFOTEXT = (
@@ -429,15 +427,15 @@ def _settings(**values: Any) -> WorkerSettings:
 
 
 def test_from_settings_not_configured_is_none(caplog: pytest.LogCaptureFixture) -> None:
-    assert ImageUploader.from_settings(_settings()) is None
+    assert uploader_from_settings(_settings()) is None
     caplog.set_level(logging.WARNING)
-    assert ImageUploader.from_settings(_settings(bucket_name="images")) is None
+    assert uploader_from_settings(_settings(bucket_name="images")) is None
     assert "BUCKET_NAME set but BUCKET_ENDPOINT_URL is empty" in caplog.text
 
 
 def test_from_settings_requires_the_bucket_name_and_keys() -> None:
     with pytest.raises(SettingsError) as info:
-        ImageUploader.from_settings(
+        uploader_from_settings(
             _settings(
                 bucket_endpoint_url="https://s3.example.com",
                 bucket_access_key_id=SecretStr("AKIAEXAMPLE"),
@@ -447,7 +445,7 @@ def test_from_settings_requires_the_bucket_name_and_keys() -> None:
     assert "BUCKET_NAME" in str(info.value)
     assert "very-secret" not in str(info.value)
     with pytest.raises(SettingsError, match="BUCKET_SECRET_ACCESS_KEY"):
-        ImageUploader.from_settings(
+        uploader_from_settings(
             _settings(
                 bucket_endpoint_url="https://s3.example.com", bucket_name="b", bucket_access_key_id="AKIA"
             )
@@ -455,7 +453,7 @@ def test_from_settings_requires_the_bucket_name_and_keys() -> None:
 
 
 def test_from_settings_builds_a_working_uploader(s3_server: S3Endpoint) -> None:
-    uploader = ImageUploader.from_settings(
+    uploader = uploader_from_settings(
         _settings(
             bucket_endpoint_url=s3_server.endpoint_url,
             bucket_access_key_id=SecretStr(s3_server.access_key_id),
@@ -470,20 +468,15 @@ def test_from_settings_builds_a_working_uploader(s3_server: S3Endpoint) -> None:
 
 
 def test_bucket_in_the_endpoint_host_is_removed() -> None:
-    uploader = ImageUploader(
-        endpoint_url="https://my-images.nyc3.digitaloceanspaces.com/",
-        access_key_id="k",
-        secret_access_key="s",
-        bucket="my-images",
+    assert (
+        bucket_endpoint("https://my-images.nyc3.digitaloceanspaces.com/", "my-images")
+        == "https://nyc3.digitaloceanspaces.com"
     )
-    assert uploader.endpoint_url == "https://nyc3.digitaloceanspaces.com"
-    other = ImageUploader(
-        endpoint_url="https://acct.r2.cloudflarestorage.com",
-        access_key_id="k",
-        secret_access_key="s",
-        bucket="b",
+    assert (
+        bucket_endpoint("https://acct.r2.cloudflarestorage.com", "b")
+        == "https://acct.r2.cloudflarestorage.com"
     )
-    assert other.endpoint_url == "https://acct.r2.cloudflarestorage.com"
+    assert bucket_endpoint("https://key:pw@s3.example.com:9000/", "b") == "https://s3.example.com:9000"
 
 
 def test_uploader_rejects_bad_arguments() -> None:

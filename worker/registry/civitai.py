@@ -15,7 +15,8 @@ import requests
 
 from worker.errors import DownloadFailed, ModelIncompatible, ModelNotFound
 from worker.model_types import Architecture, ModelKind
-from worker.registry.download import host_allowed, public_url
+from worker.redaction import public_url
+from worker.registry.download import host_allowed
 from worker.registry.names import normalise
 
 log = logging.getLogger(__name__)

@@ -32,6 +32,7 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, stop
 from tqdm import tqdm
 
 from worker.errors import DownloadFailed, InputInvalid
+from worker.redaction import public_url
 from worker.registry.names import safe_relative_name
 from worker.registry.safetensors_header import HeaderError, read_header
 from worker.registry.store import fsync_dir
@@ -72,12 +73,6 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-def public_url(url: str) -> str:
-    """scheme://host/path only: query strings of signed URLs never reach logs or errors."""
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc.rsplit('@', 1)[-1]}{parts.path}"
 
 
 def content_disposition_name(header: str | None) -> str | None:
