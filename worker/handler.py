@@ -28,7 +28,8 @@ from worker.preflight import Preflight
 from worker.progress_relay import ProgressRelay
 from worker.schema import GenerationRequest, ListingRequest, parse_job_input
 from worker.settings import WorkerSettings
-from worker.translate import SettingsBaseline, build_txt2img_payload
+from worker.settings_baseline import SettingsBaseline
+from worker.translate import build_txt2img_payload
 from worker.verify import check_generation, check_not_interrupted
 
 log = logging.getLogger(__name__)
@@ -158,7 +159,7 @@ class JobRunner:
         )
 
     def _settings_baseline(self) -> SettingsBaseline:
-        """The engine's settings as the first job found them (``worker.translate.SettingsBaseline``)."""
+        """The engine's settings as the first job found them (``worker.settings_baseline``)."""
         with self._baseline_lock:
             if self._baseline is None:
                 self._baseline = SettingsBaseline(self.engine.catalog().options)

@@ -4,9 +4,9 @@ The rule is "send only what the user set": A1111's own defaults apply to everyth
 as if the caller had talked to A1111 directly. The exceptions are deliberate and few:
 
 * ``sampler_name`` is always sent (the resolved engine name), so the effective sampler is known;
-* the engine settings the worker manages (``MANAGED_SETTINGS``: checkpoint, clip skip, VAE) and every
-  setting an earlier job overrode are sent on every job, defaults included when the job leaves them
-  unset (see ``SettingsBaseline``), with ``override_settings_restore_afterwards=true``: A1111 does not
+* the engine settings the worker manages (checkpoint, clip skip, VAE) and every setting an earlier job
+  overrode are sent on every job, defaults included when the job leaves them unset (the caller passes
+  them: ``worker.settings_baseline``), with ``override_settings_restore_afterwards=true``: A1111 does not
   restore an override whose key is missing from its ``config.json``, so otherwise one job's clip skip or
   VAE would silently apply to every later job;
 * ``save_images=false`` and ``send_images=true``: the worker returns images, it never writes them
@@ -21,7 +21,6 @@ Names (checkpoint, sampler, LoRAs...) arrive already resolved against the engine
 from __future__ import annotations
 
 import re
-import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,12 +28,6 @@ from typing import Any
 from worker.schema import A1111_HIRES_FIELDS, NATIVE_FIELDS, SYNONYMS, Txt2ImgJob
 
 HIRES_DEFAULT_DENOISING = 0.7
-
-#: Engine settings sent on every job, defaults included (docs/decisions.md, "a job never changes later jobs").
-MANAGED_SETTINGS: tuple[str, ...] = ("sd_model_checkpoint", "CLIP_stop_at_last_layers", "sd_vae")
-#: What a job that leaves clip skip or VAE unset gets: A1111's built-in defaults, whatever the engine's
-#: current settings say (an earlier request may have left them changed).
-MANAGED_DEFAULTS: dict[str, Any] = {"CLIP_stop_at_last_layers": 1, "sd_vae": "Automatic"}
 
 #: A1111 extra-network tags that name a LoRA (``lyco`` is an alias A1111 keeps).
 LORA_TAG = re.compile(r"<(?:lora|lyco):([^:>]+)(?::([^:>]*))?[^>]*>", re.IGNORECASE)
@@ -71,43 +64,6 @@ class ResolvedNames:
 class Translation:
     payload: dict[str, Any]
     warnings: list[str] = field(default_factory=list)
-
-
-class SettingsBaseline:
-    """What a job sends for every engine setting it leaves unset, so it never inherits an earlier job's.
-
-    A1111 keeps an override whose key is missing from its ``opts.data`` (``config.json`` plus what was set
-    since), and every override when ``override_settings_restore_afterwards`` is false. So every job sends:
-    clip skip and VAE (``MANAGED_DEFAULTS``), the checkpoint the engine had selected when the worker first
-    looked, and, for each other setting some job has overridden, the value the engine had then.
-    Thread-safe: the routes server runs jobs from several threads.
-
-    Args:
-        options: the engine's ``GET /options``; keys it does not list cannot be restored and are not tracked.
-    """
-
-    def __init__(self, options: Mapping[str, Any]) -> None:
-        self._values = {key: _whole_number(value) for key, value in options.items()}
-        self._values.update(MANAGED_DEFAULTS)
-        self._tracked = set(MANAGED_SETTINGS)
-        self._lock = threading.Lock()
-
-    def defaults(self) -> dict[str, Any]:
-        with self._lock:
-            keys = sorted(self._tracked)
-        return {key: self._values[key] for key in keys if self._values.get(key) is not None}
-
-    def track(self, overrides: Mapping[str, Any]) -> None:
-        """Remember the keys a job is about to override, so later jobs send them back."""
-        with self._lock:
-            self._tracked.update(key for key in overrides if key in self._values)
-
-
-def _whole_number(value: Any) -> Any:
-    """``/options`` types clip skip as a float (``2.0``); A1111 indexes hidden states with it: send ``2``."""
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return value
 
 
 def format_weight(weight: float) -> str:
@@ -171,7 +127,8 @@ def build_txt2img_payload(
     """The exact ``/sdapi/v1/txt2img`` body for ``job`` (see the module docstring for the rules).
 
     Args:
-        engine_defaults: ``SettingsBaseline.defaults()``: sent for each setting the job leaves unset.
+        engine_defaults: ``worker.settings_baseline.SettingsBaseline.defaults()``: sent for each setting
+            the job leaves unset.
     """
     prompt, warnings = add_lora_tags(rename_lora_tags(job.prompt, names.lora_renames), names.loras)
     payload: dict[str, Any] = {"prompt": prompt, "sampler_name": names.sampler}

@@ -7,9 +7,9 @@ import pytest
 from tests.support.fixtures import StaticEngineLists, engine_catalog, job_fixture, load_json
 from worker.preflight import Preflight
 from worker.schema import GenerationRequest, Txt2ImgJob, parse_job_input
+from worker.settings_baseline import SettingsBaseline
 from worker.translate import (
     ResolvedNames,
-    SettingsBaseline,
     add_lora_tags,
     build_txt2img_payload,
     format_weight,
