@@ -21,9 +21,9 @@ from typing import Any, Protocol, TypeVar
 
 from worker.a1111.catalog import CheckpointEntry, EngineCatalog, LoraEntry, SamplerEntry, SchedulerEntry
 from worker.a1111.endpoints import RefreshKind
+from worker.compatibility import check_compatible
 from worker.errors import EngineFailed, InputInvalid, ModelNotFound, excerpt
 from worker.model_types import ModelFacts, ModelKind, ModelProvider
-from worker.registry.compat import check_compatible
 from worker.schema import Txt2ImgJob
 from worker.translate import ResolvedNames, prompt_lora_tags
 

@@ -6,9 +6,9 @@ import pytest
 
 from tests.registry.conftest import catalogue_doc
 from tests.registry.fixtures import write_model
+from worker.compatibility import check_compatible
 from worker.errors import InputInvalid, ModelIncompatible, ModelNotFound
 from worker.model_types import ModelFacts
-from worker.registry.compat import check_compatible
 from worker.registry.models import Catalogue
 
 CATALOGUE = catalogue_doc(

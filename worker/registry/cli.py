@@ -17,9 +17,9 @@ from typing import Any
 
 from tqdm import tqdm
 
+from worker.compatibility import label
 from worker.errors import InputInvalid, WorkerError
 from worker.model_types import MODEL_KINDS, ModelKind
-from worker.registry.compat import label
 from worker.registry.conversions import TARGETS, ConversionResult, Target, default_target, describe_layout
 from worker.registry.layouts import ENGINES
 from worker.registry.models import LiveEntry

@@ -12,9 +12,6 @@ from typing import Literal
 from worker.model_types import Architecture, ModelKind
 from worker.registry.safetensors_header import TensorInfo
 
-#: architectures a job may use; the rest are reported but refused by ``check_compatible``
-SUPPORTED_ARCHITECTURES: frozenset[str] = frozenset({"sd15", "sd2", "sdxl", "sdxl_refiner"})
-
 MatchType = Literal["prefix", "contains", "key", "shape", "meta"]
 
 

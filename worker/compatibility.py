@@ -1,10 +1,16 @@
-"""Architecture compatibility between a checkpoint and the LoRAs/embeddings/VAE a job adds to it."""
+"""Architecture compatibility between a checkpoint and the LoRAs/embeddings/VAE a job adds to it.
+
+A rule over ``ModelFacts``, shared like ``worker.model_types``: pre-flight applies it to a job's models, the
+registry's CLI prints the labels. It depends on nothing of the registry, so the job path need not load it.
+"""
 
 from __future__ import annotations
 
 from worker.errors import ModelIncompatible
 from worker.model_types import ModelFacts
-from worker.registry.detect import SUPPORTED_ARCHITECTURES
+
+#: architectures a job may use; the rest are reported but refused by ``check_compatible``
+SUPPORTED_ARCHITECTURES: frozenset[str] = frozenset({"sd15", "sd2", "sdxl", "sdxl_refiner"})
 
 _LABELS = {
     "sd15": "SD1.5",
