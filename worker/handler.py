@@ -24,7 +24,7 @@ from worker.output.bucket_config import uploader_from_settings
 from worker.output.delivery import check_delivery, deliver
 from worker.output.images import convert_images
 from worker.output.upload import ImageUploader
-from worker.preflight import Preflight
+from worker.preflight.resolver import Preflight
 from worker.progress_relay import ProgressRelay
 from worker.schema import GenerationRequest, ListingRequest, parse_job_input
 from worker.settings import WorkerSettings

@@ -192,6 +192,25 @@ class Txt2ImgJob(_Strict):
         return self
 
     @model_validator(mode="after")
+    def _overrides_agree(self) -> Txt2ImgJob:
+        """``checkpoint``/``vae``/``clip_skip`` and their ``override_settings`` keys are one value each."""
+        overrides = self.override_settings or {}
+        for native, key in OVERRIDE_SPELLINGS.items():
+            given, override = getattr(self, native), overrides.get(key)
+            if override is None:
+                continue
+            if native != "clip_skip" and not isinstance(override, str):
+                raise ValueError(
+                    f"override_settings value for {native} must be a string, got {excerpt(override)}"
+                )
+            if given is not None and _same_name(given) != _same_name(override):
+                raise ValueError(
+                    f"conflicting values for {native}: {native}={excerpt(given)} and "
+                    f"override_settings.{key}={excerpt(override)}; give one of them"
+                )
+        return self
+
+    @model_validator(mode="after")
     def _one_hires_form(self) -> Txt2ImgJob:
         a1111_hires = sorted(name for name in self.model_fields_set if name in A1111_HIRES_FIELDS)
         if self.hires is not None and a1111_hires:
@@ -203,6 +222,69 @@ class Txt2ImgJob(_Strict):
     @property
     def image_count(self) -> int:
         return (self.batch_size or 1) * (self.n_iter or 1)
+
+    @property
+    def checkpoint_ref(self) -> str | None:
+        """The checkpoint the job names, as ``checkpoint`` or ``override_settings.sd_model_checkpoint``."""
+        return self.checkpoint or (self.override_settings or {}).get("sd_model_checkpoint") or None
+
+    @property
+    def vae_ref(self) -> str | None:
+        """The VAE the job names, as ``vae`` or ``override_settings.sd_vae``."""
+        return self.vae or (self.override_settings or {}).get("sd_vae") or None
+
+    @property
+    def hires_choice(self) -> HiresChoice:
+        """The hires fields, whichever form (``hires`` object or A1111's ``enable_hr``/``hr_*``) gave them."""
+        hires = self.hires
+        if hires is None:
+            return HiresChoice(
+                enabled=bool(self.enable_hr),
+                scale=self.hr_scale,
+                resize_x=self.hr_resize_x,
+                resize_y=self.hr_resize_y,
+                steps=self.hr_second_pass_steps,
+                denoising_strength=self.denoising_strength,
+                upscaler=self.hr_upscaler,
+                sampler=self.hr_sampler_name,
+                scheduler=self.hr_scheduler,
+                checkpoint=self.hr_checkpoint_name,
+                prompt=self.hr_prompt,
+                negative_prompt=self.hr_negative_prompt,
+            )
+        strength = hires.denoising_strength
+        return HiresChoice(
+            enabled=hires.enabled,
+            scale=hires.scale,
+            resize_x=hires.resize_x,
+            resize_y=hires.resize_y,
+            steps=hires.steps,
+            denoising_strength=self.denoising_strength if strength is None else strength,
+            upscaler=hires.upscaler,
+            sampler=hires.sampler,
+            scheduler=hires.scheduler,
+            checkpoint=hires.checkpoint,
+            prompt=hires.prompt,
+            negative_prompt=hires.negative_prompt,
+        )
+
+
+@dataclass(frozen=True)
+class HiresChoice:
+    """A job's hires fields in one shape, for pre-flight (names to check) and translation (fields to send)."""
+
+    enabled: bool
+    scale: float | None
+    resize_x: int | None
+    resize_y: int | None
+    steps: int | None
+    denoising_strength: float | None
+    upscaler: str | None
+    sampler: str | None
+    scheduler: str | None
+    checkpoint: str | None
+    prompt: str | None
+    negative_prompt: str | None
 
 
 A1111_HIRES_FIELDS: frozenset[str] = frozenset(
@@ -225,6 +307,18 @@ A1111_HIRES_FIELDS: frozenset[str] = frozenset(
 def _comparable(value: Any) -> Any:
     return value.strip() if isinstance(value, str) else value
 
+
+def _same_name(value: Any) -> Any:
+    """Model names compare case-insensitively (A1111 finds checkpoints and VAEs either way)."""
+    return value.strip().lower() if isinstance(value, str) else value
+
+
+#: native field -> the ``override_settings`` key that sets the same engine setting
+OVERRIDE_SPELLINGS: dict[str, str] = {
+    "checkpoint": "sd_model_checkpoint",
+    "vae": "sd_vae",
+    "clip_skip": "CLIP_stop_at_last_layers",
+}
 
 #: native field -> other accepted spellings of the same value
 SYNONYMS: dict[str, tuple[str, ...]] = {

@@ -18,7 +18,7 @@ from typing import Any
 
 from worker.a1111.client import A1111Client
 from worker.errors import EngineUnavailable, ModelNotFound, WorkerError
-from worker.preflight import match_checkpoint, nearest
+from worker.preflight.matching import match_checkpoint, nearest
 from worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)

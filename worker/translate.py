@@ -176,37 +176,33 @@ def build_txt2img_payload(
 
 def _place_hires(job: Txt2ImgJob, names: ResolvedNames, payload: dict[str, Any]) -> list[str]:
     """Native ``hires`` and A1111 ``enable_hr``/``hr_*`` fields → A1111's hires fields."""
-    hires = job.hires
-    enabled = hires.enabled if hires is not None else bool(job.enable_hr)
+    hires = job.hires_choice
     if job.denoising_strength is not None:
         payload["denoising_strength"] = job.denoising_strength
-    if not enabled:
+    if not hires.enabled:
         if job.enable_hr is not None:
             payload["enable_hr"] = False
         return []
     payload["enable_hr"] = True
     values = {
-        "hr_scale": hires.scale if hires else job.hr_scale,
-        "hr_resize_x": hires.resize_x if hires else job.hr_resize_x,
-        "hr_resize_y": hires.resize_y if hires else job.hr_resize_y,
-        "hr_second_pass_steps": hires.steps if hires else job.hr_second_pass_steps,
-        "hr_prompt": _renamed(hires.prompt if hires else job.hr_prompt, names),
-        "hr_negative_prompt": _renamed(hires.negative_prompt if hires else job.hr_negative_prompt, names),
+        "hr_scale": hires.scale,
+        "hr_resize_x": hires.resize_x,
+        "hr_resize_y": hires.resize_y,
+        "hr_second_pass_steps": hires.steps,
+        "hr_prompt": _renamed(hires.prompt, names),
+        "hr_negative_prompt": _renamed(hires.negative_prompt, names),
         "hr_upscaler": names.hr_upscaler,
         "hr_sampler_name": names.hr_sampler,
         "hr_scheduler": names.hr_scheduler,
         "hr_checkpoint_name": names.hr_checkpoint_title,
     }
     payload.update({key: value for key, value in values.items() if value is not None})
-    strength = hires.denoising_strength if hires and hires.denoising_strength is not None else None
-    if strength is None:
-        strength = job.denoising_strength
-    if strength is None:
+    if hires.denoising_strength is None:
         payload["denoising_strength"] = HIRES_DEFAULT_DENOISING
         return [
             f"hires is on without denoising_strength: {HIRES_DEFAULT_DENOISING} (A1111's default) was used"
         ]
-    payload["denoising_strength"] = strength
+    payload["denoising_strength"] = hires.denoising_strength
     return []
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from tests.support.fixtures import FIXTURES, StaticEngineLists, engine_catalog, job_fixture, load_json
 from worker.errors import WorkerError
-from worker.preflight import Preflight
+from worker.preflight.resolver import Preflight
 from worker.schema import GenerationRequest, parse_job_input
 
 API_DOC = Path(__file__).resolve().parents[2] / "docs" / "api.md"

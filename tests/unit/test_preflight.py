@@ -7,7 +7,8 @@ import pytest
 from tests.support.fixtures import StaticEngineLists, engine_catalog, job_fixture
 from worker.errors import InputInvalid, ModelNotFound, WorkerError
 from worker.model_types import ModelFacts, ModelKind, ProvisionedModel
-from worker.preflight import Preflight, match_checkpoint, match_lora, match_sampler
+from worker.preflight.matching import match_checkpoint, match_lora, match_sampler
+from worker.preflight.resolver import Preflight
 from worker.schema import GenerationRequest, Txt2ImgJob, parse_job_input
 
 CATALOG = engine_catalog()

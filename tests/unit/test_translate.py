@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.support.fixtures import StaticEngineLists, engine_catalog, job_fixture, load_json
-from worker.preflight import Preflight
+from worker.preflight.resolver import Preflight
 from worker.schema import GenerationRequest, Txt2ImgJob, parse_job_input
 from worker.settings_baseline import SettingsBaseline
 from worker.translate import (
