@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from worker.a1111.client import A1111Client
+from worker.clock import SYSTEM_CLOCK, Clock
 from worker.errors import EngineFailed, WorkerError
 from worker.logs import job_context
 from worker.model_types import ModelProvider
@@ -56,8 +57,10 @@ class JobRunner:
         provider: ModelProvider | None = None,
         uploader: ImageUploader | None = None,
         progress_sink: ProgressSink | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.settings = settings
+        self.clock = clock
         self.engine = engine
         self.provider = provider
         self.uploader = uploader
@@ -112,7 +115,9 @@ class JobRunner:
 
         # 2. Resolve every name against the engine's lists; provision what is missing.
         engine_kind = "embedded" if self.settings.engine == "embedded" else "a1111"
-        preflight = Preflight(self.engine, self.provider, engine_kind=engine_kind).resolve(job_input)
+        preflight = Preflight(self.engine, self.provider, engine_kind=engine_kind, clock=self.clock).resolve(
+            job_input
+        )
         timings["provision"] = round(preflight.provision_ms, 1)
         mark("preflight", subtract=preflight.provision_ms)
 
@@ -177,6 +182,7 @@ class JobRunner:
             send,
             interval_s=self.settings.progress_interval_s,
             job_id=str(job.get("id") or "local"),
+            clock=self.clock,
         )
 
     def _record_use(self, checkpoint_title: str | None, loras: list[str]) -> None:

@@ -14,6 +14,7 @@ from types import TracebackType
 from typing import Any, Protocol
 
 from worker.a1111.progress import GenerationProgress
+from worker.clock import SYSTEM_CLOCK, Clock
 from worker.errors import WorkerError
 from worker.logs import job_context
 
@@ -34,11 +35,13 @@ class ProgressRelay:
         *,
         interval_s: float,
         job_id: str | None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self._source = source
         self._sink = sink
         self._interval_s = interval_s
         self._job_id = job_id
+        self._clock = clock
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="progress-relay", daemon=True)
         self.updates_sent = 0
@@ -59,7 +62,7 @@ class ProgressRelay:
     def _run(self) -> None:
         last: tuple[int, int] | None = None
         with job_context(self._job_id):
-            while not self._stop.wait(self._interval_s):
+            while not self._clock.wait(self._stop, self._interval_s):
                 try:
                     progress = self._source.progress()
                 except WorkerError as exc:

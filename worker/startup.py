@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from worker.a1111.client import A1111Client
+from worker.clock import SYSTEM_CLOCK, Clock
 from worker.errors import EngineUnavailable, ModelNotFound, WorkerError
 from worker.preflight.matching import match_checkpoint, nearest
 from worker.settings import WorkerSettings
@@ -31,22 +31,23 @@ class Timeline:
     origin: float
     origin_label: str
     marks: list[tuple[str, float]] = field(default_factory=list)
+    clock: Clock = field(default=SYSTEM_CLOCK, repr=False, compare=False)
 
     @classmethod
-    def begin(cls, pid_file: Path | None) -> Timeline:
-        now = time.time()
+    def begin(cls, pid_file: Path | None, clock: Clock = SYSTEM_CLOCK) -> Timeline:
+        now = clock.time()
         try:
             started = pid_file.stat().st_mtime if pid_file is not None else None
         except OSError:
             started = None
         if started is not None and started <= now:
-            timeline = cls(origin=started, origin_label="engine_process_start")
+            timeline = cls(origin=started, origin_label="engine_process_start", clock=clock)
             timeline.marks.append(("worker_start", now - started))
             return timeline
-        return cls(origin=now, origin_label="worker_start")
+        return cls(origin=now, origin_label="worker_start", clock=clock)
 
     def mark(self, phase: str) -> float:
-        elapsed = time.time() - self.origin
+        elapsed = self.clock.time() - self.origin
         self.marks.append((phase, elapsed))
         return elapsed
 
@@ -99,7 +100,9 @@ def _selected(engine: A1111Client, title: str) -> bool:
     return current is not None and current.title.split(" [", 1)[0] == title.split(" [", 1)[0]
 
 
-def prepare_engine(runner_or_client: Any, settings: WorkerSettings) -> Timeline:
+def prepare_engine(
+    runner_or_client: Any, settings: WorkerSettings, *, clock: Clock = SYSTEM_CLOCK
+) -> Timeline:
     """Block until the engine can take jobs within ``settings.ready_timeout_s``; return the timeline.
 
     Raises:
@@ -108,11 +111,11 @@ def prepare_engine(runner_or_client: Any, settings: WorkerSettings) -> Timeline:
     """
     engine = _engine_of(runner_or_client)
     provider = getattr(runner_or_client, "provider", None)
-    timeline = Timeline.begin(settings.engine_pid_file)
-    deadline = time.monotonic() + settings.ready_timeout_s
+    timeline = Timeline.begin(settings.engine_pid_file, clock)
+    deadline = clock.monotonic() + settings.ready_timeout_s
 
     def remaining(phase: str) -> float:
-        left = deadline - time.monotonic()
+        left = deadline - clock.monotonic()
         if left <= 0:
             raise EngineUnavailable(
                 f"no time left for {phase} within the WORKER_READY_TIMEOUT_S={settings.ready_timeout_s:g} s "
@@ -149,7 +152,7 @@ def prepare_engine(runner_or_client: Any, settings: WorkerSettings) -> Timeline:
         log.error("start-up failed: %s (timeline: %s)", exc, timeline.summary())
         raise
     if warming is not None:
-        warming.join(max(0.0, deadline - time.monotonic()))
+        warming.join(max(0.0, deadline - clock.monotonic()))
     timeline.mark("ready")
     log.info("start-up timeline: %s", timeline.summary(), extra={"startup": timeline.as_dict()})
     return timeline

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
 
+from tests.support.clock import FakeClock
 from tests.support.fake_a1111 import FakeA1111, dead_pid, write_pid_file
 from worker.a1111.client import A1111Client
 from worker.errors import EngineUnavailable, ModelNotFound
@@ -57,18 +57,20 @@ def test_dead_engine_fails_at_once(fake_a1111: FakeA1111, tmp_path: Path) -> Non
     fake_a1111.stop()
     pid_file = write_pid_file(tmp_path / "engine.pid", dead_pid())
     settings = _settings(fake_a1111.url, tmp_path, ready_timeout_s=30, engine_pid_file=pid_file)
-    started = time.monotonic()
+    clock = FakeClock()
     with pytest.raises(EngineUnavailable, match="exited"):
-        prepare_engine(A1111Client(fake_a1111.url, pid_file=pid_file), settings)
-    assert time.monotonic() - started < 5
+        prepare_engine(A1111Client(fake_a1111.url, pid_file=pid_file, clock=clock), settings, clock=clock)
+    assert clock.sleeps == []  # no wait at all, 30 s before the deadline
 
 
 def test_deadline_is_kept(tmp_path: Path) -> None:
     settings = _settings("http://127.0.0.1:9", tmp_path, ready_timeout_s=1)
-    started = time.monotonic()
+    clock = FakeClock()
     with pytest.raises(EngineUnavailable, match="deadline"):
-        prepare_engine(A1111Client("http://127.0.0.1:9", connect_timeout_s=0.5), settings)
-    assert time.monotonic() - started < 5
+        prepare_engine(
+            A1111Client("http://127.0.0.1:9", connect_timeout_s=0.5, clock=clock), settings, clock=clock
+        )
+    assert clock.sleeps == [0.5, 0.5]  # polled until WORKER_READY_TIMEOUT_S, not a moment longer
 
 
 def test_the_registry_is_scanned_while_the_engine_starts(fake_a1111: FakeA1111, tmp_path: Path) -> None:

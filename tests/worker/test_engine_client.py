@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import requests
 
+from tests.support.clock import FakeClock
 from tests.support.fake_a1111 import (
     OOM_BODY,
     FakeA1111,
@@ -48,8 +49,13 @@ PAYLOAD: dict[str, Any] = {"prompt": "a cat", "steps": 4, "width": 64, "height":
 
 
 @pytest.fixture
-def client(fake_a1111: FakeA1111) -> Iterator[A1111Client]:
-    c = A1111Client(fake_a1111.url, connect_timeout_s=1.0, request_timeout_s=2.0)
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def client(fake_a1111: FakeA1111, clock: FakeClock) -> Iterator[A1111Client]:
+    c = A1111Client(fake_a1111.url, connect_timeout_s=1.0, request_timeout_s=2.0, clock=clock)
     yield c
     c.close()
 
@@ -78,10 +84,10 @@ class RecordingSession(requests.Session):
 # ------------------------------------------------------------------------------------------------
 
 
-def test_ready_polls_then_warms_up(fake_a1111: FakeA1111, client: A1111Client) -> None:
+def test_ready_polls_then_warms_up(fake_a1111: FakeA1111, client: A1111Client, clock: FakeClock) -> None:
     fake_a1111.fail_times("sd-models", 2, status=503)  # the server answers, not ready yet
     took = client.wait_until_ready(5.0)
-    assert 0 < took < 5.0
+    assert clock.sleeps == [0.5, 0.5] and took == 1.0  # polled every 0.5 s until the third answer
     assert len(fake_a1111.requests_to("sd-models", "GET")) == 3
     (warm,) = fake_a1111.requests_to("txt2img", "POST")
     assert warm.body["steps"] == 1 and warm.body["width"] == 64 and warm.body["send_images"] is False
@@ -93,49 +99,58 @@ def test_ready_without_warmup_sends_no_generation(fake_a1111: FakeA1111, client:
 
 
 def test_never_ready_fails_at_the_deadline_with_last_error(
-    fake_a1111: FakeA1111, client: A1111Client
+    fake_a1111: FakeA1111, client: A1111Client, clock: FakeClock
 ) -> None:
     fake_a1111.set_fault("sd-models", status=503, body={"detail": "starting"})
-    started = time.monotonic()
     with pytest.raises(EngineUnavailable) as info:
         client.wait_until_ready(1.0)
-    assert time.monotonic() - started < 1.0 + 0.6
+    assert clock.sleeps == [0.5, 0.5]  # two polls, then the deadline
+    assert len(fake_a1111.requests_to("sd-models")) == 2
     assert "1 s deadline" in info.value.message and "HTTP 503" in info.value.message
     assert info.value.refresh_worker is True
     assert fake_a1111.requests_to("txt2img") == []
 
 
-def test_never_ready_refused_port_fails_at_the_deadline() -> None:
-    client = A1111Client(f"http://127.0.0.1:{free_port()}", connect_timeout_s=0.5)
-    started = time.monotonic()
+def test_never_ready_refused_port_fails_at_the_deadline(clock: FakeClock) -> None:
+    client = A1111Client(f"http://127.0.0.1:{free_port()}", connect_timeout_s=0.5, clock=clock)
     with pytest.raises(EngineUnavailable, match="connection refused"):
         client.wait_until_ready(0.8)
-    assert time.monotonic() - started < 0.8 + 0.6
+    assert clock.sleeps == pytest.approx([0.5, 0.3])  # the last wait is cut to the deadline
 
 
-def test_dead_engine_process_fails_at_once(fake_a1111: FakeA1111, tmp_path: Path) -> None:
+def test_dead_engine_process_fails_at_once(fake_a1111: FakeA1111, tmp_path: Path, clock: FakeClock) -> None:
     fake_a1111.set_fault("sd-models", status=503)
     pid = dead_pid()
-    client = A1111Client(fake_a1111.url, pid_file=write_pid_file(tmp_path / "a1111.pid", pid))
-    started = time.monotonic()
+    client = A1111Client(fake_a1111.url, pid_file=write_pid_file(tmp_path / "a1111.pid", pid), clock=clock)
     with pytest.raises(EngineUnavailable) as info:
         client.wait_until_ready(30.0)
-    assert time.monotonic() - started < 1.0
+    assert clock.sleeps == [] and fake_a1111.requests == []  # not one poll, not one wait
     assert f"pid {pid}" in info.value.message and "exited" in info.value.message
 
 
-def test_engine_dying_during_polling_is_noticed(fake_a1111: FakeA1111, tmp_path: Path) -> None:
+def test_engine_dying_during_polling_is_noticed(
+    fake_a1111: FakeA1111, tmp_path: Path, clock: FakeClock
+) -> None:
     fake_a1111.set_fault("sd-models", status=503)
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
-    client = A1111Client(fake_a1111.url, pid_file=write_pid_file(tmp_path / "a1111.pid", proc.pid))
-    threading.Timer(0.6, proc.kill).start()
-    started = time.monotonic()
+    client = A1111Client(
+        fake_a1111.url, pid_file=write_pid_file(tmp_path / "a1111.pid", proc.pid), clock=clock
+    )
+
+    def die_during_the_second_wait(_seconds: float) -> None:
+        if len(clock.sleeps) == 2:
+            proc.kill()
+            proc.wait()
+
+    clock.on_sleep.append(die_during_the_second_wait)
     try:
         with pytest.raises(EngineUnavailable, match="exited"):
             client.wait_until_ready(30.0)
     finally:
+        proc.kill()
         proc.wait()
-    assert time.monotonic() - started < 3.0
+    assert clock.sleeps == [0.5, 0.5]  # noticed before a third poll, 29 s before the deadline
+    assert len(fake_a1111.requests_to("sd-models")) == 2
 
 
 def test_warmup_500_means_the_checkpoint_did_not_load(fake_a1111: FakeA1111, client: A1111Client) -> None:
@@ -150,12 +165,16 @@ def test_warmup_500_means_the_checkpoint_did_not_load(fake_a1111: FakeA1111, cli
     assert len(fake_a1111.requests_to("txt2img")) == 1
 
 
-def test_warmup_is_bounded_by_the_readiness_deadline(fake_a1111: FakeA1111, client: A1111Client) -> None:
+def test_warmup_is_bounded_by_the_readiness_deadline(fake_a1111: FakeA1111, clock: FakeClock) -> None:
     fake_a1111.set_fault("txt2img", hang=10)
-    started = time.monotonic()
+    session = RecordingSession()
+    client = A1111Client(fake_a1111.url, connect_timeout_s=1.0, session=session, clock=clock)
+    fake_a1111.fail_times("sd-models", 1, status=503)  # 0.5 s of the 1 s deadline go to polling
     with pytest.raises(EngineUnavailable, match="warm-up"):
         client.wait_until_ready(1.0)
-    assert time.monotonic() - started < 2.0
+    (warmup,) = [call for call in session.calls if str(call["url"]).endswith("/txt2img")]
+    assert warmup["timeout"] == (1.0, 0.5)  # the generation gets what is left of the deadline
+    assert len(fake_a1111.requests_to("interrupt", "POST")) == 1
 
 
 def test_is_engine_alive(tmp_path: Path) -> None:
@@ -205,12 +224,13 @@ def test_txt2img_returns_a1111_response(fake_a1111: FakeA1111, client: A1111Clie
     assert out["parameters"]["prompt"] == "a cat"
 
 
-def test_hang_past_deadline_is_timeout_and_interrupts(fake_a1111: FakeA1111, client: A1111Client) -> None:
+def test_hang_past_deadline_is_timeout_and_interrupts(fake_a1111: FakeA1111) -> None:
     fake_a1111.set_fault("txt2img", hang=10)
-    started = time.monotonic()
+    session = RecordingSession()
+    client = A1111Client(fake_a1111.url, connect_timeout_s=1.0, session=session)
     with pytest.raises(JobTimeout) as info:
         client.txt2img(PAYLOAD, timeout_s=0.4)
-    assert time.monotonic() - started < 2.0
+    assert session.calls[0]["timeout"] == (1.0, 0.4)  # the job's deadline is the read timeout
     assert info.value.details["interrupted"] is True
     assert len(fake_a1111.requests_to("interrupt", "POST")) == 1
     assert len(fake_a1111.requests_to("txt2img")) == 1  # a read timeout is never retried
@@ -289,18 +309,20 @@ def test_refused_connection() -> None:
         client.catalog()
 
 
-def test_txt2img_is_retried_when_never_sent() -> None:
-    port = free_port()
-    server = FakeA1111(port=port)
-    threading.Timer(0.05, server.start).start()  # comes up after the first (refused) attempt
+def test_txt2img_is_retried_when_never_sent(clock: FakeClock) -> None:
+    port = free_port()  # nothing listens there: the first attempt is refused
+    servers: list[FakeA1111] = []
+    # the engine comes up during the backoff after the refusal (the fake listens as soon as it is built)
+    clock.on_sleep.append(lambda _seconds: servers.append(FakeA1111(port=port).start()))
     try:
-        client = A1111Client(f"http://127.0.0.1:{port}", connect_timeout_s=0.5)
+        client = A1111Client(f"http://127.0.0.1:{port}", connect_timeout_s=0.5, clock=clock)
         out = client.txt2img(PAYLOAD, timeout_s=5)
         assert out["images"]
-        assert len(server.requests_to("txt2img")) == 1
+        assert clock.sleeps == [0.2]  # one backoff, one retry
+        assert len(servers[0].requests_to("txt2img")) == 1  # and the generation ran once
     finally:
-        time.sleep(0.06)
-        server.stop()
+        for server in servers:
+            server.stop()
 
 
 def test_other_statuses_and_bad_json_are_engine_errors(fake_a1111: FakeA1111, client: A1111Client) -> None:
@@ -317,11 +339,12 @@ def test_other_statuses_and_bad_json_are_engine_errors(fake_a1111: FakeA1111, cl
 # ------------------------------------------------------------------------------------------------
 
 
-def test_get_retried_after_503_then_ok(fake_a1111: FakeA1111, client: A1111Client) -> None:
+def test_get_retried_after_503_then_ok(fake_a1111: FakeA1111, client: A1111Client, clock: FakeClock) -> None:
     fake_a1111.fail_times("samplers", 2, status=503)
     samplers = client.call_listing("samplers")
     assert any(s["name"] == "Euler a" for s in samplers)
     assert len(fake_a1111.requests_to("samplers")) == 3
+    assert clock.sleeps == [0.2, 0.4]  # exponential backoff between the attempts
 
 
 def test_get_retried_after_closed_connection(fake_a1111: FakeA1111, client: A1111Client) -> None:
@@ -330,11 +353,12 @@ def test_get_retried_after_closed_connection(fake_a1111: FakeA1111, client: A111
     assert len(fake_a1111.requests_to("sd-vae")) == 2
 
 
-def test_get_retries_are_bounded(fake_a1111: FakeA1111, client: A1111Client) -> None:
+def test_get_retries_are_bounded(fake_a1111: FakeA1111, client: A1111Client, clock: FakeClock) -> None:
     fake_a1111.set_fault("samplers", status=502, body="Bad Gateway")
     with pytest.raises(EngineFailed, match="HTTP 502"):
         client.call_listing("samplers")
     assert len(fake_a1111.requests_to("samplers")) == 3
+    assert clock.sleeps == [0.2, 0.4]
 
 
 def test_retry_stops_at_once_when_engine_died(fake_a1111: FakeA1111, tmp_path: Path) -> None:

@@ -284,23 +284,3 @@ def test_large_output_without_a_bucket_is_output_too_large(fake_a1111: FakeA1111
     out = run(fake_a1111, {"prompt": "a", "width": 64, "height": 64}, output_max_bytes=2048)
     assert out["error"].startswith("output_too_large: ")
     assert "2,048-byte limit" in out["error"]
-
-
-def test_progress_before_the_first_step_is_not_relayed(fake_a1111: FakeA1111) -> None:
-    """Until sampling starts A1111 reports the previous job's step count (seen on the real A1111)."""
-    updates: list[dict[str, Any]] = []
-    fake_a1111.txt2img_delay = 0.5
-    stale = {
-        "progress": 0.01,
-        "eta_relative": 9.0,
-        "state": {"job_count": 1, "sampling_step": 0, "sampling_steps": 3},
-    }
-    fresh = {
-        "progress": 0.2,
-        "eta_relative": 1.0,
-        "state": {"job_count": 1, "sampling_step": 2, "sampling_steps": 30},
-    }
-    fake_a1111.progress_script = [stale, stale, fresh]
-    runner = make_runner(fake_a1111, sink=lambda job, update: updates.append(update))
-    assert "error" not in runner.run({"id": "j", "input": {"prompt": "a"}})
-    assert updates == [{"progress": 0.2, "step": 2, "total": 30, "eta_s": 1.0}]
