@@ -66,6 +66,8 @@ CLIPTokenizer.from_pretrained('openai/clip-vit-large-patch14'); CLIPTextConfig.f
 # The worker in its own venv: A1111 pins pydantic 1, the worker (and runpod) need pydantic 2.
 COPY pyproject.toml README.md cache_registry.json /opt/worker/
 COPY worker /opt/worker/worker
+# the extension's package: the worker imports its health report (one definition for both)
+COPY webui_extensions/worker-routes/a1111_worker_routes /opt/worker/webui_extensions/worker-routes/a1111_worker_routes
 RUN python3.10 -m venv /opt/worker-venv \
     && /opt/worker-venv/bin/python -m pip install "/opt/worker" \
     && /opt/worker-venv/bin/python -c "import runpod, uvicorn, worker.routes"

@@ -3,57 +3,24 @@
 A1111 has no readiness endpoint (it listens before its checkpoint is loaded), so each engine gets the
 probe that can tell: the embedded engine reads its own state in-process (``probe_embedded``); anything
 else is asked over HTTP (``probe_client``), which can only see whether a checkpoint is selected. The
-A1111 extension has its own in-process probe (``webui_extensions/worker-routes``) with the same shape.
+A1111 extension has its own in-process probe (``webui_extensions/worker-routes``).
 
-Report shape: ``{"status", "reason", "checkpoint", "vram", "queue"}``; HTTP 200 only when ``ready``.
+The report itself is defined once, in the extension's ``a1111_worker_routes.report`` (standard library
+only, so it runs in A1111's Python too): every probe builds it with ``health_report``.
 """
 
 from __future__ import annotations
 
 import logging
-import sys
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any
+
+from a1111_worker_routes.report import HealthStatus, health_report, queue_from_state, torch_vram, vram_mb
 
 from worker.a1111.client import A1111Client
 from worker.errors import EngineUnavailable, WorkerError
 
 log = logging.getLogger(__name__)
-
-HealthStatus = Literal["starting", "loading", "ready", "failed"]
-HEALTH_STATUSES: tuple[HealthStatus, ...] = ("starting", "loading", "ready", "failed")
-
-
-def health_report(
-    status: HealthStatus,
-    reason: str | None = None,
-    *,
-    checkpoint: str | None = None,
-    vram: dict[str, Any] | None = None,
-    queue: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    return {"status": status, "reason": reason, "checkpoint": checkpoint, "vram": vram, "queue": queue}
-
-
-def http_status(report: dict[str, Any]) -> int:
-    """200 when ready, else 503, so load balancers and ``HEALTHCHECK`` need not parse the body."""
-    return 200 if report.get("status") == "ready" else 503
-
-
-def torch_vram() -> dict[str, Any] | None:
-    """CUDA memory of device 0 when torch is already loaded in this process (never imports it)."""
-    torch = sys.modules.get("torch")
-    if torch is None:
-        return None
-    try:
-        if not torch.cuda.is_available():
-            return None
-        free, total = torch.cuda.mem_get_info()
-    except Exception:  # a broken driver must not break the health route
-        log.debug("could not read CUDA memory", exc_info=True)
-        return None
-    mib = 1024 * 1024
-    return {"free_mb": free // mib, "used_mb": (total - free) // mib, "total_mb": total // mib}
 
 
 def _vram_from_memory(memory: Any) -> dict[str, Any] | None:
@@ -62,13 +29,8 @@ def _vram_from_memory(memory: Any) -> dict[str, Any] | None:
     system = cuda.get("system") if isinstance(cuda, dict) else None
     if not isinstance(system, dict) or "total" not in system:
         return None
-    mib = 1024 * 1024
     try:
-        return {
-            "free_mb": int(system["free"]) // mib,
-            "used_mb": int(system["used"]) // mib,
-            "total_mb": int(system["total"]) // mib,
-        }
+        return vram_mb(int(system["free"]), int(system["total"]))
     except (KeyError, TypeError, ValueError):
         return None
 
@@ -114,14 +76,7 @@ def probe_embedded(engine: Any) -> dict[str, Any]:
     info = getattr(engine, "model_info", None)
     options = getattr(engine, "options", {}) or {}
     checkpoint = getattr(info, "title", None) or options.get("sd_model_checkpoint") or None
-    state = getattr(engine, "state", None)
-    queue = None
-    if state is not None:
-        queue = {
-            "running": bool(getattr(state, "job", "")) or int(getattr(state, "job_count", 0) or 0) != 0,
-            "step": int(getattr(state, "sampling_step", 0) or 0),
-            "steps": int(getattr(state, "sampling_steps", 0) or 0),
-        }
+    queue = queue_from_state(getattr(engine, "state", None))
     if model is not None:
         return health_report("ready", checkpoint=checkpoint, vram=torch_vram(), queue=queue)
     if error:

@@ -20,12 +20,13 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from a1111_worker_routes.report import health_report, http_status
 from fastapi import APIRouter, Body, FastAPI
 from fastapi.responses import JSONResponse
 
 from worker.errors import ErrorCode, WorkerError
 from worker.handler import JobRunner, error_output
-from worker.health import http_status, probe_client, probe_embedded
+from worker.health import probe_client, probe_embedded
 
 log = logging.getLogger(__name__)
 
@@ -131,8 +132,7 @@ def create_worker_router(
             report = health() if health is not None else probe_client(runner().engine)
         except Exception as exc:  # the health route itself must always answer
             log.exception("health probe failed")
-            report = {"status": "failed", "reason": f"health probe failed ({type(exc).__name__})"}
-            report.update(checkpoint=None, vram=None, queue=None)
+            report = health_report("failed", f"health probe failed ({type(exc).__name__})")
         return JSONResponse(report, status_code=http_status(report))
 
     @router.get("/models")

@@ -151,6 +151,7 @@ class Txt2ImgJob(_Strict):
     refiner_checkpoint: str | None = Field(None, max_length=MAX_NAME)
     refiner_switch_at: float | None = Field(None, ge=0, le=1)
     disable_extra_networks: bool | None = None
+    firstpass_image: str | None = None  # base64: the first pass of a hires job, given instead of generated
     comments: dict[str, Any] | None = None
     enable_hr: bool | None = None
     firstphase_width: int | None = Field(None, ge=0, le=2048)

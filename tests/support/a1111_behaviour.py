@@ -12,12 +12,15 @@ the value that stuck.
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from worker.a1111.txt2img_fields import TXT2IMG_FIELDS
 
 if TYPE_CHECKING:
     from tests.support.fake_a1111 import FakeData
@@ -42,12 +45,8 @@ def transcript(name: str) -> Any:
 
 
 def parameter_defaults() -> dict[str, Any]:
-    """A1111's echo of an empty request: the recorded ``minimal`` request minus what it sent."""
-    minimal = next(e for e in transcript("exchanges") if e["name"] == "minimal")
-    defaults = dict(minimal["response"]["parameters"])
-    defaults.update(prompt="", negative_prompt="", seed=-1, subseed=-1, steps=50, cfg_scale=7.0)
-    defaults.update(width=512, height=512)
-    return defaults
+    """A1111's echo of an empty request: its txt2img fields and API defaults (``worker.a1111.txt2img_fields``)."""
+    return copy.deepcopy(TXT2IMG_FIELDS)
 
 
 class A1111Failure(Exception):

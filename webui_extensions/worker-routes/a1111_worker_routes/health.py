@@ -7,37 +7,13 @@ checkpoint file → failed; no model after a grace period with the lock free →
 
 from __future__ import annotations
 
-import sys
 import time
 from typing import Any
 
+from a1111_worker_routes.report import HealthStatus, health_report, queue_from_state, torch_vram
+
 #: Seconds after app start during which "no model, lock free" still means the load thread is starting.
 LOAD_GRACE_S = 15.0
-
-
-def _report(
-    status: str,
-    reason: str | None,
-    checkpoint: str | None,
-    vram: dict[str, Any] | None,
-    queue: dict[str, Any] | None,
-) -> dict[str, Any]:
-    return {"status": status, "reason": reason, "checkpoint": checkpoint, "vram": vram, "queue": queue}
-
-
-def torch_vram() -> dict[str, Any] | None:
-    """CUDA memory of the current device, when torch is loaded (it always is inside A1111)."""
-    torch = sys.modules.get("torch")
-    if torch is None:
-        return None
-    try:
-        if not torch.cuda.is_available():
-            return None
-        free, total = torch.cuda.mem_get_info()
-    except Exception:
-        return None
-    mib = 1024 * 1024
-    return {"free_mb": free // mib, "used_mb": (total - free) // mib, "total_mb": total // mib}
 
 
 def a1111_health(
@@ -52,34 +28,24 @@ def a1111_health(
     vram: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The health report from plain values (``health_from_modules`` reads them from A1111)."""
-    queue = None
-    if state is not None:
-        queue = {
-            "running": bool(getattr(state, "job", "")) or int(getattr(state, "job_count", 0) or 0) != 0,
-            "step": int(getattr(state, "sampling_step", 0) or 0),
-            "steps": int(getattr(state, "sampling_steps", 0) or 0),
-        }
+    queue = queue_from_state(state)
     info = getattr(model, "sd_checkpoint_info", None)
     loaded = getattr(info, "title", None)
     if model is not None:
-        return _report("ready", None, loaded or selected, vram, queue)
+        return health_report("ready", checkpoint=loaded or selected, vram=vram, queue=queue)
+    if checkpoints_known == 0 and not loading:
+        reason = "no checkpoint in --ckpt-dir: put one on the volume (python -m worker registry pull <id>)"
+        return health_report("failed", reason, vram=vram, queue=queue)
+    status: HealthStatus
     if loading:
-        return _report("loading", f"loading checkpoint {selected or '(default)'}", selected, vram, queue)
-    if checkpoints_known == 0:
-        return _report(
-            "failed",
-            "no checkpoint in --ckpt-dir: put one on the volume (python -m worker registry pull <id>)",
-            None,
-            vram,
-            queue,
-        )
-    if lazy_load:
-        return _report("ready", "the checkpoint loads on the first request", selected, vram, queue)
-    if seconds_since_start < LOAD_GRACE_S:
-        return _report("loading", "checkpoint load starting", selected, vram, queue)
-    return _report(
-        "failed", "the checkpoint failed to load; see the [engine] log lines", selected, vram, queue
-    )
+        status, reason = "loading", f"loading checkpoint {selected or '(default)'}"
+    elif lazy_load:
+        status, reason = "ready", "the checkpoint loads on the first request"
+    elif seconds_since_start < LOAD_GRACE_S:
+        status, reason = "loading", "checkpoint load starting"
+    else:
+        status, reason = "failed", "the checkpoint failed to load; see the [engine] log lines"
+    return health_report(status, reason, checkpoint=selected, vram=vram, queue=queue)
 
 
 def health_from_modules(shared: Any, sd_models: Any, started_at: float) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from a1111_worker_routes.proxy import forward
+from a1111_worker_routes.report import http_status
 
 PREFIX = "/worker/v1"
 
@@ -57,7 +58,7 @@ def register_routes(
 
     def get_health() -> JSONResponse:
         report = health()
-        return JSONResponse(report, status_code=200 if report.get("status") == "ready" else 503)
+        return JSONResponse(report, status_code=http_status(report))
 
     async def get_models(request: Request) -> Response:
         if not _authorised(request.headers.get("authorization"), api_auth):
