@@ -9,8 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-ModelKind = Literal["checkpoint", "lora", "embedding", "vae"]
-MODEL_KINDS: tuple[ModelKind, ...] = ("checkpoint", "lora", "embedding", "vae")
+#: what a model file is for (its folder on the volume); not an architecture, which is ``Architecture``
+#: (the embedded engine's ``diffusers_server.models.architectures.ModelKind`` is a pipeline architecture)
+ModelType = Literal["checkpoint", "lora", "embedding", "vae"]
+MODEL_TYPES: tuple[ModelType, ...] = ("checkpoint", "lora", "embedding", "vae")
 
 #: Architectures the registry detects; anything else is reported but refused for generation.
 Architecture = Literal["sd15", "sd2", "sdxl", "sdxl_refiner", "flux", "sd3", "unknown"]
@@ -20,7 +22,7 @@ Architecture = Literal["sd15", "sd2", "sdxl", "sdxl_refiner", "flux", "sd3", "un
 class ModelFacts:
     """What the registry knows about one local model file."""
 
-    kind: ModelKind
+    kind: ModelType
     file_name: str  # path relative to the kind's folder, e.g. "Deliberate_v6.safetensors"
     architecture: Architecture | None = None
     sha256: str | None = None
@@ -51,10 +53,10 @@ class ProvisionedModel:
 class ModelProvider(Protocol):
     """The registry as seen by the job path."""
 
-    def describe(self, kind: ModelKind, reference: str) -> ModelFacts | None:
+    def describe(self, kind: ModelType, reference: str) -> ModelFacts | None:
         """Facts about a model that is present locally, found by any reference form; None if absent."""
 
-    def provision(self, kind: ModelKind, reference: str) -> ProvisionedModel | None:
+    def provision(self, kind: ModelType, reference: str) -> ProvisionedModel | None:
         """Make the referenced model present (downloading a catalogue entry if needed).
 
         Returns None when the registry does not know the reference at all. Raises
@@ -62,11 +64,11 @@ class ModelProvider(Protocol):
         explicit remote reference (``civitai:…``, ``repo/file``) does not resolve.
         """
 
-    def record_use(self, kind: ModelKind, file_name: str) -> None:
+    def record_use(self, kind: ModelType, file_name: str) -> None:
         """Note that a job used the file (last_used, use_count) for LRU eviction."""
 
     def convert_for(
-        self, kind: ModelKind, file_name: str, engine: str, *, base: str | None = None
+        self, kind: ModelType, file_name: str, engine: str, *, base: str | None = None
     ) -> ProvisionedModel:
         """The model as ``engine`` can use it: itself, an earlier conversion, or one made now (cached on
         the volume). ``base`` is the job's checkpoint file (a LoRA's block layout follows it).

@@ -6,7 +6,7 @@ import pytest
 
 from tests.support.fixtures import StaticEngineLists, engine_catalog, job_fixture
 from worker.errors import InputInvalid, ModelNotFound, WorkerError
-from worker.model_types import ModelFacts, ModelKind, ProvisionedModel
+from worker.model_types import ModelFacts, ModelType, ProvisionedModel
 from worker.preflight.matching import match_checkpoint, match_lora, match_sampler
 from worker.preflight.resolver import Preflight
 from worker.schema import GenerationRequest, Txt2ImgJob, parse_job_input
@@ -163,14 +163,14 @@ class RecordingProvider:
         self.engine = engine
         self.provisioned: list[tuple[str, str]] = []
 
-    def describe(self, kind: ModelKind, reference: str) -> ModelFacts | None:
+    def describe(self, kind: ModelType, reference: str) -> ModelFacts | None:
         if kind == "lora" and reference == "boring_reality_primaryV4":
             return ModelFacts(
                 kind="lora", file_name="boring_reality_primaryV4.safetensors", default_weight=0.4
             )
         return None
 
-    def provision(self, kind: ModelKind, reference: str) -> ProvisionedModel | None:
+    def provision(self, kind: ModelType, reference: str) -> ProvisionedModel | None:
         self.provisioned.append((kind, reference))
         if reference == "boring-reality-v4":
             facts = ModelFacts(
@@ -179,7 +179,7 @@ class RecordingProvider:
             return ProvisionedModel(facts=facts, downloaded=True, seconds=0.1)
         return None
 
-    def record_use(self, kind: ModelKind, file_name: str) -> None:
+    def record_use(self, kind: ModelType, file_name: str) -> None:
         pass
 
 
@@ -203,7 +203,7 @@ class ArchitectureProvider(RecordingProvider):
         ("lora", "add-detail-xl"): "sdxl",
     }
 
-    def describe(self, kind: ModelKind, reference: str) -> ModelFacts | None:
+    def describe(self, kind: ModelType, reference: str) -> ModelFacts | None:
         arch = self.ARCH.get((kind, reference))
         return ModelFacts(kind=kind, file_name=reference, architecture=arch) if arch else None  # type: ignore[arg-type]
 

@@ -15,13 +15,13 @@ from worker.a1111.catalog import EngineCatalog
 from worker.a1111.endpoints import RefreshKind
 from worker.clock import SYSTEM_CLOCK, Clock
 from worker.errors import EngineFailed
-from worker.model_types import ModelFacts, ModelKind, ModelProvider
+from worker.model_types import ModelFacts, ModelProvider, ModelType
 from worker.preflight.matching import find_checkpoint, find_lora, stem
 
 log = logging.getLogger(__name__)
 
 FoundT = TypeVar("FoundT")
-_REFRESH_KIND: dict[ModelKind, RefreshKind] = {
+_REFRESH_KIND: dict[ModelType, RefreshKind] = {
     "checkpoint": "checkpoints",
     "lora": "loras",
     "embedding": "embeddings",
@@ -57,16 +57,16 @@ class ModelLookup:
         self._engine_kind = engine_kind
         self._clock = clock
         self.catalog = engine.catalog()
-        self._refreshed: set[ModelKind] = set()
+        self._refreshed: set[ModelType] = set()
         self._lists_refetched = False
-        self._described: dict[tuple[ModelKind, str], ModelFacts | None] = {}
+        self._described: dict[tuple[ModelType, str], ModelFacts | None] = {}
         #: the checkpoint file the job runs on (a LoRA's conversion follows its block layout)
         self.base_checkpoint: str | None = None
         self.provision_ms = 0.0
         self.downloaded: list[str] = []
         self.conversion_warnings: list[str] = []
 
-    def find(self, kind: ModelKind, ref: str, match: Callable[[str], FoundT | None]) -> FoundT | None:
+    def find(self, kind: ModelType, ref: str, match: Callable[[str], FoundT | None]) -> FoundT | None:
         """Engine lists, then the registry's local knowledge, then a download, then one refresh."""
         found = match(ref)
         if found is not None:
@@ -87,7 +87,7 @@ class ModelLookup:
             )
         return found
 
-    def _registry_facts(self, kind: ModelKind, ref: str) -> ModelFacts | None:
+    def _registry_facts(self, kind: ModelType, ref: str) -> ModelFacts | None:
         """What the registry knows of ``ref``, provisioning (downloading) a catalogue entry first."""
         if self._provider is None:
             return None
@@ -103,7 +103,7 @@ class ModelLookup:
             self.downloaded.append(f"{kind}:{provisioned.facts.file_name}")
         return provisioned.facts
 
-    def usable(self, kind: ModelKind, facts: ModelFacts) -> ModelFacts:
+    def usable(self, kind: ModelType, facts: ModelFacts) -> ModelFacts:
         """``facts``, or those of its conversion when this engine cannot use the model as it is."""
         if self._provider is None or facts.usable_by is None or self._engine_kind in facts.usable_by:
             return facts
@@ -123,12 +123,12 @@ class ModelLookup:
                 self.refresh(kind, force=True)  # a file converted after the engine's last listing
         return provisioned.facts
 
-    def _listed(self, kind: ModelKind, file_name: str) -> bool:
+    def _listed(self, kind: ModelType, file_name: str) -> bool:
         if kind == "lora":
             return find_lora(self.catalog, stem(file_name)) is not None
         return kind == "checkpoint" and find_checkpoint(self.catalog, file_name) is not None
 
-    def refresh(self, kind: ModelKind, *, force: bool = False) -> None:
+    def refresh(self, kind: ModelType, *, force: bool = False) -> None:
         """Rescan the engine's folder of ``kind``, once per job unless ``force``."""
         if kind in self._refreshed and not force:
             return
@@ -145,7 +145,7 @@ class ModelLookup:
         self.catalog = self._engine.catalog(refresh=True)
         return True
 
-    def describe(self, kind: ModelKind, ref: str) -> ModelFacts | None:
+    def describe(self, kind: ModelType, ref: str) -> ModelFacts | None:
         """The registry's facts, asked once per job and name (each ask reads the registry file)."""
         if self._provider is None:
             return None

@@ -8,12 +8,12 @@ from typing import Any
 
 from worker.a1111.catalog import CheckpointEntry, LoraEntry
 from worker.compatibility import check_compatible
-from worker.model_types import ModelFacts, ModelKind
+from worker.model_types import ModelFacts, ModelType
 from worker.preflight.matching import checkpoint_file
 
 VAE_SPECIAL = ("Automatic", "None")
 
-Describe = Callable[[ModelKind, str], ModelFacts | None]
+Describe = Callable[[ModelType, str], ModelFacts | None]
 
 
 def models_used(

@@ -14,7 +14,7 @@ from typing import Any
 import requests
 
 from worker.errors import DownloadFailed, ModelIncompatible, ModelNotFound
-from worker.model_types import Architecture, ModelKind
+from worker.model_types import Architecture, ModelType
 from worker.redaction import public_url
 from worker.registry.download import host_allowed
 from worker.registry.names import normalise
@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 DEFAULT_API_BASE = "https://civitai.com/api/v1"
 
 #: Civitai "type" -> our kind
-CIVITAI_TYPES: dict[str, ModelKind] = {
+CIVITAI_TYPES: dict[str, ModelType] = {
     "checkpoint": "checkpoint",
     "lora": "lora",
     "locon": "lora",
@@ -55,7 +55,7 @@ class CivitaiFile:
     model_id: int
     version_id: int
     version_name: str
-    kind: ModelKind | None
+    kind: ModelType | None
     architecture: Architecture | None
     file_name: str
     download_url: str

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from worker.compatibility import label
 from worker.errors import InputInvalid, WorkerError
-from worker.model_types import MODEL_KINDS, ModelKind
+from worker.model_types import MODEL_TYPES, ModelType
 from worker.registry.conversions import TARGETS, ConversionResult, Target, default_target, describe_layout
 from worker.registry.layouts import ENGINES
 from worker.registry.models import LiveEntry
@@ -36,16 +36,16 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("scan", help="scan the model folders, hashing new or changed files")
     p = sub.add_parser("list", help="list models on the volume and catalogue entries")
     p.add_argument("--json", action="store_true")
-    p.add_argument("--kind", choices=MODEL_KINDS)
+    p.add_argument("--kind", choices=MODEL_TYPES)
     p = sub.add_parser("show", help="show one model by any reference form")
     p.add_argument("ref")
-    p.add_argument("--kind", choices=MODEL_KINDS)
+    p.add_argument("--kind", choices=MODEL_TYPES)
     p.add_argument("--json", action="store_true")
     p = sub.add_parser(
         "pull", help="download a catalogue entry, civitai:<id>[@<version>] or hf:owner/repo/file"
     )
     p.add_argument("ref")
-    p.add_argument("--kind", choices=MODEL_KINDS)
+    p.add_argument("--kind", choices=MODEL_TYPES)
     p = sub.add_parser(
         "convert",
         help="convert once: diffusers folder, diffusers/PEFT LoRA or checkpoint-N -> A1111; "
@@ -55,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
         "src", help="a registry reference, or a path on the volume (a folder converts all below it)"
     )
     p.add_argument("--to", choices=TARGETS, help="a1111 (kohya LoRA / single file) or diffusers (folder)")
-    p.add_argument("--kind", choices=MODEL_KINDS)
+    p.add_argument("--kind", choices=MODEL_TYPES)
     p.add_argument("--half", action="store_true", help="store floats as fp16")
     p.add_argument("--force", action="store_true", help="convert again, replacing an earlier output")
     p.add_argument(
@@ -123,7 +123,7 @@ def _run(args: argparse.Namespace, registry: ModelRegistry) -> int:
     if args.command == "show":
         return _show(registry, args.ref, args.kind, args.json)
     if args.command == "pull":
-        kind: ModelKind | None = args.kind
+        kind: ModelType | None = args.kind
         got = registry.pull(args.ref, kind)
         verb = "downloaded" if got.downloaded else "already present:"
         _out(
@@ -147,7 +147,7 @@ def _run(args: argparse.Namespace, registry: ModelRegistry) -> int:
     return 0
 
 
-def _convert_sources(registry: ModelRegistry, src: str, kind: ModelKind | None) -> list[LiveEntry]:
+def _convert_sources(registry: ModelRegistry, src: str, kind: ModelType | None) -> list[LiveEntry]:
     """A path on the volume (everything at or below it), else a registry reference."""
     path = Path(src).expanduser()
     candidates = [path] if path.is_absolute() else [Path.cwd() / path, registry.models_dir / path]
@@ -159,7 +159,7 @@ def _convert_sources(registry: ModelRegistry, src: str, kind: ModelKind | None) 
             if not below:
                 raise InputInvalid(f"{src} holds no model the registry recognises")
             return below
-    for candidate_kind in [kind] if kind else list(MODEL_KINDS):
+    for candidate_kind in [kind] if kind else list(MODEL_TYPES):
         found = registry.resolve(candidate_kind, src)
         if found.live is not None:
             return [found.live]
@@ -270,8 +270,8 @@ def _list(registry: ModelRegistry, kind: str | None, as_json: bool) -> int:
     return 0
 
 
-def _show(registry: ModelRegistry, ref: str, kind: ModelKind | None, as_json: bool) -> int:
-    for candidate in [kind] if kind else list(MODEL_KINDS):
+def _show(registry: ModelRegistry, ref: str, kind: ModelType | None, as_json: bool) -> int:
+    for candidate in [kind] if kind else list(MODEL_TYPES):
         found = registry.resolve(candidate, ref)
         if found.live is None and found.catalogue is None:
             continue

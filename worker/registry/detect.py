@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from worker.model_types import Architecture, ModelKind
+from worker.model_types import Architecture, ModelType
 from worker.registry.safetensors_header import TensorInfo
 
 MatchType = Literal["prefix", "contains", "key", "shape", "meta"]
@@ -29,7 +29,7 @@ class Rule:
 
 
 # (kind, rule); a file's kind is the first rule that matches.
-_KIND_TABLE: tuple[tuple[ModelKind, MatchType, str], ...] = (
+_KIND_TABLE: tuple[tuple[ModelType, MatchType, str], ...] = (
     ("lora", "prefix", "lora_unet_"),
     ("lora", "prefix", "lora_te_"),
     ("lora", "prefix", "lora_te1_"),
@@ -53,7 +53,7 @@ _KIND_TABLE: tuple[tuple[ModelKind, MatchType, str], ...] = (
     ("vae", "prefix", "decoder.conv_in."),
     ("vae", "prefix", "encoder.conv_in."),
 )
-KIND_RULES: tuple[tuple[ModelKind, Rule], ...] = tuple(
+KIND_RULES: tuple[tuple[ModelType, Rule], ...] = tuple(
     (kind, Rule(kind, match, text)) for kind, match, text in _KIND_TABLE
 )
 
@@ -82,7 +82,7 @@ def _shape_rules(text: str, dim: int, by_value: dict[int, str]) -> tuple[Rule, .
 # 2048 = CLIP-L + bigG (SDXL base), 1280 = bigG only (SDXL refiner).
 _CONTEXT = {768: "sd15", 1024: "sd2", 2048: "sdxl", 1280: "sdxl_refiner"}
 
-ARCH_RULES: dict[ModelKind, tuple[Rule, ...]] = {
+ARCH_RULES: dict[ModelType, tuple[Rule, ...]] = {
     "checkpoint": (
         Rule("flux", "prefix", "model.diffusion_model.double_blocks."),
         Rule("flux", "prefix", "double_blocks."),
@@ -124,7 +124,7 @@ ARCH_RULES: dict[ModelKind, tuple[Rule, ...]] = {
 
 @dataclass(frozen=True)
 class Detection:
-    kind: ModelKind | None
+    kind: ModelType | None
     architecture: Architecture | None
     reason: str
 
@@ -146,7 +146,7 @@ def _matches(rule: Rule, tensors: dict[str, TensorInfo], metadata: dict[str, str
 
 def detect(tensors: dict[str, TensorInfo], metadata: dict[str, str]) -> Detection:
     """Kind and architecture of a safetensors file from its header alone (pure, no I/O)."""
-    kind: ModelKind | None = None
+    kind: ModelType | None = None
     for candidate, rule in KIND_RULES:
         if _matches(rule, tensors, metadata):
             kind = candidate

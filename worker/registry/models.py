@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from worker.errors import InputInvalid
-from worker.model_types import Architecture, ModelKind
+from worker.model_types import Architecture, ModelType
 from worker.registry.names import safe_relative_name
 
 CATALOGUE_SCHEMA_VERSION = 1
@@ -79,7 +79,7 @@ class CatalogueEntry(_Strict):
 
     id: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$", max_length=100)
     name: str = ""
-    kind: ModelKind
+    kind: ModelType
     file_name: str | None = None
     architecture: Architecture | None = None
     source: Source = Field(default_factory=UnknownSource)
@@ -135,7 +135,7 @@ class LiveEntry(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    kind: ModelKind
+    kind: ModelType
     file_name: str
     size: int
     mtime_ns: int
@@ -144,7 +144,7 @@ class LiveEntry(BaseModel):
     sha256: str | None = None
     short_hash: str | None = None
     addnet_hash: str | None = None
-    detected_kind: ModelKind | None = None
+    detected_kind: ModelType | None = None
     architecture: Architecture | None = None
     usable: bool = True
     problem: str | None = None

@@ -26,7 +26,7 @@ import requests
 from filelock import FileLock, Timeout
 
 from worker.errors import DownloadFailed, InputInvalid, ModelIncompatible, ModelNotFound
-from worker.model_types import MODEL_KINDS, ModelFacts, ModelKind, ProvisionedModel
+from worker.model_types import MODEL_TYPES, ModelFacts, ModelType, ProvisionedModel
 from worker.registry.catalogue import load_catalogue, match_catalogue
 from worker.registry.civitai import DEFAULT_API_BASE, CivitaiClient
 from worker.registry.conversions import (
@@ -142,7 +142,7 @@ class ModelRegistry:
         self.models_dir = models_dir
         self.scan_deadline_s = scan_deadline_s
         self._indexed: tuple[LiveRegistry, LiveIndex] | None = None
-        self._folder_mtimes: dict[ModelKind, dict[str, int]] = {}
+        self._folder_mtimes: dict[ModelType, dict[str, int]] = {}
         self._usage = UsageBatch(self._write_uses, flush_after_s=usage_flush_s)
         self.catalogue = catalogue
         self.allow_pickle = allow_pickle
@@ -239,7 +239,7 @@ class ModelRegistry:
         *,
         hash_files: bool = True,
         progress: Progress | None = None,
-        kinds: tuple[ModelKind, ...] = MODEL_KINDS,
+        kinds: tuple[ModelType, ...] = MODEL_TYPES,
         deadline_s: float | None = None,
     ) -> ScanResult:
         """Bring the registry in line with the folders of ``kinds``.
@@ -312,7 +312,7 @@ class ModelRegistry:
             )
         return result
 
-    def resolve(self, kind: ModelKind, reference: str) -> Resolution:
+    def resolve(self, kind: ModelType, reference: str) -> Resolution:
         """Look ``reference`` up in the cached index; the disk is only rescanned where it changed.
 
         A hit costs one ``stat`` of the file (still the registered size and mtime?). A miss rescans the
@@ -330,7 +330,7 @@ class ModelRegistry:
         registry, index = self._view()
         return resolve(kind, reference, registry, self.catalogue, index)
 
-    def _folders_changed(self, kind: ModelKind) -> bool:
+    def _folders_changed(self, kind: ModelType) -> bool:
         """Whether a folder of ``kind`` gained, lost or renamed an entry since this process scanned it."""
         seen = self._folder_mtimes.get(kind)
         if seen is None:
@@ -346,7 +346,7 @@ class ModelRegistry:
                 return True
         return False
 
-    def describe(self, kind: ModelKind, reference: str) -> ModelFacts | None:
+    def describe(self, kind: ModelType, reference: str) -> ModelFacts | None:
         """Facts about a local model (any reference form); None when it is not on the volume.
 
         Raises ``ModelIncompatible`` for a present but unusable file (truncated, pickle refused,
@@ -360,7 +360,7 @@ class ModelRegistry:
 
     # ---- provisioning -------------------------------------------------------------------------------
 
-    def provision(self, kind: ModelKind, reference: str) -> ProvisionedModel | None:
+    def provision(self, kind: ModelType, reference: str) -> ProvisionedModel | None:
         """Make the model present, downloading a catalogue entry or explicit remote reference if needed."""
         started = time.monotonic()
         found = self.resolve(kind, reference)
@@ -400,11 +400,11 @@ class ModelRegistry:
             self._facts(entry, catalogue), downloaded=True, seconds=time.monotonic() - started, notes=notes
         )
 
-    def pull(self, reference: str, kind: ModelKind | None = None) -> ProvisionedModel:
+    def pull(self, reference: str, kind: ModelType | None = None) -> ProvisionedModel:
         """CLI helper: provision with the kind taken from the catalogue or Civitai when not given."""
-        kinds: list[ModelKind] = [kind] if kind else []
+        kinds: list[ModelType] = [kind] if kind else []
         if not kinds:
-            for candidate in MODEL_KINDS:
+            for candidate in MODEL_TYPES:
                 res = resolve(candidate, reference, self.snapshot(), self.catalogue)
                 if res.live or res.catalogue:
                     kinds = [candidate]
@@ -422,7 +422,7 @@ class ModelRegistry:
             raise not_found(kinds[0], reference, self.snapshot(), self.catalogue)
         return result
 
-    def record_use(self, kind: ModelKind, file_name: str) -> None:
+    def record_use(self, kind: ModelType, file_name: str) -> None:
         """Note a use (last_used, use_count): the LRU order eviction follows.
 
         Uses are batched in memory and written by a background thread (one locked write per
@@ -446,7 +446,7 @@ class ModelRegistry:
 
         self.store.update(touch)
 
-    def _plan(self, kind: ModelKind, found: Resolution) -> _Plan | None:
+    def _plan(self, kind: ModelType, found: Resolution) -> _Plan | None:
         entry = found.catalogue
         source = entry.source if entry is not None else (found.remote.source if found.remote else None)
         rid = entry.id if entry is not None else None
@@ -496,7 +496,7 @@ class ModelRegistry:
         return None
 
     def _download_locked(
-        self, kind: ModelKind, plan: _Plan, *, replace: LiveEntry | None
+        self, kind: ModelType, plan: _Plan, *, replace: LiveEntry | None
     ) -> tuple[LiveEntry, tuple[str, ...]]:
         dest_dir = self.models_dir / KIND_DIRS[kind]
         if plan.file_name is not None:
@@ -547,7 +547,7 @@ class ModelRegistry:
         finally:
             lock.release()
 
-    def _already_done(self, kind: ModelKind, plan: _Plan, replace: LiveEntry | None) -> LiveEntry | None:
+    def _already_done(self, kind: ModelType, plan: _Plan, replace: LiveEntry | None) -> LiveEntry | None:
         """After waiting for the lock: did another worker fetch it meanwhile?"""
         registry = self.store.read()
         for entry in registry.models.values():
@@ -672,7 +672,7 @@ class ModelRegistry:
         return found
 
     def convert_for(
-        self, kind: ModelKind, file_name: str, engine: str, *, base: str | None = None
+        self, kind: ModelType, file_name: str, engine: str, *, base: str | None = None
     ) -> ProvisionedModel:
         """The job path's view: the model as ``engine`` uses it, converting once when needed and allowed."""
         started = time.monotonic()
@@ -858,8 +858,8 @@ class UsageBatch:
 
 
 def _check_kind(kind: str) -> None:
-    if kind not in MODEL_KINDS:
-        raise InputInvalid(f"unknown model kind {kind!r}; expected one of {', '.join(MODEL_KINDS)}")
+    if kind not in MODEL_TYPES:
+        raise InputInvalid(f"unknown model kind {kind!r}; expected one of {', '.join(MODEL_TYPES)}")
 
 
 def _glob(folder: Path, pattern: str) -> Iterator[Path]:

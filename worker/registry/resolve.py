@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from worker.errors import InputInvalid, ModelNotFound
-from worker.model_types import ModelKind
+from worker.model_types import ModelType
 from worker.registry.catalogue import entry_names
 from worker.registry.models import (
     Catalogue,
@@ -128,7 +128,7 @@ class LiveIndex:
                 self._hashes.setdefault((entry.kind, digest), []).append(entry)
         self._tiers = 1 + max((tier for _, tier, _ in self._exact), default=0)
 
-    def by_name(self, kind: ModelKind, ref: str) -> list[LiveEntry]:
+    def by_name(self, kind: ModelType, ref: str) -> list[LiveEntry]:
         """Entries at the most specific name tier any entry matches (exact names, then loose ones)."""
         lowered = ref.lower()
         best: dict[int, LiveEntry] = {}
@@ -139,7 +139,7 @@ class LiveIndex:
                 return list(best.values())
         return list(self._loose.get((kind, normalise(ref)), ())) if normalise(ref) else []
 
-    def by_hash(self, kind: ModelKind, ref: str) -> list[LiveEntry]:
+    def by_hash(self, kind: ModelType, ref: str) -> list[LiveEntry]:
         """Entries whose full sha256, 10-character short hash or 12-character addnet hash is ``ref``."""
         if not _HEX.match(ref) or len(ref) not in (10, 12, 64):
             return []
@@ -175,7 +175,7 @@ def _first_tier(
     return best[min(best)] if best else []
 
 
-def _one(matches: list[object], reference: str, kind: ModelKind) -> object | None:
+def _one(matches: list[object], reference: str, kind: ModelType) -> object | None:
     if len(matches) > 1:
         names = sorted(str(getattr(m, "file_name", None) or getattr(m, "id", "?")) for m in matches)
         raise InputInvalid(
@@ -186,7 +186,7 @@ def _one(matches: list[object], reference: str, kind: ModelKind) -> object | Non
 
 
 def resolve(
-    kind: ModelKind,
+    kind: ModelType,
     reference: str,
     registry: LiveRegistry,
     catalogue: Catalogue,
@@ -244,7 +244,7 @@ def _with_catalogue(live: object, catalogue_by_id: dict[str, CatalogueEntry]) ->
     return Resolution(live, catalogue_by_id.get(live.registry_id or ""), None)
 
 
-def not_found(kind: ModelKind, reference: str, registry: LiveRegistry, catalogue: Catalogue) -> ModelNotFound:
+def not_found(kind: ModelType, reference: str, registry: LiveRegistry, catalogue: Catalogue) -> ModelNotFound:
     """``ModelNotFound`` naming the reference and the nearest known names (difflib)."""
     names: set[str] = set()
     for e in registry.models.values():

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from worker.model_types import MODEL_KINDS, ModelKind
+from worker.model_types import MODEL_TYPES, ModelType
 from worker.registry.detect import detect
 from worker.registry.file_policy import real_roots, unreadable_reason
 from worker.registry.hashing import Hasher, Progress, hash_file
@@ -39,7 +39,7 @@ from worker.registry.safetensors_header import HeaderError, read_header
 log = logging.getLogger(__name__)
 
 #: kind -> folder under models_dir (A1111 is started with these as --ckpt-dir, --lora-dir, ...)
-KIND_DIRS: dict[ModelKind, str] = {
+KIND_DIRS: dict[ModelType, str] = {
     "checkpoint": "checkpoints",
     "lora": "loras",
     "embedding": "embeddings",
@@ -55,7 +55,7 @@ _MAX_META_CHARS = 512
 
 @dataclass(frozen=True)
 class FoundFile:
-    kind: ModelKind
+    kind: ModelType
     file_name: str  # relative to the kind folder, POSIX separators
     path: Path
     size: int
@@ -69,7 +69,7 @@ class ScanDeadline(Exception):
     """Raised from the hashing loop when the scan's deadline has passed."""
 
 
-def _unit_folder(kind: ModelKind, folder: Path) -> bool:
+def _unit_folder(kind: ModelType, folder: Path) -> bool:
     """A folder that is one model: a diffusers pipeline (checkpoints/) or a LoRA training folder (loras/)."""
     if kind == "checkpoint":
         return is_diffusers_folder(folder)
@@ -78,7 +78,7 @@ def _unit_folder(kind: ModelKind, folder: Path) -> bool:
 
 def iter_model_files(
     models_dir: Path,
-    kinds: Iterable[ModelKind] = MODEL_KINDS,
+    kinds: Iterable[ModelType] = MODEL_TYPES,
     folder_mtimes: dict[str, int] | None = None,
 ) -> Iterator[FoundFile]:
     """Every model file or model folder below the kind folders; hidden names (our temp and lock files) are
@@ -310,7 +310,7 @@ def plan_scan(
     registry: LiveRegistry,
     *,
     hash_files: bool,
-    kinds: Iterable[ModelKind] = MODEL_KINDS,
+    kinds: Iterable[ModelType] = MODEL_TYPES,
     folder_mtimes: dict[str, int] | None = None,
 ) -> tuple[list[FoundFile], list[FoundFile]]:
     """(all files, files needing inspection) — unchanged (size, mtime) files reuse their entry.
@@ -354,7 +354,7 @@ def merge_scan(
     *,
     now: float,
     match_catalogue: Callable[[LiveEntry], str | None],
-    kinds: Iterable[ModelKind] = MODEL_KINDS,
+    kinds: Iterable[ModelType] = MODEL_TYPES,
 ) -> ScanResult:
     """Apply a scan of ``kinds`` to the (locked, freshest) registry, keeping usage history of known files."""
     scanned = set(kinds)
@@ -384,6 +384,6 @@ def merge_scan(
     for entry in registry.models.values():
         if entry.registry_id is None:
             entry.registry_id = match_catalogue(entry)
-    if scanned >= set(MODEL_KINDS):
+    if scanned >= set(MODEL_TYPES):
         registry.scanned_at = now
     return result
