@@ -130,6 +130,15 @@ def build_txt2img_payload(
         engine_defaults: ``worker.settings_baseline.SettingsBaseline.defaults()``: sent for each setting
             the job leaves unset.
     """
+    payload, warnings = _generation_fields(job, names)
+    warnings += _place_overrides(job, names, engine_defaults or {}, payload)
+    warnings += _place_hires(job, names, payload)
+    warnings += _place_image_flags(job, payload)
+    return Translation(payload=payload, warnings=warnings)
+
+
+def _generation_fields(job: Txt2ImgJob, names: ResolvedNames) -> tuple[dict[str, Any], list[str]]:
+    """Prompts (LoRA tags added), the resolved sampler, what the user set, and the fields passed through."""
     prompt, warnings = add_lora_tags(rename_lora_tags(job.prompt, names.lora_renames), names.loras)
     payload: dict[str, Any] = {"prompt": prompt, "sampler_name": names.sampler}
     if job.negative_prompt is not None:
@@ -141,11 +150,16 @@ def build_txt2img_payload(
         if value is not None:
             payload[name] = value
     for name in sorted(job.model_fields_set - _HANDLED):
-        if name not in payload:
-            payload[name] = getattr(job, name)
+        payload.setdefault(name, getattr(job, name))
     if job.refiner_checkpoint is not None:
         payload["refiner_checkpoint"] = names.refiner_checkpoint_title or job.refiner_checkpoint
+    return payload, warnings
 
+
+def _place_overrides(
+    job: Txt2ImgJob, names: ResolvedNames, engine_defaults: Mapping[str, Any], payload: dict[str, Any]
+) -> list[str]:
+    """``override_settings``: the job's own, the resolved checkpoint/clip skip/VAE, then the defaults."""
     overrides = dict(job.override_settings or {})
     if names.checkpoint_title:
         overrides["sd_model_checkpoint"] = names.checkpoint_title
@@ -153,25 +167,29 @@ def build_txt2img_payload(
         overrides["CLIP_stop_at_last_layers"] = job.clip_skip
     if names.vae:
         overrides["sd_vae"] = names.vae
-    for key, value in (engine_defaults or {}).items():
+    for key, value in engine_defaults.items():
         overrides.setdefault(key, value)
     if overrides:
         payload["override_settings"] = overrides
     payload["override_settings_restore_afterwards"] = True
     if job.override_settings_restore_afterwards is False:
-        warnings.append(
+        return [
             "override_settings_restore_afterwards=false was ignored: a job never changes the engine's "
             "settings for later jobs (name the checkpoint, clip_skip or vae in each job instead)"
-        )
+        ]
+    return []
 
-    warnings += _place_hires(job, names, payload)
+
+def _place_image_flags(job: Txt2ImgJob, payload: dict[str, Any]) -> list[str]:
+    """The worker returns images and never saves them on the engine's disk, whatever the job says."""
+    warnings = []
     if job.save_images:
         warnings.append("save_images=true was ignored: the worker returns images and never saves them")
     if job.send_images is False:
         warnings.append("send_images=false was ignored: the worker always returns the images")
     payload["save_images"] = False
     payload["send_images"] = True
-    return Translation(payload=payload, warnings=warnings)
+    return warnings
 
 
 def _place_hires(job: Txt2ImgJob, names: ResolvedNames, payload: dict[str, Any]) -> list[str]:

@@ -107,13 +107,25 @@ def check_generation(
     Returns:
         `list[str]`: warnings for what could not be checked (e.g. LoRAs on an engine that does not hash).
     """
-    mismatches: list[str] = []
-    warnings: list[str] = []
-    overrides = payload.get("override_settings") or {}
-    infotexts = info.get("infotexts") or []
-    fields = parse_infotext(str(infotexts[0])) if infotexts else {}
-    extra = info.get("extra_generation_params") or {}
+    lora_mismatches, warnings = _lora_problems(payload, info.get("extra_generation_params") or {}, info)
+    mismatches = [
+        *_model_problems(payload, catalog, info),
+        *_sampling_problems(payload, catalog, info),
+        *_size_and_count_problems(payload, images, info),
+        *lora_mismatches,
+    ]
+    if mismatches:
+        raise EngineFailed(
+            "the engine did not generate what the job asked for: " + "; ".join(mismatches),
+            details={"mismatches": mismatches},
+        )
+    return warnings
 
+
+def _model_problems(payload: Mapping[str, Any], catalog: EngineCatalog, info: Mapping[str, Any]) -> list[str]:
+    """Checkpoint (by name, then by hash), clip skip and VAE."""
+    mismatches: list[str] = []
+    overrides = payload.get("override_settings") or {}
     checkpoint = overrides.get("sd_model_checkpoint")
     used_model = info.get("sd_model_name")
     if checkpoint and used_model and _stem(str(checkpoint)).lower() != str(used_model).lower():
@@ -126,35 +138,49 @@ def check_generation(
                 f"checkpoint hash {used_hash} instead of {entry.sha256[:10]} "
                 f"(another file named {used_model!r})"
             )
-
     clip_skip = overrides.get("CLIP_stop_at_last_layers")
     reported_skip = info.get("clip_skip")
     if clip_skip is not None and reported_skip is not None and not _same_number(reported_skip, clip_skip):
         mismatches.append(f"clip skip {reported_skip} instead of {clip_skip}")
-
     vae = overrides.get("sd_vae")
     if vae is not None and "sd_vae_name" in info:
         problem = _vae_problem(str(vae), info.get("sd_vae_name"), str(used_model or ""))
         if problem:
             mismatches.append(problem)
+    return mismatches
 
+
+def _sampling_problems(
+    payload: Mapping[str, Any], catalog: EngineCatalog, info: Mapping[str, Any]
+) -> list[str]:
+    """Sampler, schedule type, steps and CFG scale."""
+    mismatches: list[str] = []
     sampler = payload.get("sampler_name")
     if sampler and info.get("sampler_name") and info["sampler_name"] != sampler:
         mismatches.append(f"sampler {info['sampler_name']!r} instead of {sampler!r}")
+    infotexts = info.get("infotexts") or []
+    fields = parse_infotext(str(infotexts[0])) if infotexts else {}
+    extra = info.get("extra_generation_params") or {}
     schedule = expected_schedule(payload, catalog)
     reported = fields.get("Schedule type") or extra.get("Schedule type")
     if schedule and reported and reported != schedule:
         mismatches.append(f"schedule type {reported!r} instead of {schedule!r}")
-
     for name, label in (("steps", "steps"), ("cfg_scale", "CFG scale")):
         wanted_value, reported_value = payload.get(name), info.get(name)
         if None not in (wanted_value, reported_value) and not _same_number(reported_value, wanted_value):
             mismatches.append(f"{label} {reported_value} instead of {wanted_value}")
+    return mismatches
+
+
+def _size_and_count_problems(
+    payload: Mapping[str, Any], images: Sequence[Any], info: Mapping[str, Any]
+) -> list[str]:
+    """Size (of the first pass), seeds, and the number of images."""
+    mismatches: list[str] = []
     if not payload.get("firstphase_width") and not payload.get("firstphase_height"):
         for side in ("width", "height"):
             if payload.get(side) is not None and info.get(side) is not None and info[side] != payload[side]:
                 mismatches.append(f"{side} {info[side]} instead of {payload[side]}")
-
     count = int(payload.get("batch_size") or 1) * int(payload.get("n_iter") or 1)
     seed = payload.get("seed")
     seeds = info.get("all_seeds")
@@ -165,16 +191,7 @@ def check_generation(
             mismatches.append(f"seeds {seeds[:count]} instead of {wanted}")
     if payload.get("send_images", True) and len(images) != count:
         mismatches.append(f"{len(images)} images instead of {count}")
-
-    problems, unverified = _lora_problems(payload, extra, info)
-    mismatches += problems
-    warnings += unverified
-    if mismatches:
-        raise EngineFailed(
-            "the engine did not generate what the job asked for: " + "; ".join(mismatches),
-            details={"mismatches": mismatches},
-        )
-    return warnings
+    return mismatches
 
 
 def _vae_problem(requested: str, used: Any, checkpoint_stem: str) -> str | None:
