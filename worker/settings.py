@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import (
     AnyHttpUrl,
@@ -115,6 +115,15 @@ class WorkerSettings(BaseModel):
     bucket_name: str | None = None
     runpod_job_url: str | None = None  # set by RunPod when deployed; progress is only posted then
 
+    @field_validator("a1111_auth")
+    @classmethod
+    def _user_and_password(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            user, sep, _ = value.get_secret_value().partition(":")
+            if not sep or not user:
+                raise ValueError("must have the form user:password")  # never the value: it is a secret
+        return value
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper_level(cls, value: Any) -> Any:
@@ -142,13 +151,7 @@ class WorkerSettings(BaseModel):
 
     def secret_values(self) -> list[str]:
         """Every secret's plain value, so logs can redact them."""
-        secrets = (
-            self.a1111_auth,
-            self.civitai_token,
-            self.hf_token,
-            self.bucket_access_key_id,
-            self.bucket_secret_access_key,
-        )
+        secrets: list[SecretStr | None] = [getattr(self, name) for name in sorted(SECRET_FIELDS)]
         return [s.get_secret_value() for s in secrets if s is not None and s.get_secret_value()]
 
     @classmethod
@@ -167,6 +170,12 @@ class WorkerSettings(BaseModel):
             for err in exc.errors():
                 field = str(err["loc"][0]) if err["loc"] else "?"
                 name = FIELD_TO_ENV.get(field, field)
-                shown = "<secret>" if "token" in field or "secret" in field else raw.get(field)
-                problems.append(f"{name}={shown!r}: {err['msg']}")
+                shown = "<secret>" if field in SECRET_FIELDS else raw.get(field)
+                problems.append(f"{name}={shown!r}: {err['msg'].removeprefix('Value error, ')}")
             raise SettingsError("invalid environment: " + "; ".join(problems)) from None
+
+
+#: fields whose values never appear in a message or a log: every ``SecretStr`` of the settings
+SECRET_FIELDS: frozenset[str] = frozenset(
+    name for name, info in WorkerSettings.model_fields.items() if SecretStr in get_args(info.annotation)
+)

@@ -81,9 +81,7 @@ class A1111Client:
         """Build the client from the validated settings (``a1111_auth`` is ``user:password``)."""
         auth: tuple[str, str] | None = None
         if settings.a1111_auth is not None:
-            user, sep, password = settings.a1111_auth.get_secret_value().partition(":")
-            if not sep or not user:
-                raise ValueError("WORKER_A1111_AUTH must have the form user:password")
+            user, _, password = settings.a1111_auth.get_secret_value().partition(":")
             auth = (user, password)
         return cls(
             str(settings.a1111_url),
