@@ -19,7 +19,7 @@ import requests
 from PIL import Image
 from safetensors.numpy import load_file, save
 
-from tests.support.fixtures import job_fixture
+from tests.support.fixtures import job_fixture, load_json
 from tests.support.model_server import ModelServer, model_server  # noqa: F401  (fixture)
 from worker.a1111.client import A1111Client
 from worker.handler import JobRunner
@@ -216,3 +216,34 @@ def test_native_hires_job(embedded_engine: Any, tmp_path: Path) -> None:
         "Hires upscaler: Latent (nearest)",
     ):
         assert fragment in text
+
+
+def test_the_documented_output_is_what_a_real_job_returns(embedded_engine: Any, tmp_path: Path) -> None:
+    """docs/api.md's output example (its fixture) against a real job of the same form on the embedded engine."""
+    documented = load_json("outputs/native_full.json")
+    job = job_fixture("native_full")["input"]
+    job.update(
+        checkpoint="demo-sd15-tiny", vae="demo-vae-tiny", loras=[{"name": "demo-lora-tiny", "weight": 1.5}]
+    )
+    job.update(
+        steps=2, width=64, height=64, hires={**job["hires"], "upscaler": "latent (nearest)", "steps": 1}
+    )
+    out = make_runner(embedded_engine.url, embedded_engine.models_dir, tmp_path).run(
+        {"id": "doc", "input": job}
+    )
+    assert isinstance(out, dict) and "error" not in out, out
+
+    assert set(out) == set(documented)
+    assert {key: type(value) for key, value in out.items()} == {key: type(v) for key, v in documented.items()}
+    assert len(out["images"]) == len(documented["images"]) == len(out["seeds"]) == job["batch_size"]
+    assert all(image.startswith("/9j/") for image in out["images"])  # JPEG, like the example
+    assert set(documented["parameters"]) <= set(out["parameters"])
+    assert set(json.loads(documented["info"])) <= set(json.loads(out["info"]))
+    assert all(isinstance(seed, int) for seed in out["seeds"])
+    models, documented_models = out["models"], documented["models"]
+    assert set(models) == set(documented_models)
+    assert set(models["checkpoint"]) == set(documented_models["checkpoint"])
+    assert [set(lora) for lora in models["loras"]] == [set(documented_models["loras"][0])]
+    assert isinstance(models["vae"], str)
+    assert set(out["timings_ms"]) == set(documented["timings_ms"])
+    assert all(isinstance(ms, float) for ms in out["timings_ms"].values())
