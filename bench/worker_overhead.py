@@ -10,9 +10,9 @@ was decoded (Pillow's Image module must never be imported on PNG pass-through).
     python bench/worker_overhead.py [--rounds 60]
     python bench/worker_overhead.py --volume-files 7 200 2000 [--rounds 60]
 
-Targets (issue 2): median overhead < 5 ms per job, < 1 ms per extra image, peak RSS < 150 MB.
+Targets (docs/performance.md): median overhead < 5 ms per job, < 1 ms per extra image, peak RSS < 150 MB.
 
-``--volume-files N...`` (issue 9) adds the model registry: a volume of N real (tiny) safetensors files, one
+``--volume-files N...`` adds the model registry: a volume of N real (tiny) safetensors files, one
 checkpoint and N-1 LoRAs, scanned once at "start-up" as the worker does, and a job naming the checkpoint and
 two LoRAs (one with the registry's default weight). Per N it reports the overhead the same way, plus the
 handler's time for a job naming a LoRA that does not exist (a registry miss: no engine call, the error comes

@@ -203,7 +203,7 @@ def image_sizes(images: list[str]) -> list[dict[str, int]]:
 
 
 def model_hashes(models: Path) -> dict[str, dict[str, str]]:
-    """The hashes A1111 writes into infotexts, from the files (a1111-api.md §6.2)."""
+    """The hashes A1111 writes into infotexts, from the files (sha256 prefixes; addnet hash for LoRAs)."""
 
     def sha256(path: Path) -> str:
         return hashlib.sha256(path.read_bytes()).hexdigest()

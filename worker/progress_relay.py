@@ -1,8 +1,9 @@
 """Relays the engine's progress to a callback about once a second while a job generates.
 
 A1111's ``/sdapi/v1/progress`` is not behind its generation lock, so it can be polled from a side
-thread during a txt2img call (a1111-api.md §2.1). A failed poll is logged and skipped: progress is
-a courtesy, never a reason to fail a job.
+thread during a txt2img call (relayed from the real A1111 in tests/a1111/test_worker_jobs.py). A failed
+poll is logged and skipped: progress is a courtesy, never a reason to fail a job. The relay ticks through
+the injected ``Clock``.
 """
 
 from __future__ import annotations

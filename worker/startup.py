@@ -2,9 +2,9 @@
 
 ``prepare_engine(runner, settings)`` replaces the bare ``wait_until_ready`` call in ``worker.__main__``.
 Every phase shares the one WORKER_READY_TIMEOUT_S deadline, so a worker that cannot become ready
-exits instead of sitting billed (ecosystem P1). The timeline (engine process start → port open →
-checkpoint loaded → warm-up → ready) is logged as one line so cold starts can be compared (P3);
-docs/deploying.md explains what shortens each phase.
+exits instead of sitting billed. The timeline (engine process start → port open → checkpoint
+loaded → warm-up → ready) is logged as one line so cold starts can be compared; docs/deploying.md
+explains what shortens each phase.
 """
 
 from __future__ import annotations

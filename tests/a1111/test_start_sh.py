@@ -64,7 +64,7 @@ def get(started: Launched, path: str, **kwargs: Any) -> requests.Response:
 def test_health_goes_from_starting_to_ready(started: Launched) -> None:
     seen = started.wait_ready(300)
     assert seen[0] == "starting" and seen[-1] == "ready", seen
-    assert "not found" not in seen  # the extension loaded from <data-dir>/extensions (issue 8 #1)
+    assert "not found" not in seen  # the extension loaded from <data-dir>/extensions
     report = get(started, "/worker/v1/health").json()
     assert report["checkpoint"].startswith("tiny_a.safetensors")
 

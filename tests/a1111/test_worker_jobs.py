@@ -70,7 +70,8 @@ def fields(output: dict[str, Any], index: int = 0) -> dict[str, str]:
 
 
 def test_a_job_never_changes_later_jobs(runner: JobRunner, engine: Engine) -> None:
-    """Issue 8 #2 and issue 9 #3 on the real A1111 (first in the module: it needs A1111's fresh state).
+    """docs/decisions.md's "a job never changes later jobs" on the real A1111 (first in the module: it needs
+    A1111's fresh state).
 
     On its own, A1111 keeps an override whose key is not yet in its opts.data (a fresh data dir, or any
     config.json without it), and every override with restore=false: the next plain request inherits clip

@@ -1,4 +1,4 @@
-"""start.sh's exposure rules (issue 9): nothing but WORKER_EXPOSE_ENGINE=1 with real credentials binds other
+"""start.sh's exposure rules: nothing but WORKER_EXPOSE_ENGINE=1 with real credentials binds other
 interfaces than the loopback, whatever the extra arguments or A1111's own COMMANDLINE_ARGS say."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Bounded fuzzing of the job schema through the real handler (issue 9).
+"""Bounded fuzzing of the job schema through the real handler.
 
 Hypothesis builds jobs in every accepted form, with hostile names in every model field, junk of every JSON
 type in every number field, NaN/Infinity, huge integers, unknown fields and envelope endpoint tricks. They run

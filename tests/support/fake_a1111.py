@@ -622,7 +622,8 @@ class FakeA1111:
         return 404, {"detail": "Not Found"}
 
     def needs_auth(self, path: str) -> bool:
-        # The Lora routes are registered with @app.get, outside A1111's auth (a1111-api.md §2).
+        # The Lora routes are registered with @app.get, outside A1111's auth (recorded:
+        # tests/fixtures/a1111/exchanges.json, "loras_need_no_credentials").
         return (
             self.auth is not None
             and path.startswith(API)

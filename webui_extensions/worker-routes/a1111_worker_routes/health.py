@@ -1,4 +1,4 @@
-"""Readiness from A1111's in-process state, which its HTTP API does not expose (a1111-api.md §1).
+"""Readiness from A1111's in-process state, which its HTTP API does not expose (it listens before loading).
 
 A1111 listens before its checkpoint is loaded: the load runs in a background thread holding
 ``sd_models.model_data.lock``. So: lock held → loading; a model object → ready; no model and no

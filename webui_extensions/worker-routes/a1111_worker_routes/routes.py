@@ -2,7 +2,7 @@
 
 ``/health`` is answered here from A1111's state and stays open (it carries no secret; load balancers
 and Docker's HEALTHCHECK poll it). ``/models`` and ``/txt2img`` go to the worker routes server and,
-since A1111's ``--api-auth`` does not cover extension routes (a1111-api.md §9.2), check the same
+since A1111's ``--api-auth`` does not cover extension routes (tests/a1111/test_start_sh.py), check the same
 credentials themselves.
 """
 
