@@ -209,6 +209,7 @@ def alive(pid: int) -> bool:
 
 
 @pytest.mark.slow
+@pytest.mark.engine  # the demo models and the embedded engine it launches need torch
 def test_crashed_engine_is_restarted_then_given_up(launch: object, tmp_path: Path) -> None:
     proc, env = launch(WORKER_MODE="api", WORKER_ENGINE_MAX_RESTARTS="1")  # type: ignore[operator]
     pid_file = Path(env["WORKER_ENGINE_PID_FILE"])
@@ -223,6 +224,7 @@ def test_crashed_engine_is_restarted_then_given_up(launch: object, tmp_path: Pat
 
 
 @pytest.mark.slow
+@pytest.mark.engine  # the demo models and the embedded engine it launches need torch
 def test_health_goes_ready_jobs_run_and_sigterm_stops_everything(launch: object, tmp_path: Path) -> None:
     api_port = str(free_port())
     proc, env = launch(WORKER_MODE="local", WORKER_LOCAL_API_PORT=api_port, WORKER_READY_TIMEOUT_S="120")  # type: ignore[operator]
