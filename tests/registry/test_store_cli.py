@@ -10,7 +10,7 @@ import pytest
 
 from tests.registry.conftest import catalogue_doc
 from tests.registry.fixtures import model_bytes, write_model
-from worker.errors import EngineError
+from worker.errors import RegistryError
 from worker.registry.cli import main
 
 
@@ -27,7 +27,7 @@ def test_corrupt_registry_moved_aside_and_rebuilt(models_dir, make_registry, cap
 
 def test_newer_schema_is_refused_not_destroyed(models_dir, make_registry):
     (models_dir / "cache_registry.json").write_text('{"schema_version": 99, "models": {}}')
-    with pytest.raises(EngineError, match="schema_version 99"):
+    with pytest.raises(RegistryError, match="schema_version 99"):
         make_registry().scan()
     assert json.loads((models_dir / "cache_registry.json").read_text())["schema_version"] == 99
 

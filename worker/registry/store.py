@@ -24,7 +24,7 @@ from typing import TypeVar
 from filelock import FileLock, Timeout
 from pydantic import ValidationError
 
-from worker.errors import EngineError
+from worker.errors import RegistryError
 from worker.registry.models import REGISTRY_SCHEMA_VERSION, LiveRegistry
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ T = TypeVar("T")
 STALE_TMP_S = 3600.0
 
 
-class RegistryLockTimeout(EngineError):
+class RegistryLockTimeout(RegistryError):
     """Another worker held the registry lock past the deadline (a hung writer on the volume)."""
 
 
@@ -72,7 +72,7 @@ def _refuse_newer(path: Path, data: bytes) -> None:
     except (ValueError, AttributeError):
         return
     if isinstance(version, int) and version > REGISTRY_SCHEMA_VERSION:
-        raise EngineError(
+        raise RegistryError(
             f"registry {path} has schema_version {version}; this worker reads up to {REGISTRY_SCHEMA_VERSION}"
         )
 
