@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from tests.registry.clock import ManualClock
 from tests.registry.conftest import catalogue_doc
 from tests.registry.fixtures import model_bytes
 from worker.errors import DownloadFailed, ModelIncompatible, ModelNotFound
@@ -294,11 +295,13 @@ def test_quota_evicts_lru_unpinned_downloads(models_dir, make_registry, model_se
             }
         )
     size = len(bodies[0])
-    clock = iter(range(1000, 2000)).__next__
+    clock = ManualClock()
     registry = make_registry(catalogue_doc(*entries), quota_bytes=int(size * 2.5), clock=clock)
     registry.provision("lora", "l0")
+    clock.advance(1)
     registry.provision("lora", "l1")
-    registry.record_use("lora", "l0.safetensors")
+    clock.advance(1)
+    registry.record_use("lora", "l0.safetensors")  # l0 is now the most recently used
     registry.provision("lora", "l2")  # needs room: l1 (unpinned, least recently used) goes, l0 is pinned
     names = sorted(e.file_name for e in registry.entries())
     assert names == ["l0.safetensors", "l2.safetensors"]

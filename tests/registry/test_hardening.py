@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from tests.registry.clock import ManualClock
 from tests.registry.conftest import catalogue_doc
 from tests.registry.fixtures import model_bytes, write_model
 from worker.errors import DownloadFailed, ModelIncompatible
@@ -117,7 +118,7 @@ def test_file_named_like_a_catalogue_entry_but_with_another_hash_is_never_served
 
 def test_corrupt_registry_backups_in_the_same_second_do_not_overwrite_each_other(models_dir):
     path = models_dir / "cache_registry.json"
-    store = RegistryStore(path, clock=lambda: 1_700_000_000.0)  # the same second every time
+    store = RegistryStore(path, clock=ManualClock())  # time stands still: the same second every time
     for text in ("{broken one", "{broken two"):
         path.write_text(text)
         store.update(lambda registry: None)

@@ -1,4 +1,4 @@
-"""Streaming sha256 (A1111's full hash) and kohya's "addnet" hash in one pass over the file.
+"""Streaming sha256 (A1111's full hash) and kohya's "addnet" hash in one pass; a model folder's hash.
 
 Large reads into one preallocated buffer keep Python overhead negligible: throughput is OpenSSL's.
 """
@@ -9,6 +9,8 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from worker.registry.layouts import folder_files
 
 CHUNK_BYTES = 8 * 1024 * 1024
 
@@ -54,3 +56,12 @@ def hash_file(path: Path, addnet_offset: int | None = None, progress: Progress |
             if progress is not None:
                 progress(n)
     return FileHashes(full.hexdigest(), tail.hexdigest() if tail is not None else None)
+
+
+def folder_digest(folder: Path, hasher: Hasher, progress: Progress | None = None) -> str:
+    """A folder's sha256: over ``<relative path>\0<file sha256>\n`` of its files in path order."""
+    digest = hashlib.sha256()
+    for file in folder_files(folder):
+        rel = file.relative_to(folder).as_posix()
+        digest.update(f"{rel}\0{hasher(file, None, progress).sha256}\n".encode())
+    return digest.hexdigest()

@@ -1,10 +1,10 @@
 """The live registry file: locked read-modify-write, atomic replace, corrupt files kept aside.
 
-Readers never lock: the file is only ever replaced whole (tmp + fsync + os.replace), so a reader
-sees the old or the new version, never a mix. A reader re-parses the file only when its identity
-(inode, size, mtime, ctime) changed: on a warm volume a read is one ``stat``. Writers serialise on
-``<registry>.lock`` (filelock: ``flock``), which the kernel releases when a holder dies, so a killed
-worker never wedges the rest.
+Readers never lock: the file is only ever replaced whole (``atomic_files``), so a reader sees the old or
+the new version, never a mix. A reader re-parses the file only when its identity (inode, size, mtime,
+ctime) changed: on a warm volume a read is one ``stat``. Writers serialise on ``<registry>.lock``
+(``locks.held``: ``flock``, released by the kernel when a holder dies, so a killed worker never wedges
+the rest).
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import contextlib
 import json
 import logging
 import os
-import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -21,10 +20,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
-from filelock import FileLock, Timeout
 from pydantic import ValidationError
 
 from worker.errors import RegistryError
+from worker.registry.atomic_files import atomic_write_bytes
+from worker.registry.clock import SYSTEM_CLOCK, Clock
+from worker.registry.locks import held
 from worker.registry.models import REGISTRY_SCHEMA_VERSION, LiveRegistry
 
 log = logging.getLogger(__name__)
@@ -37,32 +38,6 @@ STALE_TMP_S = 3600.0
 
 class RegistryLockTimeout(RegistryError):
     """Another worker held the registry lock past the deadline (a hung writer on the volume)."""
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename durable (the directory entry), best effort on file systems that refuse it."""
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that no reader ever sees a partial file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    fsync_dir(path.parent)
 
 
 def _refuse_newer(path: Path, data: bytes) -> None:
@@ -83,10 +58,10 @@ class RegistryStore:
     Args:
         path: the registry JSON (``settings.effective_registry_path``).
         lock_timeout_s: how long a writer waits for the lock before failing loudly.
-        clock: wall clock, injectable for tests.
+        clock: timestamps of corrupt-file backups, lock waits, the age of stale temp files.
     """
 
-    def __init__(self, path: Path, *, lock_timeout_s: float = 60.0, clock: Callable[[], float] = time.time):
+    def __init__(self, path: Path, *, lock_timeout_s: float = 60.0, clock: Clock = SYSTEM_CLOCK):
         self.path = path
         self.lock_path = path.with_name(path.name + ".lock")
         self.lock_timeout_s = lock_timeout_s
@@ -97,18 +72,19 @@ class RegistryStore:
 
     @contextmanager
     def locked(self) -> Iterator[None]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(str(self.lock_path), timeout=self.lock_timeout_s)
-        try:
-            lock.acquire()
-        except Timeout:
-            raise RegistryLockTimeout(
+        def timed_out() -> RegistryLockTimeout:
+            return RegistryLockTimeout(
                 f"registry lock {self.lock_path} still held after {self.lock_timeout_s:.0f}s"
-            ) from None
-        try:
+            )
+
+        with contextlib.ExitStack() as stack:
+            try:
+                stack.enter_context(
+                    held(self.lock_path, wait_s=self.lock_timeout_s, clock=self._clock, timed_out=timed_out)
+                )
+            except OSError as exc:  # a read-only volume cannot even hold the lock file
+                raise self._unwritable(exc) from None
             yield
-        finally:
-            lock.release()
 
     def read(self) -> LiveRegistry:
         """Current contents without locking (safe: writers replace the file atomically).
@@ -129,13 +105,24 @@ class RegistryStore:
         return registry
 
     def update(self, change: Callable[[LiveRegistry], T]) -> T:
-        """Run ``change`` on the freshest registry under the lock and write the result atomically."""
+        """Run ``change`` on the freshest registry under the lock and write the result atomically.
+
+        Raises:
+            RegistryError: the file cannot be written (read-only volume, no space) or is from a newer worker.
+            RegistryLockTimeout: another writer held the lock past ``lock_timeout_s``.
+        """
         with self.locked():
             registry = self._load(move_corrupt=True)
             result = change(registry)
-            self._write(registry)
+            try:
+                atomic_write_bytes(self.path, registry.model_dump_json(indent=1).encode())
+            except OSError as exc:
+                raise self._unwritable(exc) from None
             self._remove_stale_tmp()
             return result
+
+    def _unwritable(self, exc: OSError) -> RegistryError:
+        return RegistryError(f"cannot write registry {self.path}: {exc.strerror or exc}")
 
     def _load(self, *, move_corrupt: bool) -> LiveRegistry:
         try:
@@ -151,26 +138,24 @@ class RegistryStore:
                     "registry %s is unreadable (%d errors); treating as empty", self.path, exc.error_count()
                 )
                 return LiveRegistry()
-            stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(self._clock()))
-            # unique even for two corruptions in the same second by the same process
-            aside = self.path.with_name(
-                f"{self.path.name}.corrupt-{stamp}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-            )
-            os.replace(self.path, aside)
-            self.recovered_from = aside
-            log.warning(
-                "registry %s was corrupt (%s); moved it to %s and rebuilding from a scan",
-                self.path,
-                exc.errors()[0]["msg"] if exc.errors() else "invalid",
-                aside.name,
-            )
+            self._move_aside(exc)
             return LiveRegistry()
 
-    def _write(self, registry: LiveRegistry) -> None:
-        atomic_write_bytes(self.path, registry.model_dump_json(indent=1).encode())
+    def _move_aside(self, exc: ValidationError) -> None:
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(self._clock.now()))
+        # unique even for two corruptions in the same second by the same process
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        os.replace(self.path, aside)
+        self.recovered_from = aside
+        log.warning(
+            "registry %s was corrupt (%s); moved it to %s and rebuilding from a scan",
+            self.path,
+            exc.errors()[0]["msg"] if exc.errors() else "invalid",
+            aside.name,
+        )
 
     def _remove_stale_tmp(self) -> None:
-        now = time.time()
+        now = self._clock.now()
         for tmp in self.path.parent.glob(f".{self.path.name}.*.tmp"):
             with contextlib.suppress(OSError):
                 if now - tmp.stat().st_mtime > STALE_TMP_S:
