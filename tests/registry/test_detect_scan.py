@@ -102,7 +102,7 @@ def test_pickle_listed_but_refused_unless_allowed(models_dir, make_registry):
     (models_dir / "checkpoints" / "old.ckpt").write_bytes(b"\x80\x04pickle")
     entry = make_registry().entries()[0]
     assert entry.format == "pickle" and not entry.usable and "WORKER_ALLOW_PICKLE" in (entry.problem or "")
-    (models_dir / "cache_registry.json").unlink()
+    (models_dir / "registry.json").unlink()
     assert make_registry(allow_pickle=True).entries()[0].usable
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import time
 
 import pytest
+from filelock import FileLock
 
 from tests.registry.clock import ManualClock
 from tests.registry.conftest import catalogue_doc
@@ -91,13 +91,43 @@ def test_persistent_404_is_not_retried(make_registry, model_server):
 
 
 def test_slow_server_hits_the_deadline(models_dir, make_registry, model_server):
-    model_server.add(HF_PATH, BODY, trickle_s=0.05)
-    registry = make_registry(hf_entry(), download_deadline_s=1.0, timeout_s=0.5)
-    started = time.monotonic()
-    with pytest.raises(DownloadFailed, match="deadline"):
+    """The body trickles in one byte at a time; every deadline check moves the clock 0.1 s on."""
+    model_server.add(HF_PATH, BODY, trickle_s=0.01)
+    clock = ManualClock(monotonic_step=0.1)
+    registry = make_registry(hf_entry(), download_deadline_s=1.0, clock=clock)
+    registry.warm()
+    started = clock.mono
+    with pytest.raises(DownloadFailed, match="ran past its deadline"):
         registry.provision("checkpoint", "deliberate-v6")
-    assert time.monotonic() - started < 3.0
+    assert 1.0 <= clock.mono - started <= 1.5  # stopped at the deadline, mid-body, not after the whole file
+    assert len(model_server.gets(HF_PATH)) == 1  # a deadline is final: no retry
     assert no_leftovers(models_dir) == []
+
+
+def test_retries_back_off_on_the_clock(make_registry, model_server):
+    model_server.add(HF_PATH, BODY, fail_statuses=[503, 503, 429])
+    clock = ManualClock()
+    registry = make_registry(hf_entry(), clock=clock, backoff_s=2.0, attempts=4)
+    assert registry.provision("checkpoint", "deliberate-v6").downloaded
+    assert len(model_server.gets(HF_PATH)) == 4
+    assert clock.slept == [2.0, 4.0, 8.0]  # exponential, and only between attempts
+
+
+def test_a_download_held_by_another_worker_times_out(models_dir, make_registry, model_server):
+    model_server.add(HF_PATH, BODY)
+    (models_dir / ".locks").mkdir()
+    other_worker = FileLock(str(models_dir / ".locks" / "deliberate-v6.lock"))
+    other_worker.acquire()
+    clock = ManualClock()
+    registry = make_registry(hf_entry(), clock=clock, download_deadline_s=30.0)
+    try:
+        with pytest.raises(DownloadFailed, match=r"another worker is still downloading .* after 30s"):
+            registry.provision("checkpoint", "deliberate-v6")
+    finally:
+        other_worker.release()
+    assert 30.0 <= sum(clock.slept) < 30.1  # polled on the clock for the whole wait, then gave up
+    assert model_server.gets(HF_PATH) == []
+    assert registry.provision("checkpoint", "deliberate-v6").downloaded  # free again: it goes through
 
 
 def test_redirect_outside_allowlist_refused(models_dir, make_registry, model_server):

@@ -49,7 +49,7 @@ from worker.registry.model_fetch import ModelFetcher
 from worker.registry.models import Catalogue, LiveEntry, LiveRegistry, entry_key
 from worker.registry.resolve import Resolution, not_found
 from worker.registry.scan import Scanner, ScanResult
-from worker.registry.store import RegistryStore
+from worker.registry.store import LEGACY_REGISTRY_FILE, RegistryStore
 from worker.registry.url_policy import TokenRule
 from worker.registry.usage import UsageBatch
 from worker.registry.volume import KIND_DIRS
@@ -64,6 +64,8 @@ class ModelRegistry:
     Args:
         models_dir: root with ``checkpoints/ loras/ embeddings/ vae/``.
         registry_path: the live registry JSON (``settings.effective_registry_path``).
+        legacy_registry_path: the registry's name on volumes written by older workers, adopted when
+            ``registry_path`` does not exist yet (only for the default location).
         catalogue: the parsed catalogue (``load_catalogue``).
         allowed_hosts: download allowlist (``host``, ``*.host`` or ``host:port`` patterns).
         civitai_api_base, hf_base: remote endpoints (tests point them at a loopback server).
@@ -80,6 +82,7 @@ class ModelRegistry:
         *,
         models_dir: Path,
         registry_path: Path,
+        legacy_registry_path: Path | None = None,
         catalogue: Catalogue,
         allowed_hosts: tuple[str, ...],
         allow_pickle: bool = False,
@@ -109,7 +112,9 @@ class ModelRegistry:
         self.wait_for_others_s = (
             download_deadline_s if download_deadline_s is not None else lock_timeout_s * 60
         )
-        store = RegistryStore(registry_path, lock_timeout_s=lock_timeout_s, clock=clock)
+        store = RegistryStore(
+            registry_path, lock_timeout_s=lock_timeout_s, clock=clock, legacy_path=legacy_registry_path
+        )
         self.inventory = Inventory(
             models_dir=models_dir,
             store=store,
@@ -183,6 +188,10 @@ class ModelRegistry:
         kwargs: dict[str, Any] = {
             "models_dir": settings.models_dir,
             "registry_path": settings.effective_registry_path,
+            # an explicit WORKER_REGISTRY_PATH is used as it is; the default location adopts the old name
+            "legacy_registry_path": None
+            if settings.registry_path
+            else settings.models_dir / LEGACY_REGISTRY_FILE,
             "catalogue": load_catalogue(settings.catalogue_path),
             "allowed_hosts": settings.download_allowed_hosts,
             "allow_pickle": settings.allow_pickle,

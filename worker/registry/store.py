@@ -23,7 +23,7 @@ from typing import TypeVar
 from pydantic import ValidationError
 
 from worker.errors import RegistryError
-from worker.registry.atomic_files import atomic_write_bytes
+from worker.registry.atomic_files import atomic_write_bytes, fsync_dir
 from worker.registry.clock import SYSTEM_CLOCK, Clock
 from worker.registry.locks import held
 from worker.registry.models import REGISTRY_SCHEMA_VERSION, LiveRegistry
@@ -34,6 +34,8 @@ T = TypeVar("T")
 
 #: temp files older than this next to the registry are leftovers of killed writers
 STALE_TMP_S = 3600.0
+#: what the live registry was called in the models folder before it was told apart from the catalogue
+LEGACY_REGISTRY_FILE = "cache_registry.json"
 
 
 class RegistryLockTimeout(RegistryError):
@@ -59,10 +61,20 @@ class RegistryStore:
         path: the registry JSON (``settings.effective_registry_path``).
         lock_timeout_s: how long a writer waits for the lock before failing loudly.
         clock: timestamps of corrupt-file backups, lock waits, the age of stale temp files.
+        legacy_path: where an older worker kept this registry; adopted (renamed to ``path``) when ``path``
+            does not exist yet, so a volume's registry is never lost to the rename.
     """
 
-    def __init__(self, path: Path, *, lock_timeout_s: float = 60.0, clock: Clock = SYSTEM_CLOCK):
+    def __init__(
+        self,
+        path: Path,
+        *,
+        lock_timeout_s: float = 60.0,
+        clock: Clock = SYSTEM_CLOCK,
+        legacy_path: Path | None = None,
+    ):
         self.path = path
+        self.legacy_path = legacy_path
         self.lock_path = path.with_name(path.name + ".lock")
         self.lock_timeout_s = lock_timeout_s
         self._clock = clock
@@ -72,15 +84,20 @@ class RegistryStore:
 
     @contextmanager
     def locked(self) -> Iterator[None]:
+        with self._holding(self.lock_path):
+            yield
+
+    @contextmanager
+    def _holding(self, lock_path: Path) -> Iterator[None]:
         def timed_out() -> RegistryLockTimeout:
             return RegistryLockTimeout(
-                f"registry lock {self.lock_path} still held after {self.lock_timeout_s:.0f}s"
+                f"registry lock {lock_path} still held after {self.lock_timeout_s:.0f}s"
             )
 
         with contextlib.ExitStack() as stack:
             try:
                 stack.enter_context(
-                    held(self.lock_path, wait_s=self.lock_timeout_s, clock=self._clock, timed_out=timed_out)
+                    held(lock_path, wait_s=self.lock_timeout_s, clock=self._clock, timed_out=timed_out)
                 )
             except OSError as exc:  # a read-only volume cannot even hold the lock file
                 raise self._unwritable(exc) from None
@@ -95,7 +112,13 @@ class RegistryStore:
         try:
             st = os.stat(self.path)
         except FileNotFoundError:
+            if self._legacy_waiting():
+                with self.locked():
+                    self._adopt_legacy()
+                return self.read()
             return LiveRegistry()
+        except OSError as exc:
+            raise self._unreadable(exc) from None
         identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
         cached = self._cached
         if cached is not None and cached[0] == identity:
@@ -112,6 +135,8 @@ class RegistryStore:
             RegistryLockTimeout: another writer held the lock past ``lock_timeout_s``.
         """
         with self.locked():
+            if self._legacy_waiting():
+                self._adopt_legacy()
             registry = self._load(move_corrupt=True)
             result = change(registry)
             try:
@@ -121,6 +146,25 @@ class RegistryStore:
             self._remove_stale_tmp()
             return result
 
+    def _legacy_waiting(self) -> bool:
+        return self.legacy_path is not None and self.legacy_path.exists() and not self.path.exists()
+
+    def _adopt_legacy(self) -> None:
+        """Rename the old-named registry to ``path`` (once: under our lock and the one older workers take)."""
+        assert self.legacy_path is not None
+        with self._holding(self.legacy_path.with_name(self.legacy_path.name + ".lock")):
+            if not self._legacy_waiting():
+                return  # another worker adopted it meanwhile
+            try:
+                os.replace(self.legacy_path, self.path)
+            except OSError as exc:
+                raise self._unwritable(exc) from None
+            fsync_dir(self.path.parent)
+        log.info("registry %s renamed to %s (its new name)", self.legacy_path.name, self.path.name)
+
+    def _unreadable(self, exc: OSError) -> RegistryError:
+        return RegistryError(f"cannot read registry {self.path}: {exc.strerror or exc}")
+
     def _unwritable(self, exc: OSError) -> RegistryError:
         return RegistryError(f"cannot write registry {self.path}: {exc.strerror or exc}")
 
@@ -129,6 +173,8 @@ class RegistryStore:
             data = self.path.read_bytes()
         except FileNotFoundError:
             return LiveRegistry()
+        except OSError as exc:
+            raise self._unreadable(exc) from None
         _refuse_newer(self.path, data)
         try:
             return LiveRegistry.model_validate_json(data)
