@@ -8,6 +8,7 @@ import struct
 import pytest
 
 from tests.registry.fixtures import SPECS, raw_safetensors, write_model
+from worker.registry.detect import UnsupportedCheckpoint, checkpoint_pipeline
 from worker.registry.hashing import hash_file
 from worker.registry.safetensors_header import HeaderError, read_header
 
@@ -136,3 +137,41 @@ def test_removed_file_is_forgotten_and_hidden_files_skipped(models_dir, make_reg
     assert len(registry.entries()) == 1
     path.unlink()
     assert registry.scan().removed == ["checkpoint/checkpoint-sd15.safetensors"]
+
+
+PIPELINES = {
+    "checkpoint-sd15": "sd15",
+    "checkpoint-sdxl": "sdxl",
+    "checkpoint-sd2": "is an SD2.x checkpoint",
+    "checkpoint-sdxl_refiner": "is an SDXL refiner checkpoint",
+    "checkpoint-flux": "is a FLUX checkpoint",
+    "vae-unknown": "is not an SD1.x/SDXL checkpoint",
+}
+
+
+@pytest.mark.parametrize("spec", sorted(PIPELINES))
+def test_which_pipeline_a_single_file_needs(tmp_path, spec):
+    header = read_header(write_model(tmp_path, spec))
+    if PIPELINES[spec] in ("sd15", "sdxl"):
+        assert checkpoint_pipeline(header.tensors, header.metadata, name="m") == PIPELINES[spec]
+    else:
+        with pytest.raises(UnsupportedCheckpoint, match=f"^m {PIPELINES[spec]}"):
+            checkpoint_pipeline(header.tensors, header.metadata, name="m")
+
+
+@pytest.mark.engine
+@pytest.mark.parametrize("spec", sorted(PIPELINES))
+def test_the_engine_loads_the_pipeline_the_registry_detects(tmp_path, spec):
+    """One definition of SD1.5 vs SDXL: the embedded engine must agree with ``detect.checkpoint_pipeline``."""
+    pipelines = pytest.importorskip("diffusers_server.models.pipelines")
+    path = write_model(tmp_path, spec)
+    header = read_header(path)
+    try:
+        registry_says = checkpoint_pipeline(header.tensors, header.metadata, name=path.name)
+    except UnsupportedCheckpoint:
+        registry_says = None
+    try:
+        engine_says = pipelines.inspect_checkpoint(path)[0]
+    except pipelines.ModelLoadError:
+        engine_says = None
+    assert engine_says == registry_says
