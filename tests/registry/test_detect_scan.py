@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import struct
+import threading
 
 import pytest
 
@@ -88,15 +90,32 @@ def test_corrupt_header_and_wrong_folder(models_dir, make_registry):
     assert "looks like a lora" in (entries["misplaced_lora.safetensors"].problem or "")
 
 
-def test_header_only_read(tmp_path):
-    """A header pointing inside the file is read without reading the (absent) data region twice."""
-    data = b"\0" * 16
-    blob = raw_safetensors({"emb_params": {"dtype": "F16", "shape": [2, 4], "data_offsets": [0, 16]}}, data)
-    path = tmp_path / "e.safetensors"
-    path.write_bytes(blob)
-    header = read_header(path)
-    assert header.data_end == len(blob)
+@pytest.mark.timeout(30)
+def test_only_the_header_is_read(tmp_path):
+    """The header comes through a pipe that never delivers the tensor data: reading past it would block."""
+    tensors = {"emb_params": {"dtype": "F16", "shape": [2, 4], "data_offsets": [0, 16]}}
+    header_only = raw_safetensors(tensors, b"")
+    fifo = tmp_path / "e.safetensors"
+    os.mkfifo(fifo)
+    returned = threading.Event()
+    released_by_reader: list[bool] = []
+
+    def feed() -> None:
+        with open(fifo, "wb") as pipe:
+            pipe.write(header_only)
+            pipe.flush()
+            released_by_reader.append(returned.wait(20))  # the pipe stays open: no EOF to end a longer read
+
+    feeder = threading.Thread(target=feed)
+    feeder.start()
+    try:
+        header = read_header(fifo, file_size=len(header_only) + 16)
+    finally:
+        returned.set()
+        feeder.join()
+    assert released_by_reader == [True]
     assert header.tensors["emb_params"].shape == (2, 4)
+    assert header.data_end == len(header_only) + 16
 
 
 def test_pickle_listed_but_refused_unless_allowed(models_dir, make_registry):
@@ -132,9 +151,9 @@ def test_hashes_match_a1111_and_kohya(models_dir, make_registry):
 
 def test_removed_file_is_forgotten_and_hidden_files_skipped(models_dir, make_registry):
     path = write_model(models_dir, "checkpoint-sd15")
-    (models_dir / "checkpoints" / ".tmp.part").write_bytes(b"x")
+    write_model(models_dir, "checkpoint-sd15", ".half-written.safetensors")  # our temp names start with "."
     registry = make_registry()
-    assert len(registry.entries()) == 1
+    assert [e.file_name for e in registry.entries()] == ["checkpoint-sd15.safetensors"]
     path.unlink()
     assert registry.scan().removed == ["checkpoint/checkpoint-sd15.safetensors"]
 

@@ -14,6 +14,7 @@ from filelock import FileLock
 from tests.registry.clock import ManualClock
 from tests.registry.conftest import catalogue_doc
 from tests.registry.fixtures import model_bytes, write_model
+from tests.registry.training_fixtures import write_pipeline_skeleton
 from worker.errors import DownloadFailed, ModelIncompatible, RegistryError
 from worker.registry.hashing import hash_file
 from worker.registry.models import LiveRegistry
@@ -157,6 +158,16 @@ def test_a_replaced_file_is_reinspected_on_lookup(models_dir, make_registry):
     os.utime(path, ns=(time.time_ns(), time.time_ns() + 10_000_000))
     facts = registry.describe("lora", "swap")
     assert facts is not None and facts.architecture == "sdxl"
+
+
+def test_a_hit_on_a_model_folder_rescans_nothing(models_dir, make_registry):
+    write_pipeline_skeleton(models_dir / "checkpoints" / "finetune", "sd15")
+    registry = make_registry()
+    registry.warm()
+    written = (models_dir / "registry.json").stat().st_mtime_ns
+    for _ in range(3):
+        assert registry.describe("checkpoint", "finetune").format == "diffusers"
+    assert (models_dir / "registry.json").stat().st_mtime_ns == written  # a rescan would rewrite it
 
 
 def test_a_warm_lookup_reads_the_registry_file_once(models_dir, make_registry, monkeypatch):
