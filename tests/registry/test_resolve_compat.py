@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from tests.registry.conftest import catalogue_doc
@@ -128,3 +131,15 @@ def test_check_compatible():
     )
     with pytest.raises(ModelIncompatible, match="FLUX"):
         check_compatible(facts("checkpoint", "flux"), [])
+
+
+def test_the_compatibility_check_loads_no_download_stack():
+    """The job path imports ``check_compatible``; the downloader, locks and HTTP stack stay unloaded."""
+    code = (
+        "import sys, worker.registry.compat\n"
+        "print([m for m in ('requests', 'filelock', 'tenacity', 'worker.registry.registry') if m in sys.modules])"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert done.stdout.strip() == "[]"
