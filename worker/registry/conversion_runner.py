@@ -31,7 +31,7 @@ from worker.registry.conversions import (
     options_for,
     output_name,
 )
-from worker.registry.hashing import Hasher, Progress
+from worker.registry.hashing import ByteProgress, Hasher
 from worker.registry.inspection import inspect_file
 from worker.registry.inventory import Inventory
 from worker.registry.keymaps import Component
@@ -75,7 +75,7 @@ class ConversionRunner:
         force: bool = False,
         alpha: float | None = None,
         base: LiveEntry | None = None,
-        progress: Progress | None = None,
+        progress: ByteProgress | None = None,
     ) -> ConversionResult:
         """Convert ``source`` for ``target`` unless a current conversion exists (``force`` redoes it).
 
@@ -122,7 +122,7 @@ class ConversionRunner:
         force: bool,
         alpha: float | None,
         base: LiveEntry | None,
-        progress: Progress | None,
+        progress: ByteProgress | None,
         started: float,
     ) -> ConversionResult:
         root = self.models_dir / KIND_DIRS[source.kind]
@@ -168,7 +168,7 @@ class ConversionRunner:
         half: bool,
         alpha: float | None,
         base: LiveEntry | None,
-        progress: Progress | None,
+        progress: ByteProgress | None,
     ) -> Summary:
         # numpy is imported only when something is converted: scans and jobs never pay for it
         from worker.registry.convert import (

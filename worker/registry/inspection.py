@@ -12,7 +12,7 @@ from typing import Any
 
 from worker.registry.clock import Deadline
 from worker.registry.detect import detect
-from worker.registry.hashing import Hasher, Progress, folder_digest, hash_file
+from worker.registry.hashing import ByteProgress, Hasher, folder_digest, hash_file
 from worker.registry.layouts import (
     ENGINES,
     LayoutError,
@@ -40,7 +40,7 @@ def inspect_file(
     *,
     allow_pickle: bool,
     hasher: Hasher | None = hash_file,
-    progress: Progress | None = None,
+    progress: ByteProgress | None = None,
     deadline: Deadline | None = None,
 ) -> LiveEntry:
     """Describe one file: header-based detection, usability, and (when ``hasher``) its hashes.
@@ -128,7 +128,7 @@ def _hash_file(
     fields: dict[str, Any],
     hasher: Hasher,
     addnet_offset: int | None,
-    progress: Progress | None,
+    progress: ByteProgress | None,
     deadline: Deadline | None,
 ) -> None:
     if deadline is not None and deadline.passed():
@@ -147,7 +147,7 @@ def _hash_folder(
     found: FoundFile,
     fields: dict[str, Any],
     hasher: Hasher,
-    progress: Progress | None,
+    progress: ByteProgress | None,
     deadline: Deadline | None,
 ) -> None:
     if deadline is not None and deadline.passed():
@@ -161,7 +161,7 @@ def _hash_folder(
         fields.update(usable=False, problem=f"unreadable: {exc.strerror or exc}")
 
 
-def _bounded(progress: Progress | None, deadline: Deadline | None) -> Progress | None:
+def _bounded(progress: ByteProgress | None, deadline: Deadline | None) -> ByteProgress | None:
     """The hasher's progress callback, raising ``ScanDeadline`` once the deadline has passed."""
     if deadline is None:
         return progress

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from worker.errors import InputInvalid, ModelIncompatible
 from worker.model_types import MODEL_KINDS, ModelFacts, ModelKind
-from worker.registry.hashing import Hasher, Progress
+from worker.registry.hashing import ByteProgress, Hasher
 from worker.registry.models import Catalogue, CatalogueEntry, LiveEntry, LiveRegistry
 from worker.registry.resolve import LiveIndex, Resolution, resolve
 from worker.registry.scan import Scanner, ScanResult
@@ -79,7 +79,7 @@ class Inventory:
         self,
         *,
         hash_files: bool = True,
-        progress: Progress | None = None,
+        progress: ByteProgress | None = None,
         kinds: tuple[ModelKind, ...] = MODEL_KINDS,
         deadline_s: float | None = None,
     ) -> ScanResult:

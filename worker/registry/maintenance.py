@@ -12,7 +12,7 @@ from pathlib import Path
 
 from worker.registry.clock import Clock
 from worker.registry.eviction import Evictor
-from worker.registry.hashing import Hasher, Progress
+from worker.registry.hashing import ByteProgress, Hasher
 from worker.registry.inventory import Inventory
 from worker.registry.models import LiveEntry
 from worker.registry.names import contained_path
@@ -42,7 +42,7 @@ class Maintenance:
         self.hasher = hasher
         self.clock = clock
 
-    def verify(self, progress: Progress | None = None) -> list[VerifyProblem]:
+    def verify(self, progress: ByteProgress | None = None) -> list[VerifyProblem]:
         """Re-hash every file and compare with the cached and catalogue hashes (a full read: slow)."""
         by_id = {c.id: c for c in self.inventory.catalogue.models}
         problems = []

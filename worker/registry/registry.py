@@ -42,7 +42,7 @@ from worker.registry.conversions import (
 from worker.registry.download import Downloader
 from worker.registry.download_plan import DEFAULT_HF_BASE, DownloadPlanner
 from worker.registry.eviction import Evictor
-from worker.registry.hashing import Hasher, Progress, hash_file
+from worker.registry.hashing import ByteProgress, Hasher, hash_file
 from worker.registry.inventory import Inventory, ensure_usable, facts_of
 from worker.registry.maintenance import Maintenance, VerifyProblem
 from worker.registry.model_fetch import ModelFetcher
@@ -224,7 +224,7 @@ class ModelRegistry:
         self,
         *,
         hash_files: bool = True,
-        progress: Progress | None = None,
+        progress: ByteProgress | None = None,
         kinds: tuple[ModelKind, ...] = MODEL_KINDS,
         deadline_s: float | None = None,
     ) -> ScanResult:
@@ -319,7 +319,7 @@ class ModelRegistry:
         force: bool = False,
         alpha: float | None = None,
         base: str | None = None,
-        progress: Progress | None = None,
+        progress: ByteProgress | None = None,
     ) -> ConversionResult:
         """Convert one registered model once (see ``ConversionRunner.run``); ``base`` names its checkpoint."""
         base_entry = None
@@ -375,7 +375,7 @@ class ModelRegistry:
 
     # ---- maintenance --------------------------------------------------------------------------------
 
-    def verify(self, progress: Progress | None = None) -> list[VerifyProblem]:
+    def verify(self, progress: ByteProgress | None = None) -> list[VerifyProblem]:
         return self.maintenance.verify(progress)
 
     def gc(self) -> list[str]:

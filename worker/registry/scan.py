@@ -17,7 +17,7 @@ from worker.errors import RegistryError
 from worker.model_types import MODEL_KINDS, ModelKind
 from worker.registry.catalogue import match_catalogue
 from worker.registry.clock import Clock, Deadline
-from worker.registry.hashing import Hasher, Progress
+from worker.registry.hashing import ByteProgress, Hasher
 from worker.registry.inspection import inspect_file
 from worker.registry.models import Catalogue, LiveEntry, LiveRegistry, entry_key
 from worker.registry.store import RegistryStore
@@ -154,7 +154,7 @@ class Scanner:
         self,
         *,
         hash_files: bool = True,
-        progress: Progress | None = None,
+        progress: ByteProgress | None = None,
         kinds: tuple[ModelKind, ...] = MODEL_KINDS,
         deadline_s: float | None = None,
     ) -> ScanResult:
@@ -200,7 +200,7 @@ class Scanner:
         found: FoundFile,
         before: LiveRegistry,
         rehash: bool,
-        progress: Progress | None = None,
+        progress: ByteProgress | None = None,
         deadline: Deadline | None = None,
     ) -> LiveEntry:
         """A fresh entry for ``found``; an unchanged file's hashes are carried over instead of recomputed."""

@@ -7,8 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from worker.registry.conversions import ConversionFailed
+from worker.registry.hashing import ByteProgress
 from worker.registry.safetensors_header import HeaderError
-from worker.registry.tensors import Progress, Tensor, TensorFile, concat, write_safetensors
+from worker.registry.tensors import Tensor, TensorFile, concat, write_safetensors
 
 
 def open_tensor_file(path: Path) -> TensorFile:
@@ -66,7 +67,7 @@ def write_plan(
     plan: Plan,
     metadata: dict[str, str],
     half: bool,
-    progress: Progress | None,
+    progress: ByteProgress | None,
     extra: dict[str, Tensor] | None = None,
 ) -> int:
     """Stream ``plan`` (plus small ``extra`` tensors) into ``out``; ``half`` casts floats to fp16."""

@@ -16,6 +16,7 @@ from typing import Any
 from worker.registry.conversions import ConversionFailed, Summary
 from worker.registry.convert.tensor_plan import Plan, SplitSource, TensorSource, open_tensor_file, write_plan
 from worker.registry.detect import UnsupportedCheckpoint, checkpoint_pipeline
+from worker.registry.hashing import ByteProgress
 from worker.registry.keymaps import (
     LDM_PREFIX,
     BlockMap,
@@ -33,14 +34,14 @@ from worker.registry.pipeline_configs import (
     PipelineKind,
     model_index,
 )
-from worker.registry.tensors import Progress, TensorFile
+from worker.registry.tensors import TensorFile
 
 Configs = dict[str, dict[str, Any]]
 _WEIGHT_FILES = {"unet": "diffusion_pytorch_model", "vae": "diffusion_pytorch_model"}
 
 
 def diffusers_from_checkpoint(
-    path: Path, out_dir: Path, *, half: bool = False, progress: Progress | None = None
+    path: Path, out_dir: Path, *, half: bool = False, progress: ByteProgress | None = None
 ) -> Summary:
     """Write the A1111 single file ``path`` as a diffusers pipeline folder ``out_dir`` (created here)."""
     file = open_tensor_file(path)
@@ -80,7 +81,12 @@ def _configs(file: TensorFile, kind: PipelineKind) -> tuple[Configs, str]:
 
 
 def _write_component(
-    out_dir: Path, component: str, plan: Plan, config: dict[str, Any], half: bool, progress: Progress | None
+    out_dir: Path,
+    component: str,
+    plan: Plan,
+    config: dict[str, Any],
+    half: bool,
+    progress: ByteProgress | None,
 ) -> int:
     sub = out_dir / component
     sub.mkdir()

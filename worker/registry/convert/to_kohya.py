@@ -19,6 +19,7 @@ from typing import Any
 from worker.registry.conversions import CONVERTER_VERSION, ConversionFailed, Summary
 from worker.registry.convert.tensor_plan import Plan, TensorSource, open_files, write_plan
 from worker.registry.detect import CONTEXT_WIDTHS
+from worker.registry.hashing import ByteProgress
 from worker.registry.keymaps import (
     BlockMap,
     Component,
@@ -30,7 +31,7 @@ from worker.registry.keymaps import (
     unet_blocks,
 )
 from worker.registry.pipeline_configs import MODELSPEC_ARCHITECTURE, REAL_CONFIGS, PipelineKind
-from worker.registry.tensors import Progress, Tensor, TensorFile, scalar
+from worker.registry.tensors import Tensor, TensorFile, scalar
 
 _KOHYA_BASE_VERSION = {"sd15": "sd_v1", "sdxl": "sdxl_base_v1-0"}
 _DEFAULTED_ALPHA = "no lora_alpha recorded: alpha = rank (scale 1.0), as diffusers assumes"
@@ -57,7 +58,7 @@ def kohya_from_lora(
     adapter_config: dict[str, Any] | None = None,
     alpha: float | None = None,
     half: bool = False,
-    progress: Progress | None = None,
+    progress: ByteProgress | None = None,
 ) -> Summary:
     """Write the LoRA held by ``files`` (diffusers, PEFT, or an accelerate state with base weights) as kohya.
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from worker.registry.conversions import CONVERTER_VERSION, ConversionFailed, Summary
 from worker.registry.convert.tensor_plan import Plan, TensorSource, open_files, tensor_names, write_plan
+from worker.registry.hashing import ByteProgress
 from worker.registry.keymaps import (
     LDM_PREFIX,
     BlockMap,
@@ -24,14 +25,14 @@ from worker.registry.keymaps import (
 )
 from worker.registry.layouts import DiffusersFolder
 from worker.registry.pipeline_configs import CONFIG_METADATA_KEY, MODELSPEC_ARCHITECTURE
-from worker.registry.tensors import Progress, TensorFile
+from worker.registry.tensors import TensorFile
 
 #: (layer, q/k/v) -> the three projections' (file, name) OpenCLIP fuses into one ``in_proj``
 _Projections = dict[tuple[str, str], dict[str, tuple[TensorFile, str]]]
 
 
 def checkpoint_from_diffusers(
-    folder: DiffusersFolder, out: Path, *, half: bool = False, progress: Progress | None = None
+    folder: DiffusersFolder, out: Path, *, half: bool = False, progress: ByteProgress | None = None
 ) -> Summary:
     """Write ``folder`` as one A1111 checkpoint at ``out`` (its component configs go into the metadata)."""
     try:
