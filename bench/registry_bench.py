@@ -81,7 +81,7 @@ def bench_scan(root: Path, files: int) -> dict[str, float]:
         (loras / f"l{i:05d}.safetensors").write_bytes(payload + i.to_bytes(4, "little"))
     registry = ModelRegistry(
         models_dir=models,
-        registry_path=models / "cache_registry.json",
+        registry_path=models / "registry.json",
         catalogue=Catalogue(),
         allowed_hosts=(),
     )
@@ -97,7 +97,7 @@ def bench_scan(root: Path, files: int) -> dict[str, float]:
 
     warm_registry = ModelRegistry(
         models_dir=models,
-        registry_path=models / "cache_registry.json",
+        registry_path=models / "registry.json",
         catalogue=Catalogue(),
         allowed_hosts=(),
         hasher=counting,

@@ -145,7 +145,7 @@ def measure_volume(url: str, files: int, rounds: int) -> dict[str, Any]:
         set_fake_data(url, make_volume(root, files))
         registry = ModelRegistry(
             models_dir=root,
-            registry_path=root / "cache_registry.json",
+            registry_path=root / "registry.json",
             catalogue=Catalogue(),
             allowed_hosts=(),
         )

@@ -158,7 +158,7 @@ def prepare(args: argparse.Namespace) -> None:
     shutil.rmtree(out, ignore_errors=True)
     registry = ModelRegistry(
         models_dir=models,
-        registry_path=models / "cache_registry.json",
+        registry_path=models / "registry.json",
         catalogue=Catalogue(),
         allowed_hosts=(),
     )

@@ -48,6 +48,7 @@ class ErrorCode(str, Enum):
     OUTPUT_TOO_LARGE = "output_too_large"
     UPLOAD_FAILED = "upload_failed"
     CANCELLED = "cancelled"
+    REGISTRY_ERROR = "registry_error"
 
 
 class WorkerError(Exception):
@@ -122,3 +123,11 @@ class UploadFailed(WorkerError):
 
 class Cancelled(WorkerError):
     code = ErrorCode.CANCELLED
+
+
+class RegistryError(WorkerError):
+    """The model registry itself failed (its file unwritable or from a newer worker, its lock held past the
+    deadline, a scan that could not read the volume, an invalid catalogue): neither the job's fault nor the
+    engine's, and a new worker on the same volume would meet it too."""
+
+    code = ErrorCode.REGISTRY_ERROR

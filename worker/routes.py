@@ -45,6 +45,7 @@ ERROR_HTTP_STATUS: dict[str, int] = {
     ErrorCode.UPLOAD_FAILED.value: 502,
     ErrorCode.CANCELLED.value: 499,
     ErrorCode.ENGINE_ERROR.value: 500,
+    ErrorCode.REGISTRY_ERROR.value: 500,
 }
 
 RunnerFactory = Callable[[], JobRunner]

@@ -24,6 +24,8 @@ from pydantic import (
 
 #: The catalogue shipped at the repository root (overridden by WORKER_CATALOGUE_PATH).
 DEFAULT_CATALOGUE_PATH = Path(__file__).resolve().parent.parent / "cache_registry.json"
+#: The live registry's file in the models folder (overridden by WORKER_REGISTRY_PATH).
+DEFAULT_REGISTRY_FILE = "registry.json"
 
 DEFAULT_DOWNLOAD_HOSTS = (
     "civitai.com",
@@ -138,8 +140,8 @@ class WorkerSettings(BaseModel):
 
     @property
     def effective_registry_path(self) -> Path:
-        """WORKER_REGISTRY_PATH, defaulting to cache_registry.json inside the models folder."""
-        return self.registry_path or self.models_dir / "cache_registry.json"
+        """WORKER_REGISTRY_PATH, defaulting to registry.json inside the models folder."""
+        return self.registry_path or self.models_dir / DEFAULT_REGISTRY_FILE
 
     @property
     def deployed_on_runpod(self) -> bool:

@@ -20,10 +20,9 @@ from typing import Any
 from safetensors import SafetensorError, safe_open
 
 from worker.registry.file_policy import real_roots, unreadable_reason
-from worker.registry.hashing import hash_file
+from worker.registry.hashing import folder_digest, hash_file
 from worker.registry.layouts import component_weights, folder_stat, is_diffusers_folder
 from worker.registry.safetensors_header import HeaderError, read_header
-from worker.registry.scan import folder_digest
 
 log = logging.getLogger(__name__)
 

@@ -83,12 +83,12 @@ def test_the_registry_is_scanned_while_the_engine_starts(fake_a1111: FakeA1111, 
     write_model(models, "lora-sd15", "early.safetensors")
     registry = ModelRegistry(
         models_dir=models,
-        registry_path=models / "cache_registry.json",
+        registry_path=models / "registry.json",
         catalogue=Catalogue(),
         allowed_hosts=(),
     )
     settings = _settings(fake_a1111.url, models, warmup=False)
     prepare_engine(JobRunner(settings, A1111Client(fake_a1111.url), provider=registry), settings)
-    on_disk = LiveRegistry.model_validate_json((models / "cache_registry.json").read_bytes())
+    on_disk = LiveRegistry.model_validate_json((models / "registry.json").read_bytes())
     assert on_disk.scanned_at is not None
     assert on_disk.models["lora/early.safetensors"].sha256 is not None  # hashed before the first job

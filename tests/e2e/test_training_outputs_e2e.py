@@ -53,7 +53,7 @@ def run_job(
         "engine": engine_kind,
         "a1111_url": engine.url,
         "models_dir": engine.models_dir,
-        "registry_path": engine.models_dir / "cache_registry.json",
+        "registry_path": engine.models_dir / "registry.json",
         "job_timeout_s": 120,
         "request_timeout_s": 60,
         **settings,

@@ -210,7 +210,7 @@ def fuzz_runner(tmp_path_factory: pytest.TempPathFactory) -> Iterator[JobRunner]
     nowhere = f"http://127.0.0.1:{_closed_port()}"
     registry = ModelRegistry(
         models_dir=models,
-        registry_path=models / "cache_registry.json",
+        registry_path=models / "registry.json",
         catalogue=Catalogue(),
         allowed_hosts=("127.0.0.1",),
         civitai_api_base=nowhere + "/api/v1",

@@ -46,7 +46,7 @@ def registry_kwargs(
     port = server.port if server else 0
     return {
         "models_dir": models_dir,
-        "registry_path": models_dir / "cache_registry.json",
+        "registry_path": models_dir / "registry.json",
         "catalogue": Catalogue.model_validate(doc),
         "allowed_hosts": (f"127.0.0.1:{port}",),
         "civitai_api_base": f"http://127.0.0.1:{port}/api/v1",

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import struct
+import threading
 
 import pytest
 
 from tests.registry.fixtures import SPECS, raw_safetensors, write_model
+from worker.registry.detect import UnsupportedCheckpoint, checkpoint_pipeline
 from worker.registry.hashing import hash_file
 from worker.registry.safetensors_header import HeaderError, read_header
 
@@ -87,22 +90,39 @@ def test_corrupt_header_and_wrong_folder(models_dir, make_registry):
     assert "looks like a lora" in (entries["misplaced_lora.safetensors"].problem or "")
 
 
-def test_header_only_read(tmp_path):
-    """A header pointing inside the file is read without reading the (absent) data region twice."""
-    data = b"\0" * 16
-    blob = raw_safetensors({"emb_params": {"dtype": "F16", "shape": [2, 4], "data_offsets": [0, 16]}}, data)
-    path = tmp_path / "e.safetensors"
-    path.write_bytes(blob)
-    header = read_header(path)
-    assert header.data_end == len(blob)
+@pytest.mark.timeout(30)
+def test_only_the_header_is_read(tmp_path):
+    """The header comes through a pipe that never delivers the tensor data: reading past it would block."""
+    tensors = {"emb_params": {"dtype": "F16", "shape": [2, 4], "data_offsets": [0, 16]}}
+    header_only = raw_safetensors(tensors, b"")
+    fifo = tmp_path / "e.safetensors"
+    os.mkfifo(fifo)
+    returned = threading.Event()
+    released_by_reader: list[bool] = []
+
+    def feed() -> None:
+        with open(fifo, "wb") as pipe:
+            pipe.write(header_only)
+            pipe.flush()
+            released_by_reader.append(returned.wait(20))  # the pipe stays open: no EOF to end a longer read
+
+    feeder = threading.Thread(target=feed)
+    feeder.start()
+    try:
+        header = read_header(fifo, file_size=len(header_only) + 16)
+    finally:
+        returned.set()
+        feeder.join()
+    assert released_by_reader == [True]
     assert header.tensors["emb_params"].shape == (2, 4)
+    assert header.data_end == len(header_only) + 16
 
 
 def test_pickle_listed_but_refused_unless_allowed(models_dir, make_registry):
     (models_dir / "checkpoints" / "old.ckpt").write_bytes(b"\x80\x04pickle")
     entry = make_registry().entries()[0]
     assert entry.format == "pickle" and not entry.usable and "WORKER_ALLOW_PICKLE" in (entry.problem or "")
-    (models_dir / "cache_registry.json").unlink()
+    (models_dir / "registry.json").unlink()
     assert make_registry(allow_pickle=True).entries()[0].usable
 
 
@@ -131,8 +151,46 @@ def test_hashes_match_a1111_and_kohya(models_dir, make_registry):
 
 def test_removed_file_is_forgotten_and_hidden_files_skipped(models_dir, make_registry):
     path = write_model(models_dir, "checkpoint-sd15")
-    (models_dir / "checkpoints" / ".tmp.part").write_bytes(b"x")
+    write_model(models_dir, "checkpoint-sd15", ".half-written.safetensors")  # our temp names start with "."
     registry = make_registry()
-    assert len(registry.entries()) == 1
+    assert [e.file_name for e in registry.entries()] == ["checkpoint-sd15.safetensors"]
     path.unlink()
     assert registry.scan().removed == ["checkpoint/checkpoint-sd15.safetensors"]
+
+
+PIPELINES = {
+    "checkpoint-sd15": "sd15",
+    "checkpoint-sdxl": "sdxl",
+    "checkpoint-sd2": "is an SD2.x checkpoint",
+    "checkpoint-sdxl_refiner": "is an SDXL refiner checkpoint",
+    "checkpoint-flux": "is a FLUX checkpoint",
+    "vae-unknown": "is not an SD1.x/SDXL checkpoint",
+}
+
+
+@pytest.mark.parametrize("spec", sorted(PIPELINES))
+def test_which_pipeline_a_single_file_needs(tmp_path, spec):
+    header = read_header(write_model(tmp_path, spec))
+    if PIPELINES[spec] in ("sd15", "sdxl"):
+        assert checkpoint_pipeline(header.tensors, header.metadata, name="m") == PIPELINES[spec]
+    else:
+        with pytest.raises(UnsupportedCheckpoint, match=f"^m {PIPELINES[spec]}"):
+            checkpoint_pipeline(header.tensors, header.metadata, name="m")
+
+
+@pytest.mark.engine
+@pytest.mark.parametrize("spec", sorted(PIPELINES))
+def test_the_engine_loads_the_pipeline_the_registry_detects(tmp_path, spec):
+    """One definition of SD1.5 vs SDXL: the embedded engine must agree with ``detect.checkpoint_pipeline``."""
+    pipelines = pytest.importorskip("diffusers_server.models.pipelines")
+    path = write_model(tmp_path, spec)
+    header = read_header(path)
+    try:
+        registry_says = checkpoint_pipeline(header.tensors, header.metadata, name=path.name)
+    except UnsupportedCheckpoint:
+        registry_says = None
+    try:
+        engine_says = pipelines.inspect_checkpoint(path)[0]
+    except pipelines.ModelLoadError:
+        engine_says = None
+    assert engine_says == registry_says

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import time
 
 import pytest
+from filelock import FileLock
 
 from tests.registry.conftest import catalogue_doc
 from tests.registry.fixtures import model_bytes
+from tests.support.clock import FakeClock
 from worker.errors import DownloadFailed, ModelIncompatible, ModelNotFound
 
 BODY = model_bytes("checkpoint-sd15", seed=1) + b""  # a few KB is enough: chunking is exercised by drops
@@ -90,13 +91,43 @@ def test_persistent_404_is_not_retried(make_registry, model_server):
 
 
 def test_slow_server_hits_the_deadline(models_dir, make_registry, model_server):
-    model_server.add(HF_PATH, BODY, trickle_s=0.05)
-    registry = make_registry(hf_entry(), download_deadline_s=1.0, timeout_s=0.5)
-    started = time.monotonic()
-    with pytest.raises(DownloadFailed, match="deadline"):
+    """The body trickles in one byte at a time; every deadline check moves the clock 0.1 s on."""
+    model_server.add(HF_PATH, BODY, trickle_s=0.01)
+    clock = FakeClock(start=0.0, monotonic_step=0.1)
+    registry = make_registry(hf_entry(), download_deadline_s=1.0, clock=clock)
+    registry.warm()
+    started = clock.mono
+    with pytest.raises(DownloadFailed, match="ran past its deadline"):
         registry.provision("checkpoint", "deliberate-v6")
-    assert time.monotonic() - started < 3.0
+    assert 1.0 <= clock.mono - started <= 1.5  # stopped at the deadline, mid-body, not after the whole file
+    assert len(model_server.gets(HF_PATH)) == 1  # a deadline is final: no retry
     assert no_leftovers(models_dir) == []
+
+
+def test_retries_back_off_on_the_clock(make_registry, model_server):
+    model_server.add(HF_PATH, BODY, fail_statuses=[503, 503, 429])
+    clock = FakeClock(start=0.0)
+    registry = make_registry(hf_entry(), clock=clock, backoff_s=2.0, attempts=4)
+    assert registry.provision("checkpoint", "deliberate-v6").downloaded
+    assert len(model_server.gets(HF_PATH)) == 4
+    assert clock.sleeps == [2.0, 4.0, 8.0]  # exponential, and only between attempts
+
+
+def test_a_download_held_by_another_worker_times_out(models_dir, make_registry, model_server):
+    model_server.add(HF_PATH, BODY)
+    (models_dir / ".locks").mkdir()
+    other_worker = FileLock(str(models_dir / ".locks" / "deliberate-v6.lock"))
+    other_worker.acquire()
+    clock = FakeClock(start=0.0)
+    registry = make_registry(hf_entry(), clock=clock, download_deadline_s=30.0)
+    try:
+        with pytest.raises(DownloadFailed, match=r"another worker is still downloading .* after 30s"):
+            registry.provision("checkpoint", "deliberate-v6")
+    finally:
+        other_worker.release()
+    assert 30.0 <= sum(clock.sleeps) < 30.1  # polled on the clock for the whole wait, then gave up
+    assert model_server.gets(HF_PATH) == []
+    assert registry.provision("checkpoint", "deliberate-v6").downloaded  # free again: it goes through
 
 
 def test_redirect_outside_allowlist_refused(models_dir, make_registry, model_server):
@@ -294,11 +325,13 @@ def test_quota_evicts_lru_unpinned_downloads(models_dir, make_registry, model_se
             }
         )
     size = len(bodies[0])
-    clock = iter(range(1000, 2000)).__next__
+    clock = FakeClock(start=0.0)
     registry = make_registry(catalogue_doc(*entries), quota_bytes=int(size * 2.5), clock=clock)
     registry.provision("lora", "l0")
+    clock.advance(1)
     registry.provision("lora", "l1")
-    registry.record_use("lora", "l0.safetensors")
+    clock.advance(1)
+    registry.record_use("lora", "l0.safetensors")  # l0 is now the most recently used
     registry.provision("lora", "l2")  # needs room: l1 (unpinned, least recently used) goes, l0 is pinned
     names = sorted(e.file_name for e in registry.entries())
     assert names == ["l0.safetensors", "l2.safetensors"]

@@ -3,17 +3,22 @@ always verified; per-job lookups never rescan the whole volume and never rewrite
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import time
 
 import pytest
+from filelock import FileLock
 
 from tests.registry.conftest import catalogue_doc
 from tests.registry.fixtures import model_bytes, write_model
-from worker.errors import DownloadFailed, ModelIncompatible
+from tests.registry.training_fixtures import write_pipeline_skeleton
+from tests.support.clock import FakeClock
+from worker.errors import DownloadFailed, ModelIncompatible, RegistryError
+from worker.registry.hashing import hash_file
 from worker.registry.models import LiveRegistry
-from worker.registry.store import RegistryStore
+from worker.registry.store import RegistryLockTimeout, RegistryStore
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -26,9 +31,7 @@ def test_fifo_in_a_model_folder_is_unusable_and_never_opened(models_dir, make_re
     os.mkfifo(models_dir / "vae" / "pipe.safetensors")  # open() on it would block forever
     write_model(models_dir, "vae-unknown")
     registry = make_registry()
-    started = time.monotonic()
-    registry.scan()
-    assert time.monotonic() - started < 5
+    registry.scan()  # opening the FIFO would block here until the module's timeout fails the test
     entry = _entry(registry, "vae/pipe.safetensors")
     assert not entry.usable and "FIFO" in (entry.problem or "")
     assert models_dir / "vae" / "pipe.safetensors" not in hasher.calls
@@ -62,13 +65,21 @@ def test_symlink_inside_the_models_folder_is_followed(models_dir, make_registry)
 
 
 def test_hashing_stops_at_the_scan_deadline(models_dir, make_registry):
-    write_model(models_dir, "checkpoint-sd15")
-    registry = make_registry()
-    registry.scan(deadline_s=0)  # header read and registered, hash left for the next scan
-    entry = _entry(registry, "checkpoint/checkpoint-sd15.safetensors")
-    assert entry.usable and entry.sha256 is None
-    registry.scan()
-    assert _entry(registry, "checkpoint/checkpoint-sd15.safetensors").sha256 is not None
+    for name in ("a", "b", "c"):
+        write_model(models_dir, "checkpoint-sd15", f"{name}.safetensors", seed=ord(name))
+    clock = FakeClock(start=0.0)
+
+    def six_seconds_a_file(path, addnet_offset=None, progress=None):
+        clock.advance(6)
+        return hash_file(path, addnet_offset, progress)
+
+    registry = make_registry(clock=clock, hasher=six_seconds_a_file)
+    registry.scan(deadline_s=10)  # a is hashed by t=6; b's hash is cut at t=12; c is not started
+    hashed = {e.file_name: e.sha256 is not None for e in registry.entries()}
+    assert hashed == {"a.safetensors": True, "b.safetensors": False, "c.safetensors": False}
+    assert all(e.usable for e in registry.entries())  # registered (header read), only the hash waits
+    registry.scan()  # the next scan, without a deadline, hashes what is left
+    assert all(e.sha256 is not None for e in registry.entries())
 
 
 def test_declared_sha256_is_verified_even_for_a_url_already_downloaded(
@@ -116,12 +127,12 @@ def test_file_named_like_a_catalogue_entry_but_with_another_hash_is_never_served
 
 
 def test_corrupt_registry_backups_in_the_same_second_do_not_overwrite_each_other(models_dir):
-    path = models_dir / "cache_registry.json"
-    store = RegistryStore(path, clock=lambda: 1_700_000_000.0)  # the same second every time
+    path = models_dir / "registry.json"
+    store = RegistryStore(path, clock=FakeClock(start=0.0))  # time stands still: the same second every time
     for text in ("{broken one", "{broken two"):
         path.write_text(text)
         store.update(lambda registry: None)
-    backups = sorted(p.read_text() for p in models_dir.glob("cache_registry.json.corrupt-*"))
+    backups = sorted(p.read_text() for p in models_dir.glob("registry.json.corrupt-*"))
     assert backups == ["{broken one", "{broken two"]
 
 
@@ -149,6 +160,16 @@ def test_a_replaced_file_is_reinspected_on_lookup(models_dir, make_registry):
     assert facts is not None and facts.architecture == "sdxl"
 
 
+def test_a_hit_on_a_model_folder_rescans_nothing(models_dir, make_registry):
+    write_pipeline_skeleton(models_dir / "checkpoints" / "finetune", "sd15")
+    registry = make_registry()
+    registry.warm()
+    written = (models_dir / "registry.json").stat().st_mtime_ns
+    for _ in range(3):
+        assert registry.describe("checkpoint", "finetune").format == "diffusers"
+    assert (models_dir / "registry.json").stat().st_mtime_ns == written  # a rescan would rewrite it
+
+
 def test_a_warm_lookup_reads_the_registry_file_once(models_dir, make_registry, monkeypatch):
     write_model(models_dir, "checkpoint-sd15")
     registry = make_registry()
@@ -161,16 +182,59 @@ def test_a_warm_lookup_reads_the_registry_file_once(models_dir, make_registry, m
     assert parses == []  # unchanged file: served from the cached snapshot and index
 
 
-def test_uses_are_batched_into_one_write(models_dir, make_registry):
+def test_uses_are_batched_into_one_write_when_the_timer_fires(models_dir, make_registry):
     write_model(models_dir, "lora-sd15", "a.safetensors")
-    registry = make_registry(usage_flush_s=60)
+    clock = FakeClock(start=0.0)
+    registry = make_registry(usage_flush_s=10, clock=clock)
     registry.warm()
-    before = (models_dir / "cache_registry.json").stat().st_mtime_ns
+    path = models_dir / "registry.json"
+    before = path.stat().st_mtime_ns
     for _ in range(5):
         registry.record_use("lora", "a.safetensors")
-    assert (models_dir / "cache_registry.json").stat().st_mtime_ns == before  # nothing written per job
-    registry.flush_uses()
-    entry = LiveRegistry.model_validate_json((models_dir / "cache_registry.json").read_bytes()).models[
-        "lora/a.safetensors"
-    ]
-    assert entry.use_count == 5 and entry.last_used is not None
+        clock.advance(1)
+    assert path.stat().st_mtime_ns == before  # nothing written per job
+    assert clock.pending_timers == [10.0]  # one timer, set by the first use
+    clock.advance(5)  # 10 s after the first use the timer writes the batch
+    entry = LiveRegistry.model_validate_json(path.read_bytes()).models["lora/a.safetensors"]
+    assert entry.use_count == 5 and entry.last_used == clock.wall - 6  # the fifth use, at t=4
+    assert clock.pending_timers == []
+    registry.record_use("lora", "a.safetensors")
+    registry.flush_uses()  # an explicit flush writes now and cancels the timer the use set
+    assert clock.pending_timers == []
+    assert LiveRegistry.model_validate_json(path.read_bytes()).models["lora/a.safetensors"].use_count == 6
+
+
+def test_a_registry_lock_held_past_its_deadline_is_a_registry_error(models_dir):
+    path = models_dir / "registry.json"
+    hung_writer = FileLock(str(path) + ".lock")
+    hung_writer.acquire()
+    clock = FakeClock(start=0.0)
+    store = RegistryStore(path, lock_timeout_s=60, clock=clock)
+    try:
+        with pytest.raises(RegistryLockTimeout, match="still held after 60s") as err:
+            store.update(lambda registry: None)
+    finally:
+        hung_writer.release()
+    assert err.value.code.value == "registry_error"
+    assert 60 <= sum(clock.sleeps) < 60.1  # polled on the clock for the whole deadline
+    assert not path.exists()
+    store.update(lambda registry: None)  # released: the next write goes through
+    assert path.exists()
+
+
+def test_an_unwritable_registry_is_a_registry_error(models_dir, make_registry, monkeypatch):
+    write_model(models_dir, "lora-sd15", "a.safetensors")
+    registry = make_registry()
+    registry.warm()
+    before = (models_dir / "registry.json").read_bytes()
+
+    def read_only_volume(src, dst):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(dst))
+
+    monkeypatch.setattr(os, "replace", read_only_volume)  # the fault: the volume turned read-only
+    write_model(models_dir, "lora-sd15", "b.safetensors")
+    with pytest.raises(RegistryError, match=r"cannot write registry .*registry\.json: Read-only file system"):
+        registry.scan()
+    monkeypatch.undo()
+    assert (models_dir / "registry.json").read_bytes() == before  # the old registry, whole
+    assert not list(models_dir.glob(".registry.json.*.tmp"))  # and no temp file left behind

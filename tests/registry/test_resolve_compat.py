@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from tests.registry.conftest import catalogue_doc
@@ -9,6 +12,7 @@ from tests.registry.fixtures import write_model
 from worker.compatibility import check_compatible
 from worker.errors import InputInvalid, ModelIncompatible, ModelNotFound
 from worker.model_types import ModelFacts
+from worker.registry.cli import main
 from worker.registry.models import Catalogue
 
 CATALOGUE = catalogue_doc(
@@ -71,12 +75,14 @@ def test_subfolder_stem_and_lora_names(registry):
     assert registry.describe("lora", "mystyle").file_name == "kohya_out.safetensors"  # ss_output_name
 
 
-def test_unknown_reference_names_nearest(registry):
+def test_unknown_reference_names_nearest(registry, capsys):
     assert registry.describe("checkpoint", "Deliberat_v5") is None
     assert registry.provision("checkpoint", "Deliberat_v5") is None
-    with pytest.raises(ModelNotFound) as err:
-        registry.pull("Deliberat_v5", "checkpoint")
-    assert "Deliberat_v5" in err.value.message and "Deliberate_v6" in err.value.message
+    err = registry.not_found("checkpoint", "Deliberat_v5")
+    assert isinstance(err, ModelNotFound)
+    assert "'Deliberat_v5' not found" in err.message and "nearest: Deliberate_v6" in err.message
+    assert main(["pull", "Deliberat_v5", "--kind", "checkpoint"], registry=registry) == 1
+    assert "model_not_found: checkpoint 'Deliberat_v5' not found" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -125,3 +131,15 @@ def test_check_compatible():
     )
     with pytest.raises(ModelIncompatible, match="FLUX"):
         check_compatible(facts("checkpoint", "flux"), [])
+
+
+def test_the_compatibility_check_loads_no_download_stack():
+    """The job path imports ``check_compatible``; the downloader, locks and HTTP stack stay unloaded."""
+    code = (
+        "import sys, worker.compatibility\n"
+        "print([m for m in ('requests', 'filelock', 'tenacity', 'worker.registry.registry') if m in sys.modules])"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert done.stdout.strip() == "[]"

@@ -8,28 +8,56 @@ import os
 
 import pytest
 
-from tests.registry.conftest import catalogue_doc
+from tests.registry.conftest import catalogue_doc, registry_kwargs
 from tests.registry.fixtures import model_bytes, write_model
-from worker.errors import EngineFailed
+from worker.errors import RegistryError
 from worker.registry.cli import main
+from worker.registry.registry import ModelRegistry
+from worker.settings import WorkerSettings
 
 
 def test_corrupt_registry_moved_aside_and_rebuilt(models_dir, make_registry, caplog):
     write_model(models_dir, "checkpoint-sd15")
-    (models_dir / "cache_registry.json").write_text('{"schema_version": 1, "models": {"x": 5')
+    (models_dir / "registry.json").write_text('{"schema_version": 1, "models": {"x": 5')
     caplog.set_level(logging.WARNING)
     entries = make_registry().entries()
     assert [e.file_name for e in entries] == ["checkpoint-sd15.safetensors"]
-    aside = list(models_dir.glob("cache_registry.json.corrupt-*"))
+    aside = list(models_dir.glob("registry.json.corrupt-*"))
     assert len(aside) == 1 and aside[0].read_text().endswith('"x": 5')
     assert "corrupt" in caplog.text
 
 
 def test_newer_schema_is_refused_not_destroyed(models_dir, make_registry):
-    (models_dir / "cache_registry.json").write_text('{"schema_version": 99, "models": {}}')
-    with pytest.raises(EngineFailed, match="schema_version 99"):
+    (models_dir / "registry.json").write_text('{"schema_version": 99, "models": {}}')
+    with pytest.raises(RegistryError, match="schema_version 99"):
         make_registry().scan()
-    assert json.loads((models_dir / "cache_registry.json").read_text())["schema_version"] == 99
+    assert json.loads((models_dir / "registry.json").read_text())["schema_version"] == 99
+
+
+def test_a_registry_under_its_old_name_is_adopted_not_lost(models_dir, tmp_path, caplog):
+    """Volumes written before the rename keep their registry (sources, downloads, use counts)."""
+    write_model(models_dir, "lora-sd15", "a.safetensors")
+    catalogue = tmp_path / "catalogue.json"
+    catalogue.write_text('{"schema_version": 1, "models": []}')
+    legacy = models_dir / "cache_registry.json"
+    old_worker = ModelRegistry(**registry_kwargs(models_dir, None, None) | {"registry_path": legacy})
+    old_worker.warm()
+    old_worker.record_use("lora", "a.safetensors")
+    old_worker.flush_uses()
+    history = legacy.read_bytes()
+    caplog.set_level(logging.INFO)
+    settings = WorkerSettings(models_dir=models_dir, catalogue_path=catalogue)
+    registry = ModelRegistry.from_settings(settings)
+    (entry,) = registry.entries()
+    assert entry.key == "lora/a.safetensors" and entry.use_count == 1
+    assert (models_dir / "registry.json").read_bytes() == history and not legacy.exists()
+    assert "cache_registry.json renamed to registry.json" in caplog.text
+    # an explicit WORKER_REGISTRY_PATH is taken as it is: an old-named file beside it is left alone
+    legacy.write_bytes(history)
+    explicit = ModelRegistry.from_settings(
+        settings.model_copy(update={"registry_path": tmp_path / "own.json"})
+    )
+    assert [e.use_count for e in explicit.entries()] == [0] and legacy.read_bytes() == history
 
 
 def test_cli_commands(models_dir, make_registry, model_server, capsys):

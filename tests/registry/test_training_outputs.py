@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from filelock import FileLock
 from safetensors.numpy import load_file
 
 from tests.registry.fixtures import write_model
@@ -178,17 +179,32 @@ def test_an_output_name_that_is_taken_is_not_overwritten(models_dir, make_regist
 
 def test_two_processes_convert_the_same_model_once(models_dir, make_registry):
     write_lora(models_dir / "loras" / "big.safetensors", lora_tensors(layout="diffusers", rank=64))
-    make_registry().scan()
+    (source,) = make_registry().entries()
+    lock = FileLock(str(models_dir / ".locks" / f"convert-{source.sha256[:16]}-a1111.lock"))
+    (models_dir / ".locks").mkdir(exist_ok=True)
+    lock.acquire()  # both processes must meet at the conversion lock before either may convert
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
-    procs = [ctx.Process(target=convert_in_process, args=(str(models_dir), "big", queue)) for _ in range(2)]
+    arrived = [ctx.Event() for _ in range(2)]
+    procs = [
+        ctx.Process(target=convert_in_process, args=(str(models_dir), "big", event, queue))
+        for event in arrived
+    ]
     for proc in procs:
         proc.start()
-    results = [queue.get(timeout=120) for _ in procs]
+    try:
+        for event in arrived:
+            assert event.wait(90), "a process never reached the conversion lock"
+    finally:
+        lock.release()
+    results = sorted(queue.get(timeout=120) for _ in procs)
     for proc in procs:
         proc.join(timeout=30)
-    assert sorted(status for status, _ in results) == ["converted", "reused"]
-    assert {output for _, output in results} == {"lora/big-kohya.safetensors"}
+    assert [(status, output) for status, output, _notes in results] == [
+        ("converted", "lora/big-kohya.safetensors"),
+        ("reused", "lora/big-kohya.safetensors"),
+    ]
+    assert results[1][2] == ("converted by another worker",)  # it waited at the lock, then reused
     entries = [e for e in make_registry().entries() if e.lineage is not None]
     assert [e.key for e in entries] == ["lora/big-kohya.safetensors"]
 
@@ -233,7 +249,7 @@ def test_folders_that_cannot_convert_are_refused_clearly(models_dir, make_regist
 def test_a_schema_1_registry_gains_layouts_without_rehashing(models_dir, make_registry, hasher):
     write_lora(models_dir / "loras" / "peft.safetensors", lora_tensors(layout="peft"))
     make_registry().scan()
-    path = models_dir / "cache_registry.json"
+    path = models_dir / "registry.json"
     doc = json.loads(path.read_text())
     doc["schema_version"] = 1
     for entry in doc["models"].values():

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from tests.registry.conftest import registry_kwargs
-from worker.registry.models import LiveEntry
+from worker.registry.models import LiveEntry, LiveRegistry
 from worker.registry.registry import ModelRegistry
 from worker.registry.store import RegistryStore
+
+#: how long a process stopped on purpose waits to be killed before it gives up (bounds a broken test)
+HANG_S = 120
 
 
 class _Port:
@@ -16,37 +24,89 @@ class _Port:
         self.port = port
 
 
-def provision_many(models_dir: str, port: int, catalogue: dict[str, Any], refs: list[str]) -> list[str]:
+def _announce_lock_arrival(module: ModuleType, arrived: Any) -> None:
+    """Make ``module``'s lock helper set ``arrived`` as this process reaches a lock, then take it as usual."""
+    real = module.held
+
+    @contextmanager
+    def held(path: Path, **kwargs: Any) -> Iterator[None]:
+        arrived.set()
+        with real(path, **kwargs):
+            yield
+
+    module.held = held
+
+
+def provision_many(
+    models_dir: str, port: int, catalogue: dict[str, Any], refs: list[str], arrived: Any, queue: Any
+) -> None:
+    """Provision ``refs`` in order, recording each use; report (refs, sha256s)."""
+    import worker.registry.model_fetch
+
+    _announce_lock_arrival(worker.registry.model_fetch, arrived)
     registry = ModelRegistry(**registry_kwargs(Path(models_dir), _Port(port), catalogue))  # type: ignore[arg-type]
-    out = []
+    shas = []
     for ref in refs:
         got = registry.provision("lora", ref)
         assert got is not None
         registry.record_use("lora", got.facts.file_name)
-        out.append(got.facts.sha256 or "")
-    registry.flush_uses()  # pool processes end with os._exit: atexit would not run
-    return out
+        shas.append(got.facts.sha256 or "")
+    registry.flush_uses()
+    queue.put((refs, shas))
 
 
-def write_forever(registry_path: str) -> None:
-    store = RegistryStore(Path(registry_path))
-    i = 0
-    while True:
-        i += 1
-
-        def change(reg: Any, i: int = i) -> None:
-            for j in range(200):  # a large file makes a kill mid-write likely
-                reg.models[f"lora/f{j}.safetensors"] = LiveEntry(
-                    kind="lora", file_name=f"f{j}.safetensors", size=i, mtime_ns=i, format="safetensors"
-                )
-
-        store.update(change)
+def fill(registry: LiveRegistry, count: int, size: int) -> None:
+    for j in range(count):
+        registry.models[f"lora/f{j}.safetensors"] = LiveEntry(
+            kind="lora", file_name=f"f{j}.safetensors", size=size, mtime_ns=size, format="safetensors"
+        )
 
 
-def convert_in_process(models_dir: str, reference: str, queue: Any) -> None:
-    """Convert ``reference`` for A1111 through the registry; report (status, output key)."""
+def write_and_stop_at(registry_path: str, point: str, inside: Any) -> None:
+    """Update the registry but stop inside its atomic write at ``point``, set ``inside`` and wait to be killed.
+
+    ``half-written``: half the new file's bytes are in the temp file; ``before-fsync``: all of them, not yet
+    synced; ``before-rename``: synced, not yet renamed over the registry.
+    """
+
+    def stop(*_args: Any) -> Any:
+        inside.set()
+        time.sleep(HANG_S)
+        os._exit(3)
+
+    if point == "half-written":
+        real_fdopen = os.fdopen
+
+        class HalfWriter:
+            def __init__(self, fh: Any) -> None:
+                self.fh = fh
+
+            def __enter__(self) -> HalfWriter:
+                return self
+
+            def __exit__(self, *exc: object) -> None:
+                self.fh.close()
+
+            def write(self, data: bytes) -> None:
+                self.fh.write(data[: len(data) // 2])
+                self.fh.flush()
+                stop()
+
+        os.fdopen = lambda fd, mode: HalfWriter(real_fdopen(fd, mode))  # type: ignore[assignment]
+    elif point == "before-fsync":
+        os.fsync = stop
+    else:
+        os.replace = stop
+    RegistryStore(Path(registry_path)).update(lambda registry: fill(registry, 400, size=2))
+
+
+def convert_in_process(models_dir: str, reference: str, arrived: Any, queue: Any) -> None:
+    """Convert ``reference`` for A1111 through the registry; report (status, output key, notes)."""
+    import worker.registry.conversion_runner
+
+    _announce_lock_arrival(worker.registry.conversion_runner, arrived)
     registry = ModelRegistry(**registry_kwargs(Path(models_dir), None, None))
     found = registry.resolve("lora", reference)
     assert found.live is not None
     result = registry.convert(found.live, "a1111")
-    queue.put((result.status, result.output.key if result.output else None))
+    queue.put((result.status, result.output.key if result.output else None, result.notes))

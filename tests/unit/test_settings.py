@@ -13,7 +13,7 @@ def test_defaults_from_an_empty_environment() -> None:
     settings = WorkerSettings.from_env({})
     assert str(settings.a1111_url) == "http://127.0.0.1:3000/"
     assert settings.models_dir == Path("/runpod-volume/models")
-    assert settings.effective_registry_path == Path("/runpod-volume/models/cache_registry.json")
+    assert settings.effective_registry_path == Path("/runpod-volume/models/registry.json")
     assert settings.upload_configured is False
     assert settings.deployed_on_runpod is False
 
@@ -34,7 +34,7 @@ def test_values_are_typed_and_empty_means_unset() -> None:
     assert settings.warmup is False
     assert settings.log_level == "DEBUG"
     assert settings.download_allowed_hosts == ("example.com", "*.cdn.example.com")
-    assert settings.effective_registry_path == Path("/data/models/cache_registry.json")
+    assert settings.effective_registry_path == Path("/data/models/registry.json")
     assert settings.secret_values() == ["hf_abcdef"]
     assert "hf_abcdef" not in repr(settings)
 

@@ -35,7 +35,7 @@ def test_a_model_linked_from_outside_the_volume_is_refused(
     (models / kind_dir / file_name).symlink_to(outside)
     registry = ModelRegistry(
         models_dir=models,
-        registry_path=models / "cache_registry.json",
+        registry_path=models / "registry.json",
         catalogue=Catalogue(),
         allowed_hosts=(),
     )

@@ -7,14 +7,14 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from worker.errors import EngineFailed
+from worker.errors import RegistryError
 from worker.registry.models import Catalogue, CatalogueEntry, LiveEntry
 from worker.registry.names import normalise, stem
 
 log = logging.getLogger(__name__)
 
 
-class CatalogueInvalid(EngineFailed):
+class CatalogueInvalid(RegistryError):
     """The catalogue file is missing or malformed: a deployment error, reported at start."""
 
 

@@ -16,8 +16,8 @@ import requests
 from worker.errors import DownloadFailed, ModelIncompatible, ModelNotFound
 from worker.model_types import Architecture, ModelType
 from worker.redaction import public_url
-from worker.registry.download import host_allowed
 from worker.registry.names import normalise
+from worker.registry.url_policy import host_allowed, may_carry_token
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ class CivitaiClient:
                 f"Civitai API host of {public_url(url)} is not in WORKER_DOWNLOAD_ALLOWED_HOSTS"
             )
         headers = {"Accept": "application/json"}
-        if self.token and (url.startswith("https://") or "://127.0.0.1" in url or "://localhost" in url):
+        if self.token and may_carry_token(url):
             headers["Authorization"] = f"Bearer {self.token}"
         try:
             resp = self.session.get(url, headers=headers, timeout=self.timeout_s)

@@ -19,12 +19,19 @@ from tqdm import tqdm
 
 from worker.compatibility import label
 from worker.errors import InputInvalid, WorkerError
-from worker.model_types import MODEL_TYPES, ModelType
-from worker.registry.conversions import TARGETS, ConversionResult, Target, default_target, describe_layout
+from worker.model_types import MODEL_TYPES, ModelType, ProvisionedModel
+from worker.registry.conversions import (
+    TARGETS,
+    ConversionFailed,
+    ConversionResult,
+    Target,
+    default_target,
+    describe_layout,
+)
 from worker.registry.layouts import ENGINES
 from worker.registry.models import LiveEntry
 from worker.registry.registry import ModelRegistry
-from worker.registry.resolve import not_found
+from worker.registry.resolve import resolve
 from worker.settings import SettingsError, WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -123,8 +130,7 @@ def _run(args: argparse.Namespace, registry: ModelRegistry) -> int:
     if args.command == "show":
         return _show(registry, args.ref, args.kind, args.json)
     if args.command == "pull":
-        kind: ModelType | None = args.kind
-        got = registry.pull(args.ref, kind)
+        got = _pull(registry, args.ref, args.kind)
         verb = "downloaded" if got.downloaded else "already present:"
         _out(
             f"{verb} {got.facts.kind} {got.facts.file_name} sha256={got.facts.sha256} "
@@ -147,6 +153,29 @@ def _run(args: argparse.Namespace, registry: ModelRegistry) -> int:
     return 0
 
 
+def _pull(registry: ModelRegistry, reference: str, kind: ModelType | None) -> ProvisionedModel:
+    """Provision ``reference``, its kind taken from the catalogue or Civitai when not given."""
+    kind = kind or _kind_of(registry, reference)
+    result = registry.provision(kind, reference)
+    if result is None:
+        raise registry.not_found(kind, reference)
+    return result
+
+
+def _kind_of(registry: ModelRegistry, reference: str) -> ModelType:
+    snapshot = registry.snapshot()
+    remote = None
+    for candidate in MODEL_TYPES:
+        found = resolve(candidate, reference, snapshot, registry.catalogue)
+        if found.live or found.catalogue:
+            return candidate
+        remote = found.remote
+    kind = registry.planner.remote_kind(remote) if remote is not None else None
+    if kind is None:
+        raise InputInvalid(f"cannot tell which kind {reference!r} is; pass --kind")
+    return kind
+
+
 def _convert_sources(registry: ModelRegistry, src: str, kind: ModelType | None) -> list[LiveEntry]:
     """A path on the volume (everything at or below it), else a registry reference."""
     path = Path(src).expanduser()
@@ -163,7 +192,7 @@ def _convert_sources(registry: ModelRegistry, src: str, kind: ModelType | None) 
         found = registry.resolve(candidate_kind, src)
         if found.live is not None:
             return [found.live]
-    raise not_found(kind or "checkpoint", src, registry.snapshot(), registry.catalogue)
+    raise registry.not_found(kind or "checkpoint", src)
 
 
 def _convert(registry: ModelRegistry, args: argparse.Namespace, tty: bool) -> int:
@@ -171,44 +200,51 @@ def _convert(registry: ModelRegistry, args: argparse.Namespace, tty: bool) -> in
     single = len(entries) == 1
     results, failures = [], 0
     for entry in entries:
-        target: Target | None = args.to or default_target(entry)
-        if not entry.usable:
-            failures += 1
-            sys.stderr.write(f"error: {entry.key} cannot be converted: {entry.problem}\n")
-            continue
-        if target is None:
-            if single:
-                _out(f"nothing to convert: {entry.key} ({describe_layout(entry)}) runs on both engines as is")
-            continue
-        if not single and entry.lineage is not None:
-            continue  # an output of an earlier conversion inside the folder
         try:
-            with _bar(f"converting {entry.file_name}", tty) as progress:
-                result = registry.convert(
-                    entry,
-                    target,
-                    half=args.half,
-                    force=args.force,
-                    alpha=args.alpha,
-                    base=args.base,
-                    progress=progress,
-                )
+            result = _convert_one(registry, entry, args, tty, single)
         except WorkerError as exc:
             if single:
                 raise
             failures += 1
             sys.stderr.write(f"error: {entry.key}: {exc}\n")
             continue
-        results.append(result)
-        if not args.json:
-            _out(_conversion_line(entry, result))
-        if args.remove_source and result.output is not None and result.output.key != entry.key:
-            registry.remove(entry)
+        if result is not None:
+            results.append(result)
     if args.json:
         _out(json.dumps([_conversion_doc(r) for r in results], indent=1))
     if not results and not failures and not single:
         _out(f"nothing to convert below {args.src}")
     return 1 if failures else 0
+
+
+def _convert_one(
+    registry: ModelRegistry, entry: LiveEntry, args: argparse.Namespace, tty: bool, single: bool
+) -> ConversionResult | None:
+    """Convert one source (None: nothing to do for it); a folder's earlier outputs are skipped."""
+    if not entry.usable:
+        raise ConversionFailed(f"{entry.kind} {entry.file_name} cannot be converted: {entry.problem}")
+    target: Target | None = args.to or default_target(entry)
+    if target is None:
+        if single:
+            _out(f"nothing to convert: {entry.key} ({describe_layout(entry)}) runs on both engines as is")
+        return None
+    if not single and entry.lineage is not None:
+        return None  # an output of an earlier conversion inside the folder
+    with _bar(f"converting {entry.file_name}", tty) as progress:
+        result = registry.convert(
+            entry,
+            target,
+            half=args.half,
+            force=args.force,
+            alpha=args.alpha,
+            base=args.base,
+            progress=progress,
+        )
+    if not args.json:
+        _out(_conversion_line(entry, result))
+    if args.remove_source and result.output is not None and result.output.key != entry.key:
+        registry.remove(entry)
+    return result
 
 
 def _conversion_line(entry: LiveEntry, result: ConversionResult) -> str:
@@ -289,7 +325,7 @@ def _show(registry: ModelRegistry, ref: str, kind: ModelType | None, as_json: bo
                     for key, value in doc[section].items():
                         _out(f"  {key}: {value}")
         return 0
-    raise not_found(kind or "checkpoint", ref, registry.snapshot(), registry.catalogue)
+    raise registry.not_found(kind or "checkpoint", ref)
 
 
 def _size(n: int) -> str:

@@ -1,15 +1,19 @@
 """Kind and architecture detection from tensor names, shapes and metadata: two data tables, one pure function.
 
 Order matters in both tables: the first matching rule wins, structural evidence (keys, shapes) comes
-before metadata because trainers sometimes write wrong metadata.
+before metadata because trainers sometimes write wrong metadata. This is the one definition of "which
+architecture is this file": the scan, the converters and the embedded engine (``checkpoint_pipeline``)
+all ask it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
 from worker.model_types import Architecture, ModelType
+from worker.registry.pipeline_configs import PipelineKind
 from worker.registry.safetensors_header import TensorInfo
 
 MatchType = Literal["prefix", "contains", "key", "shape", "meta"]
@@ -74,13 +78,13 @@ _META_ARCH: tuple[tuple[str, str, str], ...] = (
 _META_RULES = tuple(Rule(arch, "meta", text, meta_key=key) for arch, key, text in _META_ARCH)
 
 
-def _shape_rules(text: str, dim: int, by_value: dict[int, str]) -> tuple[Rule, ...]:
+def _shape_rules(text: str, dim: int, by_value: Mapping[int, str]) -> tuple[Rule, ...]:
     return tuple(Rule(arch, "shape", text, dim, value) for value, arch in by_value.items())
 
 
-# Cross-attention context width: 768 = CLIP-L (SD1.x), 1024 = OpenCLIP-H (SD2.x),
-# 2048 = CLIP-L + bigG (SDXL base), 1280 = bigG only (SDXL refiner).
-_CONTEXT = {768: "sd15", 1024: "sd2", 2048: "sdxl", 1280: "sdxl_refiner"}
+#: Cross-attention context width: 768 = CLIP-L (SD1.x), 1024 = OpenCLIP-H (SD2.x),
+#: 2048 = CLIP-L + bigG (SDXL base), 1280 = bigG only (SDXL refiner).
+CONTEXT_WIDTHS: dict[int, Architecture] = {768: "sd15", 1024: "sd2", 2048: "sdxl", 1280: "sdxl_refiner"}
 
 ARCH_RULES: dict[ModelType, tuple[Rule, ...]] = {
     "checkpoint": (
@@ -90,7 +94,7 @@ ARCH_RULES: dict[ModelType, tuple[Rule, ...]] = {
         Rule("sd3", "prefix", "joint_blocks."),
         Rule("sdxl", "prefix", "conditioner.embedders.1.model."),
         Rule("sdxl_refiner", "prefix", "conditioner.embedders.0.model."),
-        *_shape_rules("attn2.to_k.weight", 1, _CONTEXT),
+        *_shape_rules("attn2.to_k.weight", 1, CONTEXT_WIDTHS),
         Rule("sd2", "prefix", "cond_stage_model.model."),
         Rule("sd15", "prefix", "cond_stage_model.transformer."),
         *_META_RULES,
@@ -104,11 +108,12 @@ ARCH_RULES: dict[ModelType, tuple[Rule, ...]] = {
         Rule("sdxl", "prefix", "lora_te2_"),
         Rule("sdxl", "prefix", "lora_te1_"),
         Rule("sdxl", "prefix", "text_encoder_2."),
-        *_shape_rules("attn2_to_k.lora_down.weight", 1, _CONTEXT),
-        *_shape_rules("attn2.to_k.lora.down.weight", 1, _CONTEXT),
-        *_shape_rules("attn2.to_k.lora_A.weight", 1, _CONTEXT),
-        *_shape_rules("attn2.to_k.lora_A.default.weight", 1, _CONTEXT),  # accelerate's full training state
-        *_shape_rules("attn2.processor.to_k_lora.down.weight", 1, _CONTEXT),
+        *_shape_rules("attn2_to_k.lora_down.weight", 1, CONTEXT_WIDTHS),
+        *_shape_rules("attn2.to_k.lora.down.weight", 1, CONTEXT_WIDTHS),
+        *_shape_rules("attn2.to_k.lora_A.weight", 1, CONTEXT_WIDTHS),
+        # accelerate's full training state
+        *_shape_rules("attn2.to_k.lora_A.default.weight", 1, CONTEXT_WIDTHS),
+        *_shape_rules("attn2.processor.to_k_lora.down.weight", 1, CONTEXT_WIDTHS),
         *_META_RULES,
     ),
     "embedding": (
@@ -160,3 +165,29 @@ def detect(tensors: dict[str, TensorInfo], metadata: dict[str, str]) -> Detectio
                 how += f" dim{rule.dim}={rule.value}"
             return Detection(kind, rule.result, how)  # type: ignore[arg-type]
     return Detection(kind, "unknown", "no architecture rule matched")
+
+
+_UNSUPPORTED = {"sd2": "an SD2.x", "sdxl_refiner": "an SDXL refiner", "flux": "a FLUX", "sd3": "an SD3"}
+
+
+class UnsupportedCheckpoint(ValueError):
+    """A single-file checkpoint no SD1.x/SDXL pipeline loads (SD2, the SDXL refiner, FLUX, SD3, unknown)."""
+
+
+def checkpoint_pipeline(
+    tensors: dict[str, TensorInfo], metadata: dict[str, str], *, name: str
+) -> PipelineKind:
+    """Which diffusers pipeline an A1111 single-file checkpoint needs: ``sd15`` or ``sdxl``.
+
+    Raises:
+        UnsupportedCheckpoint: naming what ``name`` is instead.
+    """
+    found = detect(tensors, metadata)
+    if found.kind == "checkpoint" and found.architecture == "sd15":
+        return "sd15"
+    if found.kind == "checkpoint" and found.architecture == "sdxl":
+        return "sdxl"
+    if found.kind == "checkpoint" and found.architecture in _UNSUPPORTED:
+        what = _UNSUPPORTED[found.architecture]
+        raise UnsupportedCheckpoint(f"{name} is {what} checkpoint; only SD1.x and SDXL ones load")
+    raise UnsupportedCheckpoint(f"{name} is not an SD1.x/SDXL checkpoint in A1111's single-file layout")

@@ -2,40 +2,38 @@
 
 One pass streams the body to a hidden temp file in the destination folder while computing sha256;
 a dropped connection resumes with an HTTP Range request; transient failures retry with backoff
-(tenacity) inside an overall deadline; every redirect hop is checked against the host allowlist;
-tokens go only to their own hosts, over https (or loopback); the file is fsynced and renamed into
-place only after its size, hash and safetensors header check out, so the final path never holds a
+(tenacity) inside an overall deadline, both on the injected clock; every redirect hop is checked against
+the host allowlist and tokens go only to their own hosts (``url_policy``); the file is fsynced and renamed
+into place only after its size, hash and safetensors header check out, so the final path never holds a
 half or wrong file.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fnmatch
 import hashlib
-import ipaddress
 import logging
 import os
 import re
 import shutil
 import sys
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from email.message import Message
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urljoin, urlsplit
 
 import requests
-from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, stop_after_delay, wait_exponential
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_exponential
 from tqdm import tqdm
 
+from worker.clock import SYSTEM_CLOCK, Clock, Deadline
 from worker.errors import DownloadFailed, InputInvalid
 from worker.redaction import public_url
+from worker.registry.atomic_files import fsync_dir
 from worker.registry.names import safe_relative_name
 from worker.registry.safetensors_header import HeaderError, read_header
-from worker.registry.store import fsync_dir
+from worker.registry.url_policy import TokenRule, content_disposition_name, host_allowed, token_for
 
 log = logging.getLogger(__name__)
 
@@ -49,49 +47,6 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 class _Transient(Exception):
     """A failure worth retrying (dropped connection, 5xx, 429, timeout)."""
-
-
-def host_allowed(url: str, patterns: tuple[str, ...]) -> bool:
-    """``host`` or ``host:port`` against the allowlist; ``*`` wildcards (``*.civitai.com``)."""
-    parts = urlsplit(url)
-    host = (parts.hostname or "").lower()
-    if not host or parts.scheme not in ("http", "https"):
-        return False
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    for pattern in patterns:
-        pattern = pattern.strip().lower()
-        target = f"{host}:{port}" if ":" in pattern else host
-        if fnmatch.fnmatchcase(target, pattern):
-            return True
-    return False
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def content_disposition_name(header: str | None) -> str | None:
-    """File name from Content-Disposition (RFC 6266 ``filename*`` preferred), or None."""
-    if not header:
-        return None
-    msg = Message()
-    msg["content-disposition"] = header
-    name = msg.get_filename()
-    return unquote(name) if name else None
-
-
-@dataclass(frozen=True)
-class TokenRule:
-    """Send ``token`` as ``Authorization: Bearer`` to hosts matching ``hosts`` only."""
-
-    hosts: tuple[str, ...]
-    token: str
-    prefixes: tuple[str, ...] = ()  # or URLs under these bases (a configured API base)
 
 
 @dataclass(frozen=True)
@@ -118,14 +73,30 @@ class DownloadResult:
 
 
 @dataclass
-class _State:
+class _Transfer:
+    """One download across its attempts: where the bytes go and what is known so far."""
+
+    req: DownloadRequest
+    part: Path
+    deadline: Deadline | None
+    reserve: Callable[[int], None] | None
+    bar: tqdm[Any] | None = None
     offset: int = 0
     total: int | None = None
-    hasher: Any = None
+    hasher: Any = field(default_factory=hashlib.sha256)
     file_name: str | None = None
     expected_sha256: str | None = None
     resumed: int = 0
     reserved: bool = False
+
+    def restart(self) -> None:
+        """Back to byte zero (a server that ignored our Range, or resumed elsewhere)."""
+        self.offset = 0
+        self.hasher = hashlib.sha256()
+        with contextlib.suppress(FileNotFoundError):
+            self.part.unlink()
+        if self.bar is not None:
+            self.bar.reset(total=self.bar.total)
 
 
 class Downloader:
@@ -140,6 +111,7 @@ class Downloader:
         attempts, backoff_s: retry policy for transient failures.
         disk_free: free bytes at a path (injectable for tests).
         progress: draw a tqdm bar on stderr.
+        clock: deadlines and the waits between attempts.
     """
 
     def __init__(
@@ -155,6 +127,7 @@ class Downloader:
         disk_free: Callable[[Path], int] = lambda p: shutil.disk_usage(p).free,
         session: requests.Session | None = None,
         progress: bool = False,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.allowed_hosts = allowed_hosts
         self.max_bytes = max_bytes
@@ -166,6 +139,7 @@ class Downloader:
         self.disk_free = disk_free
         self.session = session or requests.Session()
         self.progress = progress
+        self.clock = clock
 
     # ---- public -------------------------------------------------------------------------------
 
@@ -182,152 +156,175 @@ class Downloader:
         other files or raise ``DownloadFailed`` (quota).
         """
         budget = deadline_s if deadline_s is not None else self.deadline_s
-        started = time.monotonic()
-        deadline = started + budget if budget is not None else None
+        started = self.clock.monotonic()
         if not host_allowed(req.url, self.allowed_hosts):
             raise DownloadFailed(
                 f"host of {public_url(req.url)} is not in WORKER_DOWNLOAD_ALLOWED_HOSTS",
                 details={"host": urlsplit(req.url).hostname},
             )
         req.dest_dir.mkdir(parents=True, exist_ok=True)
-        part = req.dest_dir / f".{req.key}.part"
+        transfer = _Transfer(
+            req,
+            part=req.dest_dir / f".{req.key}.part",
+            deadline=Deadline.after(self.clock, budget),
+            reserve=reserve,
+            file_name=req.file_name,
+            expected_sha256=req.expected_sha256,
+        )
         with contextlib.suppress(FileNotFoundError):
-            part.unlink()  # leftovers of a killed process: we hold the model lock, nobody writes it
-        state = _State(hasher=hashlib.sha256(), expected_sha256=req.expected_sha256, file_name=req.file_name)
-        if req.file_name is not None:
-            self._check_name(req.file_name, req)
-        known = req.expected_size or req.approx_size
-        if known is not None:
-            self._check_size(known, req)
-            if reserve is not None:
-                reserve(known)
-                state.reserved = True
-            self._check_disk(req.dest_dir, known)
+            transfer.part.unlink()  # leftovers of a killed process: we hold the model lock, nobody writes it
         try:
-            retrying = Retrying(
-                stop=stop_after_attempt(self.attempts)
-                | stop_after_delay(budget if budget is not None else 1e9),
-                wait=wait_exponential(multiplier=self.backoff_s, max=10),
-                retry=retry_if_exception_type(_Transient),
-                reraise=True,
-                before_sleep=lambda rs: log.warning(
-                    "download of %s: %s; retrying (attempt %d)",
-                    public_url(req.url),
-                    rs.outcome.exception() if rs.outcome else "?",
-                    rs.attempt_number + 1,
-                ),
-            )
-            with self._bar(req) as bar:
-                for attempt in retrying:
+            self._check_before_request(transfer)
+            with self._bar(req) as transfer.bar:
+                for attempt in self._retrying(transfer):
                     with attempt:
-                        self._attempt(req, part, state, deadline, reserve, bar)
-            return self._finish(req, part, state, time.monotonic() - started)
+                        self._attempt(transfer)
+            return self._finish(transfer, self.clock.monotonic() - started)
         except _Transient as exc:
             raise DownloadFailed(
                 f"download of {public_url(req.url)} failed after {self.attempts} attempts: {exc}"
             ) from None
         finally:
             with contextlib.suppress(FileNotFoundError):
-                part.unlink()
+                transfer.part.unlink()
+
+    def _check_before_request(self, transfer: _Transfer) -> None:
+        """Name, size and space checks that need no request (a known size reserves its room first)."""
+        req = transfer.req
+        if req.file_name is not None:
+            self._check_name(req.file_name, req)
+        known = req.expected_size or req.approx_size
+        if known is None:
+            return
+        self._check_size(known, req)
+        if transfer.reserve is not None:
+            transfer.reserve(known)
+            transfer.reserved = True
+        self._check_disk(req.dest_dir, known)
+
+    def _retrying(self, transfer: _Transfer) -> Retrying:
+        def stop(state: RetryCallState) -> bool:
+            out_of_time = transfer.deadline is not None and transfer.deadline.passed()
+            return state.attempt_number >= self.attempts or out_of_time
+
+        def before_sleep(state: RetryCallState) -> None:
+            log.warning(
+                "download of %s: %s; retrying (attempt %d)",
+                public_url(transfer.req.url),
+                state.outcome.exception() if state.outcome else "?",
+                state.attempt_number + 1,
+            )
+
+        return Retrying(
+            stop=stop,
+            wait=wait_exponential(multiplier=self.backoff_s, max=10),
+            retry=retry_if_exception_type(_Transient),
+            reraise=True,
+            sleep=self.clock.sleep,
+            before_sleep=before_sleep,
+        )
 
     # ---- one attempt ---------------------------------------------------------------------------
 
-    def _attempt(
-        self,
-        req: DownloadRequest,
-        part: Path,
-        state: _State,
-        deadline: float | None,
-        reserve: Callable[[int], None] | None,
-        bar: tqdm[Any] | None,
-    ) -> None:
-        self._check_deadline(deadline, req)
-        resp = self._open(req, state, deadline)
+    def _attempt(self, transfer: _Transfer) -> None:
+        self._check_deadline(transfer)
+        resp = self._open(transfer)
         with resp:
-            if resp.status_code == 206 and state.offset > 0:
-                start = _content_range_start(resp.headers.get("Content-Range"))
-                if start != state.offset:
-                    self._restart(part, state, bar)
-                    raise _Transient(f"server resumed at byte {start}, wanted {state.offset}")
-                state.resumed += 1
-                remaining = _int(resp.headers.get("Content-Length"))
-                total = state.offset + remaining if remaining is not None else state.total
-            else:
-                if state.offset > 0:
-                    log.info("server ignored the Range request; restarting %s", public_url(req.url))
-                    self._restart(part, state, bar)
-                total = _int(resp.headers.get("Content-Length"))
-            self._check_headers(req, resp, state)
+            total = self._total_after_resume(transfer, resp)
+            self._check_headers(transfer, resp)
             if total is not None:
-                self._check_size(total, req)
-                if state.total is None:
-                    if reserve is not None and not state.reserved:
-                        reserve(total)
-                        state.reserved = True
-                    self._check_disk(req.dest_dir, total - state.offset)
-                state.total = total
-                if bar is not None and bar.total is None:
-                    bar.total = total
-                    bar.refresh()
-            self._stream(req, resp, part, state, deadline, bar)
+                self._accept_total(transfer, total)
+            self._stream(transfer, resp)
 
-    def _open(self, req: DownloadRequest, state: _State, deadline: float | None) -> requests.Response:
-        url = req.url
+    def _total_after_resume(self, transfer: _Transfer, resp: requests.Response) -> int | None:
+        """The whole file's size as this response tells it; a resume the server did not honour restarts."""
+        if resp.status_code == 206 and transfer.offset > 0:
+            start = _content_range_start(resp.headers.get("Content-Range"))
+            if start != transfer.offset:
+                transfer.restart()
+                raise _Transient(f"server resumed at byte {start}, wanted {transfer.offset}")
+            transfer.resumed += 1
+            remaining = _int(resp.headers.get("Content-Length"))
+            return transfer.offset + remaining if remaining is not None else transfer.total
+        if transfer.offset > 0:
+            log.info("server ignored the Range request; restarting %s", public_url(transfer.req.url))
+            transfer.restart()
+        return _int(resp.headers.get("Content-Length"))
+
+    def _accept_total(self, transfer: _Transfer, total: int) -> None:
+        """A size learnt from the response: checked, room reserved (once), shown on the bar."""
+        self._check_size(total, transfer.req)
+        if transfer.total is None:
+            if transfer.reserve is not None and not transfer.reserved:
+                transfer.reserve(total)
+                transfer.reserved = True
+            self._check_disk(transfer.req.dest_dir, total - transfer.offset)
+        transfer.total = total
+        if transfer.bar is not None and transfer.bar.total is None:
+            transfer.bar.total = total
+            transfer.bar.refresh()
+
+    def _open(self, transfer: _Transfer) -> requests.Response:
+        """GET the URL, following redirects by hand so that every hop passes the allowlist."""
+        url = transfer.req.url
         for _hop in range(MAX_REDIRECTS + 1):
             if not host_allowed(url, self.allowed_hosts):
                 raise DownloadFailed(
                     f"refused redirect to {public_url(url)}: host not in WORKER_DOWNLOAD_ALLOWED_HOSTS",
                     details={"host": urlsplit(url).hostname},
                 )
-            headers = {"Accept-Encoding": "identity", "User-Agent": "a1111-runpod-worker"}
-            if state.offset > 0:
-                headers["Range"] = f"bytes={state.offset}-"
-            token = self._token_for(url)
-            if token:
-                headers["Authorization"] = f"Bearer {token}"
-            read_timeout = self.timeout_s
-            if deadline is not None:
-                read_timeout = max(0.05, min(read_timeout, deadline - time.monotonic()))
-            try:
-                resp = self.session.get(
-                    url,
-                    headers=headers,
-                    stream=True,
-                    allow_redirects=False,
-                    timeout=(min(self.timeout_s, read_timeout), read_timeout),
-                )
-            except (requests.ConnectionError, requests.Timeout) as exc:
-                raise _Transient(f"{exc.__class__.__name__} contacting {urlsplit(url).netloc}") from None
-            except requests.RequestException as exc:
-                raise DownloadFailed(
-                    f"request to {public_url(url)} failed: {exc.__class__.__name__}"
-                ) from None
+            resp = self._get(url, transfer)
             linked = resp.headers.get("X-Linked-ETag", "").strip('"').lower()
-            if state.expected_sha256 is None and _SHA256.match(linked):
-                state.expected_sha256 = linked  # Hugging Face announces the LFS sha256 here
+            if transfer.expected_sha256 is None and _SHA256.match(linked):
+                transfer.expected_sha256 = linked  # Hugging Face announces the LFS sha256 here
             if resp.is_redirect:
-                location = resp.headers.get("Location", "")
                 resp.close()
-                url = urljoin(url, location)
+                url = urljoin(url, resp.headers.get("Location", ""))
                 continue
             if resp.status_code in (200, 206):
                 return resp
             resp.close()
-            self._status_error(req, url, resp.status_code)
-        raise DownloadFailed(f"too many redirects from {public_url(req.url)}")
+            self._status_error(url, resp.status_code)
+        raise DownloadFailed(f"too many redirects from {public_url(transfer.req.url)}")
 
-    def _status_error(self, req: DownloadRequest, url: str, status: int) -> None:
+    def _get(self, url: str, transfer: _Transfer) -> requests.Response:
+        headers = {"Accept-Encoding": "identity", "User-Agent": "a1111-runpod-worker"}
+        if transfer.offset > 0:
+            headers["Range"] = f"bytes={transfer.offset}-"
+        token = token_for(url, self.tokens)
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        read_timeout = self.timeout_s
+        if transfer.deadline is not None:
+            read_timeout = max(0.05, min(read_timeout, transfer.deadline.remaining()))
+        try:
+            return self.session.get(
+                url,
+                headers=headers,
+                stream=True,
+                allow_redirects=False,
+                timeout=(min(self.timeout_s, read_timeout), read_timeout),
+            )
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            raise _Transient(f"{exc.__class__.__name__} contacting {urlsplit(url).netloc}") from None
+        except requests.RequestException as exc:
+            raise DownloadFailed(f"request to {public_url(url)} failed: {exc.__class__.__name__}") from None
+
+    def _status_error(self, url: str, status: int) -> None:
         where = public_url(url)
         if status == 416:
             raise _Transient("server refused the resume range (416)")
         if status == 429 or status >= 500:
             raise _Transient(f"HTTP {status} from {urlsplit(url).netloc}")
         if status in (401, 403):
-            hint = "" if self._token_for(url) else " (a token may be needed: CIVITAI_TOKEN or HF_TOKEN)"
+            hint = (
+                "" if token_for(url, self.tokens) else " (a token may be needed: CIVITAI_TOKEN or HF_TOKEN)"
+            )
             raise DownloadFailed(f"HTTP {status} (not authorised) from {where}{hint}")
         raise DownloadFailed(f"HTTP {status} from {where}", details={"status": status})
 
-    def _check_headers(self, req: DownloadRequest, resp: requests.Response, state: _State) -> None:
+    def _check_headers(self, transfer: _Transfer, resp: requests.Response) -> None:
+        req = transfer.req
         ctype = resp.headers.get("Content-Type", "").lower()
         if ctype.startswith(_TEXT_TYPES):
             raise DownloadFailed(
@@ -342,77 +339,71 @@ class Downloader:
                 raise DownloadFailed(f"refused download: {exc.message}") from None
             if "/" in served:
                 raise DownloadFailed(f"refused download: Content-Disposition file name {served!r} has a path")
-        if state.file_name is None:
+        if transfer.file_name is None:
             name = served or unquote(urlsplit(resp.url or req.url).path.rsplit("/", 1)[-1])
-            state.file_name = self._check_name(name, req)
+            transfer.file_name = self._check_name(name, req)
 
-    def _stream(
-        self,
-        req: DownloadRequest,
-        resp: requests.Response,
-        part: Path,
-        state: _State,
-        deadline: float | None,
-        bar: tqdm[Any] | None,
-    ) -> None:
-        raw = resp.raw
-        mode = "ab" if state.offset > 0 else "wb"
-        with open(part, mode) as fh:
-            if fh.tell() != state.offset:  # never append after bytes we did not hash
-                fh.truncate(state.offset)
-                fh.seek(state.offset)
-            while True:
-                self._check_deadline(deadline, req)
-                try:
-                    chunk = raw.read1(CHUNK_BYTES)
-                except Exception as exc:  # urllib3 raises several types for a dropped connection
-                    fh.flush()
-                    raise _Transient(
-                        f"connection lost after {state.offset} bytes ({exc.__class__.__name__})"
-                    ) from None
-                if not chunk:
-                    break
+    def _stream(self, transfer: _Transfer, resp: requests.Response) -> None:
+        mode = "ab" if transfer.offset > 0 else "wb"
+        with open(transfer.part, mode) as fh:
+            if fh.tell() != transfer.offset:  # never append after bytes we did not hash
+                fh.truncate(transfer.offset)
+                fh.seek(transfer.offset)
+            while chunk := self._read(transfer, resp, fh):
                 fh.write(chunk)
-                state.hasher.update(chunk)
-                state.offset += len(chunk)
-                if bar is not None:
-                    bar.update(len(chunk))
-                if state.offset > self.max_bytes:
+                transfer.hasher.update(chunk)
+                transfer.offset += len(chunk)
+                if transfer.bar is not None:
+                    transfer.bar.update(len(chunk))
+                if transfer.offset > self.max_bytes:
                     raise DownloadFailed(
-                        f"{public_url(req.url)} exceeds WORKER_DOWNLOAD_MAX_BYTES ({self.max_bytes} bytes)"
+                        f"{public_url(transfer.req.url)} exceeds WORKER_DOWNLOAD_MAX_BYTES "
+                        f"({self.max_bytes} bytes)"
                     )
             fh.flush()
             os.fsync(fh.fileno())
-        if state.total is not None and state.offset < state.total:
-            raise _Transient(f"connection closed after {state.offset} of {state.total} bytes")
+        if transfer.total is not None and transfer.offset < transfer.total:
+            raise _Transient(f"connection closed after {transfer.offset} of {transfer.total} bytes")
+
+    def _read(self, transfer: _Transfer, resp: requests.Response, fh: Any) -> bytes:
+        """The next chunk of the body (empty at its end), within the deadline."""
+        self._check_deadline(transfer)
+        try:
+            chunk: bytes = resp.raw.read1(CHUNK_BYTES)
+            return chunk
+        except Exception as exc:  # urllib3 raises several types for a dropped connection
+            fh.flush()
+            raise _Transient(
+                f"connection lost after {transfer.offset} bytes ({exc.__class__.__name__})"
+            ) from None
 
     # ---- completion and checks -------------------------------------------------------------------
 
-    def _finish(self, req: DownloadRequest, part: Path, state: _State, seconds: float) -> DownloadResult:
-        assert state.file_name is not None
-        digest = state.hasher.hexdigest()
-        size = state.offset
+    def _finish(self, transfer: _Transfer, seconds: float) -> DownloadResult:
+        req, name = transfer.req, transfer.file_name
+        assert name is not None
+        digest = transfer.hasher.hexdigest()
+        size = transfer.offset
         if req.expected_size is not None and size != req.expected_size:
-            raise DownloadFailed(f"{state.file_name}: received {size} bytes, expected {req.expected_size}")
-        if state.expected_sha256 is not None and digest != state.expected_sha256:
+            raise DownloadFailed(f"{name}: received {size} bytes, expected {req.expected_size}")
+        if transfer.expected_sha256 is not None and digest != transfer.expected_sha256:
             raise DownloadFailed(
-                f"{state.file_name}: sha256 mismatch (got {digest[:12]}…, expected "
-                f"{state.expected_sha256[:12]}…); file discarded",
-                details={"sha256": digest, "expected_sha256": state.expected_sha256},
+                f"{name}: sha256 mismatch (got {digest[:12]}…, expected "
+                f"{transfer.expected_sha256[:12]}…); file discarded",
+                details={"sha256": digest, "expected_sha256": transfer.expected_sha256},
             )
-        if state.file_name.lower().endswith(".safetensors"):
+        if name.lower().endswith(".safetensors"):
             try:
-                read_header(part, file_size=size)
+                read_header(transfer.part, file_size=size)
             except HeaderError as exc:
-                raise DownloadFailed(f"{state.file_name}: not a valid safetensors file ({exc})") from None
-        final = req.dest_dir / state.file_name
+                raise DownloadFailed(f"{name}: not a valid safetensors file ({exc})") from None
+        final = req.dest_dir / name
         final.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(part, final)
+        os.replace(transfer.part, final)
         fsync_dir(final.parent)
-        log.info("downloaded %s (%d bytes, %.1fs, %d resumes)", state.file_name, size, seconds, state.resumed)
-        return DownloadResult(
-            final, state.file_name, digest, size, seconds, state.resumed, state.expected_sha256 is not None
-        )
+        log.info("downloaded %s (%d bytes, %.1fs, %d resumes)", name, size, seconds, transfer.resumed)
+        verified = transfer.expected_sha256 is not None
+        return DownloadResult(final, name, digest, size, seconds, transfer.resumed, verified)
 
     def _check_name(self, name: str, req: DownloadRequest) -> str:
         try:
@@ -438,30 +429,9 @@ class Downloader:
                 f"not enough free space in {folder}: need {needed + DISK_MARGIN_BYTES} bytes, have {free}"
             )
 
-    def _check_deadline(self, deadline: float | None, req: DownloadRequest) -> None:
-        if deadline is not None and time.monotonic() > deadline:
-            raise DownloadFailed(f"download of {public_url(req.url)} ran past its deadline")
-
-    def _restart(self, part: Path, state: _State, bar: tqdm[Any] | None) -> None:
-        state.offset = 0
-        state.hasher = hashlib.sha256()
-        with contextlib.suppress(FileNotFoundError):
-            part.unlink()
-        if bar is not None:
-            bar.reset(total=bar.total)
-
-    def _token_for(self, url: str) -> str | None:
-        parts = urlsplit(url)
-        host = (parts.hostname or "").lower()
-        if parts.scheme != "https" and not _is_loopback(host):
-            return None
-        for rule in self.tokens:
-            if rule.token and any(url.startswith(p.rstrip("/") + "/") for p in rule.prefixes):
-                return rule.token
-        for rule in self.tokens:
-            if rule.token and host_allowed(url, rule.hosts):
-                return rule.token
-        return None
+    def _check_deadline(self, transfer: _Transfer) -> None:
+        if transfer.deadline is not None and transfer.deadline.passed():
+            raise DownloadFailed(f"download of {public_url(transfer.req.url)} ran past its deadline")
 
     def _bar(self, req: DownloadRequest) -> contextlib.AbstractContextManager[tqdm[Any] | None]:
         if not self.progress:

@@ -14,6 +14,11 @@ PipelineKind = Literal["sd15", "sdxl"]
 DIFFUSERS_FORMAT_VERSION = "0.35.0"
 #: safetensors metadata key under which a (tiny, generated) single file carries its own component configs
 CONFIG_METADATA_KEY = "diffusers_server.configs"
+#: the ``modelspec.architecture`` an A1111 single file of each kind carries
+MODELSPEC_ARCHITECTURE: dict[PipelineKind, str] = {
+    "sd15": "stable-diffusion-v1",
+    "sdxl": "stable-diffusion-xl-v1-base",
+}
 
 SCHEDULER = {
     "_class_name": "EulerDiscreteScheduler",

@@ -205,14 +205,7 @@ def resolve(
     cat = [e for e in catalogue.models if e.kind == kind]
     remote = parse_remote(ref)
     if remote is not None:
-        lives = [e for e in registry.models.values() if e.kind == kind]
-        live_hits = [e for e in lives if _source_matches(e.source, remote)]
-        cat_hits = [e for e in cat if _source_matches(e.source.model_dump(), remote)]
-        cat_entry = cat_hits[0] if cat_hits else None
-        if not live_hits and cat_entry is not None:
-            live_hits = [e for e in lives if e.registry_id == cat_entry.id]
-        return Resolution(live_hits[0] if live_hits else None, cat_entry, remote)
-
+        return _resolve_remote(kind, remote, registry, cat)
     if "/" in ref or "\\" in ref or ref.startswith(".."):
         safe_relative_name(ref, what=f"{kind} reference")  # a name is never a path out of the folder
     if index is None:
@@ -224,19 +217,33 @@ def resolve(
         if live_hits:
             return _with_catalogue(_one(list(live_hits), reference, kind), catalogue_by_id)
         ref = title[1]
-
     live = _one(list(index.by_name(kind, ref)), reference, kind)
     if live is None:
         live = _one(list(index.by_hash(kind, ref.lower())), reference, kind)
     if live is not None:
         return _with_catalogue(live, catalogue_by_id)
+    return _resolve_catalogue(kind, ref, reference, cat)
 
+
+def _resolve_remote(
+    kind: ModelType, remote: RemoteRef, registry: LiveRegistry, cat: list[CatalogueEntry]
+) -> Resolution:
+    """A local file downloaded from that source, else a catalogue entry with it; the remote either way."""
+    lives = [e for e in registry.models.values() if e.kind == kind]
+    live_hits = [e for e in lives if _source_matches(e.source, remote)]
+    cat_hits = [e for e in cat if _source_matches(e.source.model_dump(), remote)]
+    cat_entry = cat_hits[0] if cat_hits else None
+    if not live_hits and cat_entry is not None:
+        live_hits = [e for e in lives if e.registry_id == cat_entry.id]
+    return Resolution(live_hits[0] if live_hits else None, cat_entry, remote)
+
+
+def _resolve_catalogue(kind: ModelType, ref: str, reference: str, cat: list[CatalogueEntry]) -> Resolution:
+    """A catalogue entry not on the volume: by its names (most specific first), then its declared sha256."""
     entry = _one(_first_tier(cat, lambda e: [[n] for n in entry_names(e)], ref), reference, kind)  # type: ignore[arg-type]
     if entry is None:
         entry = _one([e for e in cat if _by_hash(ref.lower(), e.sha256)], reference, kind)
-    if isinstance(entry, CatalogueEntry):
-        return Resolution(None, entry, None)
-    return Resolution()
+    return Resolution(None, entry, None) if isinstance(entry, CatalogueEntry) else Resolution()
 
 
 def _with_catalogue(live: object, catalogue_by_id: dict[str, CatalogueEntry]) -> Resolution:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from worker.registry.hashing import ByteProgress
 from worker.registry.safetensors_header import HeaderError, SafetensorsHeader, read_header
 
 #: safetensors dtype name -> numpy storage dtype (bf16 is stored as its raw uint16 pattern)
@@ -35,9 +36,6 @@ STORAGE: dict[str, np.dtype[np.generic]] = {
 }
 FLOAT_DTYPES = frozenset({"F64", "F32", "F16", "BF16"})
 _ALIGN_ORDER = {"F64": 8, "I64": 8, "F32": 4, "I32": 4, "F16": 2, "BF16": 2, "I16": 2}
-
-#: called with the number of tensor bytes just written (drives the CLI's progress bars)
-Progress = Callable[[int], None]
 
 
 @dataclass(frozen=True)
@@ -158,7 +156,7 @@ def write_safetensors(
     metadata: dict[str, str] | None = None,
     *,
     layout: dict[str, tuple[str, tuple[int, ...]]] | None = None,
-    progress: Progress | None = None,
+    progress: ByteProgress | None = None,
 ) -> int:
     """Write a safetensors file; returns its size. The file is fsynced but not renamed (callers own that).
 
