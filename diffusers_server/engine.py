@@ -26,17 +26,12 @@ from .config import ServerConfig
 from .models import files
 from .models.files import CheckpointInfo, HashCache, LoraInfo
 from .models.pipelines import LoadedModel, ModelLoadError, Runtime, load_checkpoint, load_vae
-from .prompts import (
-    Embedding,
-    NetworkTag,
-    PromptChunker,
-    extract_networks,
-    strip_comments,
-    unsupported_syntax,
-)
+from .prompt_syntax import NetworkTag, PromptSyntaxError, extract_networks, lora_requests, strip_comments
+from .prompts import Embedding, PromptChunker
 from .samplers import ResolvedSampler, SamplerError, requested_schedule, resolve
 from .schemas import Txt2ImgRequest
 from .state import FifoLock, JobState
+from .tokenizer import clip_tokenizers
 
 log = logging.getLogger(__name__)
 
@@ -345,18 +340,9 @@ class Engine:
         )
         prompt = strip_comments(req.prompt or "") if comments else req.prompt or ""
         negative = strip_comments(req.negative_prompt or "") if comments else req.negative_prompt or ""
-        try:
-            _, tags = extract_networks(prompt)
-            _, neg_tags = extract_networks(negative)
-        except ValueError as exc:
-            raise EngineError(400, str(exc)) from exc
-        for feature in unsupported_syntax(prompt) + unsupported_syntax(negative):
-            warnings.append(f"{feature} is not implemented by this engine: that text was encoded literally")
-        if neg_tags:
-            warnings.append(
-                "extra-network tags in the negative prompt are removed and not applied (as A1111)"
-            )
-        loras = self._resolve_loras(tags)
+        # Only the positive prompt's tags are extra networks; A1111 encodes the negative's as text.
+        _, tags = extract_networks(prompt)
+        loras = self._resolve_loras(tags, warnings)
         if req.disable_extra_networks and loras:
             warnings.append("disable_extra_networks: LoRA tags were not applied")
             loras = []
@@ -365,17 +351,26 @@ class Engine:
             job.hires = self._prepare_hires(job, width, height, steps, comments)
         return job
 
-    def _resolve_loras(self, tags: list[NetworkTag]) -> list[LoraUse]:
-        loras: list[LoraUse] = []
+    def _resolve_loras(self, tags: list[NetworkTag], warnings: list[str]) -> list[LoraUse]:
         for tag in tags:
-            if tag.kind != "lora":
+            if tag.kind not in ("lora", "lyco"):
                 raise EngineError(400, f"extra network <{tag.kind}:...> is not supported (only lora/lyco)")
-            if tag.name not in self.loras:
+        try:
+            requests = lora_requests(tags)
+        except PromptSyntaxError as exc:
+            # A1111's Lora extension fails on the whole list: it generates with none of the prompt's LoRAs.
+            warnings.append(f"{exc}: as A1111, none of the prompt's LoRAs were applied")
+            return []
+        loras: list[LoraUse] = []
+        for request in requests:
+            if request.name not in self.loras:
                 self.refresh_loras()
-            if tag.name not in self.loras:
+            if request.name not in self.loras:
                 names = ", ".join(sorted({i.name for i in self.loras.values()})) or "(none)"
-                raise EngineError(404, f"LoRA {tag.name!r} not found; available: {names}")
-            loras.append((self.loras[tag.name], tag.te_weight, tag.unet_weight))
+                raise EngineError(404, f"LoRA {request.name!r} not found; available: {names}")
+            if request.dyn is not None:
+                warnings.append(f"{request.tag}: dyn={request.dyn} is not applied by this engine")
+            loras.append((self.loras[request.name], request.te, request.unet))
         return loras
 
     def _prepare_hires(self, job: Job, width: int, height: int, steps: int, comments: bool) -> HiresPlan:
@@ -429,12 +424,8 @@ class Engine:
         if comments:
             hr_prompt, hr_negative = strip_comments(hr_prompt), strip_comments(hr_negative)
         hr_prompt, hr_negative = hr_prompt or job.prompt, hr_negative or job.negative
-        try:
-            _, hr_tags = extract_networks(hr_prompt)
-            extract_networks(hr_negative)
-        except ValueError as exc:
-            raise EngineError(400, f"hr_prompt: {exc}") from exc
-        loras = [] if req.disable_extra_networks else self._resolve_loras(hr_tags)
+        _, hr_tags = extract_networks(hr_prompt)
+        loras = [] if req.disable_extra_networks else self._resolve_loras(hr_tags, job.warnings)
         params: dict[str, Any] = {
             "Hires checkpoint": (
                 f"{checkpoint.name_for_extra} [{checkpoint.shorthash}]" if checkpoint else None
@@ -499,28 +490,53 @@ class Engine:
         embeddings = {
             n: Embedding(n, v) for n, v in self.embeddings.items() if set(model.text_widths) <= v.keys()
         }
-        chunker = PromptChunker(pipe.tokenizer, embeddings, int(opts["comma_padding_backtrack"]))
+        tokenizers = clip_tokenizers(self.config.clip_tokenizer)
+        chunker = PromptChunker(
+            [tokenizers["transformers"], *([tokenizers["open_clip"]] if model.kind == "sdxl" else [])],
+            embeddings,
+            int(opts["comma_padding_backtrack"]),
+            str(opts["emphasis"]),
+        )
         clip_stop = int(opts["CLIP_stop_at_last_layers"])
-        settings = EncodeSettings(clip_stop, bool(opts["sdxl_clip_l_skip"]), opts["emphasis"] != "None")
+        settings = EncodeSettings(
+            clip_stop, bool(opts["sdxl_clip_l_skip"]), str(opts["emphasis"]), bool(opts["use_old_scheduling"])
+        )
+        # A1111 measures prompt schedules in the sampler's total steps (second-order samplers: twice).
+        total_steps = _schedule_steps(sampler, int(req.steps or 50))
 
-        def encode(prompt: str, negative: str, loras: list[LoraUse]) -> tuple[dict[str, Any], list[str]]:
+        def encode(
+            prompt: str, negative: str, loras: list[LoraUse], hires_steps: int | None = None
+        ) -> tuple[dict[str, Any], list[str]]:
             self._apply_loras(model, loras)
-            return pipeline_kwargs(
-                model, chunker, extract_networks(prompt)[0], extract_networks(negative)[0], settings
+            try:
+                kwargs, used, notes = pipeline_kwargs(
+                    model,
+                    chunker,
+                    extract_networks(prompt)[0],
+                    negative,
+                    settings,
+                    steps=total_steps,
+                    hires_steps=hires_steps,
+                )
+            except PromptSyntaxError as exc:
+                raise EngineError(400, str(exc)) from exc
+            job.warnings.extend(
+                f"{note} is not applied by this engine's sampler yet: the first part's first step was used"
+                for note in notes
             )
+            return kwargs, used
 
         hr_cond: dict[str, Any] = {}
-        hr_loras_differ = hr is not None and _lora_key(hr.loras) != _lora_key(job.loras)
-        if hr is not None and (hr_loras_differ or (hr.prompt, hr.negative) != (job.prompt, job.negative)):
+        if hr is not None:
             # The hires prompts go through the same encoder (LoRA text-encoder weights, clip skip, emphasis).
-            hr_cond, hr_used = encode(hr.prompt, hr.negative, hr.loras)
+            hr_total = _schedule_steps(hr.sampler, hr.steps)
+            hr_cond, hr_used = encode(hr.prompt, hr.negative, hr.loras, hr_total)
         else:
             hr_used = []
         cond, used_embeddings = encode(job.prompt, job.negative, job.loras)  # first-pass LoRAs stay on
         used_embeddings = sorted(set(used_embeddings) | set(hr_used))
         all_loras = list(job.loras)
         if hr is not None:
-            hr_cond = hr_cond or cond
             all_loras += [lo for lo in hr.loras if lo[0].name not in {u[0].name for u in job.loras}]
 
         batch, n_iter, steps = int(req.batch_size or 1), int(req.n_iter or 1), int(req.steps or 50)
@@ -783,6 +799,11 @@ def start_background_load(engine: Engine) -> threading.Thread:
     thread = threading.Thread(target=engine.load_default, name="model-load", daemon=True)
     thread.start()
     return thread
+
+
+def _schedule_steps(sampler: ResolvedSampler, steps: int) -> int:
+    """A1111's ``total_steps``: second-order samplers call the model twice per step and count both."""
+    return steps * 2 if sampler.sampler.options.get("second_order") else steps
 
 
 def _batched_conditioning(cond: dict[str, Any], batch: int, eta: float | None) -> dict[str, Any]:

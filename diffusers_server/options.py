@@ -35,6 +35,7 @@ DEFAULTS: dict[str, Any] = {
     "randn_source": "GPU",
     "emphasis": "Original",
     "comma_padding_backtrack": 20,
+    "use_old_scheduling": False,
     "enable_prompt_comments": True,
     "live_previews_enable": True,
     "show_progress_every_n_steps": 10,
@@ -78,6 +79,7 @@ HONOURED = frozenset(
         "add_vae_hash_to_info",
         "emphasis",
         "comma_padding_backtrack",
+        "use_old_scheduling",
         "enable_prompt_comments",
         "lora_add_hashes_to_infotext",
         "textual_inversion_add_hashes_to_infotext",
@@ -89,7 +91,7 @@ REFUSED_UNLESS_DEFAULT = frozenset(
     {"eta_noise_seed_delta", "sd_lora", "sd_hypernetwork", "face_restoration", "tiling", "s_churn", "s_noise"}
 )
 SAMPLES_FORMATS = ("png", "jpg", "jpeg", "webp")
-EMPHASIS_MODES = ("Original", "None")
+EMPHASIS_MODES = ("Original", "No norm", "Ignore", "None")
 
 
 class OptionError(ValueError):

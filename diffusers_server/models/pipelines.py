@@ -17,7 +17,7 @@ import torch
 from diffusers import AutoencoderKL, StableDiffusionPipeline, StableDiffusionXLPipeline
 from safetensors import safe_open
 
-from ..tokenizer import BYTE_LEVEL_VOCAB_SIZE, CLIP_REPO, cached_clip_tokenizer_dir, load_clip_tokenizer
+from ..tokenizer import VOCAB_SIZE, VocabularyError, load_clip_tokenizer, load_vocabulary
 from .architectures import CONFIG_METADATA_KEY, REAL_CONFIGS, ModelKind, write_skeleton
 
 log = logging.getLogger(__name__)
@@ -93,16 +93,18 @@ def load_checkpoint(
     """Load ``path`` without any network access."""
     started = time.perf_counter()
     kind, configs, vocab_size = inspect_checkpoint(path)
-    if vocab_size != BYTE_LEVEL_VOCAB_SIZE and tokenizer_dir is None:
-        tokenizer_dir = cached_clip_tokenizer_dir()
-        if tokenizer_dir is None:
-            raise ModelLoadError(
-                f"{path.name} needs the real CLIP vocabulary ({vocab_size} tokens): start the engine with "
-                f"--clip-tokenizer DIR (a folder with CLIP's vocab.json and merges.txt) or put {CLIP_REPO}'s "
-                "tokenizer in the local Hugging Face cache"
-            )
-        log.info("using the cached CLIP tokenizer in %s", tokenizer_dir)
-    skeleton = write_skeleton(skeleton_root, kind, configs, tokenizer_dir)
+    if vocab_size != VOCAB_SIZE:
+        raise ModelLoadError(
+            f"{path.name}'s text encoder has {vocab_size} token embeddings; SD1.x and SDXL use CLIP's "
+            f"{VOCAB_SIZE}"
+        )
+    vocabulary_dir = skeleton_root / "clip-vocabulary"
+    if tokenizer_dir is not None or not (vocabulary_dir / "merges.txt").is_file():
+        try:
+            load_vocabulary(tokenizer_dir).write_folder(vocabulary_dir)
+        except VocabularyError as exc:
+            raise ModelLoadError(str(exc)) from exc
+    skeleton = write_skeleton(skeleton_root, kind, configs, vocabulary_dir)
     tokenizer = load_clip_tokenizer(skeleton / "tokenizer")
     kwargs: dict[str, Any] = {
         "config": str(skeleton),
