@@ -202,3 +202,26 @@ def test_prompt_features_the_pipeline_sampler_cannot_apply_are_reported(client: 
     # At 1 step A1111's schedule has a single entry ([cat:dog:0.5] is "dog" throughout): nothing is dropped.
     single = txt2img(client, prompt="a [cat:dog:0.5] and [red|blue]", steps=1)
     assert not any("prompt editing" in w for w in single["info"]["warnings"])
+
+
+def test_negative_prompt_extra_network_tags_are_encoded_as_text(client: httpx.Client) -> None:
+    """A1111 parses ``<lora:...>`` in the positive prompt only: in the negative it is plain text."""
+    tagged = txt2img(client, prompt="a cat", negative_prompt="<lora:not-a-lora:1> blurry", seed=3)
+    plain = txt2img(client, prompt="a cat", negative_prompt="blurry", seed=3)
+    assert "Lora hashes" not in tagged["info"]["infotexts"][0]
+    assert png(tagged["images"][0]).tobytes() != png(plain["images"][0]).tobytes()
+
+
+def test_unreadable_lora_weight_skips_the_prompts_loras_like_a1111(client: httpx.Client) -> None:
+    """``<lora:x:abc>``: A1111's Lora extension fails on the tag list and generates with no LoRA at all."""
+    tags = "<lora:demo-lora-tiny:0.8> <lora:demo-lora-tiny:abc>"
+    skipped = txt2img(client, prompt=f"a cat {tags}", seed=3)
+    without = txt2img(client, prompt="a cat", seed=3)
+    with_lora = txt2img(client, prompt="a cat <lora:demo-lora-tiny:0.8>", seed=3)
+    assert png(skipped["images"][0]).tobytes() == png(without["images"][0]).tobytes()
+    assert png(with_lora["images"][0]).tobytes() != png(without["images"][0]).tobytes()
+    assert "Lora hashes" not in skipped["info"]["infotexts"][0]
+    assert any(
+        "<lora:demo-lora-tiny:abc>" in w and "none of the prompt's LoRAs" in w
+        for w in skipped["info"]["warnings"]
+    )
