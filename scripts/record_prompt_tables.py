@@ -15,6 +15,11 @@ texts of each schedule, the token ids, multipliers and embedding positions that 
 wrappers (``sd_hijack_clip``, ``sd_hijack_open_clip``) feed the SD1.5 encoder and both SDXL encoders,
 plus SDXL's zeroed empty negative prompt. The transformers CLIP tokenizer comes from ``HF_HOME``
 (built offline by the team's ``build_hf_cache.py``).
+
+With ``--demo-models DIR`` (written by ``python -m diffusers_server make-demo-models DIR``) it also records
+the conditioning tensors A1111's own code computes with the tiny SD1.5 demo model's text encoder and embedding
+(``prompt_parser.get_multicond_learned_conditioning`` through A1111's hijacked CLIP wrapper) into
+``a1111_conds_sd15_tiny.json``: ``tests/engine/test_conditioning_parity.py`` compares ``build_conds`` with it.
 """
 
 # ruff: noqa: RUF001  (the corpus is made of look-alike characters on purpose)
@@ -32,6 +37,22 @@ log = logging.getLogger("record_prompt_tables")
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "tests" / "fixtures" / "prompts" / "a1111_prompt_tables.json"
+CONDS_OUT = DEFAULT_OUT.with_name("a1111_conds_sd15_tiny.json")
+#: (kind, prompt, steps, options) whose conditioning is recorded with the tiny SD1.5 demo model.
+COND_CASES: list[tuple[str, str, int, dict[str, object]]] = [
+    ("positive", "a photo of a cat", 4, {}),
+    ("positive", "a (photo:1.3) of a [cat], ((best quality))", 4, {}),
+    ("positive", "(a:1.2) [cat:dog:0.5] photo", 10, {}),
+    ("positive", "[(red:1.3)|blue] ball", 4, {}),
+    ("positive", "a cat:1.5 AND a (dog:1.2):0.5", 4, {}),
+    ("positive", ", ".join(["a (cat:1.1) on a mat"] * 20), 4, {}),
+    ("positive", "a demo-embedding-tiny photo, (demo-embedding-tiny:1.2)", 4, {}),
+    ("positive", "a BREAK (b:1.4)", 4, {}),
+    ("positive", "a (photo:1.3) of a cat", 4, {"CLIP_stop_at_last_layers": 2}),
+    ("positive", "a (photo:1.3) of a cat", 4, {"emphasis": "No norm"}),
+    ("negative", "<lora:demo-lora-tiny:1> blurry, [ugly:bad:2]", 4, {}),
+    ("negative", "", 4, {}),
+]
 
 #: name → vector count of the textual-inversion embeddings registered for the corpus.
 EMBEDDINGS = {"emb-style": 3, "easynegative": 8, "bigemb": 40}
@@ -287,8 +308,34 @@ def setup_a1111(webui: Path, hf_home: Path) -> types.SimpleNamespace:
     from modules import initialize
 
     initialize.imports()
+    import extra_networks_lora
+    import networks
+    from modules import (
+        extra_networks,
+        prompt_parser,
+        sd_hijack_clip,
+        sd_hijack_open_clip,
+        sd_models_xl,
+        shared,
+    )
+    from modules.processing_scripts import comments
+    from modules.textual_inversion.textual_inversion import Embedding, EmbeddingDatabase
+    from transformers import CLIPTokenizer
 
-    return types.SimpleNamespace(**locals())
+    return types.SimpleNamespace(
+        extra_networks_lora=extra_networks_lora,
+        networks=networks,
+        extra_networks=extra_networks,
+        prompt_parser=prompt_parser,
+        sd_hijack_clip=sd_hijack_clip,
+        sd_hijack_open_clip=sd_hijack_open_clip,
+        sd_models_xl=sd_models_xl,
+        shared=shared,
+        comments=comments,
+        Embedding=Embedding,
+        EmbeddingDatabase=EmbeddingDatabase,
+        CLIPTokenizer=CLIPTokenizer,
+    )
 
 
 def run_lengths(row: list[float]) -> list[list[float]]:
@@ -438,6 +485,76 @@ class Recorder:
         return result
 
 
+def _b64(tensor: object) -> str:
+    import base64
+
+    import torch
+
+    assert isinstance(tensor, torch.Tensor)
+    return base64.b64encode(tensor.detach().to(torch.float32).contiguous().numpy().tobytes()).decode()
+
+
+def record_conds(a: types.SimpleNamespace, models: Path) -> dict[str, object]:
+    """A1111's conditioning for COND_CASES with the tiny SD1.5 demo model's text encoder and embedding."""
+    import torch
+    from modules import sd_hijack
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    checkpoint = models / "checkpoints" / "demo-sd15-tiny.safetensors"
+    with safe_open(str(checkpoint), framework="pt") as handle:
+        config = json.loads(handle.metadata()["diffusers_server.configs"])["text_encoder"]
+    prefix = "cond_stage_model.transformer."
+    weights = {k[len(prefix) :]: v for k, v in load_file(str(checkpoint)).items() if k.startswith(prefix)}
+    transformer = CLIPTextModel(CLIPTextConfig(**config)).eval()
+    missing, unexpected = transformer.load_state_dict(weights, strict=False)
+    assert not unexpected and all(k.endswith("position_ids") for k in missing), (missing, unexpected)
+    hijack = sd_hijack.model_hijack
+    embeddings = transformer.text_model.embeddings
+    embeddings.token_embedding = sd_hijack.EmbeddingsWithFixes(embeddings.token_embedding, hijack)
+    tokenizer = a.CLIPTokenizer.from_pretrained("openai/clip-vit-large-patch14")
+    wrapped = types.SimpleNamespace(tokenizer=tokenizer, transformer=transformer)
+    wrapper = a.sd_hijack_clip.FrozenCLIPEmbedderWithCustomWords(wrapped, hijack)
+    name = "demo-embedding-tiny"
+    data = load_file(str(models / "embeddings" / f"{name}.safetensors"))
+    embedding = a.Embedding(data["emb_params"].float(), name)
+    embedding.vectors = int(data["emb_params"].shape[0])
+    hijack.embedding_db.register_embedding(embedding, types.SimpleNamespace(cond_stage_model=wrapper))
+    model = types.SimpleNamespace(get_learned_conditioning=wrapper)
+    recorded = []
+    for kind, prompt, steps, options in COND_CASES:
+        settings = {"emphasis": "Original", "CLIP_stop_at_last_layers": 1, "comma_padding_backtrack": 20}
+        for key, value in {**settings, **options}.items():
+            a.shared.opts.set(key, value)
+        with torch.no_grad():
+            if kind == "positive":
+                batch = a.prompt_parser.get_multicond_learned_conditioning(model, [prompt], steps).batch[0]
+                parts = [(part.weight, part.schedules) for part in batch]
+            else:
+                texts = a.prompt_parser.SdConditioning([prompt], is_negative_prompt=True)
+                parts = [(1.0, a.prompt_parser.get_learned_conditioning(model, texts, steps)[0])]
+        recorded.append(
+            {
+                "kind": kind,
+                "prompt": prompt,
+                "steps": steps,
+                "options": options,
+                "parts": [
+                    {
+                        "weight": weight,
+                        "schedule": [[s.end_at_step, list(s.cond.shape), _b64(s.cond)] for s in schedule],
+                    }
+                    for weight, schedule in parts
+                ],
+            }
+        )
+    return {
+        "recorded_with": "AUTOMATIC1111 v1.10.1 (scripts/record_prompt_tables.py --demo-models)",
+        "cases": recorded,
+    }
+
+
 HASH_SEEDS = range(8)
 _SCHEDULES_SCRIPT = """
 import json, sys
@@ -500,9 +617,11 @@ def main() -> None:
         "--hf-home", type=Path, required=True, help="HF_HOME with openai/clip-vit-large-patch14"
     )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--demo-models", type=Path, help="also record conditioning with these demo models")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     out = args.out.resolve()
+    demo_models = args.demo_models.resolve() if args.demo_models else None
     a = setup_a1111(args.webui.resolve(), args.hf_home.resolve())
     recorder = Recorder(a)
     cases = [recorder.case(c) for c in corpus()]
@@ -518,6 +637,10 @@ def main() -> None:
         handle.write(",\n".join(json.dumps(c, ensure_ascii=False, separators=(",", ":")) for c in cases))
         handle.write("\n]}\n")
     log.info("recorded %d cases into %s (%.0f KiB)", len(cases), out, out.stat().st_size / 1024)
+    if demo_models:
+        conds = record_conds(a, demo_models)
+        CONDS_OUT.write_text(json.dumps(conds, indent=1) + "\n", encoding="utf-8")
+        log.info("recorded %d conditioning cases into %s", len(conds["cases"]), CONDS_OUT)
 
 
 if __name__ == "__main__":
