@@ -91,6 +91,7 @@ REFUSED_UNLESS_DEFAULT = frozenset(
     {"eta_noise_seed_delta", "sd_lora", "sd_hypernetwork", "face_restoration", "tiling", "s_churn", "s_noise"}
 )
 SAMPLES_FORMATS = ("png", "jpg", "jpeg", "webp")
+#: A1111's ``emphasis`` values (what each does: ``prompts.py``).
 EMPHASIS_MODES = ("Original", "No norm", "Ignore", "None")
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 
 import lark
 
@@ -188,7 +188,7 @@ def _to_node(tree: lark.Tree | lark.Token | None) -> _Node | None:
     return tuple(node for node in map(_to_node, tree.children) if node is not None)
 
 
-@cache
+@lru_cache(maxsize=1024)
 def _parse(prompt: str) -> _Node | None:
     try:
         return _to_node(_parser().parse(prompt))

@@ -16,12 +16,11 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .options import EMPHASIS_MODES
 from .prompt_syntax import PromptSyntaxError
 from .tokenizer import ClipTokenizer
 
 CHUNK = 75
-#: A1111's ``emphasis`` option values.
-EMPHASIS_MODES = ("Original", "No norm", "Ignore", "None")
 _ATTENTION = re.compile(
     r"\\\(|\\\)|\\\[|\\]|\\\\|\\|\(|\[|:\s*([+-]?[.\d]+)\s*\)|\)|]|[^\\()\[\]:]+|:",
 )

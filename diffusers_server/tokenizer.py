@@ -149,6 +149,7 @@ def load_vocabulary(folder: Path | None = None) -> ClipVocabulary:
 _WORDS = r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
 _SPACES = regex.compile(r"\s+")
 _TRANSFORMERS_ADDED = regex.compile(r"(<\|startoftext\|>|<\|endoftext\|>)")
+_WORD_CACHE_LIMIT = 100_000  # words → BPE ids; emptied when full, so a long-running server stays bounded
 
 
 class ClipTokenizer:
@@ -199,6 +200,8 @@ class ClipTokenizer:
                 continue
             cached = self._cache.get(word)
             if cached is None:
+                if len(self._cache) >= _WORD_CACHE_LIMIT:
+                    self._cache.clear()
                 symbols = "".join(self._byte_symbols[b] for b in word.encode("utf-8"))
                 cached = self._cache[word] = [self.ids[part] for part in self._bpe(symbols)]
             ids += cached
@@ -227,7 +230,7 @@ class ClipTokenizer:
 
 @cache
 def clip_tokenizers(folder: Path | None = None) -> dict[TokenizerStyle, ClipTokenizer]:
-    """Both tokenizers over one vocabulary (built once per process: ~0.2 s)."""
+    """Both tokenizers over one vocabulary, built once per process."""
     vocabulary = load_vocabulary(folder)
     return {style: ClipTokenizer(vocabulary, style) for style in ("transformers", "open_clip")}
 
