@@ -97,10 +97,11 @@ TINY_CONFIGS: dict[ModelKind, dict[str, dict[str, Any]]] = {
             "num_hidden_layers": 3,
         },
         # A hidden size unlike the first encoder's, as in real SDXL: diffusers tells them apart by shape.
+        # The MLP is 4x the width, as open_clip builds it (A1111's SDXL path loads this encoder with open_clip).
         "text_encoder_2": {
             **_TEXT,
             "hidden_size": 64,
-            "intermediate_size": 74,
+            "intermediate_size": 256,
             "projection_dim": 64,
             "num_attention_heads": 4,
             "num_hidden_layers": 3,

@@ -38,6 +38,7 @@ log = logging.getLogger("record_prompt_tables")
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "tests" / "fixtures" / "prompts" / "a1111_prompt_tables.json"
 CONDS_OUT = DEFAULT_OUT.with_name("a1111_conds_sd15_tiny.json")
+SDXL_CONDS_OUT = DEFAULT_OUT.with_name("a1111_conds_sdxl_tiny.json")
 #: (kind, prompt, steps, options) whose conditioning is recorded with the tiny SD1.5 demo model.
 COND_CASES: list[tuple[str, str, int, dict[str, object]]] = [
     ("positive", "a photo of a cat", 4, {}),
@@ -52,6 +53,18 @@ COND_CASES: list[tuple[str, str, int, dict[str, object]]] = [
     ("positive", "a (photo:1.3) of a cat", 4, {"emphasis": "No norm"}),
     ("negative", "<lora:demo-lora-tiny:1> blurry, [ugly:bad:2]", 4, {}),
     ("negative", "", 4, {}),
+]
+#: The same for the tiny SDXL demo model (both encoders, pooled vector, zeroed empty negative).
+SDXL_COND_CASES: list[tuple[str, str, int, dict[str, object]]] = [
+    ("positive", "a photo of a cat", 4, {}),
+    ("positive", "a (photo:1.3) of a [cat], ((best quality))", 4, {}),
+    ("positive", "[(red:1.3)|blue] ball", 4, {}),
+    ("positive", "salt &amp; pepper\uff0c \u201cquoted\u201d, <lora-like text", 4, {}),
+    ("positive", ", ".join(["a (cat:1.1) on a mat"] * 20), 4, {}),
+    ("positive", "a (photo:1.3) of a cat", 4, {"CLIP_stop_at_last_layers": 3, "sdxl_clip_l_skip": True}),
+    ("negative", "", 4, {}),
+    ("negative", " ", 4, {}),
+    ("negative", "<lora:x:1> blurry <end_of_text> after", 4, {}),
 ]
 
 #: name → vector count of the textual-inversion embeddings registered for the corpus.
@@ -555,6 +568,100 @@ def record_conds(a: types.SimpleNamespace, models: Path) -> dict[str, object]:
     }
 
 
+def _tiny_open_clip(a: types.SimpleNamespace, config: dict[str, object], name: str) -> None:
+    """Register the demo model's second text encoder as an open_clip architecture (no weights)."""
+    import open_clip
+
+    width = int(config["hidden_size"])  # type: ignore[call-overload]
+    assert config["intermediate_size"] == 4 * width, "open_clip 2.20's text MLP is 4x its width"
+    open_clip.factory._MODEL_CONFIGS[name] = {
+        "embed_dim": int(config["projection_dim"]),  # type: ignore[call-overload]
+        "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 16},
+        "text_cfg": {
+            "context_length": 77,
+            "vocab_size": int(config["vocab_size"]),  # type: ignore[call-overload]
+            "width": width,
+            "heads": int(config["num_attention_heads"]),  # type: ignore[call-overload]
+            "layers": int(config["num_hidden_layers"]),  # type: ignore[call-overload]
+        },
+    }
+
+
+def record_sdxl_conds(a: types.SimpleNamespace, models: Path) -> dict[str, object]:
+    """A1111's SDXL conditioning (its two hijacked wrappers, sgm's embedders) on the tiny SDXL demo model."""
+    import torch
+    from modules import sd_hijack
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+    from sgm.modules.encoders.modules import FrozenOpenCLIPEmbedder2
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    checkpoint = models / "checkpoints" / "demo-sdxl-tiny.safetensors"
+    with safe_open(str(checkpoint), framework="pt") as handle:
+        configs = json.loads(handle.metadata()["diffusers_server.configs"])
+    tensors = load_file(str(checkpoint))
+    hijack = sd_hijack.model_hijack
+    clip_l = CLIPTextModel(CLIPTextConfig(**configs["text_encoder"])).eval()
+    prefix = "conditioner.embedders.0.transformer."
+    missing, unexpected = clip_l.load_state_dict(
+        {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}, strict=False
+    )
+    assert not unexpected and all(k.endswith("position_ids") for k in missing), (missing, unexpected)
+    clip_l.text_model.embeddings.token_embedding = sd_hijack.EmbeddingsWithFixes(
+        clip_l.text_model.embeddings.token_embedding, hijack
+    )
+    tokenizer = a.CLIPTokenizer.from_pretrained("openai/clip-vit-large-patch14")
+    wrapped_l = types.SimpleNamespace(tokenizer=tokenizer, transformer=clip_l, layer="hidden", layer_idx=-2)
+    encoder_l = a.sd_hijack_clip.FrozenCLIPEmbedderForSDXLWithCustomWords(wrapped_l, hijack)
+    _tiny_open_clip(a, configs["text_encoder_2"], "demo-tiny-g")
+    clip_g = FrozenOpenCLIPEmbedder2(
+        arch="demo-tiny-g",
+        version=None,
+        device="cpu",
+        layer="penultimate",
+        always_return_pooled=True,
+        legacy=False,
+    )
+    prefix = "conditioner.embedders.1.model."
+    missing, unexpected = clip_g.model.load_state_dict(
+        {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}, strict=False
+    )
+    assert not unexpected and set(missing) <= {"logit_scale"}, (missing, unexpected)
+    clip_g.model.token_embedding = sd_hijack.EmbeddingsWithFixes(
+        clip_g.model.token_embedding, hijack, textual_inversion_key="clip_g"
+    )
+    encoder_g = a.sd_hijack_open_clip.FrozenOpenCLIPEmbedder2WithCustomWords(clip_g, hijack)
+    recorded = []
+    for kind, prompt, steps, options in SDXL_COND_CASES:
+        settings = {"emphasis": "Original", "CLIP_stop_at_last_layers": 1, "sdxl_clip_l_skip": False}
+        for key, value in {**settings, **options}.items():
+            a.shared.opts.set(key, value)
+        schedule = a.prompt_parser.get_learned_conditioning_prompt_schedules([prompt], steps)[0]
+        texts = [text for _, text in schedule]
+        # sgm's GeneralConditioner: the encoders' outputs side by side; zeroed where A1111 asks for it.
+        zero = Recorder._sdxl_zeroed(types.SimpleNamespace(a=a), texts, kind == "negative")
+        with torch.no_grad():
+            context_l = encoder_l(texts)
+            context_g, pooled = encoder_g(texts)
+        context = torch.cat([context_l, context_g], dim=2)
+        if zero:
+            context, pooled = torch.zeros_like(context), torch.zeros_like(pooled)
+        recorded.append(
+            {
+                "kind": kind,
+                "prompt": prompt,
+                "steps": steps,
+                "options": options,
+                "schedule": [
+                    [end, list(context[i].shape), _b64(context[i]), _b64(pooled[i])]
+                    for i, (end, _) in enumerate(schedule)
+                ],
+            }
+        )
+    source = "AUTOMATIC1111 v1.10.1 (scripts/record_prompt_tables.py --demo-models)"
+    return {"recorded_with": source, "cases": recorded}
+
+
 HASH_SEEDS = range(8)
 _SCHEDULES_SCRIPT = """
 import json, sys
@@ -609,6 +716,10 @@ def schedule_alternatives(cases: list[dict[str, object]], webui: Path) -> None:
 
 
 def main() -> None:
+    if os.environ.get("PYTHONHASHSEED") != "0":
+        # lark's answer for a few ambiguous prompts depends on the hash seed (see schedule_alternatives):
+        # fix it, so that re-recording gives the same file.
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, "PYTHONHASHSEED": "0"})  # noqa: S606
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -641,6 +752,9 @@ def main() -> None:
         conds = record_conds(a, demo_models)
         CONDS_OUT.write_text(json.dumps(conds, indent=1) + "\n", encoding="utf-8")
         log.info("recorded %d conditioning cases into %s", len(conds["cases"]), CONDS_OUT)
+        sdxl = record_sdxl_conds(a, demo_models)
+        SDXL_CONDS_OUT.write_text(json.dumps(sdxl, indent=1) + "\n", encoding="utf-8")
+        log.info("recorded %d SDXL conditioning cases into %s", len(sdxl["cases"]), SDXL_CONDS_OUT)
 
 
 if __name__ == "__main__":
