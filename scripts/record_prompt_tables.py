@@ -1,10 +1,16 @@
 """Record A1111 v1.10.1's own prompt handling for a prompt corpus: the golden tables of
 ``tests/engine/test_prompt_parity.py``.
 
-Runs with A1111's venv against A1111's modules (no server, no model weights); nothing of A1111 is copied:
+Runs with A1111's venv against A1111's modules (no server, no downloaded weights); nothing of A1111 is
+copied. The tiny demo models come from this project's venv first:
 
+    .venv/bin/python -m diffusers_server make-demo-models /tmp/demo-models --sdxl
     ~/.cache/a1111-reference/venv/bin/python scripts/record_prompt_tables.py \
-        --webui ~/.cache/a1111-reference/webui --hf-home ~/.cache/a1111-reference/hf_home
+        --webui ~/.cache/a1111-reference/webui --hf-home ~/.cache/a1111-reference/hf_home \
+        --demo-models /tmp/demo-models
+
+(~1 min; re-recording gives byte-identical files.) Rerun it whenever ``demo_models.py`` changes the demo
+text encoders or the corpus changes.
 
 For every corpus case it records, from A1111's functions: the comment stripping
 (``processing_scripts.comments``), the extra-network parse (``extra_networks.parse_prompt``) and what the
