@@ -97,7 +97,7 @@ TINY_CONFIGS: dict[ModelKind, dict[str, dict[str, Any]]] = {
             "num_hidden_layers": 3,
         },
         # A hidden size unlike the first encoder's, as in real SDXL: diffusers tells them apart by shape.
-        # The MLP is 4x the width, as open_clip builds it (A1111's SDXL path loads this encoder with open_clip).
+        # A 4x MLP, as open_clip builds it (A1111 loads this encoder with open_clip).
         "text_encoder_2": {
             **_TEXT,
             "hidden_size": 64,
