@@ -35,6 +35,7 @@ DEFAULTS: dict[str, Any] = {
     "randn_source": "GPU",
     "emphasis": "Original",
     "comma_padding_backtrack": 20,
+    "use_old_scheduling": False,
     "enable_prompt_comments": True,
     "live_previews_enable": True,
     "show_progress_every_n_steps": 10,
@@ -91,6 +92,7 @@ HONOURED = frozenset(
         "add_vae_hash_to_info",
         "emphasis",
         "comma_padding_backtrack",
+        "use_old_scheduling",
         "enable_prompt_comments",
         "lora_add_hashes_to_infotext",
         "textual_inversion_add_hashes_to_infotext",
@@ -130,7 +132,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "uni_pc_skip_type": ("time_uniform", "time_quadratic", "logSNR"),
 }
 SAMPLES_FORMATS = ("png", "jpg", "jpeg", "webp")
-EMPHASIS_MODES = ("Original", "None")
+#: A1111's ``emphasis`` values (what each does: ``prompts.py``).
+EMPHASIS_MODES = ("Original", "No norm", "Ignore", "None")
 
 
 class OptionError(ValueError):

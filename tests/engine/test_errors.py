@@ -72,3 +72,9 @@ def test_script_name_like_a1111(client: httpx.Client) -> None:
 
 def test_bad_size(client: httpx.Client) -> None:
     _a1111_error(client.post("/txt2img", json={**SMALL, "width": 70}), 400, "width")
+
+
+def test_unreadable_emphasis_weight_is_a_400_naming_it(client: httpx.Client) -> None:
+    """A1111 answers 500 (ValueError) for ``(word:1.2.3)``; this engine names the weight."""
+    response = client.post("/txt2img", json={**SMALL, "prompt": "a (word:1.2.3)"})
+    _a1111_error(response, 400, "'1.2.3'")
