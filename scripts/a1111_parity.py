@@ -73,6 +73,7 @@ def feature_requests(
     euler_a = {**base, "sampler_name": "Euler a", "scheduler": "Automatic"}
     dpm = {**base, "sampler_name": "DPM++ 2M", "scheduler": "Karras"}
     hires_latent = {"enable_hr": True, "hr_scale": 1.5, "denoising_strength": 0.6, "hr_upscaler": "Latent"}
+    yield "feature|size 24x40 (odd latent sides)", {**dpm, "width": 24, "height": 40}
     yield "feature|batch of 2 (Euler a)", {**euler_a, "batch_size": 2}
     yield "feature|batch of 2 (DPM++ SDE)", {**base, "sampler_name": "DPM++ SDE", "batch_size": 2}
     yield "feature|VAE", {**dpm, "override_settings": {"sd_vae": vae}}
