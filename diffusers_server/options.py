@@ -41,6 +41,8 @@ DEFAULTS: dict[str, Any] = {
     "show_progress_every_n_steps": 10,
     "show_progress_type": "Approx NN",
     "lora_preferred_name": "Alias from file",
+    # A1111's LoRA in the forward pass instead of merged (no weight backup): what peft does here anyway.
+    "lora_functional": False,
     "lora_add_hashes_to_infotext": True,
     "textual_inversion_add_hashes_to_infotext": True,
     "extra_networks_default_multiplier": 1.0,

@@ -11,7 +11,8 @@ Two steps, run one after the other (each engine holds a full model in memory):
 ``--matrix table`` (for a full-size model) is every sampler on its Automatic schedule, every schedule type on
 Euler and DPM++ 2M, and the feature cells (batch, VAE, LoRA, embedding, clip skip, long prompt, BREAK, AND,
 prompt editing, alternation, hires fix, variation seeds, ENSD, tiling...); ``--matrix grid`` is every sampler
-x every schedule type; ``--matrix golden`` is the set the CI goldens pin (``scripts/record_goldens.py``).
+x every schedule type; ``--matrix golden`` is the set the CI goldens pin (``scripts/record_goldens.py``);
+``--matrix sdxl`` a few samplers and features for a full-size SDXL file (``--lora rand_lora_xl``).
 ``compare`` prints a table, writes ``bench/results/parity.json``
 and, with ``--markdown``, the sampler x schedule table for docs/engine.md. Stdlib + the engine's own
 dependencies; nothing is downloaded.
@@ -152,6 +153,45 @@ def golden_requests(lora: str, vae: str, embedding: str) -> Iterator[tuple[str, 
     yield from feature_requests(GOLDEN_BASE, lora, vae, embedding)
 
 
+def sdxl_requests(lora: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Full-size SDXL (each cell costs tens of seconds on a CPU): a few samplers and the prompt features."""
+    dpm = {**BASE, "sampler_name": "DPM++ 2M", "scheduler": "Karras"}
+    for sampler in ("Euler a", "Euler", "DPM++ 2M", "DPM++ 2M SDE", "Heun"):
+        yield f"{sampler}|Automatic", {**BASE, "sampler_name": sampler, "scheduler": "Automatic"}
+    yield "DPM++ 2M|Karras", dpm
+    yield "feature|seed 2", {**dpm, "seed": 2}
+    # lora_functional: A1111 applies the LoRA in the forward pass instead of keeping an fp32 backup of every
+    # patched SDXL layer (~14 GB more); the same sums up to fp32 rounding, and what the engine always does.
+    yield (
+        "feature|LoRA 0.8",
+        {
+            **dpm,
+            "prompt": f"{BASE['prompt']} <lora:{lora}:0.8>",
+            "override_settings": {"lora_functional": True},
+        },
+    )
+    yield "feature|empty negative (zeros)", {**dpm, "negative_prompt": ""}
+    yield (
+        "feature|clip skip 2 (CLIP-L with sdxl_clip_l_skip)",
+        {
+            **dpm,
+            "override_settings": {"CLIP_stop_at_last_layers": 2, "sdxl_clip_l_skip": True},
+        },
+    )
+    yield "feature|AND with weights", {**dpm, "prompt": f"{BASE['prompt']} AND a stormy sea:0.6"}
+    yield "feature|prompt editing", {**dpm, "prompt": "a [lighthouse:castle:0.5] on a cliff at dusk"}
+    yield (
+        "feature|hires latent x1.5",
+        {
+            **dpm,
+            "enable_hr": True,
+            "hr_scale": 1.5,
+            "denoising_strength": 0.6,
+            "hr_upscaler": "Latent",
+        },
+    )
+
+
 def requests_for(
     matrix: str, lora: str = "rand_lora", vae: str = "rand_vae.safetensors", embedding: str = "rand_emb"
 ) -> list[tuple[str, dict[str, Any]]]:
@@ -159,6 +199,8 @@ def requests_for(
         return list(golden_requests(lora, vae, embedding))
     if matrix == "grid":
         return list(grid_requests())
+    if matrix == "sdxl":
+        return list(sdxl_requests(lora))
     return list(table_requests(lora, vae, embedding))
 
 
@@ -193,6 +235,8 @@ def record(
         _post(f"{url}/sdapi/v1/options", {"sd_model_checkpoint": checkpoint}, timeout)
     # A1111 does not restore override_settings keys that its config.json lacks (a fresh data dir): they would
     # stick for every later request. Put each overridden key back to its value from before the run.
+    # Live previews never change the pixels; A1111's SDXL preview model would be downloaded (offline: fails).
+    _post(f"{url}/sdapi/v1/options", {"live_previews_enable": False}, timeout)
     with urllib.request.urlopen(f"{url}/sdapi/v1/options", timeout=timeout) as response:
         baseline = json.loads(response.read())
     index: dict[str, Any] = {}
@@ -290,7 +334,7 @@ def main() -> None:
     rec = sub.add_parser("record")
     rec.add_argument("--url", required=True)
     rec.add_argument("--out", type=Path, required=True)
-    rec.add_argument("--matrix", choices=("table", "grid", "golden"), default="table")
+    rec.add_argument("--matrix", choices=("table", "grid", "golden", "sdxl"), default="table")
     rec.add_argument("--checkpoint", help="POST /options sd_model_checkpoint first (A1111 title or name)")
     rec.add_argument("--lora", default="rand_lora")
     rec.add_argument("--vae", default="rand_vae.safetensors")
