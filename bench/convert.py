@@ -68,12 +68,11 @@ def child(step: str, source: str, target: str) -> dict[str, Any]:
 
         from diffusers_server.models.architectures import write_skeleton
         from diffusers_server.models.pipelines import inspect_checkpoint
-        from diffusers_server.tokenizer import cached_clip_tokenizer_dir
+        from diffusers_server.tokenizer import load_vocabulary
 
         kind, configs, _ = inspect_checkpoint(Path(source))
-        skeleton = write_skeleton(
-            Path(target).parent / "skeleton", kind, configs, cached_clip_tokenizer_dir()
-        )
+        vocabulary = load_vocabulary().write_folder(Path(target).parent / "vocabulary")
+        skeleton = write_skeleton(Path(target).parent / "skeleton", kind, configs, vocabulary)
         cls = StableDiffusionXLPipeline if kind == "sdxl" else StableDiffusionPipeline
         extra = {"safety_checker": None, "feature_extractor": None} if kind == "sd15" else {}
         pipe = cls.from_single_file(

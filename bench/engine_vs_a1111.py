@@ -8,14 +8,15 @@ step at 512x512 (the difference between a 12-step and a 4-step request, so text 
 cancel out) and the server's RSS. ``--skip-a1111`` measures the engine alone.
 
     python bench/engine_vs_a1111.py --checkpoint MODELS/checkpoints/rand_sd15.safetensors \\
-        --clip-tokenizer DIR [--serve ../shared/reference-a1111/serve.sh] [--skip-a1111]
+        [--serve ../shared/reference-a1111/serve.sh] [--skip-a1111]
 
 ``--mode accelerator`` (a CUDA machine; nothing is downloaded): writes full-size random SD1.5 and SDXL
 single files (``--kinds``), then for each, fp16: the engine in-process (its own samplers) and a plain
 diffusers pipeline on the same weights (Euler, same size and steps), alternating, seconds per step from
 30- and 10-step runs; the engine must be within 5 % of diffusers' it/s. Needs torch, transformers,
 accelerate, safetensors, pillow, psutil, scipy there, plus this repository and wheels of diffusers, torchsde,
-trampoline and pydantic (``pip install --no-index --target DIR WHEELS``; see docs/performance.md).
+trampoline, pydantic, openai-clip, ftfy, wcwidth, regex and lark (``pip install --no-index --target DIR
+WHEELS``; see docs/performance.md).
 
     python bench/engine_vs_a1111.py --mode accelerator [--kinds sd15,sdxl] [--runs 3] [--workdir /tmp/bench]
 
@@ -180,21 +181,6 @@ def write_full_size(path: Path, kind: str) -> None:
     save_file(tensors, path, {"note": "random weights for benchmarks"})
 
 
-def write_vocab(folder: Path) -> Path:
-    """A CLIP-sized (49408) vocabulary: the byte-level tokens plus fillers; speed does not depend on it."""
-    from diffusers_server.tokenizer import write_byte_level_vocab
-
-    write_byte_level_vocab(folder)
-    vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
-    for token in ("<|startoftext|>", "<|endoftext|>"):
-        vocab.pop(token)
-    for i in range(len(vocab), 49406):
-        vocab[f"<filler{i}>"] = i
-    vocab |= {"<|startoftext|>": 49406, "<|endoftext|>": 49407}
-    (folder / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
-    return folder
-
-
 def run_accelerator(args: argparse.Namespace) -> list[dict[str, Any]]:
     import psutil
     import torch
@@ -207,7 +193,6 @@ def run_accelerator(args: argparse.Namespace) -> list[dict[str, Any]]:
     assert torch.cuda.is_available(), "--mode accelerator needs CUDA"
     rows = []
     work = Path(args.workdir)
-    vocab = write_vocab(work / "vocab")
     for kind in args.kinds.split(","):
         size = 512 if kind == "sd15" else 1024
         models = work / kind
@@ -219,7 +204,7 @@ def run_accelerator(args: argparse.Namespace) -> list[dict[str, Any]]:
         written = time.perf_counter() - started
         rss_before = psutil.Process().memory_info().rss
         started = time.perf_counter()
-        engine = Engine(ServerConfig(models_dir=models, clip_tokenizer=vocab))
+        engine = Engine(ServerConfig(models_dir=models))
         engine.load_default()
         assert engine.load_error is None, engine.load_error
         load_s = time.perf_counter() - started

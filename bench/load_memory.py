@@ -3,8 +3,8 @@
 Loading must never hold two copies of the weights: peak <= 1.2x steady. The load runs in a child process
 whose RSS is sampled every 20 ms from here (psutil); "steady" is its RSS after the load and a gc.
 
-    python bench/load_memory.py --checkpoint MODELS/checkpoints/rand_sd15.safetensors --clip-tokenizer DIR
-    python bench/load_memory.py --checkpoint MODELS/checkpoints/rand_sdxl.safetensors --clip-tokenizer DIR
+    python bench/load_memory.py --checkpoint MODELS/checkpoints/rand_sd15.safetensors [--clip-tokenizer DIR]
+    python bench/load_memory.py --checkpoint MODELS/checkpoints/rand_sdxl.safetensors
 
 Prints a table and writes bench/results/load_memory-<stem>.json.
 """

@@ -30,7 +30,7 @@ def _parser() -> argparse.ArgumentParser:
         "--ckpt", help="checkpoint to load at start (any A1111 alias; default: the first listed)"
     )
     serve.add_argument(
-        "--clip-tokenizer", type=Path, help="folder with CLIP vocab.json + merges.txt (real models)"
+        "--clip-tokenizer", type=Path, help="CLIP vocab.json + merges.txt folder (default: openai-clip's)"
     )
     serve.add_argument(
         "--hash-cache", type=Path, help="sha256 cache file (default MODELS_DIR/.diffusers_server_hashes.json)"

@@ -22,7 +22,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProject
 
 from .models.architectures import CONFIG_METADATA_KEY, ModelKind
 from .models.ldm_keys import Tensors, clip_to_ldm, open_clip_to_ldm, unet_to_ldm, vae_to_ldm
-from .tokenizer import BYTE_LEVEL_VOCAB_SIZE
+from .tokenizer import VOCAB_SIZE
 
 log = logging.getLogger(__name__)
 
@@ -33,12 +33,13 @@ EMBEDDING_NAME = "demo-embedding-tiny"
 VAE_NAME = "demo-vae-tiny"
 RANDOM_WEIGHTS_NOTE = "RANDOM WEIGHTS for tests and demos: images from this model are noise."
 
+# CLIP's real vocabulary (49408 tokens, ids as ``tokenizer.py`` reads them): prompts get real token counts.
 _TEXT = {
-    "vocab_size": BYTE_LEVEL_VOCAB_SIZE,
+    "vocab_size": VOCAB_SIZE,
     "max_position_embeddings": 77,
-    "bos_token_id": BYTE_LEVEL_VOCAB_SIZE - 2,
-    "eos_token_id": BYTE_LEVEL_VOCAB_SIZE - 1,
-    "pad_token_id": BYTE_LEVEL_VOCAB_SIZE - 1,
+    "bos_token_id": VOCAB_SIZE - 2,
+    "eos_token_id": VOCAB_SIZE - 1,
+    "pad_token_id": VOCAB_SIZE - 1,
     "hidden_act": "quick_gelu",
 }
 _VAE = {
@@ -96,10 +97,11 @@ TINY_CONFIGS: dict[ModelKind, dict[str, dict[str, Any]]] = {
             "num_hidden_layers": 3,
         },
         # A hidden size unlike the first encoder's, as in real SDXL: diffusers tells them apart by shape.
+        # A 4x MLP, as open_clip builds it (A1111 loads this encoder with open_clip).
         "text_encoder_2": {
             **_TEXT,
             "hidden_size": 64,
-            "intermediate_size": 74,
+            "intermediate_size": 256,
             "projection_dim": 64,
             "num_attention_heads": 4,
             "num_hidden_layers": 3,

@@ -35,14 +35,8 @@ from .config import ServerConfig
 from .models import files
 from .models.files import CheckpointInfo, HashCache, LoraInfo
 from .models.pipelines import LoadedModel, ModelLoadError, Runtime, load_checkpoint, load_vae
-from .prompts import (
-    Embedding,
-    NetworkTag,
-    PromptChunker,
-    extract_networks,
-    strip_comments,
-    unsupported_syntax,
-)
+from .prompt_syntax import NetworkTag, PromptSyntaxError, extract_networks, lora_requests, strip_comments
+from .prompts import Embedding, PromptChunker
 from .samplers import ResolvedSampler, SamplerError, requested_schedule, resolve
 from .sampling import run
 from .sampling.denoiser import UNetModel
@@ -51,6 +45,7 @@ from .sampling.schedules import ScheduleOptions
 from .sampling.timestep_samplers import SamplingError
 from .schemas import Txt2ImgRequest
 from .state import FifoLock, JobState
+from .tokenizer import clip_tokenizers
 
 log = logging.getLogger(__name__)
 
@@ -421,18 +416,9 @@ class Engine:
         )
         prompt = strip_comments(req.prompt or "") if comments else req.prompt or ""
         negative = strip_comments(req.negative_prompt or "") if comments else req.negative_prompt or ""
-        try:
-            _, tags = extract_networks(prompt)
-            _, neg_tags = extract_networks(negative)
-        except ValueError as exc:
-            raise EngineError(400, str(exc)) from exc
-        for feature in unsupported_syntax(prompt) + unsupported_syntax(negative):
-            warnings.append(f"{feature} is not implemented by this engine: that text was encoded literally")
-        if neg_tags:
-            warnings.append(
-                "extra-network tags in the negative prompt are removed and not applied (as A1111)"
-            )
-        loras = self._resolve_loras(tags)
+        # Only the positive prompt's tags are extra networks; A1111 encodes the negative's as text.
+        _, tags = extract_networks(prompt)
+        loras = self._resolve_loras(tags, warnings)
         if req.disable_extra_networks and loras:
             warnings.append("disable_extra_networks: LoRA tags were not applied")
             loras = []
@@ -458,24 +444,33 @@ class Engine:
                 f"allows: its text encoder has {layers} layers, so use 1..{layers}",
             )
 
-    def _resolve_loras(self, tags: list[NetworkTag]) -> list[LoraUse]:
-        loras: list[LoraUse] = []
+    def _resolve_loras(self, tags: list[NetworkTag], warnings: list[str]) -> list[LoraUse]:
         for tag in tags:
-            if tag.kind != "lora":
+            if tag.kind not in ("lora", "lyco"):
                 raise EngineError(400, f"extra network <{tag.kind}:...> is not supported (only lora/lyco)")
-            if tag.name not in self.loras:
+        try:
+            requests = lora_requests(tags)
+        except PromptSyntaxError as exc:
+            # A1111's Lora extension fails on the whole list: it generates with none of the prompt's LoRAs.
+            warnings.append(f"{exc}: as A1111, none of the prompt's LoRAs were applied")
+            return []
+        loras: list[LoraUse] = []
+        for request in requests:
+            if request.name not in self.loras:
                 self.refresh_loras()
-            if tag.name not in self.loras:
+            if request.name not in self.loras:
                 names = ", ".join(sorted({i.name for i in self.loras.values()})) or "(none)"
-                raise EngineError(404, f"LoRA {tag.name!r} not found; available: {names}")
-            if not self.loras[tag.name].filename.is_file():
+                raise EngineError(404, f"LoRA {request.name!r} not found; available: {names}")
+            if not self.loras[request.name].filename.is_file():
                 raise self._gone(
                     "LoRA",
-                    tag.name,
+                    request.name,
                     self.refresh_loras,
                     lambda: sorted({i.name for i in self.loras.values()}),
                 )
-            loras.append((self.loras[tag.name], tag.te_weight, tag.unet_weight))
+            if request.dyn is not None:
+                warnings.append(f"{request.tag}: dyn={request.dyn} is not applied by this engine")
+            loras.append((self.loras[request.name], request.te, request.unet))
         return loras
 
     def _prepare_hires(self, job: Job, width: int, height: int, steps: int, comments: bool) -> HiresPlan:
@@ -529,12 +524,8 @@ class Engine:
         if comments:
             hr_prompt, hr_negative = strip_comments(hr_prompt), strip_comments(hr_negative)
         hr_prompt, hr_negative = hr_prompt or job.prompt, hr_negative or job.negative
-        try:
-            _, hr_tags = extract_networks(hr_prompt)
-            extract_networks(hr_negative)
-        except ValueError as exc:
-            raise EngineError(400, f"hr_prompt: {exc}") from exc
-        loras = [] if req.disable_extra_networks else self._resolve_loras(hr_tags)
+        _, hr_tags = extract_networks(hr_prompt)
+        loras = [] if req.disable_extra_networks else self._resolve_loras(hr_tags, job.warnings)
         params: dict[str, Any] = {
             "Hires checkpoint": (
                 f"{checkpoint.name_for_extra} [{checkpoint.shorthash}]" if checkpoint else None
@@ -598,21 +589,39 @@ class Engine:
         embeddings = {
             n: Embedding(n, v) for n, v in self.embeddings.items() if set(model.text_widths) <= v.keys()
         }
-        chunker = PromptChunker(pipe.tokenizer, embeddings, int(opts["comma_padding_backtrack"]))
+        tokenizers = clip_tokenizers(self.config.clip_tokenizer)
+        chunker = PromptChunker(
+            [tokenizers["transformers"], *([tokenizers["open_clip"]] if model.kind == "sdxl" else [])],
+            embeddings,
+            int(opts["comma_padding_backtrack"]),
+            str(opts["emphasis"]),
+        )
         clip_stop = int(opts["CLIP_stop_at_last_layers"])
-        settings = EncodeSettings(clip_stop, bool(opts["sdxl_clip_l_skip"]), opts["emphasis"] != "None")
+        settings = EncodeSettings(
+            clip_stop, bool(opts["sdxl_clip_l_skip"]), str(opts["emphasis"]), bool(opts["use_old_scheduling"])
+        )
         batch, n_iter, steps = int(req.batch_size or 1), int(req.n_iter or 1), int(req.steps or 50)
+        # A1111 measures prompt schedules in the sampler's total steps (second-order samplers: twice).
         first_total = sampler.sampler.total_steps(steps)
 
         def encode(
             prompt: str, negative: str, loras: list[LoraUse], total: int, hires_steps: int | None = None
         ) -> tuple[BatchConds, list[str]]:
             self._apply_loras(model, loras)
+            # Only the positive prompt's tags are extra networks; A1111 encodes the negative's as text.
             prompts = [extract_networks(prompt)[0]] * batch
-            negatives = [extract_networks(negative)[0]] * batch
-            return build_conds(
-                model, chunker, prompts, negatives, settings, steps=total, hires_steps=hires_steps
-            )
+            try:
+                return build_conds(
+                    model,
+                    chunker,
+                    prompts,
+                    [negative] * batch,
+                    settings,
+                    steps=total,
+                    hires_steps=hires_steps,
+                )
+            except PromptSyntaxError as exc:
+                raise EngineError(400, str(exc)) from exc
 
         hr_conds: BatchConds | None = None
         hr_used: list[str] = []

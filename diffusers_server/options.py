@@ -36,11 +36,14 @@ DEFAULTS: dict[str, Any] = {
     "randn_source": "GPU",
     "emphasis": "Original",
     "comma_padding_backtrack": 20,
+    "use_old_scheduling": False,
     "enable_prompt_comments": True,
     "live_previews_enable": True,
     "show_progress_every_n_steps": 10,
     "show_progress_type": "Approx NN",
     "lora_preferred_name": "Alias from file",
+    # A1111's LoRA in the forward pass instead of merged (no weight backup): what peft does here anyway.
+    "lora_functional": False,
     "lora_add_hashes_to_infotext": True,
     "textual_inversion_add_hashes_to_infotext": True,
     "extra_networks_default_multiplier": 1.0,
@@ -92,6 +95,7 @@ HONOURED = frozenset(
         "add_vae_hash_to_info",
         "emphasis",
         "comma_padding_backtrack",
+        "use_old_scheduling",
         "enable_prompt_comments",
         "lora_add_hashes_to_infotext",
         "textual_inversion_add_hashes_to_infotext",
@@ -131,7 +135,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "uni_pc_skip_type": ("time_uniform", "time_quadratic", "logSNR"),
 }
 SAMPLES_FORMATS = ("png", "jpg", "jpeg", "webp")
-EMPHASIS_MODES = ("Original", "None")
+#: A1111's ``emphasis`` values (what each does: ``prompts.py``).
+EMPHASIS_MODES = ("Original", "No norm", "Ignore", "None")
 
 
 class OptionError(ValueError):

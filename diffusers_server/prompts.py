@@ -1,87 +1,38 @@
-"""A1111 prompt handling: extra-network tags, ``(emphasis:1.2)``, ``BREAK``, 75-token chunks, embeddings.
+"""A1111's text → token chunks: ``(emphasis:1.2)``, ``BREAK``, 75-token chunks, comma backtrack, embeddings.
 
-The pipeline's own prompt encoding truncates at 77 tokens, applies clip skip to the positive prompt
-only and is broken for ``clip_skip`` with transformers >= 5.6, so prompts are encoded here, the way A1111's
-``sd_hijack_clip`` does: never truncated, both prompts with the same clip skip, padded to equal length.
+One :class:`TokenChunker` per text encoder (SDXL has two, tokenized differently: ``tokenizer.py``), as
+A1111's ``sd_hijack_clip`` does: the prompt is never truncated; each chunk is 75 tokens between a start
+and an end token; a chunk that fills up within ``comma_padding_backtrack`` tokens of a comma moves the
+words after that comma on to the next chunk; a textual-inversion embedding is never split. The
+``emphasis`` option ``None`` turns the bracket syntax (and ``BREAK``) off: the text is tokenized as written.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
-from transformers import CLIPTokenizer
+
+from .options import EMPHASIS_MODES
+from .prompt_syntax import PromptSyntaxError
+from .tokenizer import ClipTokenizer
 
 CHUNK = 75
-_EXTRA_NETWORK = re.compile(r"<(\w+):([^>]+)>")
 _ATTENTION = re.compile(
     r"\\\(|\\\)|\\\[|\\]|\\\\|\\|\(|\[|:\s*([+-]?[.\d]+)\s*\)|\)|]|[^\\()\[\]:]+|:",
-    re.VERBOSE,
 )
 _BREAK = re.compile(r"\s*\bBREAK\b\s*", re.S)
-_COMMENT = re.compile(r"\s*#[^\n]*")
-# A1111 scheduling syntax this engine does not implement: [from:to:when], [to:when], [a|b], "a AND b".
-_UNSUPPORTED_SYNTAX = (
-    (
-        re.compile(r"\[[^\[\]]*:[^\[\]]*:\s*[\d.]+\s*]|\[[^\[\]:]+:\s*[\d.]+\s*]"),
-        "prompt editing [from:to:when]",
-    ),
-    (re.compile(r"\[[^\[\]]*\|[^\[\]]*]"), "alternation [a|b]"),
-    (re.compile(r"\sAND\s"), "composable diffusion AND"),
-)
-
-
-def unsupported_syntax(prompt: str) -> list[str]:
-    """A1111 prompt features used in ``prompt`` that this engine would read as plain text."""
-    return [name for pattern, name in _UNSUPPORTED_SYNTAX if pattern.search(prompt)]
-
-
-@dataclass(frozen=True)
-class NetworkTag:
-    """One ``<kind:name:args>`` tag, e.g. ``<lora:foo:0.8>``."""
-
-    kind: str
-    name: str
-    te_weight: float
-    unet_weight: float
-
-
-def strip_comments(prompt: str) -> str:
-    """A1111's ``enable_prompt_comments``: ``#`` to end of line is removed."""
-    return "\n".join(_COMMENT.sub("", line) for line in prompt.split("\n")) if "#" in prompt else prompt
-
-
-def extract_networks(prompt: str) -> tuple[str, list[NetworkTag]]:
-    """Remove extra-network tags from the text and return them (A1111 ``extra_networks.parse_prompt``)."""
-    tags: list[NetworkTag] = []
-
-    def take(match: re.Match[str]) -> str:
-        kind = "lora" if match.group(1) == "lyco" else match.group(1)
-        positional: list[str] = []
-        named: dict[str, str] = {}
-        name, *args = match.group(2).split(":")
-        for arg in args:
-            key, sep, value = arg.partition("=")
-            if sep:
-                named[key.strip()] = value
-            else:
-                positional.append(arg)
-        try:
-            te = float(named.get("te", positional[0] if positional else 1.0))
-            unet = float(named.get("unet", positional[1] if len(positional) > 1 else te))
-        except ValueError as exc:
-            raise ValueError(f"bad weight in {match.group(0)!r}: {exc}") from exc
-        tags.append(NetworkTag(kind, name, te, unet))
-        return ""
-
-    return _EXTRA_NETWORK.sub(take, prompt), tags
 
 
 def parse_attention(text: str) -> list[tuple[str, float]]:
-    """A1111's ``parse_prompt_attention``: ``(a)`` *1.1, ``[a]`` /1.1, ``(a:w)``; ``BREAK`` → -1."""
+    """A1111's ``parse_prompt_attention``: ``(a)`` times 1.1, ``[a]`` divided by 1.1, ``(a:w)``, escapes;
+    ``BREAK`` becomes ``("BREAK", -1)``.
+
+    Raises :class:`PromptSyntaxError` for a weight that is not a number, e.g. ``(a:1.2.3)`` (A1111: HTTP 500).
+    """
     res: list[list[object]] = []
     round_brackets: list[int] = []
     square_brackets: list[int] = []
@@ -99,7 +50,11 @@ def parse_attention(text: str) -> list[tuple[str, float]]:
         elif piece == "[":
             square_brackets.append(len(res))
         elif weight is not None and round_brackets:
-            multiply(round_brackets.pop(), float(weight))
+            try:
+                factor = float(weight)
+            except ValueError:
+                raise PromptSyntaxError(f"emphasis weight {weight!r} in {text!r} is not a number") from None
+            multiply(round_brackets.pop(), factor)
         elif piece == ")" and round_brackets:
             multiply(round_brackets.pop(), 1.1)
         elif piece == "]" and square_brackets:
@@ -138,38 +93,63 @@ class Embedding:
 
 @dataclass
 class Chunk:
+    """77 token ids (start, 75, end), their multipliers, and embeddings at offsets counted after the start."""
+
     tokens: list[int] = field(default_factory=list)
     weights: list[float] = field(default_factory=list)
     fixes: list[tuple[int, Embedding]] = field(default_factory=list)
 
 
-class PromptChunker:
-    """Splits a prompt into A1111's 75-token chunks (comma backtracking, ``BREAK``, embeddings kept whole)."""
+class EmbeddingLookup:
+    """Embedding names as token-id sequences, longest first per first id (A1111's ``ids_lookup``).
 
-    def __init__(self, tokenizer: CLIPTokenizer, embeddings: dict[str, Embedding], comma_backtrack: int = 20):
-        self.tokenizer = tokenizer
-        self.bos = int(tokenizer.bos_token_id)
-        self.eos = int(tokenizer.eos_token_id)
-        self.comma = int(tokenizer.convert_tokens_to_ids(",</w>"))
-        self.backtrack = comma_backtrack
-        self.lookup: dict[int, list[tuple[list[int], Embedding]]] = {}
+    A1111 tokenizes the names with the first (CLIP-L) tokenizer and matches those ids in every encoder's
+    token stream, SDXL's CLIP-G included.
+    """
+
+    def __init__(self, tokenizer: ClipTokenizer, embeddings: dict[str, Embedding]):
+        self.by_first: dict[int, list[tuple[list[int], Embedding]]] = {}
         for name, emb in embeddings.items():
-            ids = tokenizer(name, add_special_tokens=False).input_ids
+            ids = tokenizer(name)
             if ids:
-                self.lookup.setdefault(ids[0], []).append((ids, emb))
-        for candidates in self.lookup.values():
+                self.by_first.setdefault(ids[0], []).append((ids, emb))
+        for candidates in self.by_first.values():
             candidates.sort(key=lambda c: -len(c[0]))
 
-    def _embedding_at(self, tokens: list[int], pos: int) -> tuple[Embedding, int] | None:
-        for ids, emb in self.lookup.get(tokens[pos], []):
+    def at(self, tokens: list[int], pos: int) -> tuple[Embedding, int] | None:
+        for ids, emb in self.by_first.get(tokens[pos], []):
             if tokens[pos : pos + len(ids)] == ids:
                 return emb, len(ids)
         return None
 
+
+class TokenChunker:
+    """One text encoder's view of a prompt: A1111's ``tokenize_line``."""
+
+    def __init__(
+        self, tokenizer: ClipTokenizer, lookup: EmbeddingLookup, comma_backtrack: int, parse_emphasis: bool
+    ):
+        self.tokenizer = tokenizer
+        self.lookup = lookup
+        self.backtrack = comma_backtrack
+        self.parse_emphasis = parse_emphasis
+
+    def empty_chunk(self) -> Chunk:
+        start, end = self.tokenizer.start, self.tokenizer.end
+        return Chunk([start] + [end] * (CHUNK + 1), [1.0] * (CHUNK + 2))
+
+    def model_input(self, chunk: Chunk) -> list[int]:
+        """The ids the encoder sees: for open_clip, 0 after the first end token (A1111's ``id_pad``)."""
+        tokens, pad = chunk.tokens, self.tokenizer.pad
+        if pad == self.tokenizer.end:
+            return tokens
+        end = tokens.index(self.tokenizer.end)
+        return tokens[: end + 1] + [pad] * (len(tokens) - end - 1)
+
     def chunks(self, text: str) -> tuple[list[Chunk], int, list[str]]:
-        """Return the chunks (each 77 tokens with BOS/EOS), the token count and the embedding names used."""
-        parsed = parse_attention(text)
-        tokenized = self.tokenizer([t for t, _ in parsed], add_special_tokens=False).input_ids
+        """The chunks, the token count (as A1111's counter shows it) and the embedding names used."""
+        parsed = parse_attention(text) if self.parse_emphasis else [(text, 1.0)]
+        start, end = self.tokenizer.start, self.tokenizer.end
         chunks: list[Chunk] = []
         chunk = Chunk()
         token_count = 0
@@ -180,20 +160,21 @@ class PromptChunker:
             nonlocal chunk, token_count, last_comma
             token_count += len(chunk.tokens) if is_last else CHUNK
             pad = CHUNK - len(chunk.tokens)
-            chunk.tokens = [self.bos, *chunk.tokens, *[self.eos] * pad, self.eos]
+            chunk.tokens = [start, *chunk.tokens, *[end] * pad, end]
             chunk.weights = [1.0, *chunk.weights, *[1.0] * pad, 1.0]
             chunks.append(chunk)
             chunk = Chunk()
             last_comma = -1
 
-        for tokens, (piece, weight) in zip(tokenized, parsed, strict=True):
+        for piece, weight in parsed:
             if piece == "BREAK" and weight == -1:
                 next_chunk()
                 continue
+            tokens = self.tokenizer(piece)
             pos = 0
             while pos < len(tokens):
                 token = tokens[pos]
-                if token == self.comma:
+                if token == self.tokenizer.comma:
                     last_comma = len(chunk.tokens)
                 elif (
                     self.backtrack
@@ -208,7 +189,7 @@ class PromptChunker:
                     chunk.tokens, chunk.weights = list(moved[0]), list(moved[1])
                 if len(chunk.tokens) == CHUNK:
                     next_chunk()
-                found = self._embedding_at(tokens, pos)
+                found = self.lookup.at(tokens, pos)
                 if found is None:
                     chunk.tokens.append(token)
                     chunk.weights.append(weight)
@@ -218,7 +199,7 @@ class PromptChunker:
                 if len(chunk.tokens) + emb.count > CHUNK:
                     next_chunk()
                 # Placeholder id 0 (as A1111); the token-embedding hook writes the vectors over it.
-                chunk.fixes.append((len(chunk.tokens) + 1, emb))
+                chunk.fixes.append((len(chunk.tokens), emb))
                 chunk.tokens += [0] * emb.count
                 chunk.weights += [weight] * emb.count
                 used.append(emb.name)
@@ -227,35 +208,62 @@ class PromptChunker:
             next_chunk(is_last=True)
         return chunks, token_count, used
 
+    def batches(self, texts: Sequence[str]) -> tuple[list[list[Chunk]], list[str]]:
+        """Chunk ``texts`` (one prompt's schedule) together, as A1111 encodes them in one batch.
+
+        Returns, for each chunk position, one chunk per text (texts with fewer chunks get empty ones), and
+        the embedding names used.
+        """
+        per_text: dict[str, list[Chunk]] = {}
+        used: list[str] = []
+        for text in texts:
+            if text not in per_text:
+                per_text[text], _, names = self.chunks(text)
+                used += names
+        count = max(len(chunks) for chunks in per_text.values())
+        rows = [per_text[t] for t in texts]
+        return [[c[i] if i < len(c) else self.empty_chunk() for c in rows] for i in range(count)], used
+
+
+class PromptChunker:
+    """The token chunkers of every text encoder of a model (SD1.5: CLIP-L; SDXL: CLIP-L, then CLIP-G)."""
+
+    def __init__(
+        self,
+        tokenizers: Sequence[ClipTokenizer],
+        embeddings: dict[str, Embedding],
+        comma_backtrack: int = 20,
+        emphasis: str = "Original",
+    ):
+        if emphasis not in EMPHASIS_MODES:
+            raise ValueError(f"emphasis {emphasis!r} is not one of {', '.join(EMPHASIS_MODES)}")
+        lookup = EmbeddingLookup(tokenizers[0], embeddings)
+        self.emphasis = emphasis
+        self.encoders = [
+            TokenChunker(tok, lookup, comma_backtrack, parse_emphasis=emphasis != "None")
+            for tok in tokenizers
+        ]
+
 
 @contextmanager
 def embedding_fixes(
-    token_embedding: torch.nn.Module, fixes: list[tuple[int, torch.Tensor]]
+    token_embedding: torch.nn.Module, fixes: list[list[tuple[int, torch.Tensor]]]
 ) -> Iterator[None]:
-    """Write embedding vectors over placeholder rows of the token embeddings (A1111's EmbeddingsWithFixes)."""
+    """Write embedding vectors over placeholder rows of the token embeddings (A1111's EmbeddingsWithFixes).
+
+    ``fixes[row]`` holds ``(offset, vectors)`` with offsets counted after the start token.
+    """
 
     def hook(_module: torch.nn.Module, _inputs: object, output: torch.Tensor) -> torch.Tensor:
         out = output.clone()
-        for offset, vectors in fixes:
-            out[0, offset : offset + vectors.shape[0]] = vectors.to(out.dtype)
+        for row, row_fixes in enumerate(fixes):
+            for offset, vectors in row_fixes:
+                out[row, offset + 1 : offset + 1 + vectors.shape[0]] = vectors.to(out.dtype)
         return out
 
-    handle = token_embedding.register_forward_hook(hook) if fixes else None
+    handle = token_embedding.register_forward_hook(hook) if any(fixes) else None
     try:
         yield
     finally:
         if handle is not None:
             handle.remove()
-
-
-def emphasize(z: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """A1111's "Original" emphasis: scale by weights, then restore the chunk's mean.
-
-    All-1.0 weights are a no-op in A1111 too; skipping them avoids 0/0 when a chunk's mean is exactly zero.
-    """
-    if bool((weights == 1.0).all()):
-        return z
-    original_mean = z.mean()
-    z = z * weights.reshape(1, -1, 1).to(z.dtype)
-    new_mean = z.mean()
-    return z * (original_mean / new_mean) if new_mean.abs() > 1e-12 else z

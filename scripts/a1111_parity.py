@@ -8,9 +8,12 @@ Two steps, run one after the other (each engine holds a full model in memory):
     python scripts/a1111_parity.py compare --models-dir MODELS --ckpt rand_sd15 --recorded /tmp/parity \\
         [--clip-tokenizer DIR] [--markdown docs-table.md]
 
-``--matrix table`` is every sampler x schedule type plus the feature rows (batch, VAE, LoRA, clip skip,
-hires fix, variation seeds, ENSD, tiling...); ``--matrix golden`` is the small set the CI goldens pin
-(``scripts/record_goldens.py`` uses it). ``compare`` prints a table, writes ``bench/results/parity.json``
+``--matrix table`` (for a full-size model) is every sampler on its Automatic schedule, every schedule type on
+Euler and DPM++ 2M, and the feature cells (batch, VAE, LoRA, embedding, clip skip, long prompt, BREAK, AND,
+prompt editing, alternation, hires fix, variation seeds, ENSD, tiling...); ``--matrix grid`` is every sampler
+x every schedule type; ``--matrix golden`` is the set the CI goldens pin (``scripts/record_goldens.py``);
+``--matrix sdxl`` a few samplers and features for a full-size SDXL file (``--lora rand_lora_xl``).
+``compare`` prints a table, writes ``bench/results/parity.json``
 and, with ``--markdown``, the sampler x schedule table for docs/engine.md. Stdlib + the engine's own
 dependencies; nothing is downloaded.
 """
@@ -63,31 +66,36 @@ def grid_requests() -> Iterator[tuple[str, dict[str, Any]]]:
             yield f"{sampler}|{schedule}", {**BASE, "sampler_name": sampler, "scheduler": schedule}
 
 
-def table_requests(lora: str, vae: str) -> Iterator[tuple[str, dict[str, Any]]]:
-    """For a full-size model (each cell costs seconds on a CPU): every sampler on its Automatic schedule,
-    every schedule type on Euler, then one row per feature (on Euler a / DPM++ 2M unless stated)."""
-    for sampler in SAMPLERS:
-        yield f"{sampler}|Automatic", {**BASE, "sampler_name": sampler, "scheduler": "Automatic"}
-    for schedule in SCHEDULES[1:]:
-        yield f"Euler|{schedule}", {**BASE, "sampler_name": "Euler", "scheduler": schedule}
-    euler_a = {**BASE, "sampler_name": "Euler a", "scheduler": "Automatic"}
-    dpm = {**BASE, "sampler_name": "DPM++ 2M", "scheduler": "Karras"}
+def feature_requests(
+    base: dict[str, Any], lora: str, vae: str, embedding: str
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """One cell per feature, on Euler a / DPM++ 2M Karras unless stated."""
+    prompt = base["prompt"]
+    euler_a = {**base, "sampler_name": "Euler a", "scheduler": "Automatic"}
+    dpm = {**base, "sampler_name": "DPM++ 2M", "scheduler": "Karras"}
+    hires_latent = {"enable_hr": True, "hr_scale": 1.5, "denoising_strength": 0.6, "hr_upscaler": "Latent"}
+    yield "feature|size 24x40 (odd latent sides)", {**dpm, "width": 24, "height": 40}
     yield "feature|batch of 2 (Euler a)", {**euler_a, "batch_size": 2}
-    yield "feature|batch of 2 (DPM++ SDE)", {**BASE, "sampler_name": "DPM++ SDE", "batch_size": 2}
+    yield "feature|batch of 2 (DPM++ SDE)", {**base, "sampler_name": "DPM++ SDE", "batch_size": 2}
     yield "feature|VAE", {**dpm, "override_settings": {"sd_vae": vae}}
-    yield "feature|LoRA 0.8", {**dpm, "prompt": BASE["prompt"] + f" <lora:{lora}:0.8>"}
+    yield "feature|LoRA 0.8", {**dpm, "prompt": f"{prompt} <lora:{lora}:0.8>"}
+    yield "feature|LoRA te 1 unet 0.5", {**dpm, "prompt": f"{prompt} <lora:{lora}:1:0.5>"}
+    yield "feature|embedding", {**dpm, "prompt": f"{embedding}, {prompt}"}
     yield "feature|clip skip 2", {**dpm, "override_settings": {"CLIP_stop_at_last_layers": 2}}
-    yield "feature|long prompt (2 chunks)", {**dpm, "prompt": ", ".join([BASE["prompt"]] * 6)}
-    yield (
-        "feature|hires latent x1.5",
-        {
-            **dpm,
-            "enable_hr": True,
-            "hr_scale": 1.5,
-            "denoising_strength": 0.6,
-            "hr_upscaler": "Latent",
-        },
-    )
+    yield "feature|long prompt (2 chunks)", {**dpm, "prompt": ", ".join([prompt] * 6)}
+    yield "feature|BREAK", {**dpm, "prompt": f"{prompt} BREAK a stormy sea, (moonlight:0.8)"}
+    long_negative = ", ".join(["blurry, lowres, jpeg artifacts, watermark"] * 12)
+    yield "feature|negative longer than prompt (separate passes)", {**dpm, "negative_prompt": long_negative}
+    yield "feature|LoRA tag in the negative (text)", {**dpm, "negative_prompt": f"<lora:{lora}:1> blurry"}
+    yield "feature|AND with weights", {**dpm, "prompt": f"{prompt} AND a stormy sea:0.6 AND moonlight:1.3"}
+    yield "feature|AND parts of different lengths", {**dpm, "prompt": f"{', '.join([prompt] * 6)} AND a boat"}
+    yield "feature|prompt weight without AND", {**dpm, "prompt": f"{prompt}:1.4"}
+    edited = "a [lighthouse:castle:0.5] on a cliff at [dusk::3], [oil painting:watercolor:2]"
+    yield "feature|prompt editing", {**dpm, "prompt": edited}
+    yield "feature|prompt editing (Heun, second order)", {**base, "sampler_name": "Heun", "prompt": edited}
+    yield "feature|alternation", {**euler_a, "prompt": "a [lighthouse|castle|tower] at dusk, [red|blue] sky"}
+    yield "feature|hires latent x1.5", {**dpm, **hires_latent}
+    yield "feature|hires latent + prompt editing", {**dpm, **hires_latent, "prompt": edited}
     yield (
         "feature|hires Lanczos 96x80 (crop)",
         {
@@ -106,9 +114,22 @@ def table_requests(lora: str, vae: str) -> Iterator[tuple[str, dict[str, Any]]]:
     yield "feature|tiling", {**dpm, "tiling": True}
 
 
-def golden_requests() -> Iterator[tuple[str, dict[str, Any]]]:
-    """The small set the CI goldens pin (tiny model): a few samplers and schedules, hires, seeds, tiling."""
-    small = {**BASE, "prompt": "a red fox in the snow", "negative_prompt": "blurry", "steps": 5}
+def table_requests(lora: str, vae: str, embedding: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """For a full-size model (each cell costs seconds on a CPU): every sampler on its Automatic schedule,
+    every schedule type on Euler and on DPM++ 2M, then the feature cells."""
+    for sampler in SAMPLERS:
+        yield f"{sampler}|Automatic", {**BASE, "sampler_name": sampler, "scheduler": "Automatic"}
+    for sampler in ("Euler", "DPM++ 2M"):
+        for schedule in SCHEDULES[1:]:
+            yield f"{sampler}|{schedule}", {**BASE, "sampler_name": sampler, "scheduler": schedule}
+    yield from feature_requests(BASE, lora, vae, embedding)
+
+
+GOLDEN_BASE = {**BASE, "prompt": "a red fox in the snow", "negative_prompt": "blurry", "steps": 5}
+
+
+def golden_requests(lora: str, vae: str, embedding: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """The set the CI goldens pin (small model): samplers on a range of schedule types, then the features."""
     cases = [
         ("Euler a", "Automatic"),
         ("Euler", "Automatic"),
@@ -128,40 +149,59 @@ def golden_requests() -> Iterator[tuple[str, dict[str, Any]]]:
         ("DPM++ 2S a", "Simple"),
     ]
     for sampler, schedule in cases:
-        yield f"{sampler}|{schedule}", {**small, "sampler_name": sampler, "scheduler": schedule}
-    base = {**small, "sampler_name": "DPM++ 2M", "scheduler": "Karras"}
-    yield "feature|batch of 2", {**small, "sampler_name": "Euler a", "batch_size": 2}
-    yield "feature|hires latent", {**base, "enable_hr": True, "hr_scale": 1.5, "denoising_strength": 0.6}
+        yield f"{sampler}|{schedule}", {**GOLDEN_BASE, "sampler_name": sampler, "scheduler": schedule}
+    yield from feature_requests(GOLDEN_BASE, lora, vae, embedding)
+
+
+def sdxl_requests(lora: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Full-size SDXL (each cell costs tens of seconds on a CPU): a few samplers and the prompt features."""
+    dpm = {**BASE, "sampler_name": "DPM++ 2M", "scheduler": "Karras"}
+    for sampler in ("Euler a", "Euler", "DPM++ 2M", "DPM++ 2M SDE", "Heun"):
+        yield f"{sampler}|Automatic", {**BASE, "sampler_name": sampler, "scheduler": "Automatic"}
+    yield "DPM++ 2M|Karras", dpm
+    yield "feature|seed 2", {**dpm, "seed": 2}
+    # lora_functional: A1111 applies the LoRA in the forward pass instead of keeping an fp32 backup of every
+    # patched SDXL layer (~14 GB more); the same sums up to fp32 rounding, and what the engine always does.
     yield (
-        "feature|hires Lanczos",
+        "feature|LoRA 0.8",
         {
-            **small,
-            "sampler_name": "Euler a",
-            "enable_hr": True,
-            "hr_resize_x": 96,
-            "hr_resize_y": 80,
-            "denoising_strength": 0.5,
-            "hr_upscaler": "Lanczos",
+            **dpm,
+            "prompt": f"{BASE['prompt']} <lora:{lora}:0.8>",
+            "override_settings": {"lora_functional": True},
         },
     )
+    yield "feature|empty negative (zeros)", {**dpm, "negative_prompt": ""}
     yield (
-        "feature|variation seed",
-        {**small, "sampler_name": "Euler a", "subseed": 7, "subseed_strength": 0.4},
+        "feature|clip skip 2 (CLIP-L with sdxl_clip_l_skip)",
+        {
+            **dpm,
+            "override_settings": {"CLIP_stop_at_last_layers": 2, "sdxl_clip_l_skip": True},
+        },
     )
+    yield "feature|AND with weights", {**dpm, "prompt": f"{BASE['prompt']} AND a stormy sea:0.6"}
+    yield "feature|prompt editing", {**dpm, "prompt": "a [lighthouse:castle:0.5] on a cliff at dusk"}
     yield (
-        "feature|ENSD",
-        {**small, "sampler_name": "Euler a", "override_settings": {"eta_noise_seed_delta": 31337}},
+        "feature|hires latent x1.5",
+        {
+            **dpm,
+            "enable_hr": True,
+            "hr_scale": 1.5,
+            "denoising_strength": 0.6,
+            "hr_upscaler": "Latent",
+        },
     )
-    yield "feature|tiling", {**base, "tiling": True}
-    yield "feature|clip skip 2", {**base, "override_settings": {"CLIP_stop_at_last_layers": 2}}
 
 
 def requests_for(
-    matrix: str, lora: str = "rand_lora", vae: str = "rand_vae.safetensors"
+    matrix: str, lora: str = "rand_lora", vae: str = "rand_vae.safetensors", embedding: str = "rand_emb"
 ) -> list[tuple[str, dict[str, Any]]]:
     if matrix == "golden":
-        return list(golden_requests())
-    return list(grid_requests() if matrix == "grid" else table_requests(lora, vae))
+        return list(golden_requests(lora, vae, embedding))
+    if matrix == "grid":
+        return list(grid_requests())
+    if matrix == "sdxl":
+        return list(sdxl_requests(lora))
+    return list(table_requests(lora, vae, embedding))
 
 
 def file_stem(cell: str) -> str:
@@ -187,7 +227,7 @@ def _post(url: str, body: dict[str, Any], timeout: float) -> Any:
 
 
 def record(
-    url: str, out: Path, matrix: str, lora: str, vae: str, timeout: float, checkpoint: str | None
+    url: str, out: Path, requests: list[tuple[str, dict[str, Any]]], timeout: float, checkpoint: str | None
 ) -> None:
     """POST each request to A1111 and keep its images (PNG) and info."""
     out.mkdir(parents=True, exist_ok=True)
@@ -195,10 +235,12 @@ def record(
         _post(f"{url}/sdapi/v1/options", {"sd_model_checkpoint": checkpoint}, timeout)
     # A1111 does not restore override_settings keys that its config.json lacks (a fresh data dir): they would
     # stick for every later request. Put each overridden key back to its value from before the run.
+    # Live previews never change the pixels; A1111's SDXL preview model would be downloaded (offline: fails).
+    _post(f"{url}/sdapi/v1/options", {"live_previews_enable": False}, timeout)
     with urllib.request.urlopen(f"{url}/sdapi/v1/options", timeout=timeout) as response:
         baseline = json.loads(response.read())
     index: dict[str, Any] = {}
-    for cell, payload in requests_for(matrix, lora, vae):
+    for cell, payload in requests:
         started = time.perf_counter()
         overridden = payload.get("override_settings") or {}
         result = _post(
@@ -236,6 +278,7 @@ def compare(
     if engine.load_error:
         raise SystemExit(f"engine could not load {ckpt}: {engine.load_error}")
     index = json.loads((recorded / "index.json").read_text(encoding="utf-8"))
+    index = index.get("cells", index)  # record_goldens.py wraps the cells with its "meta"
     rows = []
     for cell, entry in index.items():
         started = time.perf_counter()
@@ -291,10 +334,11 @@ def main() -> None:
     rec = sub.add_parser("record")
     rec.add_argument("--url", required=True)
     rec.add_argument("--out", type=Path, required=True)
-    rec.add_argument("--matrix", choices=("table", "grid", "golden"), default="table")
+    rec.add_argument("--matrix", choices=("table", "grid", "golden", "sdxl"), default="table")
     rec.add_argument("--checkpoint", help="POST /options sd_model_checkpoint first (A1111 title or name)")
     rec.add_argument("--lora", default="rand_lora")
     rec.add_argument("--vae", default="rand_vae.safetensors")
+    rec.add_argument("--embedding", default="rand_emb")
     rec.add_argument("--timeout", type=float, default=600)
     cmp_ = sub.add_parser("compare")
     cmp_.add_argument("--models-dir", type=Path, required=True)
@@ -306,7 +350,8 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.command == "record":
-        record(args.url, args.out, args.matrix, args.lora, args.vae, args.timeout, args.checkpoint)
+        requests = requests_for(args.matrix, args.lora, args.vae, args.embedding)
+        record(args.url, args.out, requests, args.timeout, args.checkpoint)
         return
     rows = compare(args.models_dir, args.ckpt, args.recorded, args.clip_tokenizer, args.threads)
     results = ROOT / "bench" / "results"

@@ -99,9 +99,10 @@ def prepare(args: argparse.Namespace) -> None:
         print(f"checkpoint round trip (ours both ways): {time.perf_counter() - started:.1f} s")
         if not args.skip_diffusers_writer:
             from diffusers_server.models.architectures import write_skeleton
-            from diffusers_server.tokenizer import cached_clip_tokenizer_dir
+            from diffusers_server.tokenizer import load_vocabulary
 
-            skeleton = write_skeleton(work / "skeleton", kind, configs, cached_clip_tokenizer_dir())
+            vocabulary = load_vocabulary().write_folder(work / "vocabulary")
+            skeleton = write_skeleton(work / "skeleton", kind, configs, vocabulary)
             extra = {"safety_checker": None, "feature_extractor": None} if kind == "sd15" else {}
             pipe = pipeline_class.from_single_file(
                 str(args.checkpoint),

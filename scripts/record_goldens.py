@@ -2,11 +2,17 @@
 
 Needs the real A1111 v1.10.1 set up by ``../shared/reference-a1111/setup.sh`` (``$A1111_ROOT``, default
 ``~/.cache/a1111-reference``). It writes the small deterministic checkpoint (tests/support/parity_model.py)
-with its ``.yaml`` beside it into a temporary models folder, starts A1111 on it with ``serve.sh PORT DIR``,
-sends the ``golden`` requests of scripts/a1111_parity.py, stores the PNGs and ``index.json`` (payloads,
-A1111's infotexts, the checkpoint's sha256) in tests/fixtures/golden/, and stops A1111.
+with its ``.yaml``, VAE, LoRA and embedding into a models folder, starts A1111 on it (fresh data dir) with
+``serve.sh PORT DIR``, sends the ``golden`` requests of scripts/a1111_parity.py, stores the PNGs and
+``index.json`` (payloads, A1111's infotexts, the files' sha256) in tests/fixtures/golden/, and stops A1111.
 
     python scripts/record_goldens.py [--port 7871] [--serve ../shared/reference-a1111/serve.sh]
+
+The whole sampler x schedule grid on the same model, for docs/engine.md (not committed):
+
+    python scripts/record_goldens.py --matrix grid --out /tmp/tiny-grid --models /tmp/tiny-models
+    python scripts/a1111_parity.py compare --models-dir /tmp/tiny-models --ckpt parity-sd15-tiny \
+        --recorded /tmp/tiny-grid --markdown /tmp/tiny-grid.md
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from scripts.a1111_parity import record  # noqa: E402 - after the sys.path line
+from scripts.a1111_parity import record, requests_for  # noqa: E402 - after the sys.path line
 from tests.support import parity_model  # noqa: E402
 
 GOLDEN_DIR = ROOT / "tests" / "fixtures" / "golden"
@@ -43,17 +49,18 @@ def main() -> None:
     default_serve = next((c for c in candidates if c.is_file()), candidates[0])
     parser.add_argument("--serve", type=Path, default=default_serve)
     parser.add_argument("--out", type=Path, default=GOLDEN_DIR)
+    parser.add_argument("--matrix", choices=("golden", "grid"), default="golden")
+    parser.add_argument("--models", type=Path, help="write the models here and keep them (default: temp dir)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     a1111_root = Path(os.environ.get("A1111_ROOT", Path.home() / ".cache" / "a1111-reference"))
     with tempfile.TemporaryDirectory(prefix="goldens-") as tmp:
-        models = Path(tmp)
-        for sub in ("loras", "embeddings", "vae"):
-            (models / sub).mkdir()
-        checkpoint = parity_model.write(models)
+        models = args.models or Path(tmp)
+        models.mkdir(parents=True, exist_ok=True)
+        parity_model.write(models)
         serve = ["bash", str(args.serve), str(args.port), str(models)]
         # a fresh data dir: no options left over from earlier runs
-        env = {**os.environ, "A1111_DATA_DIR": str(models / "a1111-data")}
+        env = {**os.environ, "A1111_DATA_DIR": tempfile.mkdtemp(prefix="a1111-data-", dir=tmp)}
         started = subprocess.run(serve, check=False, timeout=900, env=env)
         pid_file = a1111_root / ("a1111.pid" if args.port == 7860 else f"a1111-{args.port}.pid")
         try:
@@ -61,14 +68,15 @@ def main() -> None:
                 raise SystemExit(f"A1111 did not start (serve.sh exit {started.returncode})")
             if args.out.exists():
                 shutil.rmtree(args.out)
-            record(f"http://127.0.0.1:{args.port}", args.out, "golden", "", "", 600, None)
+            requests = requests_for(args.matrix, parity_model.LORA, parity_model.VAE, parity_model.EMBEDDING)
+            record(f"http://127.0.0.1:{args.port}", args.out, requests, 600, None)
         finally:
             if pid_file.is_file():
                 os.kill(int(pid_file.read_text().strip()), signal.SIGTERM)
         index = json.loads((args.out / "index.json").read_text(encoding="utf-8"))
         meta = {
-            "checkpoint": checkpoint.name,
-            "checkpoint_sha256": parity_model.sha256(checkpoint),
+            "checkpoint": f"{parity_model.NAME}.safetensors",
+            "files_sha256": parity_model.file_hashes(models),
             "a1111": "v1.10.1 (82a973c0), CPU, fp32 (--no-half --precision full)",
             "recorded_by": "scripts/record_goldens.py",
         }

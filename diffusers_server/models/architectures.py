@@ -17,14 +17,12 @@ from diffusers import __version__ as diffusers_version
 
 from worker.registry.pipeline_configs import CONFIG_METADATA_KEY, REAL_CONFIGS, SCHEDULER, model_index
 
-from ..tokenizer import write_byte_level_vocab
-
 ModelKind = Literal["sd15", "sdxl"]
 __all__ = ["CONFIG_METADATA_KEY", "REAL_CONFIGS", "ModelKind", "write_skeleton"]
 
 
 def write_skeleton(
-    root: Path, kind: ModelKind, configs: dict[str, dict[str, Any]], tokenizer_dir: Path | None
+    root: Path, kind: ModelKind, configs: dict[str, dict[str, Any]], tokenizer_dir: Path
 ) -> Path:
     """Write (once per distinct config) the json-only diffusers folder that ``from_single_file`` needs."""
     blob = json.dumps({"kind": kind, "configs": configs, "tok": str(tokenizer_dir)}, sort_keys=True)
@@ -42,10 +40,7 @@ def write_skeleton(
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(content, indent=1), encoding="utf-8")
     for sub in ("tokenizer", "tokenizer_2") if kind == "sdxl" else ("tokenizer",):
-        if tokenizer_dir is None:
-            write_byte_level_vocab(folder / sub)
-        else:
-            for name in ("vocab.json", "merges.txt"):
-                (folder / sub).mkdir(parents=True, exist_ok=True)
-                (folder / sub / name).write_bytes((tokenizer_dir / name).read_bytes())
+        for name in ("vocab.json", "merges.txt"):
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+            (folder / sub / name).write_bytes((tokenizer_dir / name).read_bytes())
     return folder

@@ -33,18 +33,12 @@ from diffusers.loaders.single_file_utils import (
     convert_open_clip_checkpoint,
 )
 from safetensors import safe_open
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 from worker.registry.layouts import LayoutError, inspect_diffusers_folder
 
 from ..sampling.schedules import train_alphas_cumprod
-from ..tokenizer import (
-    BYTE_LEVEL_VOCAB_SIZE,
-    CLIP_REPO,
-    cached_clip_tokenizer_dir,
-    load_clip_tokenizer,
-    write_byte_level_vocab,
-)
+from ..tokenizer import VOCAB_SIZE, VocabularyError, load_clip_tokenizer, load_vocabulary
 from .architectures import CONFIG_METADATA_KEY, REAL_CONFIGS, ModelKind, write_skeleton
 
 log = logging.getLogger(__name__)
@@ -124,16 +118,8 @@ def load_checkpoint(
         return load_pipeline_folder(path, runtime, skeleton_root, tokenizer_dir)
     started = time.perf_counter()
     kind, configs, vocab_size = inspect_checkpoint(path)
-    if vocab_size != BYTE_LEVEL_VOCAB_SIZE and tokenizer_dir is None:
-        tokenizer_dir = cached_clip_tokenizer_dir()
-        if tokenizer_dir is None:
-            raise ModelLoadError(
-                f"{path.name} needs the real CLIP vocabulary ({vocab_size} tokens): start the engine with "
-                f"--clip-tokenizer DIR (a folder with CLIP's vocab.json and merges.txt) or put {CLIP_REPO}'s "
-                "tokenizer in the local Hugging Face cache"
-            )
-        log.info("using the cached CLIP tokenizer in %s", tokenizer_dir)
-    skeleton = write_skeleton(skeleton_root, kind, configs, tokenizer_dir)
+    vocabulary_dir = _clip_vocabulary_dir(path.name, vocab_size, skeleton_root, tokenizer_dir)
+    skeleton = write_skeleton(skeleton_root, kind, configs, vocabulary_dir)
     tokenizer = load_clip_tokenizer(skeleton / "tokenizer")
     try:
         parts = _load_components(path, kind, configs, runtime.dtype)
@@ -288,28 +274,23 @@ def _stream_into(
         raise ModelLoadError(f"{file}: the {component} weights are incomplete (missing {names})")
 
 
-def _folder_tokenizers(
-    folder: Path, kind: ModelKind, vocab_size: int, skeleton_root: Path, tokenizer_dir: Path | None
-) -> dict[str, Any]:
-    """The folder's own tokenizers when it has them; else the ones a single file of its vocabulary gets."""
-    pads = {"tokenizer": None, "tokenizer_2": OPENCLIP_PAD}
-    wanted = ("tokenizer", "tokenizer_2") if kind == "sdxl" else ("tokenizer",)
-    if all((folder / sub).is_dir() for sub in wanted):
-        found: dict[str, Any] = {}
-        for sub in wanted:
-            extra = {"pad_token": pads[sub]} if pads[sub] else {}
-            found[sub] = CLIPTokenizer.from_pretrained(str(folder / sub), model_max_length=77, **extra)
-        return found
-    if vocab_size != BYTE_LEVEL_VOCAB_SIZE and tokenizer_dir is None:
-        tokenizer_dir = cached_clip_tokenizer_dir()
-        if tokenizer_dir is None:
-            raise ModelLoadError(
-                f"{folder.name} has no tokenizer/ and needs the real CLIP vocabulary ({vocab_size} tokens): "
-                f"start the engine with --clip-tokenizer DIR or put {CLIP_REPO}'s tokenizer in the local "
-                "Hugging Face cache"
-            )
-    source = tokenizer_dir or write_byte_level_vocab(skeleton_root / "byte-level-tokenizer")
-    return {sub: load_clip_tokenizer(source, pad_token=pads[sub]) for sub in wanted}
+def _clip_vocabulary_dir(name: str, vocab_size: int, skeleton_root: Path, tokenizer_dir: Path | None) -> Path:
+    """CLIP's ``vocab.json`` + ``merges.txt`` (from ``--clip-tokenizer`` or openai-clip) for the pipelines.
+
+    Prompts are tokenized by ``tokenizer.py`` as A1111 does; the pipelines only need a tokenizer object of
+    the same vocabulary. A text encoder of another vocabulary size is not an SD1.x/SDXL one.
+    """
+    if vocab_size != VOCAB_SIZE:
+        raise ModelLoadError(
+            f"{name}'s text encoder has {vocab_size} token embeddings; SD1.x and SDXL use CLIP's {VOCAB_SIZE}"
+        )
+    vocabulary_dir = skeleton_root / "clip-vocabulary"
+    if tokenizer_dir is not None or not (vocabulary_dir / "merges.txt").is_file():
+        try:
+            load_vocabulary(tokenizer_dir).write_folder(vocabulary_dir)
+        except VocabularyError as exc:
+            raise ModelLoadError(str(exc)) from exc
+    return vocabulary_dir
 
 
 def load_pipeline_folder(
@@ -325,11 +306,13 @@ def load_pipeline_folder(
     if "text_encoder" not in info.configs or "vae" not in info.configs:
         raise ModelLoadError(f"cannot load {folder.name}: it needs text_encoder/ and vae/")
     vocab_size = int(info.configs["text_encoder"].get("vocab_size", 0))
-    kwargs: dict[str, Any] = {
-        "local_files_only": True,
-        "torch_dtype": runtime.dtype,
-        **_folder_tokenizers(folder, kind, vocab_size, skeleton_root, tokenizer_dir),
-    }
+    # The folder's own tokenizer/ is not read: prompts are tokenized as A1111 tokenizes them for the
+    # converted checkpoint (CLIP's vocabulary, the slow tokenizer's rules, open_clip for CLIP-G).
+    vocabulary_dir = _clip_vocabulary_dir(folder.name, vocab_size, skeleton_root, tokenizer_dir)
+    tokenizers = {"tokenizer": load_clip_tokenizer(vocabulary_dir)}
+    if kind == "sdxl":
+        tokenizers["tokenizer_2"] = load_clip_tokenizer(vocabulary_dir, pad_token=OPENCLIP_PAD)
+    kwargs: dict[str, Any] = {"local_files_only": True, "torch_dtype": runtime.dtype, **tokenizers}
     try:
         if kind == "sdxl":
             pipe: AnyPipeline = StableDiffusionXLPipeline.from_pretrained(str(folder), **kwargs)

@@ -52,10 +52,36 @@ def stack_conds(conds: list[Cond]) -> CondBatch:
     return CondBatch(torch.stack(contexts), pooled)
 
 
+def _upsample_like_a1111(module: torch.nn.Module, args: Any, kwargs: dict[str, Any]) -> Any:
+    """Forward pre-hook of a UNet up block: LDM's order for latents whose sides are not multiples of 8.
+
+    LDM upsamples by 2 and convolves, and A1111 then resizes (nearest) to the skip connection's size where
+    it concatenates; diffusers resizes straight to the skip's size before the convolution. The results
+    differ at odd feature-map sizes (e.g. a 96x80 hires pass). Here the previous block's upsampler doubles
+    (no ``upsample_size``) and this block resizes its input to its skips first, as A1111 does.
+    """
+    hidden, skips = kwargs["hidden_states"], kwargs["res_hidden_states_tuple"]
+    size = skips[-1].shape[-2:]
+    if hidden.shape[-2:] != size:
+        kwargs["hidden_states"] = torch.nn.functional.interpolate(hidden, size=size, mode="nearest")
+    kwargs["upsample_size"] = None
+    return args, kwargs
+
+
+def match_a1111_upsampling(unet: Any) -> None:
+    """Install :func:`_upsample_like_a1111` on every up block of ``unet`` (once)."""
+    if getattr(unet, "_a1111_upsampling", False):
+        return
+    for block in unet.up_blocks:
+        block.register_forward_pre_hook(_upsample_like_a1111, with_kwargs=True)
+    unet._a1111_upsampling = True
+
+
 class UNetModel:
     """A1111's ``apply_model``: the UNet's epsilon prediction at (fractional) training timestep ``t``."""
 
     def __init__(self, unet: Any, sdxl: bool, time_ids: tuple[int, ...] = ()):
+        match_a1111_upsampling(unet)
         self.unet = unet
         self.sdxl = sdxl
         self.time_ids = time_ids  # SDXL: (height, width, crop top, crop left, height, width)

@@ -82,3 +82,9 @@ def test_option_of_the_wrong_type_is_400_naming_it(client: httpx.Client, option:
     """Found by the engine fuzz test: a string where a number goes crashed sampling with a 500."""
     response = client.post("/txt2img", json={**SMALL, "override_settings": {option: value}})
     _a1111_error(response, 400, option)
+
+
+def test_unreadable_emphasis_weight_is_a_400_naming_it(client: httpx.Client) -> None:
+    """A1111 answers 500 (ValueError) for ``(word:1.2.3)``; this engine names the weight."""
+    response = client.post("/txt2img", json={**SMALL, "prompt": "a (word:1.2.3)"})
+    _a1111_error(response, 400, "'1.2.3'")

@@ -48,12 +48,14 @@ def parity_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The engine as a real server process on the parity checkpoint (built here, never committed)."""
     _require_engine()
     models = tmp_path_factory.mktemp("parity-models")
-    checkpoint = parity_model.write(models, with_a1111_files=False)
-    recorded = INDEX["meta"]["checkpoint_sha256"]
-    if parity_model.sha256(checkpoint) != recorded:
+    parity_model.write(models, with_a1111_files=False)
+    recorded = INDEX["meta"]["files_sha256"]
+    built = parity_model.file_hashes(models)
+    if built != recorded:
+        changed = sorted(rel for rel in recorded if built.get(rel) != recorded[rel])
         pytest.fail(
-            f"{checkpoint.name} built here differs from the one the goldens were recorded with "
-            f"({recorded[:12]}); torch's initialisation changed: re-record with scripts/record_goldens.py"
+            f"{', '.join(changed)} built here differ from the files the goldens were recorded with; torch's "
+            "initialisation changed: re-record with scripts/record_goldens.py"
         )
     port = _free_port()
     url = f"http://127.0.0.1:{port}"

@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from diffusers_server.prompts import PromptChunker, extract_networks, parse_attention
+from diffusers_server.prompt_syntax import extract_networks, lora_requests
+from diffusers_server.prompts import PromptChunker, TokenChunker, parse_attention
 from diffusers_server.samplers import SamplerError, resolve
-from diffusers_server.tokenizer import cached_clip_tokenizer_dir, load_clip_tokenizer, write_byte_level_vocab
+from diffusers_server.tokenizer import ClipVocabulary, VocabularyError, clip_tokenizers, load_vocabulary
 
 
 def test_parse_attention_matches_a1111() -> None:
@@ -28,34 +29,49 @@ def test_parse_attention_matches_a1111() -> None:
 def test_extract_networks() -> None:
     text, tags = extract_networks("x <lora:foo:0.5> y <lyco:bar:0.2:0.9> <lora:baz:te=0.1:unet=0.3>")
     assert text == "x  y  "
-    assert [(t.kind, t.name, t.te_weight, t.unet_weight) for t in tags] == [
-        ("lora", "foo", 0.5, 0.5),
-        ("lora", "bar", 0.2, 0.9),
-        ("lora", "baz", 0.1, 0.3),
+    assert [(r.name, r.te, r.unet) for r in lora_requests(tags)] == [
+        ("foo", 0.5, 0.5),
+        ("bar", 0.2, 0.9),
+        ("baz", 0.1, 0.3),
     ]
 
 
 @pytest.fixture(scope="module")
-def chunker(tmp_path_factory: pytest.TempPathFactory) -> PromptChunker:
-    folder = write_byte_level_vocab(Path(tmp_path_factory.mktemp("tok")))
-    return PromptChunker(load_clip_tokenizer(folder), {})
+def chunker() -> TokenChunker:
+    return PromptChunker([clip_tokenizers()["transformers"]], {}).encoders[0]
 
 
-def test_chunking_never_truncates(chunker: PromptChunker) -> None:
-    chunks, count, _ = chunker.chunks("x" * 200)
+def test_chunking_never_truncates(chunker: TokenChunker) -> None:
+    chunks, count, _ = chunker.chunks(" ".join(["x"] * 200))
     assert count == 200 and len(chunks) == 3
     assert all(len(c.tokens) == 77 for c in chunks)
-    assert sum(t != chunker.eos for c in chunks for t in c.tokens[1:-1]) == 200
+    assert sum(t != chunker.tokenizer.end for c in chunks for t in c.tokens[1:-1]) == 200
 
 
-def test_break_and_comma_backtrack(chunker: PromptChunker) -> None:
+def test_break_and_comma_backtrack(chunker: TokenChunker) -> None:
     assert len(chunker.chunks("a BREAK b")[0]) == 2
     # a comma at position 70: the 5 tokens after it move to the next chunk instead of being split mid-phrase
-    chunks, _, _ = chunker.chunks("y" * 69 + "," + "z" * 10)
-    assert (
-        chunks[0].tokens[71] == chunker.eos
-        and chunks[1].tokens[1:11].count(chunker.tokenizer.convert_tokens_to_ids("z")) >= 5
-    )
+    chunks, _, _ = chunker.chunks(" ".join(["y"] * 69) + ", " + " ".join(["z"] * 10))
+    z = chunker.tokenizer("z")[0]
+    assert chunks[0].tokens[71] == chunker.tokenizer.end and chunks[1].tokens[1:11].count(z) == 10
+
+
+def test_vocabulary_comes_from_the_openai_clip_package() -> None:
+    """CLIP's real vocabulary out of the box: 49408 tokens, real ids for real words."""
+    tokenizer = clip_tokenizers()["transformers"]
+    assert (tokenizer.start, tokenizer.end, tokenizer.comma) == (49406, 49407, 267)
+    assert tokenizer("a photo of a cat") == [320, 1125, 539, 320, 2368]
+
+
+def test_clip_tokenizer_folder_round_trip(tmp_path: Path) -> None:
+    """``--clip-tokenizer DIR``: a vocab.json + merges.txt folder gives the same vocabulary; others are refused."""
+    folder = load_vocabulary().write_folder(tmp_path / "tok")
+    assert ClipVocabulary.from_folder(folder) == load_vocabulary()
+    (folder / "vocab.json").write_text('{"a": 0}')
+    with pytest.raises(VocabularyError, match="does not match"):
+        ClipVocabulary.from_folder(folder)
+    with pytest.raises(VocabularyError, match="cannot read"):
+        ClipVocabulary.from_folder(tmp_path / "missing")
 
 
 def test_sampler_resolution() -> None:
@@ -100,15 +116,3 @@ def test_demo_models_are_byte_identical_across_runs(engine_models_dir: Path, tmp
 
     for path in make_demo_models(tmp_path, sdxl=True).values():
         assert path.read_bytes() == (engine_models_dir / path.relative_to(tmp_path)).read_bytes(), path.name
-
-
-def test_cached_clip_tokenizer_is_found_offline(tmp_path: Path) -> None:
-    assert cached_clip_tokenizer_dir(tmp_path) is None
-    repo = tmp_path / "models--openai--clip-vit-large-patch14"
-    snapshot = repo / "snapshots" / "0123abcd"
-    write_byte_level_vocab(snapshot)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text("0123abcd")
-    found = cached_clip_tokenizer_dir(tmp_path)
-    assert found == snapshot
-    assert load_clip_tokenizer(found)("a").input_ids[0] == 512  # <|startoftext|> of the cached vocabulary

@@ -3,9 +3,13 @@
 A1111 builds its model from the LDM config ``<checkpoint>.yaml`` placed beside the file, so a tiny UNet,
 VAE and text encoder load there in seconds. LDM's layers fix GroupNorm at 32 groups and a latent factor of
 8, so the tiny model keeps those (unlike the demo models). A1111 reads the text encoder's config and the
-tokenizer from the folder the yaml names (``text/``): the byte-level vocabulary the engine also uses.
+tokenizer from the folder the yaml names (``text/``): CLIP's vocabulary, as the engine reads it from openai-clip.
 
-The same seed gives the same bytes on every run with the same torch version: the goldens record the file's
+Beside it: a standalone VAE, a kohya LoRA and a textual-inversion embedding for the same architecture. The
+LoRA covers the text encoder, the middle block and the up-block attentions only: A1111 maps SD1.5 LoRA names
+with SD1.5's fixed block numbering, which places this small UNet's *down*-block attentions wrongly.
+
+The same seeds give the same bytes on every run with the same torch version: the goldens record the files'
 sha256, and the golden test says so when a different torch makes a different file (re-record then).
 """
 
@@ -20,10 +24,13 @@ import torch
 
 SEED = 11
 NAME = "parity-sd15-tiny"
+LORA = "parity-lora"
+VAE = "parity-vae.safetensors"
+EMBEDDING = "parity-emb"
 TEXT = {
     "architectures": ["CLIPTextModel"],
     "model_type": "clip_text_model",
-    "vocab_size": 514,
+    "vocab_size": 49408,
     "hidden_size": 32,
     "intermediate_size": 37,
     "projection_dim": 32,
@@ -31,9 +38,9 @@ TEXT = {
     "num_hidden_layers": 3,
     "max_position_embeddings": 77,
     "hidden_act": "quick_gelu",
-    "bos_token_id": 512,
-    "eos_token_id": 513,
-    "pad_token_id": 513,
+    "bos_token_id": 49406,
+    "eos_token_id": 49407,
+    "pad_token_id": 49407,
 }
 CONFIGS: dict[str, dict[str, Any]] = {
     "unet": {
@@ -142,22 +149,76 @@ def build() -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     return _contiguous(tensors), metadata
 
 
+def build_extras() -> dict[str, dict[str, torch.Tensor]]:
+    """The VAE (LDM keys, no prefix), the LoRA (kohya keys) and the embedding (``emb_params``)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from diffusers_server.demo_models import _contiguous, _randomize_norms, _seeded
+    from diffusers_server.models.ldm_keys import vae_to_ldm
+
+    with _seeded(SEED + 1):
+        vae = AutoencoderKL(**CONFIGS["vae"])
+        _randomize_norms(vae)
+        vae_tensors = vae_to_ldm(vae.state_dict(), CONFIGS["vae"], prefix="")
+    with _seeded(SEED + 2):
+        unet = UNet2DConditionModel(**CONFIGS["unet"])
+        te = CLIPTextModel(CLIPTextConfig(**CONFIGS["text_encoder"]))
+        targets = [
+            ("lora_unet_" + name.replace(".", "_"), module)
+            for name, module in unet.named_modules()
+            if name.startswith(("mid_block.attentions.", "up_blocks.0.attentions."))
+            and isinstance(module, torch.nn.Linear | torch.nn.Conv2d)
+        ]
+        targets += [
+            ("lora_te_text_model_" + name.replace(".", "_"), module)
+            for name, module in te.named_modules()
+            if name.endswith(("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"))
+        ]
+        lora: dict[str, torch.Tensor] = {}
+        rank = 4
+        for key, module in targets:
+            weight = module.weight
+            tail = (1, 1) if weight.ndim == 4 else ()
+            lora[f"{key}.lora_down.weight"] = (
+                torch.randn(rank, weight.shape[1], *tail) / weight.shape[1] ** 0.5
+            )
+            lora[f"{key}.lora_up.weight"] = torch.randn(weight.shape[0], rank, *tail) * 0.5
+            lora[f"{key}.alpha"] = torch.tensor(float(rank))
+        embedding = {"emb_params": torch.randn(2, TEXT["hidden_size"])}
+    return {
+        f"vae/{VAE}": _contiguous(vae_tensors),
+        f"loras/{LORA}.safetensors": {k: v.to(torch.float16) for k, v in lora.items()},
+        f"embeddings/{EMBEDDING}.safetensors": embedding,
+    }
+
+
 def write(models_dir: Path, with_a1111_files: bool = True) -> Path:
-    """Write ``checkpoints/<NAME>.safetensors`` (and, for A1111, its yaml and text-encoder folder)."""
-    from diffusers_server.demo_models import save_file
-    from diffusers_server.tokenizer import write_byte_level_vocab
+    """Write ``checkpoints/<NAME>.safetensors`` and the extras (and, for A1111, the yaml and text folder)."""
+    from diffusers_server.demo_models import _metadata, save_file
+    from diffusers_server.tokenizer import load_vocabulary
 
     checkpoints = models_dir / "checkpoints"
     checkpoints.mkdir(parents=True, exist_ok=True)
     path = checkpoints / f"{NAME}.safetensors"
     tensors, metadata = build()
     save_file(tensors, path, metadata)
+    for rel, extra in build_extras().items():
+        (models_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+        save_file(extra, models_dir / rel, _metadata(rel.split("/")[0]))
     if with_a1111_files:
         text_dir = models_dir / f"{NAME}-text"
-        write_byte_level_vocab(text_dir)
+        load_vocabulary().write_folder(text_dir)
         (text_dir / "config.json").write_text(json.dumps(TEXT, indent=1), encoding="utf-8")
         (checkpoints / f"{NAME}.yaml").write_text(YAML.format(text_dir=text_dir.resolve()), encoding="utf-8")
     return path
+
+
+def file_hashes(models_dir: Path) -> dict[str, str]:
+    """sha256 of the checkpoint and every extra, by path under ``models_dir`` (what the goldens record)."""
+    rels = [f"checkpoints/{NAME}.safetensors", f"vae/{VAE}", f"loras/{LORA}.safetensors"]
+    rels.append(f"embeddings/{EMBEDDING}.safetensors")
+    return {rel: sha256(models_dir / rel) for rel in rels}
 
 
 def sha256(path: Path) -> str:

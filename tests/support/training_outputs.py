@@ -27,7 +27,7 @@ from peft.utils import get_peft_model_state_dict
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 from diffusers_server.demo_models import TINY_CONFIGS, _randomize_norms
-from diffusers_server.tokenizer import load_clip_tokenizer, write_byte_level_vocab
+from diffusers_server.tokenizer import load_clip_tokenizer, load_vocabulary
 
 Kind = Literal["sd15", "sdxl"]
 Pipe = StableDiffusionPipeline | StableDiffusionXLPipeline
@@ -36,7 +36,7 @@ TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 
 
 def tiny_pipeline(kind: Kind, tokenizer_dir: Path, seed: int = 0) -> Pipe:
-    """A random tiny SD1.5 or SDXL pipeline (the demo models' architecture) with a byte-level tokenizer."""
+    """A random tiny SD1.5 or SDXL pipeline (the demo models' architecture) with CLIP's tokenizer."""
     configs = TINY_CONFIGS[kind]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -44,7 +44,7 @@ def tiny_pipeline(kind: Kind, tokenizer_dir: Path, seed: int = 0) -> Pipe:
         vae = AutoencoderKL(**configs["vae"])
         te = CLIPTextModel(CLIPTextConfig(**configs["text_encoder"]))
         _randomize_norms(unet, vae, te)
-        tokenizer = load_clip_tokenizer(write_byte_level_vocab(tokenizer_dir))
+        tokenizer = load_clip_tokenizer(load_vocabulary().write_folder(tokenizer_dir))
         if kind == "sd15":
             return StableDiffusionPipeline(
                 vae=vae,
