@@ -30,7 +30,14 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.support.real_a1111 import a1111_dir, free_port, launch, start_env, volume_with_tiny_models  # noqa: E402
+from tests.support.real_a1111 import (  # noqa: E402
+    a1111_dir,
+    free_port,
+    launch,
+    place_model_file,
+    start_env,
+    volume_with_tiny_models,
+)
 
 PHASES = ("engine_started", "api_up", "checkpoint_loaded", "worker_ready")
 TIMELINE = re.compile(r"start-up timeline: (.*)")
@@ -46,7 +53,7 @@ def one_run(
         for kind in ("checkpoints", "loras", "embeddings", "vae"):
             (volume / kind).mkdir(parents=True)
             for file in (models / kind).glob("*") if (models / kind).is_dir() else []:
-                (volume / kind / file.name).symlink_to(file.resolve())
+                place_model_file(file.resolve(), volume / kind / file.name)
         extra = {
             "WORKER_MODE": "local",
             "WORKER_LOCAL_API_PORT": str(free_port()),

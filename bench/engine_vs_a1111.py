@@ -109,13 +109,15 @@ def wait_ready(url: str, process: subprocess.Popen[bytes] | None, deadline_s: fl
 
 
 def run_servers(args: argparse.Namespace) -> list[dict[str, Any]]:
+    from tests.support.real_a1111 import place_model_file
+
     rows = []
     checkpoint: Path = args.checkpoint.resolve()
     with tempfile.TemporaryDirectory(prefix="bench-models-") as tmp:
         models = Path(tmp)
         for sub in ("checkpoints", "loras", "embeddings", "vae"):
             (models / sub).mkdir()
-        (models / "checkpoints" / checkpoint.name).symlink_to(checkpoint)
+        place_model_file(checkpoint, models / "checkpoints" / checkpoint.name)
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         command = [sys.executable, "-m", "diffusers_server", "serve", "--models-dir", str(models)]

@@ -124,11 +124,16 @@ def volume_with_tiny_models(install: Path, dest: Path) -> Path:
         for file in (source / kind).iterdir():
             target = dest / kind / file.name
             if not target.exists():
-                try:
-                    os.link(file, target)
-                except OSError:
-                    shutil.copy2(file, target)
+                place_model_file(file, target)
     return dest
+
+
+def place_model_file(source: Path, target: Path) -> None:
+    """Hard link (instant, no space) or copy: a symlink out of the models folder is refused as unusable."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
 
 
 def start_env(install: Path, tmp: Path, models: Path, **extra: str) -> dict[str, str]:
