@@ -154,7 +154,7 @@ def write_full_size(path: Path, kind: str) -> None:
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     from diffusers_server.demo_models import save_file
-    from diffusers_server.models.architectures import REAL_CONFIGS
+    from worker.registry.pipeline_configs import REAL_CONFIGS
     from diffusers_server.models.ldm_keys import clip_to_ldm, open_clip_to_ldm, unet_to_ldm, vae_to_ldm
 
     configs = REAL_CONFIGS[kind]  # type: ignore[index]

@@ -32,6 +32,7 @@ from . import __version__, hires, infotext, options
 from .cond_schedule import BatchConds
 from .conditioning import EncodeSettings, build_conds
 from .config import ServerConfig
+from .errors import RequestRefused
 from .models import files
 from .models.files import CheckpointInfo, HashCache, LoraInfo
 from .models.pipelines import LoadedModel, ModelLoadError, Runtime, load_checkpoint, load_vae
@@ -44,7 +45,7 @@ from .sampling.noise import ImageNoise, posterior_generator
 from .sampling.schedules import ScheduleOptions
 from .sampling.timestep_samplers import SamplingError
 from .schemas import Txt2ImgRequest
-from .state import FifoLock, JobState
+from .state import FifoLock, GenerationState
 from .tokenizer import clip_tokenizers
 
 log = logging.getLogger(__name__)
@@ -53,15 +54,6 @@ VERSION_TEXT = f"diffusers-server-{__version__}"
 MAX_SIDE = 4096
 MAX_IMAGES = 64
 SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1  # what torch.Generator.manual_seed takes
-
-
-class EngineError(Exception):
-    """A caller-facing error with an HTTP status; rendered in A1111's error shape."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 LoraUse = tuple[LoraInfo, float, float]
@@ -137,7 +129,7 @@ class Engine:
         self.hashes = HashCache(config.hash_cache)
         self.skeleton_root = Path(tempfile.mkdtemp(prefix="diffusers-server-skeletons-"))
         self.lock = FifoLock()
-        self.state = JobState()
+        self.state = GenerationState()
         self.options: dict[str, Any] = dict(options.DEFAULTS)
         self.model: LoadedModel | None = None
         self.model_info: CheckpointInfo | None = None
@@ -221,7 +213,7 @@ class Engine:
             if name in info.aliases:
                 return info
         titles = ", ".join(i.title for i in self.checkpoints) or "(none)"
-        raise EngineError(404, f"checkpoint {name!r} not found; available: {titles}")
+        raise RequestRefused(404, f"checkpoint {name!r} not found; available: {titles}")
 
     # ---- model loading ----
 
@@ -230,21 +222,21 @@ class Engine:
         with self.lock.hold():
             try:
                 if not self.checkpoints:
-                    raise EngineError(503, f"no checkpoints in {self.config.checkpoints}")
+                    raise RequestRefused(503, f"no checkpoints in {self.config.checkpoints}")
                 wanted = self.config.ckpt or self.checkpoints[0].title
                 info = self.find_checkpoint(wanted)
                 self._ensure_model(info, str(self.options["sd_vae"]))
                 self.options["sd_model_checkpoint"] = info.title
-            except (EngineError, ModelLoadError) as exc:
+            except (RequestRefused, ModelLoadError) as exc:
                 self.load_error = str(exc)
                 log.error("initial model load failed: %s", exc)
 
     def _gone(
         self, what: str, name: str, refresh: Callable[[], None], names: Callable[[], list[str]]
-    ) -> EngineError:
+    ) -> RequestRefused:
         """A listed model file that was removed from disk since: 404 naming it, never its full path."""
         refresh()
-        return EngineError(
+        return RequestRefused(
             404,
             f"{what} {name!r} was removed from disk after it was listed; "
             f"available: {', '.join(names()) or '(none)'}",
@@ -272,7 +264,7 @@ class Engine:
         if choice in ("Automatic", "None", "", None):
             return None
         if choice not in self.vaes:
-            raise EngineError(
+            raise RequestRefused(
                 404, f"VAE {choice!r} not found; available: Automatic, None, {', '.join(self.vaes)}"
             )
         if not self.vaes[choice].is_file():
@@ -296,7 +288,7 @@ class Engine:
         try:
             notes = options.validate(values)
         except options.OptionError as exc:
-            raise EngineError(400, str(exc)) from exc
+            raise RequestRefused(400, str(exc)) from exc
         with self.lock.hold():
             ckpt = values.get("sd_model_checkpoint")
             info = self.find_checkpoint(str(ckpt)) if ckpt is not None else self.model_info
@@ -306,7 +298,7 @@ class Engine:
                 try:
                     self._ensure_model(info, vae)
                 except ModelLoadError as exc:
-                    raise EngineError(400, str(exc)) from exc
+                    raise RequestRefused(400, str(exc)) from exc
             self.options.update(values)
             if info is not None:
                 self.options["sd_model_checkpoint"] = info.title
@@ -340,7 +332,7 @@ class Engine:
 
         def refuse(condition: object, message: str, status: int = 400) -> None:
             if condition:
-                raise EngineError(status, message)
+                raise RequestRefused(status, message)
 
         refuse(req.script_name, f"Script '{req.script_name}' not found", 422)
         for title in req.alwayson_scripts or {}:
@@ -383,23 +375,23 @@ class Engine:
         try:
             resolve(req.sampler_name or req.sampler_index, req.scheduler)
         except SamplerError as exc:
-            raise EngineError(404, str(exc)) from exc
+            raise RequestRefused(404, str(exc)) from exc
         overrides = dict(req.override_settings or {})
         try:
             warnings += options.validate(overrides)
         except options.OptionError as exc:
-            raise EngineError(400, f"override_settings: {exc}") from exc
+            raise RequestRefused(400, f"override_settings: {exc}") from exc
         if "sd_model_checkpoint" in overrides:
             self.find_checkpoint(str(overrides["sd_model_checkpoint"]))
         self._check_clip_skip(overrides)
         if "sd_vae" in overrides:
             self._vae_path(str(overrides["sd_vae"]))
         if (req.subseed_strength or 0) != 0 and not 0 <= float(req.subseed_strength or 0) <= 1:
-            raise EngineError(400, f"subseed_strength must be 0..1 (got {req.subseed_strength})")
+            raise RequestRefused(400, f"subseed_strength must be 0..1 (got {req.subseed_strength})")
         resolved = resolve(req.sampler_name or req.sampler_index, req.scheduler)
         uni_pc_order = int(overrides.get("uni_pc_order", self.options["uni_pc_order"]))
         if resolved.sampler.name == "UniPC" and steps < uni_pc_order:
-            raise EngineError(
+            raise RequestRefused(
                 400, f"UniPC needs at least uni_pc_order={uni_pc_order} steps (got steps={steps})"
             )
         if req.save_images:
@@ -438,7 +430,7 @@ class Engine:
             self._clip_layers[info.filename] = files.clip_layers(info.filename)
         layers = self._clip_layers[info.filename]
         if layers is not None and clip_stop > layers:
-            raise EngineError(
+            raise RequestRefused(
                 400,
                 f"CLIP_stop_at_last_layers (clip skip) {clip_stop} is more than checkpoint {info.title} "
                 f"allows: its text encoder has {layers} layers, so use 1..{layers}",
@@ -447,7 +439,7 @@ class Engine:
     def _resolve_loras(self, tags: list[NetworkTag], warnings: list[str]) -> list[LoraUse]:
         for tag in tags:
             if tag.kind not in ("lora", "lyco"):
-                raise EngineError(400, f"extra network <{tag.kind}:...> is not supported (only lora/lyco)")
+                raise RequestRefused(400, f"extra network <{tag.kind}:...> is not supported (only lora/lyco)")
         try:
             requests = lora_requests(tags)
         except PromptSyntaxError as exc:
@@ -460,7 +452,7 @@ class Engine:
                 self.refresh_loras()
             if request.name not in self.loras:
                 names = ", ".join(sorted({i.name for i in self.loras.values()})) or "(none)"
-                raise EngineError(404, f"LoRA {request.name!r} not found; available: {names}")
+                raise RequestRefused(404, f"LoRA {request.name!r} not found; available: {names}")
             if not self.loras[request.name].filename.is_file():
                 raise self._gone(
                     "LoRA",
@@ -477,31 +469,31 @@ class Engine:
         """Validate ``hr_*`` like A1111 (``StableDiffusionProcessingTxt2Img.init``), with 4xx, not 500."""
         req = job.req
         if req.denoising_strength is None:
-            raise EngineError(
+            raise RequestRefused(
                 400, "enable_hr needs denoising_strength (0..1, the second pass's strength); it was not given"
             )
         strength = float(req.denoising_strength)
         if not 0 <= strength <= 1:
-            raise EngineError(400, f"denoising_strength must be 0..1 (got {strength})")
+            raise RequestRefused(400, f"denoising_strength must be 0..1 (got {strength})")
         upscaler = req.hr_upscaler or hires.DEFAULT_UPSCALER
         if upscaler not in hires.valid_upscalers():
-            raise EngineError(
+            raise RequestRefused(
                 404, f"hr_upscaler {upscaler!r} not found; available: {', '.join(hires.valid_upscalers())}"
             )
         scale, rx, ry = float(req.hr_scale or 0), int(req.hr_resize_x or 0), int(req.hr_resize_y or 0)
         if rx < 0 or ry < 0:
-            raise EngineError(400, "hr_resize_x/hr_resize_y must be >= 0")
+            raise RequestRefused(400, "hr_resize_x/hr_resize_y must be >= 0")
         if rx == 0 and ry == 0 and scale <= 0:
-            raise EngineError(400, "hr_scale must be > 0 (or give hr_resize_x/hr_resize_y)")
+            raise RequestRefused(400, "hr_scale must be > 0 (or give hr_resize_x/hr_resize_y)")
         target = hires.target(width, height, scale, rx, ry)
         hr_w, hr_h = target.size
         if min(hr_w, hr_h) < 8 or max(target.upscale_x, target.upscale_y) > MAX_SIDE:
-            raise EngineError(
+            raise RequestRefused(
                 400, f"hires size {target.upscale_x}x{target.upscale_y} is outside 8..{MAX_SIDE} per side"
             )
         hr_steps = int(req.hr_second_pass_steps or 0) or steps
         if not 1 <= hr_steps <= 1000:
-            raise EngineError(400, "hr_second_pass_steps must be 0 (same as steps) or 1..1000")
+            raise RequestRefused(400, "hr_second_pass_steps must be 0 (same as steps) or 1..1000")
         main_name = req.sampler_name or req.sampler_index
         first = resolve(main_name, req.scheduler)
         hr_name = req.hr_sampler_name if req.hr_sampler_name not in ("", hires.SAME_SAMPLER) else None
@@ -515,7 +507,7 @@ class Engine:
                     hr_name or main_name, hr_schedule or requested_schedule(main_name, req.scheduler)
                 )
         except SamplerError as exc:
-            raise EngineError(404, f"hires pass: {exc}") from exc
+            raise RequestRefused(404, f"hires pass: {exc}") from exc
         checkpoint = None
         if req.hr_checkpoint_name not in (None, "", hires.SAME_CHECKPOINT):
             checkpoint = self.find_checkpoint(str(req.hr_checkpoint_name))
@@ -567,11 +559,11 @@ class Engine:
         req, opts = job.req, self.options
         name = opts.get("sd_model_checkpoint") or (self.model_info.title if self.model_info else None)
         if name is None:
-            raise EngineError(503, self.load_error or "no checkpoint loaded")
+            raise RequestRefused(503, self.load_error or "no checkpoint loaded")
         try:
             model = self._ensure_model(self.find_checkpoint(str(name)), str(opts["sd_vae"]))
         except ModelLoadError as exc:
-            raise EngineError(400, str(exc)) from exc
+            raise RequestRefused(400, str(exc)) from exc
         info = self.model_info
         assert info is not None
         # A1111 stores the loaded model's title, whatever alias was sent.
@@ -580,7 +572,7 @@ class Engine:
         sampler = resolve(req.sampler_name or req.sampler_index, req.scheduler)
         hr = job.hires
         if hr is not None and hr.checkpoint is not None and hr.checkpoint.filename != info.filename:
-            raise EngineError(
+            raise RequestRefused(
                 400,
                 f"hr_checkpoint_name {req.hr_checkpoint_name!r} is not supported: this engine runs the hires "
                 f"pass on the request's checkpoint ({info.title}); use null or {hires.SAME_CHECKPOINT!r}",
@@ -621,7 +613,7 @@ class Engine:
                     hires_steps=hires_steps,
                 )
             except PromptSyntaxError as exc:
-                raise EngineError(400, str(exc)) from exc
+                raise RequestRefused(400, str(exc)) from exc
 
         hr_conds: BatchConds | None = None
         hr_used: list[str] = []
@@ -760,7 +752,7 @@ class Engine:
                     else:
                         result = self._decode(model, latents)
                 except SamplingError as exc:
-                    raise EngineError(400, str(exc)) from exc
+                    raise RequestRefused(400, str(exc)) from exc
                 for index, image in enumerate(result):
                     n = it * batch + index
                     image_params = {
@@ -979,7 +971,7 @@ class Engine:
             kohya_from_lora([lora.filename], tmp, unet_config=unet_config, text_widths=widths)  # type: ignore[arg-type]
         except ConversionFailed as exc:
             tmp.unlink(missing_ok=True)
-            raise EngineError(
+            raise RequestRefused(
                 400, f"LoRA {lora.name!r} cannot be applied to {model.path.name}: {exc.message}"
             ) from exc
         tmp.replace(target)
@@ -998,7 +990,7 @@ class Engine:
                         pipe.delete_adapters([lora.name])
                     reason = str(exc).strip().splitlines()[0][:300]
                     ckpt = model.path.name
-                    raise EngineError(
+                    raise RequestRefused(
                         400, f"LoRA {lora.name!r} does not fit checkpoint {ckpt} ({model.kind}): {reason}"
                     ) from exc
                 model.loaded_loras.add(lora.name)

@@ -18,7 +18,8 @@ from fastapi import APIRouter, Depends, Request
 from PIL import Image
 
 from . import infotext
-from .engine import Engine, EngineError
+from .engine import Engine
+from .errors import RequestRefused
 from .hires import LATENT_UPSCALE_MODES, upscalers_listing
 from .samplers import samplers_listing, schedulers_listing
 from .schemas import PngInfoRequest, Txt2ImgRequest
@@ -216,7 +217,7 @@ def png_info(req: PngInfoRequest) -> dict[str, Any]:
     try:
         image = Image.open(io.BytesIO(base64.b64decode(data, validate=True)))
     except (binascii.Error, ValueError, OSError) as exc:
-        raise EngineError(400, "Invalid encoded image") from exc
+        raise RequestRefused(400, "Invalid encoded image") from exc
     items = {k: v for k, v in image.info.items() if isinstance(v, str)}
     text = items.pop("parameters", "")
     return {"info": text, "items": items, "parameters": infotext.parse(text) if text else {}}

@@ -1,4 +1,4 @@
-"""Job state for ``/progress``, ``/interrupt`` and ``/skip``, and the FIFO generation lock."""
+"""Generation state for ``/progress``, ``/interrupt`` and ``/skip``, and the FIFO generation lock."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ class FifoLock:
                 self._cond.notify_all()
 
 
-class JobState:
+class GenerationState:
     """A1111's ``shared.state``: what ``/progress`` reports and what ``/interrupt``/``/skip`` set."""
 
     def __init__(self) -> None:

@@ -10,7 +10,6 @@ import contextlib
 import ctypes
 import json
 import logging
-import struct
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,14 +31,16 @@ from diffusers.loaders.single_file_utils import (
     convert_ldm_vae_checkpoint,
     convert_open_clip_checkpoint,
 )
-from safetensors import safe_open
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
+from worker.registry.detect import UnsupportedCheckpoint, checkpoint_pipeline
 from worker.registry.layouts import LayoutError, inspect_diffusers_folder
+from worker.registry.pipeline_configs import CONFIG_METADATA_KEY, REAL_CONFIGS, PipelineKind
+from worker.registry.safetensors_header import HeaderError, SafetensorsHeader, TensorInfo, read_header
 
 from ..sampling.schedules import train_alphas_cumprod
 from ..tokenizer import VOCAB_SIZE, VocabularyError, load_clip_tokenizer, load_vocabulary
-from .architectures import CONFIG_METADATA_KEY, REAL_CONFIGS, ModelKind, write_skeleton
+from .skeleton import write_skeleton
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ class LoadedModel:
     """A pipeline plus what the prompt encoder and infotext need to know about it."""
 
     pipe: AnyPipeline
-    kind: ModelKind
+    kind: PipelineKind
     path: Path
     text_widths: tuple[int, ...]
     skeleton: Path
@@ -86,28 +87,29 @@ class LoadedModel:
     alphas_cumprod: torch.Tensor = field(default_factory=train_alphas_cumprod)
 
 
-def inspect_checkpoint(path: Path) -> tuple[ModelKind, dict[str, dict[str, Any]], int]:
-    """Tell SD1.5 from SDXL by key, and find the component configs and the vocabulary size."""
-    with safe_open(str(path), framework="pt") as handle:
-        keys = set(handle.keys())
-        metadata = handle.metadata() or {}
-        if any(k.startswith("conditioner.embedders.1.") for k in keys):
-            kind: ModelKind = "sdxl"
-            vocab_key = "conditioner.embedders.0.transformer.text_model.embeddings.token_embedding.weight"
-        elif any(k.startswith("cond_stage_model.transformer.") for k in keys):
-            kind = "sd15"
-            vocab_key = "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight"
-        elif any(k.startswith("cond_stage_model.model.") for k in keys):
-            raise ModelLoadError(f"{path.name} is an SD2.x checkpoint; this engine runs SD1.x and SDXL only")
-        else:
-            raise ModelLoadError(f"{path.name} is not an SD1.x/SDXL checkpoint in A1111's single-file layout")
-        if vocab_key not in keys:
-            raise ModelLoadError(f"{path.name} has no text encoder weights ({vocab_key})")
-        vocab_size = int(handle.get_slice(vocab_key).get_shape()[0])
+def inspect_checkpoint(path: Path) -> tuple[PipelineKind, dict[str, dict[str, Any]], int]:
+    """Which pipeline (the registry's detection, one definition), the component configs and the vocabulary."""
+    header = _header(path)
+    try:
+        kind = checkpoint_pipeline(header.tensors, header.metadata, name=path.name)
+    except UnsupportedCheckpoint as exc:
+        raise ModelLoadError(str(exc)) from exc
+    vocab_key = _PREFIXES[kind]["text_encoder"] + "text_model.embeddings.token_embedding.weight"
+    if vocab_key not in header.tensors:
+        raise ModelLoadError(f"{path.name} has no text encoder weights ({vocab_key})")
+    vocab_size = header.tensors[vocab_key].shape[0]
+    metadata = header.metadata
     configs = (
         json.loads(metadata[CONFIG_METADATA_KEY]) if CONFIG_METADATA_KEY in metadata else REAL_CONFIGS[kind]
     )
     return kind, configs, vocab_size
+
+
+def _header(path: Path) -> SafetensorsHeader:
+    try:
+        return read_header(path)
+    except (HeaderError, OSError) as exc:
+        raise ModelLoadError(f"cannot read {path.name}: {exc}") from exc
 
 
 def load_checkpoint(
@@ -156,7 +158,7 @@ def load_checkpoint(
 
 
 # Where each component's weights live in A1111's single-file layout.
-_PREFIXES: dict[ModelKind, dict[str, str]] = {
+_PREFIXES: dict[PipelineKind, dict[str, str]] = {
     "sd15": {
         "text_encoder": "cond_stage_model.transformer.",
         "vae": "first_stage_model.",
@@ -172,7 +174,7 @@ _PREFIXES: dict[ModelKind, dict[str, str]] = {
 
 
 def _load_components(
-    path: Path, kind: ModelKind, configs: dict[str, dict[str, Any]], dtype: torch.dtype
+    path: Path, kind: PipelineKind, configs: dict[str, dict[str, Any]], dtype: torch.dtype
 ) -> dict[str, Any]:
     """Build each component empty (meta device) and stream its weights in one tensor at a time.
 
@@ -181,12 +183,12 @@ def _load_components(
     each is released as soon as its (cast) copy is in the model: the load peaks near the loaded size.
     """
     parts: dict[str, Any] = {}
-    header, data_start = _read_header(path)
+    header = _header(path)
     with path.open("rb") as handle:
         for name, prefix in _PREFIXES[kind].items():
             state = {
-                key: _read_tensor(handle, data_start, entry, dtype)
-                for key, entry in header.items()
+                key: _read_tensor(handle, header.data_offset, entry, dtype)
+                for key, entry in header.tensors.items()
                 if key.startswith(prefix)
             }
             config = configs[name]
@@ -232,25 +234,13 @@ _SAFETENSORS_DTYPES = {
 }
 
 
-def _read_header(path: Path) -> tuple[dict[str, dict[str, Any]], int]:
-    """The safetensors header (name -> dtype, shape, byte range) and where the tensor data starts."""
-    with path.open("rb") as handle:
-        (length,) = struct.unpack("<Q", handle.read(8))
-        header = json.loads(handle.read(length))
-    header.pop("__metadata__", None)
-    return header, 8 + length
-
-
-def _read_tensor(
-    handle: BinaryIO, data_start: int, entry: dict[str, Any], dtype: torch.dtype
-) -> torch.Tensor:
+def _read_tensor(handle: BinaryIO, data_start: int, entry: TensorInfo, dtype: torch.dtype) -> torch.Tensor:
     """One tensor read with plain file I/O (no memory map, whose pages would stay resident for the whole
     file) and converted at once to the model's dtype, so only the converted copy stays in memory."""
-    start, end = entry["data_offsets"]
-    raw = torch.empty(end - start, dtype=torch.uint8)
-    handle.seek(data_start + start)
+    raw = torch.empty(entry.end - entry.start, dtype=torch.uint8)
+    handle.seek(data_start + entry.start)
     handle.readinto(memoryview(raw.numpy()))
-    tensor = raw.view(_SAFETENSORS_DTYPES[entry["dtype"]]).reshape(entry["shape"])
+    tensor = raw.view(_SAFETENSORS_DTYPES[entry.dtype]).reshape(entry.shape)
     return tensor.to(dtype) if tensor.is_floating_point() else tensor
 
 
@@ -300,7 +290,7 @@ def load_pipeline_folder(
     started = time.perf_counter()
     try:
         info = inspect_diffusers_folder(folder)
-        kind: ModelKind = info.pipeline_kind
+        kind: PipelineKind = info.pipeline_kind
     except (LayoutError, ValueError) as exc:
         raise ModelLoadError(f"cannot load {folder.name}: {exc}") from exc
     if "text_encoder" not in info.configs or "vae" not in info.configs:
