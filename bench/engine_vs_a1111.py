@@ -154,8 +154,8 @@ def write_full_size(path: Path, kind: str) -> None:
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     from diffusers_server.demo_models import save_file
-    from worker.registry.pipeline_configs import REAL_CONFIGS
     from diffusers_server.models.ldm_keys import clip_to_ldm, open_clip_to_ldm, unet_to_ldm, vae_to_ldm
+    from worker.registry.pipeline_configs import REAL_CONFIGS
 
     configs = REAL_CONFIGS[kind]  # type: ignore[index]
     torch.manual_seed(0)

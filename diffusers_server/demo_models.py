@@ -153,7 +153,8 @@ def build_lora(seed: int, rank: int = 4) -> Tensors:
         ]
         tensors: Tensors = {}
         for key, module in targets:
-            weight = module.weight  # type: ignore[union-attr]
+            weight = module.weight
+            assert isinstance(weight, torch.Tensor)  # every target is a Linear or a Conv2d
             out_dim, in_dim = weight.shape[0], weight.shape[1]
             tail = (1, 1) if weight.ndim == 4 else ()
             tensors[f"{key}.lora_down.weight"] = torch.randn(rank, in_dim, *tail) / in_dim**0.5

@@ -136,7 +136,7 @@ class Engine:
             work_dir=self.slot.work_dir,
             clip_tokenizer=self.config.clip_tokenizer,
         )
-        return Txt2ImgRun(prepared, context).run()
+        return Txt2ImgRun(prepared, context).execute()
 
 
 def start_background_load(engine: Engine) -> threading.Thread:

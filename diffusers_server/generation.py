@@ -113,7 +113,7 @@ class Txt2ImgRun:
         self.sampler_extra: dict[str, Any] = {}
         self.crop = (int(opts["sdxl_crop_top"]), int(opts["sdxl_crop_left"]))
 
-    def run(self) -> dict[str, Any]:
+    def execute(self) -> dict[str, Any]:
         ctx, prepared = self.ctx, self.prepared
         self._check_hires_checkpoint()
         conds = self._encode_prompts()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from worker.registry.conversions import ConversionFailed
 from worker.registry.convert import kohya_from_lora
-from worker.registry.keymaps import lora_layout
+from worker.registry.keymaps import Component, lora_layout
 from worker.registry.safetensors_header import read_header
 
 from .errors import RequestRefused
@@ -82,7 +82,8 @@ def _kohya_file(lora: LoraInfo, model: LoadedModel, work_dir: Path) -> Path:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(".part")
-    widths = dict(zip(("text_encoder", "text_encoder_2"), model.text_widths, strict=False))
+    encoders: tuple[Component, ...] = ("text_encoder", "text_encoder_2")
+    widths = dict(zip(encoders, model.text_widths, strict=False))
     try:
         kohya_from_lora([lora.filename], tmp, unet_config=unet_config, text_widths=widths)
     except ConversionFailed as exc:

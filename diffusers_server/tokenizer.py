@@ -191,8 +191,8 @@ class ClipTokenizer:
 
     @staticmethod
     def _clean_open_clip(text: str) -> str:
-        text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
-        return _SPACES.sub(" ", text).strip().lower()
+        text = html.unescape(html.unescape(str(ftfy.fix_text(text)))).strip()
+        return str(_SPACES.sub(" ", text)).strip().lower()
 
     def _encode_clean(self, text: str) -> list[int]:
         ids: list[int] = []

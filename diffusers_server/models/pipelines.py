@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import io
 import json
 import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, Protocol
 
 import torch
 from accelerate import init_empty_weights
@@ -47,7 +48,27 @@ log = logging.getLogger(__name__)
 OFFLOAD_BELOW_BYTES = 20 * 1024**3
 OPENCLIP_PAD = "!"  # token id 0
 
-AnyPipeline = StableDiffusionPipeline | StableDiffusionXLPipeline
+
+class SDPipeline(Protocol):
+    """What this engine uses of diffusers' SD1.x and SDXL pipelines (SDXL's adds ``text_encoder_2``)."""
+
+    vae: Any
+    unet: Any
+    text_encoder: Any
+
+    def set_progress_bar_config(self, **kwargs: Any) -> None: ...
+    def enable_model_cpu_offload(self) -> None: ...
+    def to(self, device: str) -> Any: ...
+    def load_lora_weights(self, path: str, adapter_name: str) -> None: ...
+    def delete_adapters(self, adapter_names: list[str]) -> None: ...
+    def set_adapters(self, adapter_names: list[str], adapter_weights: list[dict[str, float]]) -> None: ...
+    def enable_lora(self) -> None: ...
+    def disable_lora(self) -> None: ...
+
+
+def text_encoders(pipe: SDPipeline, kind: PipelineKind) -> list[Any]:
+    """CLIP-L, then (SDXL) OpenCLIP-G."""
+    return [pipe.text_encoder] + ([getattr(pipe, "text_encoder_2")] if kind == "sdxl" else [])  # noqa: B009
 
 
 class ModelLoadError(RuntimeError):
@@ -74,7 +95,7 @@ class Runtime:
 class LoadedModel:
     """A pipeline plus what the prompt encoder and infotext need to know about it."""
 
-    pipe: AnyPipeline
+    pipe: SDPipeline
     kind: PipelineKind
     path: Path
     text_widths: tuple[int, ...]
@@ -129,7 +150,7 @@ def load_checkpoint(
         if kind == "sdxl":
             # OpenCLIP pads with token id 0 ("!"), as A1111's SDXL encoder does.
             tokenizer_2 = load_clip_tokenizer(skeleton / "tokenizer_2", pad_token=OPENCLIP_PAD)
-            pipe: AnyPipeline = StableDiffusionXLPipeline(
+            pipe: SDPipeline = StableDiffusionXLPipeline(
                 tokenizer=tokenizer,
                 tokenizer_2=tokenizer_2,
                 scheduler=scheduler,
@@ -149,8 +170,7 @@ def load_checkpoint(
         raise ModelLoadError(f"cannot load {path.name}: {exc}") from exc
     _place(pipe, runtime)
     pipe.set_progress_bar_config(disable=True)
-    encoders = [pipe.text_encoder] + ([pipe.text_encoder_2] if kind == "sdxl" else [])
-    widths = tuple(int(te.config.hidden_size) for te in encoders)
+    widths = tuple(int(te.config.hidden_size) for te in text_encoders(pipe, kind))
     log.info("loaded %s (%s) in %.2f s on %s", path.name, kind, time.perf_counter() - started, runtime.device)
     return LoadedModel(
         pipe=pipe, kind=kind, path=path, text_widths=widths, skeleton=skeleton, original_vae=pipe.vae
@@ -191,26 +211,29 @@ def _load_components(
                 for key, entry in header.tensors.items()
                 if key.startswith(prefix)
             }
-            config = configs[name]
-            with init_empty_weights():
-                model: torch.nn.Module
-                if name == "unet":
-                    model = UNet2DConditionModel.from_config(config)
-                    state = convert_ldm_unet_checkpoint(state, dict(model.config))
-                elif name == "vae":
-                    model = AutoencoderKL.from_config(config)
-                    state = convert_ldm_vae_checkpoint(state, dict(model.config))
-                elif name == "text_encoder":
-                    model = CLIPTextModel(CLIPTextConfig(**config))
-                    state = convert_ldm_clip_checkpoint(state)
-                else:
-                    model = CLIPTextModelWithProjection(CLIPTextConfig(**config))
-                    state = convert_open_clip_checkpoint(model, state, prefix=prefix)
+            model, state = _empty_component(name, configs[name], state, prefix)
             _stream_into(model, state, dtype, path.name, name)
             parts[name] = model.eval()
             del state
             _release_freed_memory()
     return parts
+
+
+def _empty_component(
+    name: str, config: dict[str, Any], state: dict[str, torch.Tensor], prefix: str
+) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
+    """The component built on the meta device, and its LDM tensors renamed to its diffusers keys."""
+    with init_empty_weights():
+        if name == "unet":
+            unet = UNet2DConditionModel.from_config(config)
+            return unet, convert_ldm_unet_checkpoint(state, dict(unet.config))
+        if name == "vae":
+            vae = AutoencoderKL.from_config(config)
+            return vae, convert_ldm_vae_checkpoint(state, dict(vae.config))
+        if name == "text_encoder":
+            return CLIPTextModel(CLIPTextConfig(**config)), convert_ldm_clip_checkpoint(state)
+        text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**config))
+        return text_encoder_2, convert_open_clip_checkpoint(text_encoder_2, state, prefix=prefix)
 
 
 def _release_freed_memory() -> None:
@@ -234,12 +257,14 @@ _SAFETENSORS_DTYPES = {
 }
 
 
-def _read_tensor(handle: BinaryIO, data_start: int, entry: TensorInfo, dtype: torch.dtype) -> torch.Tensor:
+def _read_tensor(
+    handle: io.BufferedReader, data_start: int, entry: TensorInfo, dtype: torch.dtype
+) -> torch.Tensor:
     """One tensor read with plain file I/O (no memory map, whose pages would stay resident for the whole
     file) and converted at once to the model's dtype, so only the converted copy stays in memory."""
     raw = torch.empty(entry.end - entry.start, dtype=torch.uint8)
     handle.seek(data_start + entry.start)
-    handle.readinto(memoryview(raw.numpy()))
+    handle.readinto(raw.numpy().data)
     tensor = raw.view(_SAFETENSORS_DTYPES[entry.dtype]).reshape(entry.shape)
     return tensor.to(dtype) if tensor.is_floating_point() else tensor
 
@@ -305,7 +330,7 @@ def load_pipeline_folder(
     kwargs: dict[str, Any] = {"local_files_only": True, "torch_dtype": runtime.dtype, **tokenizers}
     try:
         if kind == "sdxl":
-            pipe: AnyPipeline = StableDiffusionXLPipeline.from_pretrained(str(folder), **kwargs)
+            pipe: SDPipeline = StableDiffusionXLPipeline.from_pretrained(str(folder), **kwargs)
         else:
             kwargs |= {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
             pipe = StableDiffusionPipeline.from_pretrained(str(folder), **kwargs)
@@ -313,8 +338,7 @@ def load_pipeline_folder(
         raise ModelLoadError(f"cannot load {folder.name}: {exc}") from exc
     _place(pipe, runtime)
     pipe.set_progress_bar_config(disable=True)
-    encoders = [pipe.text_encoder] + ([pipe.text_encoder_2] if kind == "sdxl" else [])
-    widths = tuple(int(te.config.hidden_size) for te in encoders)
+    widths = tuple(int(te.config.hidden_size) for te in text_encoders(pipe, kind))
     log.info(
         "loaded %s (%s folder) in %.2f s on %s",
         folder.name,
@@ -338,7 +362,7 @@ def load_vae(path: Path, skeleton: Path, runtime: Runtime) -> AutoencoderKL:
     return vae.to(runtime.device)
 
 
-def _place(pipe: AnyPipeline, runtime: Runtime) -> None:
+def _place(pipe: SDPipeline, runtime: Runtime) -> None:
     if runtime.device == "cuda" and runtime.cpu_offload:
         pipe.enable_model_cpu_offload()
     else:

@@ -103,8 +103,8 @@ def build() -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from diffusers_server.demo_models import _contiguous, _metadata, _randomize_norms, _seeded
-    from worker.registry.pipeline_configs import CONFIG_METADATA_KEY
     from diffusers_server.models.ldm_keys import clip_to_ldm, unet_to_ldm, vae_to_ldm
+    from worker.registry.pipeline_configs import CONFIG_METADATA_KEY
 
     with _seeded(SEED):
         unet = UNet2DConditionModel(**CONFIGS["unet"])
