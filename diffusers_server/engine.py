@@ -11,6 +11,8 @@ import logging
 import threading
 from typing import Any
 
+from worker.clock import SYSTEM_CLOCK, Clock
+
 from . import options
 from .config import ServerConfig
 from .errors import RequestRefused
@@ -29,13 +31,13 @@ log = logging.getLogger(__name__)
 class Engine:
     """Owns the model folders, the loaded pipeline and the options; a FIFO lock serialises generation."""
 
-    def __init__(self, config: ServerConfig):
+    def __init__(self, config: ServerConfig, clock: Clock = SYSTEM_CLOCK):
         self.config = config
         self.runtime = Runtime.detect(force_cpu=config.force_cpu)
         self.inventory = ModelInventory(config, HashCache(config.hash_cache))
         self.slot = ModelSlot(self.inventory, self.runtime, config.clip_tokenizer)
         self.lock = FifoLock()
-        self.state = GenerationState()
+        self.state = GenerationState(clock)
         self.options: dict[str, Any] = dict(options.DEFAULTS)
         self.validator = RequestValidator(self.inventory, lambda: self.options, lambda: self.slot.info)
         self.inventory.refresh_all()
