@@ -15,12 +15,12 @@ from worker.clock import SYSTEM_CLOCK, Clock
 
 from . import options
 from .config import ServerConfig
-from .errors import RequestRefused
+from .errors import ModelLoadError, RequestRefused
 from .generation import GenerationContext, Txt2ImgRun
 from .inventory import ModelInventory
 from .model_slot import ModelSlot
 from .models.files import CheckpointInfo, HashCache
-from .models.pipelines import LoadedModel, ModelLoadError, Runtime
+from .models.pipelines import LoadedModel, Runtime
 from .schemas import Txt2ImgRequest
 from .state import FifoLock, GenerationState
 from .validation import PreparedRequest, RequestValidator

@@ -1,4 +1,4 @@
-"""The engine's one caller-facing error: a refused request with its HTTP status (A1111's error shape)."""
+"""The engine's errors: a refused request with its HTTP status (A1111's shape), a model that cannot load."""
 
 from __future__ import annotations
 
@@ -13,3 +13,7 @@ class RequestRefused(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
+
+
+class ModelLoadError(RuntimeError):
+    """A checkpoint or VAE that this engine cannot load (wrong architecture, missing tokenizer, bad file)."""

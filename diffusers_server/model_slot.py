@@ -5,10 +5,10 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from .errors import RequestRefused
+from .errors import ModelLoadError, RequestRefused
 from .inventory import ModelInventory
 from .models.files import CheckpointInfo
-from .models.pipelines import LoadedModel, ModelLoadError, Runtime, load_checkpoint, load_vae
+from .models.pipelines import LoadedModel, Runtime, load_checkpoint, load_vae
 
 
 class ModelSlot:
