@@ -92,9 +92,9 @@ def test_prompt_features_change_the_image(client: httpx.Client) -> None:
     assert image(prompt="a (cat:1.5)") != base
     with_embedding = txt2img(client, seed=11, prompt="a cat demo-embedding-tiny")
     assert "TI hashes" in with_embedding["info"]["infotexts"][0]
-    assert image(prompt="a cat " + "x" * 80) != image(
-        prompt="a cat " + "x" * 70
-    )  # past 75 tokens still counts
+    # Never truncated: a word after the first 75 tokens (one full chunk) still changes the image.
+    full_chunk = "a b " * 40  # 80 one-token words
+    assert image(prompt=full_chunk + "cat") != image(prompt=full_chunk + "dog")
 
 
 def test_png_info_roundtrip(client: httpx.Client) -> None:
