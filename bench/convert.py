@@ -66,8 +66,8 @@ def child(step: str, source: str, target: str) -> dict[str, Any]:
         import torch
         from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
-        from diffusers_server.models.architectures import write_skeleton
         from diffusers_server.models.pipelines import inspect_checkpoint
+        from diffusers_server.models.skeleton import write_skeleton
         from diffusers_server.tokenizer import load_vocabulary
 
         kind, configs, _ = inspect_checkpoint(Path(source))

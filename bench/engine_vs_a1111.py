@@ -8,7 +8,11 @@ step at 512x512 (the difference between a 12-step and a 4-step request, so text 
 cancel out) and the server's RSS. ``--skip-a1111`` measures the engine alone.
 
     python bench/engine_vs_a1111.py --checkpoint MODELS/checkpoints/rand_sd15.safetensors \\
-        [--serve ../shared/reference-a1111/serve.sh] [--skip-a1111]
+        [--serve SCRIPT] [--skip-a1111]
+
+``--serve SCRIPT`` is run as ``bash SCRIPT PORT MODELS_DIR`` and must start A1111 v1.10.1 on PORT over
+MODELS_DIR, writing its pid to ``$A1111_ROOT/a1111-PORT.pid`` (default: ``shared/reference-a1111/serve.sh``
+beside the checkout, where the team machine keeps one).
 
 ``--mode accelerator`` (a CUDA machine; nothing is downloaded): writes full-size random SD1.5 and SDXL
 single files (``--kinds``), then for each, fp16: the engine in-process (its own samplers) and a plain
@@ -156,8 +160,8 @@ def write_full_size(path: Path, kind: str) -> None:
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     from diffusers_server.demo_models import save_file
-    from diffusers_server.models.architectures import REAL_CONFIGS
     from diffusers_server.models.ldm_keys import clip_to_ldm, open_clip_to_ldm, unet_to_ldm, vae_to_ldm
+    from worker.registry.pipeline_configs import REAL_CONFIGS
 
     configs = REAL_CONFIGS[kind]  # type: ignore[index]
     torch.manual_seed(0)

@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
 
     diffusers_logging.disable_progress_bar()
     diffusers_logging.set_verbosity_error()
-    transformers_logging.set_verbosity_error()
+    transformers_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
     if args.threads:
         torch.set_num_threads(args.threads)
     config = ServerConfig(

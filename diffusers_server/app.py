@@ -12,7 +12,8 @@ from fastapi.responses import JSONResponse
 
 from . import __version__
 from .config import ServerConfig
-from .engine import Engine, EngineError, start_background_load
+from .engine import Engine, start_background_load
+from .errors import RequestRefused
 from .routes import router
 
 log = logging.getLogger(__name__)
@@ -46,8 +47,8 @@ def create_app(
     app = FastAPI(title="diffusers_server (A1111-compatible)", version=__version__)
     app.state.engine = engine or Engine(config)
 
-    @app.exception_handler(EngineError)
-    async def engine_error(_request: Request, exc: EngineError) -> JSONResponse:
+    @app.exception_handler(RequestRefused)
+    async def refused(_request: Request, exc: RequestRefused) -> JSONResponse:
         log.info("request refused (%d): %s", exc.status, exc.message)
         return _a1111_error(exc.status, "HTTPException", exc.message, f"{exc.status}: {exc.message}")
 

@@ -19,11 +19,12 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from .cond_schedule import BatchConds, ComposedCond, Cond, ScheduledCond
-from .models.pipelines import LoadedModel
+from .models.pipelines import LoadedModel, text_encoders
 from .prompt_syntax import PromptSyntaxError, prompt_schedule, split_and
 from .prompts import Chunk, PromptChunker, TokenChunker, embedding_fixes
 
@@ -44,15 +45,16 @@ def zeroed_negative(kind: str, texts: Sequence[str], *, negative: bool) -> bool:
 
 
 def _token_embedding(te: torch.nn.Module) -> torch.nn.Module:
-    inner = getattr(te, "text_model", te)
-    return inner.embeddings.token_embedding  # type: ignore[no-any-return]
+    inner: Any = getattr(te, "text_model", te)
+    embedding: torch.nn.Module = inner.embeddings.token_embedding
+    return embedding
 
 
 def _encode_rows(
     model: LoadedModel, index: int, chunker: TokenChunker, rows: list[Chunk], settings: EncodeSettings
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One chunk position of a batch through text encoder ``index``: ``([rows, 77, width], pooled)``."""
-    te = model.pipe.text_encoder if index == 0 else model.pipe.text_encoder_2
+    te = text_encoders(model.pipe, model.kind)[index]
     device = te.device
     ids = torch.tensor([chunker.model_input(chunk) for chunk in rows], device=device)
     width = model.text_widths[index]

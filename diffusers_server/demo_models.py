@@ -20,9 +20,9 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from safetensors.torch import save
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-from .models.architectures import CONFIG_METADATA_KEY, ModelKind
+from worker.registry.pipeline_configs import CONFIG_METADATA_KEY, PipelineKind, clip_text_config, vae_config
+
 from .models.ldm_keys import Tensors, clip_to_ldm, open_clip_to_ldm, unet_to_ldm, vae_to_ldm
-from .tokenizer import VOCAB_SIZE
 
 log = logging.getLogger(__name__)
 
@@ -33,28 +33,9 @@ EMBEDDING_NAME = "demo-embedding-tiny"
 VAE_NAME = "demo-vae-tiny"
 RANDOM_WEIGHTS_NOTE = "RANDOM WEIGHTS for tests and demos: images from this model are noise."
 
-# CLIP's real vocabulary (49408 tokens, ids as ``tokenizer.py`` reads them): prompts get real token counts.
-_TEXT = {
-    "vocab_size": VOCAB_SIZE,
-    "max_position_embeddings": 77,
-    "bos_token_id": VOCAB_SIZE - 2,
-    "eos_token_id": VOCAB_SIZE - 1,
-    "pad_token_id": VOCAB_SIZE - 1,
-    "hidden_act": "quick_gelu",
-}
-_VAE = {
-    "in_channels": 3,
-    "out_channels": 3,
-    "latent_channels": 4,
-    "down_block_types": ["DownEncoderBlock2D"] * 4,
-    "up_block_types": ["UpDecoderBlock2D"] * 4,
-    "block_out_channels": [8, 8, 8, 8],
-    "layers_per_block": 1,
-    "norm_num_groups": 4,
-    "sample_size": 64,
-    "scaling_factor": 0.18215,
-}
-_UNET_COMMON = {
+_VAE = vae_config([8, 8, 8, 8], layers_per_block=1, norm_num_groups=4, sample_size=64, scaling_factor=0.18215)
+#: the tiny UNet's shape (the parity model reuses it with LDM's 32 norm groups)
+TINY_UNET = {
     "sample_size": 8,
     "in_channels": 4,
     "out_channels": 4,
@@ -64,22 +45,17 @@ _UNET_COMMON = {
     "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"],
     "norm_num_groups": 8,
 }
-TINY_CONFIGS: dict[ModelKind, dict[str, dict[str, Any]]] = {
+#: CLIP's real vocabulary (ids as ``tokenizer.py`` reads them) on a tiny encoder: real token counts
+TINY_TEXT = clip_text_config(32, 37, heads=4, layers=3)
+TINY_CONFIGS: dict[PipelineKind, dict[str, dict[str, Any]]] = {
     "sd15": {
-        "unet": {**_UNET_COMMON, "cross_attention_dim": 32, "attention_head_dim": 4},
+        "unet": {**TINY_UNET, "cross_attention_dim": 32, "attention_head_dim": 4},
         "vae": _VAE,
-        "text_encoder": {
-            **_TEXT,
-            "hidden_size": 32,
-            "intermediate_size": 37,
-            "projection_dim": 32,
-            "num_attention_heads": 4,
-            "num_hidden_layers": 3,
-        },
+        "text_encoder": TINY_TEXT,
     },
     "sdxl": {
         "unet": {
-            **_UNET_COMMON,
+            **TINY_UNET,
             "cross_attention_dim": 96,
             "attention_head_dim": [2, 4],
             "use_linear_projection": True,
@@ -88,25 +64,10 @@ TINY_CONFIGS: dict[ModelKind, dict[str, dict[str, Any]]] = {
             "projection_class_embeddings_input_dim": 6 * 8 + 64,
         },
         "vae": {**_VAE, "scaling_factor": 0.13025},
-        "text_encoder": {
-            **_TEXT,
-            "hidden_size": 32,
-            "intermediate_size": 37,
-            "projection_dim": 32,
-            "num_attention_heads": 4,
-            "num_hidden_layers": 3,
-        },
+        "text_encoder": TINY_TEXT,
         # A hidden size unlike the first encoder's, as in real SDXL: diffusers tells them apart by shape.
         # A 4x MLP, as open_clip builds it (A1111 loads this encoder with open_clip).
-        "text_encoder_2": {
-            **_TEXT,
-            "hidden_size": 64,
-            "intermediate_size": 256,
-            "projection_dim": 64,
-            "num_attention_heads": 4,
-            "num_hidden_layers": 3,
-            "hidden_act": "gelu",
-        },
+        "text_encoder_2": clip_text_config(64, 256, heads=4, layers=3, hidden_act="gelu"),
     },
 }
 
@@ -140,7 +101,7 @@ def _contiguous(tensors: Tensors) -> Tensors:
     return {k: v.detach().contiguous() for k, v in tensors.items()}
 
 
-def build_checkpoint(kind: ModelKind, seed: int) -> tuple[Tensors, dict[str, str]]:
+def build_checkpoint(kind: PipelineKind, seed: int) -> tuple[Tensors, dict[str, str]]:
     """Random-weight tiny checkpoint in A1111's LDM key layout, plus its metadata."""
     configs = TINY_CONFIGS[kind]
     with _seeded(seed):
@@ -192,7 +153,8 @@ def build_lora(seed: int, rank: int = 4) -> Tensors:
         ]
         tensors: Tensors = {}
         for key, module in targets:
-            weight = module.weight  # type: ignore[union-attr]
+            weight = module.weight
+            assert isinstance(weight, torch.Tensor)  # every target is a Linear or a Conv2d
             out_dim, in_dim = weight.shape[0], weight.shape[1]
             tail = (1, 1) if weight.ndim == 4 else ()
             tensors[f"{key}.lora_down.weight"] = torch.randn(rank, in_dim, *tail) / in_dim**0.5

@@ -160,8 +160,19 @@ def validate(values: dict[str, Any]) -> list[str]:
     for key, choices in CHOICES.items():
         if key in values and values[key] not in choices:
             raise OptionError(f"option {key}={values[key]!r} is not one of {', '.join(choices)}")
+    _check_ranges(values)
+    ignored = sorted(k for k in values if k not in HONOURED and k not in REFUSED_UNLESS_DEFAULT)
+    return [f"option {k} is stored but has no effect on this engine" for k in ignored]
+
+
+def _is_int_in(value: Any, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def _check_ranges(values: dict[str, Any]) -> None:
+    """The options whose valid values are a range or a set this engine implements."""
     order = values.get("uni_pc_order")
-    if order is not None and (not isinstance(order, int) or isinstance(order, bool) or not 1 <= order <= 50):
+    if order is not None and not _is_int_in(order, 1, 50):
         raise OptionError(f"uni_pc_order must be an integer 1..50, got {order!r}")
     fmt = values.get("samples_format")
     if fmt is not None and str(fmt).lower() not in SAMPLES_FORMATS:
@@ -169,10 +180,8 @@ def validate(values: dict[str, Any]) -> list[str]:
     if values.get("emphasis") not in (None, *EMPHASIS_MODES):
         raise OptionError(f"emphasis {values['emphasis']!r} is not one of {', '.join(EMPHASIS_MODES)}")
     clip = values.get("CLIP_stop_at_last_layers")
-    if clip is not None and (not isinstance(clip, int) or isinstance(clip, bool) or not 1 <= clip <= 12):
+    if clip is not None and not _is_int_in(clip, 1, 12):
         raise OptionError(f"CLIP_stop_at_last_layers must be an integer 1..12, got {clip!r}")
-    ignored = sorted(k for k in values if k not in HONOURED and k not in REFUSED_UNLESS_DEFAULT)
-    return [f"option {k} is stored but has no effect on this engine" for k in ignored]
 
 
 def _check_type(key: str, value: Any) -> None:

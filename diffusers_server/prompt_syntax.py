@@ -72,7 +72,7 @@ class NetworkTag:
 
     @property
     def named(self) -> dict[str, str]:
-        return dict(item.split("=") for item in self.items if item.count("=") == 1)  # type: ignore[misc]
+        return dict(item.split("=", 1) for item in self.items if item.count("=") == 1)
 
     @property
     def text(self) -> str:
@@ -172,7 +172,7 @@ def _parser() -> lark.Lark:
     return lark.Lark(_GRAMMAR)
 
 
-def _to_node(tree: lark.Tree | lark.Token | None) -> _Node | None:
+def _to_node(tree: lark.Tree[lark.Token] | lark.Token | None) -> _Node | None:
     """The parse tree as plain text, sequences, edits and alternations."""
     if tree is None or isinstance(tree, lark.Token):
         return None if tree is None else str(tree)

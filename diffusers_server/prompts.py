@@ -33,50 +33,64 @@ def parse_attention(text: str) -> list[tuple[str, float]]:
 
     Raises :class:`PromptSyntaxError` for a weight that is not a number, e.g. ``(a:1.2.3)`` (A1111: HTTP 500).
     """
-    res: list[list[object]] = []
-    round_brackets: list[int] = []
-    square_brackets: list[int] = []
-
-    def multiply(start: int, factor: float) -> None:
-        for item in res[start:]:
-            item[1] = float(item[1]) * factor  # type: ignore[arg-type]
-
+    parser = _AttentionParser(text)
     for m in _ATTENTION.finditer(text):
-        piece, weight = m.group(0), m.group(1)
+        parser.feed(m.group(0), m.group(1))
+    return parser.finish()
+
+
+class _AttentionParser:
+    """The pieces read so far with their weights, and where each open bracket started."""
+
+    def __init__(self, text: str):
+        self.text = text
+        self.res: list[tuple[str, float]] = []
+        self.round_brackets: list[int] = []
+        self.square_brackets: list[int] = []
+
+    def multiply(self, start: int, factor: float) -> None:
+        self.res[start:] = [(piece, weight * factor) for piece, weight in self.res[start:]]
+
+    def feed(self, piece: str, weight: str | None) -> None:
         if piece.startswith("\\"):
-            res.append([piece[1:], 1.0])
+            self.res.append((piece[1:], 1.0))
         elif piece == "(":
-            round_brackets.append(len(res))
+            self.round_brackets.append(len(self.res))
         elif piece == "[":
-            square_brackets.append(len(res))
-        elif weight is not None and round_brackets:
+            self.square_brackets.append(len(self.res))
+        elif weight is not None and self.round_brackets:
             try:
                 factor = float(weight)
             except ValueError:
-                raise PromptSyntaxError(f"emphasis weight {weight!r} in {text!r} is not a number") from None
-            multiply(round_brackets.pop(), factor)
-        elif piece == ")" and round_brackets:
-            multiply(round_brackets.pop(), 1.1)
-        elif piece == "]" and square_brackets:
-            multiply(square_brackets.pop(), 1 / 1.1)
+                raise PromptSyntaxError(
+                    f"emphasis weight {weight!r} in {self.text!r} is not a number"
+                ) from None
+            self.multiply(self.round_brackets.pop(), factor)
+        elif piece == ")" and self.round_brackets:
+            self.multiply(self.round_brackets.pop(), 1.1)
+        elif piece == "]" and self.square_brackets:
+            self.multiply(self.square_brackets.pop(), 1 / 1.1)
         else:
             for i, part in enumerate(_BREAK.split(piece)):
                 if i > 0:
-                    res.append(["BREAK", -1.0])
-                res.append([part, 1.0])
-    for pos in round_brackets:
-        multiply(pos, 1.1)
-    for pos in square_brackets:
-        multiply(pos, 1 / 1.1)
-    if not res:
-        return [("", 1.0)]
-    merged: list[list[object]] = [res[0]]
-    for item in res[1:]:
-        if item[1] == merged[-1][1]:
-            merged[-1][0] = str(merged[-1][0]) + str(item[0])
-        else:
-            merged.append(item)
-    return [(str(t), float(w)) for t, w in merged]  # type: ignore[arg-type]
+                    self.res.append(("BREAK", -1.0))
+                self.res.append((part, 1.0))
+
+    def finish(self) -> list[tuple[str, float]]:
+        """Close the brackets left open, then merge neighbours of equal weight."""
+        for pos in self.round_brackets:
+            self.multiply(pos, 1.1)
+        for pos in self.square_brackets:
+            self.multiply(pos, 1 / 1.1)
+        if not self.res:
+            return [("", 1.0)]
+        merged = [self.res[0]]
+        for piece, weight in self.res[1:]:
+            if weight == merged[-1][1]:
+                merged[-1] = (merged[-1][0] + piece, weight)
+            else:
+                merged.append((piece, weight))
+        return merged
 
 
 @dataclass(frozen=True)
@@ -123,6 +137,61 @@ class EmbeddingLookup:
         return None
 
 
+class _ChunkBuilder:
+    """Fills 75-token chunks; a full chunk moves the words after its last comma to the next one (when the
+    comma is within ``backtrack`` tokens of the end), as A1111's ``tokenize_line`` does."""
+
+    def __init__(self, start: int, end: int, backtrack: int):
+        self.start, self.end, self.backtrack = start, end, backtrack
+        self.chunks: list[Chunk] = []
+        self.chunk = Chunk()
+        self.token_count = 0
+        self.last_comma = -1
+
+    def close(self, is_last: bool = False) -> None:
+        """Pad the current chunk to 75 tokens, wrap it in start/end and begin a new one."""
+        chunk = self.chunk
+        self.token_count += len(chunk.tokens) if is_last else CHUNK
+        pad = CHUNK - len(chunk.tokens)
+        chunk.tokens = [self.start, *chunk.tokens, *[self.end] * pad, self.end]
+        chunk.weights = [1.0, *chunk.weights, *[1.0] * pad, 1.0]
+        self.chunks.append(chunk)
+        self.chunk = Chunk()
+        self.last_comma = -1
+
+    def make_room(self, is_comma: bool) -> None:
+        """Before the next token: remember a comma, or break a full chunk (at its last comma if near)."""
+        chunk = self.chunk
+        if is_comma:
+            self.last_comma = len(chunk.tokens)
+        elif (
+            self.backtrack
+            and len(chunk.tokens) == CHUNK
+            and self.last_comma != -1
+            and len(chunk.tokens) - self.last_comma <= self.backtrack
+        ):
+            cut = self.last_comma + 1
+            moved = chunk.tokens[cut:], chunk.weights[cut:]
+            chunk.tokens, chunk.weights = chunk.tokens[:cut], chunk.weights[:cut]
+            self.close()
+            self.chunk.tokens, self.chunk.weights = list(moved[0]), list(moved[1])
+        if len(self.chunk.tokens) == CHUNK:
+            self.close()
+
+    def add_token(self, token: int, weight: float) -> None:
+        self.chunk.tokens.append(token)
+        self.chunk.weights.append(weight)
+
+    def add_embedding(self, emb: Embedding, weight: float) -> None:
+        """An embedding's vectors stay in one chunk: a chunk without room for them is closed first."""
+        if len(self.chunk.tokens) + emb.count > CHUNK:
+            self.close()
+        # Placeholder id 0 (as A1111); the token-embedding hook writes the vectors over it.
+        self.chunk.fixes.append((len(self.chunk.tokens), emb))
+        self.chunk.tokens += [0] * emb.count
+        self.chunk.weights += [weight] * emb.count
+
+
 class TokenChunker:
     """One text encoder's view of a prompt: A1111's ``tokenize_line``."""
 
@@ -149,64 +218,28 @@ class TokenChunker:
     def chunks(self, text: str) -> tuple[list[Chunk], int, list[str]]:
         """The chunks, the token count (as A1111's counter shows it) and the embedding names used."""
         parsed = parse_attention(text) if self.parse_emphasis else [(text, 1.0)]
-        start, end = self.tokenizer.start, self.tokenizer.end
-        chunks: list[Chunk] = []
-        chunk = Chunk()
-        token_count = 0
-        last_comma = -1
+        builder = _ChunkBuilder(self.tokenizer.start, self.tokenizer.end, self.backtrack)
         used: list[str] = []
-
-        def next_chunk(is_last: bool = False) -> None:
-            nonlocal chunk, token_count, last_comma
-            token_count += len(chunk.tokens) if is_last else CHUNK
-            pad = CHUNK - len(chunk.tokens)
-            chunk.tokens = [start, *chunk.tokens, *[end] * pad, end]
-            chunk.weights = [1.0, *chunk.weights, *[1.0] * pad, 1.0]
-            chunks.append(chunk)
-            chunk = Chunk()
-            last_comma = -1
-
         for piece, weight in parsed:
             if piece == "BREAK" and weight == -1:
-                next_chunk()
+                builder.close()
                 continue
             tokens = self.tokenizer(piece)
             pos = 0
             while pos < len(tokens):
-                token = tokens[pos]
-                if token == self.tokenizer.comma:
-                    last_comma = len(chunk.tokens)
-                elif (
-                    self.backtrack
-                    and len(chunk.tokens) == CHUNK
-                    and last_comma != -1
-                    and len(chunk.tokens) - last_comma <= self.backtrack
-                ):
-                    cut = last_comma + 1
-                    moved = chunk.tokens[cut:], chunk.weights[cut:]
-                    chunk.tokens, chunk.weights = chunk.tokens[:cut], chunk.weights[:cut]
-                    next_chunk()
-                    chunk.tokens, chunk.weights = list(moved[0]), list(moved[1])
-                if len(chunk.tokens) == CHUNK:
-                    next_chunk()
+                builder.make_room(is_comma=tokens[pos] == self.tokenizer.comma)
                 found = self.lookup.at(tokens, pos)
                 if found is None:
-                    chunk.tokens.append(token)
-                    chunk.weights.append(weight)
+                    builder.add_token(tokens[pos], weight)
                     pos += 1
                     continue
                 emb, length = found
-                if len(chunk.tokens) + emb.count > CHUNK:
-                    next_chunk()
-                # Placeholder id 0 (as A1111); the token-embedding hook writes the vectors over it.
-                chunk.fixes.append((len(chunk.tokens), emb))
-                chunk.tokens += [0] * emb.count
-                chunk.weights += [weight] * emb.count
+                builder.add_embedding(emb, weight)
                 used.append(emb.name)
                 pos += length
-        if chunk.tokens or not chunks:
-            next_chunk(is_last=True)
-        return chunks, token_count, used
+        if builder.chunk.tokens or not builder.chunks:
+            builder.close(is_last=True)
+        return builder.chunks, builder.token_count, used
 
     def batches(self, texts: Sequence[str]) -> tuple[list[list[Chunk]], list[str]]:
         """Chunk ``texts`` (one prompt's schedule) together, as A1111 encodes them in one batch.

@@ -18,7 +18,8 @@ from fastapi import APIRouter, Depends, Request
 from PIL import Image
 
 from . import infotext
-from .engine import Engine, EngineError
+from .engine import Engine
+from .errors import RequestRefused
 from .hires import LATENT_UPSCALE_MODES, upscalers_listing
 from .samplers import samplers_listing, schedulers_listing
 from .schemas import PngInfoRequest, Txt2ImgRequest
@@ -86,7 +87,7 @@ def cmd_flags(engine: Engine = EngineDep) -> dict[str, Any]:
 
 @router.get("/sd-models")
 def sd_models(engine: Engine = EngineDep) -> list[dict[str, Any]]:
-    return [info.listing() for info in engine.checkpoints]
+    return [info.listing() for info in engine.inventory.checkpoints]
 
 
 @router.get("/samplers")
@@ -101,24 +102,24 @@ def schedulers() -> list[dict[str, Any]]:
 
 @router.get("/loras")
 def loras(engine: Engine = EngineDep) -> list[dict[str, Any]]:
-    unique = {info.filename: info for info in engine.loras.values()}
+    unique = {info.filename: info for info in engine.inventory.loras.values()}
     return [info.listing() for info in unique.values()]
 
 
 @router.get("/embeddings")
 def embeddings(engine: Engine = EngineDep) -> dict[str, Any]:
-    return engine.embeddings_listing()
+    return engine.inventory.embeddings_listing(engine.model.text_widths if engine.model else None)
 
 
 @router.get("/sd-vae")
 def sd_vae(engine: Engine = EngineDep) -> list[dict[str, Any]]:
-    return [{"model_name": name, "filename": str(path)} for name, path in engine.vaes.items()]
+    return [{"model_name": name, "filename": str(path)} for name, path in engine.inventory.vaes.items()]
 
 
 @router.get("/unusable-models")
 def unusable_models(engine: Engine = EngineDep) -> list[dict[str, str]]:
     """Not an A1111 route: the model files this engine skipped at its last refresh, with the reason."""
-    return engine.unusable_listing()
+    return engine.inventory.unusable_listing()
 
 
 @router.get("/upscalers")
@@ -190,24 +191,24 @@ def memory() -> dict[str, Any]:
 @router.post("/refresh-checkpoints")
 def refresh_checkpoints(engine: Engine = EngineDep) -> None:
     with engine.lock.hold():
-        engine.refresh_checkpoints()
+        engine.inventory.refresh_checkpoints()
 
 
 @router.post("/refresh-loras")
 def refresh_loras(engine: Engine = EngineDep) -> None:
-    engine.refresh_loras()
+    engine.inventory.refresh_loras()
 
 
 @router.post("/refresh-embeddings")
 def refresh_embeddings(engine: Engine = EngineDep) -> None:
     with engine.lock.hold():
-        engine.refresh_embeddings()
+        engine.inventory.refresh_embeddings()
 
 
 @router.post("/refresh-vae")
 def refresh_vae(engine: Engine = EngineDep) -> None:
     with engine.lock.hold():
-        engine.refresh_vae()
+        engine.inventory.refresh_vae()
 
 
 @router.post("/png-info")
@@ -216,7 +217,7 @@ def png_info(req: PngInfoRequest) -> dict[str, Any]:
     try:
         image = Image.open(io.BytesIO(base64.b64decode(data, validate=True)))
     except (binascii.Error, ValueError, OSError) as exc:
-        raise EngineError(400, "Invalid encoded image") from exc
+        raise RequestRefused(400, "Invalid encoded image") from exc
     items = {k: v for k, v in image.info.items() if isinstance(v, str)}
     text = items.pop("parameters", "")
     return {"info": text, "items": items, "parameters": infotext.parse(text) if text else {}}

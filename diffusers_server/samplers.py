@@ -3,7 +3,7 @@
 Every sampler and schedule type A1111 lists is here and runs on this engine's own k-diffusion-style
 implementation (:mod:`diffusers_server.sampling`). Unknown names are rejected with the valid choices, unlike
 A1111 v1.10, which silently falls back to ``DPM++ 2M``. Combined legacy names (``"DPM++ 2M Karras"``) are
-split the way A1111 does (§3.3 of a1111-api.md).
+split the way A1111 does: a trailing schedule label (``Karras``, ``Exponential``, ...) names the schedule.
 """
 
 from __future__ import annotations

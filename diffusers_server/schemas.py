@@ -8,7 +8,11 @@ from pydantic import BaseModel, ConfigDict
 
 
 class Txt2ImgRequest(BaseModel):
-    """A1111's ``StableDiffusionTxt2ImgProcessingAPI`` (a1111-api.md §3.2): all optional, API defaults."""
+    """A1111's ``StableDiffusionTxt2ImgProcessingAPI``: all optional, API defaults.
+
+    Its fields, order and defaults are ``worker/a1111/txt2img_fields.py``'s (``tests/unit/test_contracts.py``
+    holds them equal); the types are written here, where the request is validated.
+    """
 
     # NaN/Infinity (which Python's JSON reader accepts) are refused with a 422, never a 500 later on
     model_config = ConfigDict(

@@ -1,13 +1,14 @@
-"""Job state for ``/progress``, ``/interrupt`` and ``/skip``, and the FIFO generation lock."""
+"""Generation state for ``/progress``, ``/interrupt`` and ``/skip``, and the FIFO generation lock."""
 
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
+
+from worker.clock import SYSTEM_CLOCK, Clock
 
 
 class FifoLock:
@@ -32,10 +33,14 @@ class FifoLock:
                 self._cond.notify_all()
 
 
-class JobState:
-    """A1111's ``shared.state``: what ``/progress`` reports and what ``/interrupt``/``/skip`` set."""
+class GenerationState:
+    """A1111's ``shared.state``: what ``/progress`` reports and what ``/interrupt``/``/skip`` set.
 
-    def __init__(self) -> None:
+    Time comes from ``clock`` (the job's timestamp, and the elapsed time the ETA is estimated from).
+    """
+
+    def __init__(self, clock: Clock = SYSTEM_CLOCK) -> None:
+        self._clock = clock
         self._lock = threading.Lock()
         self.job = ""
         self.job_count = 0
@@ -53,8 +58,8 @@ class JobState:
             self.job, self.job_count, self.job_no = job, job_count, 0
             self.sampling_step = self.sampling_steps = 0
             self.interrupted = self.skipped = self.stopping_generation = False
-            self.job_timestamp = datetime.now().strftime("%Y%m%d%H%M%S")
-            self.time_start = time.time()
+            self.job_timestamp = datetime.fromtimestamp(self._clock.time()).strftime("%Y%m%d%H%M%S")
+            self.time_start = self._clock.monotonic()
 
     def end(self) -> None:
         with self._lock:
@@ -89,7 +94,7 @@ class JobState:
         if self.sampling_steps:
             progress += self.sampling_step / self.sampling_steps / self.job_count
         progress = min(max(progress, 0.01), 1.0)
-        elapsed = time.time() - self.time_start
+        elapsed = self._clock.monotonic() - self.time_start
         eta = elapsed / progress - elapsed
         return {
             "progress": progress,

@@ -33,9 +33,11 @@ import ftfy
 import regex
 from transformers import CLIPTokenizer
 
+from worker.registry.pipeline_configs import CLIP_VOCAB_SIZE
+
 VOCAB_PACKAGE = "openai-clip"
 VOCAB_FILE = "bpe_simple_vocab_16e6.txt.gz"
-VOCAB_SIZE = 49408
+VOCAB_SIZE = CLIP_VOCAB_SIZE
 CLIP_MAX_LENGTH = 77
 _MERGE_COUNT = 49152 - 256 - 2  # CLIP keeps the first 48 894 merges of its BPE file
 
@@ -189,8 +191,8 @@ class ClipTokenizer:
 
     @staticmethod
     def _clean_open_clip(text: str) -> str:
-        text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
-        return _SPACES.sub(" ", text).strip().lower()
+        text = html.unescape(html.unescape(str(ftfy.fix_text(text)))).strip()
+        return str(_SPACES.sub(" ", text)).strip().lower()
 
     def _encode_clean(self, text: str) -> list[int]:
         ids: list[int] = []

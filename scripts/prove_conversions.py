@@ -98,7 +98,7 @@ def prepare(args: argparse.Namespace) -> None:
         )
         print(f"checkpoint round trip (ours both ways): {time.perf_counter() - started:.1f} s")
         if not args.skip_diffusers_writer:
-            from diffusers_server.models.architectures import write_skeleton
+            from diffusers_server.models.skeleton import write_skeleton
             from diffusers_server.tokenizer import load_vocabulary
 
             vocabulary = load_vocabulary().write_folder(work / "vocabulary")

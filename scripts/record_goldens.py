@@ -1,12 +1,14 @@
 """Re-record the A1111 pixel goldens that tests/engine/test_golden_parity.py compares the engine with.
 
-Needs the real A1111 v1.10.1 set up by ``../shared/reference-a1111/setup.sh`` (``$A1111_ROOT``, default
-``~/.cache/a1111-reference``). It writes the small deterministic checkpoint (tests/support/parity_model.py)
-with its ``.yaml``, VAE, LoRA and embedding into a models folder, starts A1111 on it (fresh data dir) with
-``serve.sh PORT DIR``, sends the ``golden`` requests of scripts/a1111_parity.py, stores the PNGs and
-``index.json`` (payloads, A1111's infotexts, the files' sha256) in tests/fixtures/golden/, and stops A1111.
+Needs a real A1111 v1.10.1 (CPU) under ``$A1111_ROOT`` (default ``~/.cache/a1111-reference``) and a script
+that starts it, ``--serve SCRIPT``, run as ``bash SCRIPT PORT MODELS_DIR`` (default:
+``shared/reference-a1111/serve.sh`` beside the checkout, where the team machine keeps one). It writes the
+small deterministic checkpoint (tests/support/parity_model.py) with its ``.yaml``, VAE, LoRA and embedding
+into a models folder, starts A1111 on it (fresh data dir) with ``--serve``, sends the ``golden`` requests of
+scripts/a1111_parity.py, stores the PNGs and ``index.json`` (payloads, A1111's infotexts, the files'
+sha256) in tests/fixtures/golden/, and stops A1111.
 
-    python scripts/record_goldens.py [--port 7871] [--serve ../shared/reference-a1111/serve.sh]
+    python scripts/record_goldens.py [--port 7871] [--serve SCRIPT]
 
 The whole sampler x schedule grid on the same model, for docs/engine.md (not committed):
 

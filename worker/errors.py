@@ -96,8 +96,8 @@ class EngineUnavailable(WorkerError):
 
 class EngineFailed(WorkerError):
     """The engine answered, but wrongly (a 5xx, a broken body, another image than asked for), or the worker
-    itself failed; wire code ``engine_error``. (Not ``diffusers_server.engine.EngineError``, the embedded
-    engine's own HTTP error.)"""
+    itself failed; wire code ``engine_error``. (The embedded engine's own HTTP refusal is
+    ``diffusers_server.errors.RequestRefused``.)"""
 
     code = ErrorCode.ENGINE_ERROR
 

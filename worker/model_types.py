@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 #: what a model file is for (its folder on the volume); not an architecture, which is ``Architecture``
-#: (the embedded engine's ``diffusers_server.models.architectures.ModelKind`` is a pipeline architecture)
+#: (which diffusers pipeline a checkpoint needs is ``worker.registry.pipeline_configs.PipelineKind``)
 ModelType = Literal["checkpoint", "lora", "embedding", "vae"]
 MODEL_TYPES: tuple[ModelType, ...] = ("checkpoint", "lora", "embedding", "vae")
 

@@ -88,22 +88,16 @@ class HashCache:
 
 
 def _sha256_file(file: Path) -> str:
-    digest = hashlib.sha256()
-    with file.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return hash_file(file).sha256
 
 
 def _addnet_hash(file: Path) -> str:
     """kohya's "addnet" hash: sha256 of a safetensors file's tensor data (after the header)."""
-    digest = hashlib.sha256()
     with file.open("rb") as handle:
         (header_len,) = struct.unpack("<Q", handle.read(8))
-        handle.seek(8 + header_len)
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    addnet = hash_file(file, addnet_offset=8 + header_len).addnet
+    assert addnet is not None  # an offset was given
+    return addnet
 
 
 def old_model_hash(file: Path) -> str:

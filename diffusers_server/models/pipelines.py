@@ -6,51 +6,58 @@ below ~20 GB of VRAM; everything else runs fp32 on the CPU.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import json
 import logging
-import struct
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, Protocol
 
 import torch
-from accelerate import init_empty_weights
-from accelerate.utils import set_module_tensor_to_device
 from diffusers import (
     AutoencoderKL,
     EulerDiscreteScheduler,
     StableDiffusionPipeline,
     StableDiffusionXLPipeline,
-    UNet2DConditionModel,
 )
-from diffusers.loaders.single_file_utils import (
-    convert_ldm_clip_checkpoint,
-    convert_ldm_unet_checkpoint,
-    convert_ldm_vae_checkpoint,
-    convert_open_clip_checkpoint,
-)
-from safetensors import safe_open
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
+from worker.registry.detect import UnsupportedCheckpoint, checkpoint_pipeline
 from worker.registry.layouts import LayoutError, inspect_diffusers_folder
+from worker.registry.pipeline_configs import CONFIG_METADATA_KEY, REAL_CONFIGS, PipelineKind
+from worker.registry.safetensors_header import HeaderError, SafetensorsHeader, read_header
 
+from ..errors import ModelLoadError
 from ..sampling.schedules import train_alphas_cumprod
 from ..tokenizer import VOCAB_SIZE, VocabularyError, load_clip_tokenizer, load_vocabulary
-from .architectures import CONFIG_METADATA_KEY, REAL_CONFIGS, ModelKind, write_skeleton
+from .components import COMPONENT_PREFIXES, load_components
+from .skeleton import write_skeleton
 
 log = logging.getLogger(__name__)
 
 OFFLOAD_BELOW_BYTES = 20 * 1024**3
 OPENCLIP_PAD = "!"  # token id 0
 
-AnyPipeline = StableDiffusionPipeline | StableDiffusionXLPipeline
+
+class SDPipeline(Protocol):
+    """What this engine uses of diffusers' SD1.x and SDXL pipelines (SDXL's adds ``text_encoder_2``)."""
+
+    vae: Any
+    unet: Any
+    text_encoder: Any
+
+    def set_progress_bar_config(self, **kwargs: Any) -> None: ...
+    def enable_model_cpu_offload(self) -> None: ...
+    def to(self, device: str) -> Any: ...
+    def load_lora_weights(self, path: str, adapter_name: str) -> None: ...
+    def delete_adapters(self, adapter_names: list[str]) -> None: ...
+    def set_adapters(self, adapter_names: list[str], adapter_weights: list[dict[str, float]]) -> None: ...
+    def enable_lora(self) -> None: ...
+    def disable_lora(self) -> None: ...
 
 
-class ModelLoadError(RuntimeError):
-    """A checkpoint or VAE that this engine cannot load (wrong architecture, missing tokenizer, bad file)."""
+def text_encoders(pipe: SDPipeline, kind: PipelineKind) -> list[Any]:
+    """CLIP-L, then (SDXL) OpenCLIP-G."""
+    return [pipe.text_encoder] + ([getattr(pipe, "text_encoder_2")] if kind == "sdxl" else [])  # noqa: B009
 
 
 @dataclass(frozen=True)
@@ -73,8 +80,8 @@ class Runtime:
 class LoadedModel:
     """A pipeline plus what the prompt encoder and infotext need to know about it."""
 
-    pipe: AnyPipeline
-    kind: ModelKind
+    pipe: SDPipeline
+    kind: PipelineKind
     path: Path
     text_widths: tuple[int, ...]
     skeleton: Path
@@ -86,28 +93,29 @@ class LoadedModel:
     alphas_cumprod: torch.Tensor = field(default_factory=train_alphas_cumprod)
 
 
-def inspect_checkpoint(path: Path) -> tuple[ModelKind, dict[str, dict[str, Any]], int]:
-    """Tell SD1.5 from SDXL by key, and find the component configs and the vocabulary size."""
-    with safe_open(str(path), framework="pt") as handle:
-        keys = set(handle.keys())
-        metadata = handle.metadata() or {}
-        if any(k.startswith("conditioner.embedders.1.") for k in keys):
-            kind: ModelKind = "sdxl"
-            vocab_key = "conditioner.embedders.0.transformer.text_model.embeddings.token_embedding.weight"
-        elif any(k.startswith("cond_stage_model.transformer.") for k in keys):
-            kind = "sd15"
-            vocab_key = "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight"
-        elif any(k.startswith("cond_stage_model.model.") for k in keys):
-            raise ModelLoadError(f"{path.name} is an SD2.x checkpoint; this engine runs SD1.x and SDXL only")
-        else:
-            raise ModelLoadError(f"{path.name} is not an SD1.x/SDXL checkpoint in A1111's single-file layout")
-        if vocab_key not in keys:
-            raise ModelLoadError(f"{path.name} has no text encoder weights ({vocab_key})")
-        vocab_size = int(handle.get_slice(vocab_key).get_shape()[0])
+def inspect_checkpoint(path: Path) -> tuple[PipelineKind, dict[str, dict[str, Any]], int]:
+    """Which pipeline (the registry's detection, one definition), the component configs and the vocabulary."""
+    header = _header(path)
+    try:
+        kind = checkpoint_pipeline(header.tensors, header.metadata, name=path.name)
+    except UnsupportedCheckpoint as exc:
+        raise ModelLoadError(str(exc)) from exc
+    vocab_key = COMPONENT_PREFIXES[kind]["text_encoder"] + "text_model.embeddings.token_embedding.weight"
+    if vocab_key not in header.tensors:
+        raise ModelLoadError(f"{path.name} has no text encoder weights ({vocab_key})")
+    vocab_size = header.tensors[vocab_key].shape[0]
+    metadata = header.metadata
     configs = (
         json.loads(metadata[CONFIG_METADATA_KEY]) if CONFIG_METADATA_KEY in metadata else REAL_CONFIGS[kind]
     )
     return kind, configs, vocab_size
+
+
+def _header(path: Path) -> SafetensorsHeader:
+    try:
+        return read_header(path)
+    except (HeaderError, OSError) as exc:
+        raise ModelLoadError(f"cannot read {path.name}: {exc}") from exc
 
 
 def load_checkpoint(
@@ -122,12 +130,12 @@ def load_checkpoint(
     skeleton = write_skeleton(skeleton_root, kind, configs, vocabulary_dir)
     tokenizer = load_clip_tokenizer(skeleton / "tokenizer")
     try:
-        parts = _load_components(path, kind, configs, runtime.dtype)
+        parts = load_components(path, _header(path), kind, configs, runtime.dtype)
         scheduler = EulerDiscreteScheduler.from_pretrained(str(skeleton), subfolder="scheduler")
         if kind == "sdxl":
             # OpenCLIP pads with token id 0 ("!"), as A1111's SDXL encoder does.
             tokenizer_2 = load_clip_tokenizer(skeleton / "tokenizer_2", pad_token=OPENCLIP_PAD)
-            pipe: AnyPipeline = StableDiffusionXLPipeline(
+            pipe: SDPipeline = StableDiffusionXLPipeline(
                 tokenizer=tokenizer,
                 tokenizer_2=tokenizer_2,
                 scheduler=scheduler,
@@ -147,131 +155,11 @@ def load_checkpoint(
         raise ModelLoadError(f"cannot load {path.name}: {exc}") from exc
     _place(pipe, runtime)
     pipe.set_progress_bar_config(disable=True)
-    encoders = [pipe.text_encoder] + ([pipe.text_encoder_2] if kind == "sdxl" else [])
-    widths = tuple(int(te.config.hidden_size) for te in encoders)
+    widths = tuple(int(te.config.hidden_size) for te in text_encoders(pipe, kind))
     log.info("loaded %s (%s) in %.2f s on %s", path.name, kind, time.perf_counter() - started, runtime.device)
     return LoadedModel(
         pipe=pipe, kind=kind, path=path, text_widths=widths, skeleton=skeleton, original_vae=pipe.vae
     )
-
-
-# Where each component's weights live in A1111's single-file layout.
-_PREFIXES: dict[ModelKind, dict[str, str]] = {
-    "sd15": {
-        "text_encoder": "cond_stage_model.transformer.",
-        "vae": "first_stage_model.",
-        "unet": "model.diffusion_model.",
-    },
-    "sdxl": {
-        "text_encoder": "conditioner.embedders.0.transformer.",
-        "text_encoder_2": "conditioner.embedders.1.model.",
-        "vae": "first_stage_model.",
-        "unet": "model.diffusion_model.",
-    },
-}
-
-
-def _load_components(
-    path: Path, kind: ModelKind, configs: dict[str, dict[str, Any]], dtype: torch.dtype
-) -> dict[str, Any]:
-    """Build each component empty (meta device) and stream its weights in one tensor at a time.
-
-    ``from_single_file`` reads the whole file into memory and keeps it while it builds the models, so a
-    load peaks at the file plus the models. Here only one component's file tensors are read at a time and
-    each is released as soon as its (cast) copy is in the model: the load peaks near the loaded size.
-    """
-    parts: dict[str, Any] = {}
-    header, data_start = _read_header(path)
-    with path.open("rb") as handle:
-        for name, prefix in _PREFIXES[kind].items():
-            state = {
-                key: _read_tensor(handle, data_start, entry, dtype)
-                for key, entry in header.items()
-                if key.startswith(prefix)
-            }
-            config = configs[name]
-            with init_empty_weights():
-                model: torch.nn.Module
-                if name == "unet":
-                    model = UNet2DConditionModel.from_config(config)
-                    state = convert_ldm_unet_checkpoint(state, dict(model.config))
-                elif name == "vae":
-                    model = AutoencoderKL.from_config(config)
-                    state = convert_ldm_vae_checkpoint(state, dict(model.config))
-                elif name == "text_encoder":
-                    model = CLIPTextModel(CLIPTextConfig(**config))
-                    state = convert_ldm_clip_checkpoint(state)
-                else:
-                    model = CLIPTextModelWithProjection(CLIPTextConfig(**config))
-                    state = convert_open_clip_checkpoint(model, state, prefix=prefix)
-            _stream_into(model, state, dtype, path.name, name)
-            parts[name] = model.eval()
-            del state
-            _release_freed_memory()
-    return parts
-
-
-def _release_freed_memory() -> None:
-    """Hand the file tensors' freed heap memory back to the OS (glibc keeps it otherwise, and the process
-    would carry the size of the file on top of the model for its whole life)."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
-_SAFETENSORS_DTYPES = {
-    "F64": torch.float64,
-    "F32": torch.float32,
-    "F16": torch.float16,
-    "BF16": torch.bfloat16,
-    "I64": torch.int64,
-    "I32": torch.int32,
-    "I16": torch.int16,
-    "I8": torch.int8,
-    "U8": torch.uint8,
-    "BOOL": torch.bool,
-}
-
-
-def _read_header(path: Path) -> tuple[dict[str, dict[str, Any]], int]:
-    """The safetensors header (name -> dtype, shape, byte range) and where the tensor data starts."""
-    with path.open("rb") as handle:
-        (length,) = struct.unpack("<Q", handle.read(8))
-        header = json.loads(handle.read(length))
-    header.pop("__metadata__", None)
-    return header, 8 + length
-
-
-def _read_tensor(
-    handle: BinaryIO, data_start: int, entry: dict[str, Any], dtype: torch.dtype
-) -> torch.Tensor:
-    """One tensor read with plain file I/O (no memory map, whose pages would stay resident for the whole
-    file) and converted at once to the model's dtype, so only the converted copy stays in memory."""
-    start, end = entry["data_offsets"]
-    raw = torch.empty(end - start, dtype=torch.uint8)
-    handle.seek(data_start + start)
-    handle.readinto(memoryview(raw.numpy()))
-    tensor = raw.view(_SAFETENSORS_DTYPES[entry["dtype"]]).reshape(entry["shape"])
-    return tensor.to(dtype) if tensor.is_floating_point() else tensor
-
-
-def _stream_into(
-    model: torch.nn.Module, state: dict[str, torch.Tensor], dtype: torch.dtype, file: str, component: str
-) -> None:
-    """Move the converted tensors into the empty model one by one, dropping each source tensor at once."""
-    expected = dict(model.named_parameters()) | dict(model.named_buffers())
-    for key in list(state):
-        tensor = state.pop(key)
-        # transformers 5 names CLIPTextModel's parameters without the "text_model." prefix diffusers writes
-        name = key if key in expected else key.removeprefix("text_model.")
-        if name not in expected:
-            continue  # e.g. CLIP's position_ids in old files
-        value = tensor.to(dtype) if tensor.is_floating_point() else tensor
-        set_module_tensor_to_device(model, name, "cpu", value=value)
-        del tensor, value
-    missing = [n for n, p in model.named_parameters() if p.device.type == "meta"]
-    if missing:
-        names = ", ".join(missing[:5])
-        raise ModelLoadError(f"{file}: the {component} weights are incomplete (missing {names})")
 
 
 def _clip_vocabulary_dir(name: str, vocab_size: int, skeleton_root: Path, tokenizer_dir: Path | None) -> Path:
@@ -300,7 +188,7 @@ def load_pipeline_folder(
     started = time.perf_counter()
     try:
         info = inspect_diffusers_folder(folder)
-        kind: ModelKind = info.pipeline_kind
+        kind: PipelineKind = info.pipeline_kind
     except (LayoutError, ValueError) as exc:
         raise ModelLoadError(f"cannot load {folder.name}: {exc}") from exc
     if "text_encoder" not in info.configs or "vae" not in info.configs:
@@ -315,7 +203,7 @@ def load_pipeline_folder(
     kwargs: dict[str, Any] = {"local_files_only": True, "torch_dtype": runtime.dtype, **tokenizers}
     try:
         if kind == "sdxl":
-            pipe: AnyPipeline = StableDiffusionXLPipeline.from_pretrained(str(folder), **kwargs)
+            pipe: SDPipeline = StableDiffusionXLPipeline.from_pretrained(str(folder), **kwargs)
         else:
             kwargs |= {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
             pipe = StableDiffusionPipeline.from_pretrained(str(folder), **kwargs)
@@ -323,8 +211,7 @@ def load_pipeline_folder(
         raise ModelLoadError(f"cannot load {folder.name}: {exc}") from exc
     _place(pipe, runtime)
     pipe.set_progress_bar_config(disable=True)
-    encoders = [pipe.text_encoder] + ([pipe.text_encoder_2] if kind == "sdxl" else [])
-    widths = tuple(int(te.config.hidden_size) for te in encoders)
+    widths = tuple(int(te.config.hidden_size) for te in text_encoders(pipe, kind))
     log.info(
         "loaded %s (%s folder) in %.2f s on %s",
         folder.name,
@@ -348,7 +235,7 @@ def load_vae(path: Path, skeleton: Path, runtime: Runtime) -> AutoencoderKL:
     return vae.to(runtime.device)
 
 
-def _place(pipe: AnyPipeline, runtime: Runtime) -> None:
+def _place(pipe: SDPipeline, runtime: Runtime) -> None:
     if runtime.device == "cuda" and runtime.cpu_offload:
         pipe.enable_model_cpu_offload()
     else:

@@ -100,7 +100,7 @@ class UNetModel:
             return_dict=False,
             **kwargs,
         )[0]
-        return out.float()
+        return torch.as_tensor(out).float()
 
 
 def _append_dims(v: torch.Tensor, ndim: int) -> torch.Tensor:
@@ -189,58 +189,16 @@ class CFGDenoiser:
         if self.should_stop():
             raise Interrupted
         batch = x.shape[0]
-        conds: list[Cond] = []
-        conds_list: list[list[tuple[int, float]]] = []
-        for composed in self.conds.positive:
-            entry = []
-            for schedule, weight in composed.parts:
-                entry.append((len(conds), weight))
-                conds.append(schedule.at(self.step))
-            conds_list.append(entry)
-        tensor = stack_conds(conds)
-        uncond = stack_conds([neg.at(self.step) for neg in self.conds.negative])
+        tensor, uncond, conds_list = self._conds_now()
         repeats = [len(c) for c in conds_list]
         x_in = torch.cat([torch.stack([x[i] for _ in range(n)]) for i, n in enumerate(repeats)] + [x])
         sigma_in = torch.cat(
             [torch.stack([sigma[i] for _ in range(n)]) for i, n in enumerate(repeats)] + [sigma]
         )
-
-        opts = self.options
-        skip_uncond = False
-        if opts.skip_early_cond != 0.0 and self.step / self.total_steps <= opts.skip_early_cond:
-            skip_uncond = True
-            opts.extra_params["Skip Early CFG"] = opts.skip_early_cond
-        elif (
-            (self.step % 2 or opts.s_min_uncond_all)
-            and opts.s_min_uncond > 0
-            and float(sigma[0]) < opts.s_min_uncond
-        ):
-            skip_uncond = True
-            opts.extra_params["NGMS"] = opts.s_min_uncond
-            if opts.s_min_uncond_all:
-                opts.extra_params["NGMS all steps"] = opts.s_min_uncond_all
+        skip_uncond = self._skips_uncond(sigma)
         if skip_uncond:
             x_in, sigma_in = x_in[:-batch], sigma_in[:-batch]
-
-        n_cond = tensor.context.shape[0]
-        if tensor.context.shape[1] == uncond.context.shape[1] or skip_uncond:
-            cond_in = tensor if skip_uncond else _cat(tensor, uncond)
-            if opts.batch_cond_uncond:
-                x_out = self.inner(x_in, sigma_in, cond_in)
-            else:
-                x_out = torch.zeros_like(x_in)
-                for a in range(0, x_out.shape[0], batch):
-                    b = a + batch
-                    x_out[a:b] = self.inner(x_in[a:b], sigma_in[a:b], cond_in.rows(a, b))
-        else:
-            # Prompt and negative of different lengths: separate passes, no padding (pad_cond_uncond off).
-            x_out = torch.zeros_like(x_in)
-            step = batch * 2 if opts.batch_cond_uncond else batch
-            for a in range(0, n_cond, step):
-                b = min(a + step, n_cond)
-                x_out[a:b] = self.inner(x_in[a:b], sigma_in[a:b], tensor.rows(a, b))
-            x_out[-batch:] = self.inner(x_in[-batch:], sigma_in[-batch:], uncond)
-
+        x_out = self._predict(x_in, sigma_in, tensor, uncond, batch, skip_uncond)
         first_of_image = [entry[0][0] for entry in conds_list]
         if skip_uncond:
             x_out = torch.cat([x_out, torch.cat([x_out[i : i + 1] for i in first_of_image])])
@@ -261,6 +219,67 @@ class CFGDenoiser:
             )
         self.step += 1
         return denoised
+
+    def _conds_now(self) -> tuple[CondBatch, CondBatch, list[list[tuple[int, float]]]]:
+        """This step's prompt conditionings (every ``AND`` part of every image), the negatives, and for
+        each image its parts as (row, weight)."""
+        conds: list[Cond] = []
+        conds_list: list[list[tuple[int, float]]] = []
+        for composed in self.conds.positive:
+            entry = []
+            for schedule, weight in composed.parts:
+                entry.append((len(conds), weight))
+                conds.append(schedule.at(self.step))
+            conds_list.append(entry)
+        uncond = stack_conds([neg.at(self.step) for neg in self.conds.negative])
+        return stack_conds(conds), uncond, conds_list
+
+    def _skips_uncond(self, sigma: torch.Tensor) -> bool:
+        """A1111's "Skip Early CFG" and negative-guidance minimum sigma (NGMS): no negative this step."""
+        opts = self.options
+        if opts.skip_early_cond != 0.0 and self.step / self.total_steps <= opts.skip_early_cond:
+            opts.extra_params["Skip Early CFG"] = opts.skip_early_cond
+            return True
+        if (
+            (self.step % 2 or opts.s_min_uncond_all)
+            and opts.s_min_uncond > 0
+            and float(sigma[0]) < opts.s_min_uncond
+        ):
+            opts.extra_params["NGMS"] = opts.s_min_uncond
+            if opts.s_min_uncond_all:
+                opts.extra_params["NGMS all steps"] = opts.s_min_uncond_all
+            return True
+        return False
+
+    def _predict(
+        self,
+        x_in: torch.Tensor,
+        sigma_in: torch.Tensor,
+        tensor: CondBatch,
+        uncond: CondBatch,
+        batch: int,
+        skip_uncond: bool,
+    ) -> torch.Tensor:
+        """The model's predictions for every prompt row, then (unless skipped) the negatives."""
+        batch_cond_uncond = self.options.batch_cond_uncond
+        if tensor.context.shape[1] == uncond.context.shape[1] or skip_uncond:
+            cond_in = tensor if skip_uncond else _cat(tensor, uncond)
+            if batch_cond_uncond:
+                return self.inner(x_in, sigma_in, cond_in)
+            x_out = torch.zeros_like(x_in)
+            for a in range(0, x_out.shape[0], batch):
+                b = a + batch
+                x_out[a:b] = self.inner(x_in[a:b], sigma_in[a:b], cond_in.rows(a, b))
+            return x_out
+        # Prompt and negative of different lengths: separate passes, no padding (pad_cond_uncond off).
+        n_cond = tensor.context.shape[0]
+        x_out = torch.zeros_like(x_in)
+        step = batch * 2 if batch_cond_uncond else batch
+        for a in range(0, n_cond, step):
+            b = min(a + step, n_cond)
+            x_out[a:b] = self.inner(x_in[a:b], sigma_in[a:b], tensor.rows(a, b))
+        x_out[-batch:] = self.inner(x_in[-batch:], sigma_in[-batch:], uncond)
+        return x_out
 
 
 def _cat(a: CondBatch, b: CondBatch) -> CondBatch:

@@ -11,6 +11,7 @@ Beta from their papers), including its quirks (KL Optimal ends at sigma_min, not
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -214,6 +215,36 @@ class ScheduleOptions:
         )
 
 
+@dataclass(frozen=True)
+class _SigmaRange:
+    """What a schedule function is given: how many sigmas, between which bounds, with which rho."""
+
+    n: int
+    lo: float
+    hi: float
+    rho: float
+    inner: DiscreteSchedule
+    sdxl: bool
+    opts: ScheduleOptions
+
+
+#: A1111's schedule names -> the function making ``n`` sigmas from ``hi`` down to ``lo`` (then 0)
+_SCHEDULES: dict[str, Callable[[_SigmaRange], torch.Tensor]] = {
+    "automatic": lambda r: r.inner.get_sigmas(r.n),
+    "uniform": lambda r: r.inner.get_sigmas(r.n),
+    "karras": lambda r: karras(r.n, r.lo, r.hi, r.rho),
+    "exponential": lambda r: exponential(r.n, r.lo, r.hi),
+    "polyexponential": lambda r: polyexponential(r.n, r.lo, r.hi, r.rho),
+    "sgm_uniform": lambda r: _timestep_spaced(r.n, r.lo, r.hi, r.inner, sgm=True),
+    "kl_optimal": lambda r: kl_optimal(r.n, r.lo, r.hi),
+    "align_your_steps": lambda r: align_your_steps(r.n, r.sdxl),
+    "simple": lambda r: simple(r.n, r.inner),
+    "normal": lambda r: _timestep_spaced(r.n, r.lo, r.hi, r.inner, sgm=False),
+    "ddim": lambda r: ddim_uniform(r.n, r.inner),
+    "beta": lambda r: beta(r.n, r.lo, r.hi, r.opts.beta_alpha, r.opts.beta_beta),
+}
+
+
 def build_sigmas(
     schedule_name: str,
     steps: int,
@@ -227,53 +258,39 @@ def build_sigmas(
 ) -> torch.Tensor:
     """A1111 ``KDiffusionSampler.get_sigmas``: the schedule for ``steps`` steps (one more, then the
     penultimate dropped, for samplers that discard it), on the CPU in float32."""
+    if schedule_name not in _SCHEDULES:
+        raise ValueError(f"unknown schedule {schedule_name!r}")
     discard = discard_next_to_last or opts.always_discard_next_to_last_sigma
-    if opts.always_discard_next_to_last_sigma and not discard_next_to_last and extra_params is not None:
-        extra_params["Discard penultimate sigma"] = True
-    n = steps + 1 if discard else steps
-    m_min, m_max = float(inner.sigmas[0]), float(inner.sigmas[-1])
-    lo = opts.sigma_min if opts.sigma_min not in (0, m_min) else m_min
-    hi = opts.sigma_max if opts.sigma_max not in (0, m_max) else m_max
-    if extra_params is not None and schedule_name != "automatic":
-        if lo != m_min:
-            extra_params["Schedule min sigma"] = lo
-        if hi != m_max:
-            extra_params["Schedule max sigma"] = hi
+    infotext = extra_params if extra_params is not None else {}
+    if opts.always_discard_next_to_last_sigma and not discard_next_to_last:
+        infotext["Discard penultimate sigma"] = True
+    lo, hi = _sigma_bounds(schedule_name, inner, opts, infotext)
     rho = default_rho
     if default_rho != -1 and opts.rho not in (0, default_rho):
-        rho = opts.rho
-        if extra_params is not None:
-            extra_params["Schedule rho"] = rho
-    if schedule_name in ("automatic", "uniform"):
-        sigmas = inner.get_sigmas(n)
-    elif schedule_name == "karras":
-        sigmas = karras(n, lo, hi, rho)
-    elif schedule_name == "exponential":
-        sigmas = exponential(n, lo, hi)
-    elif schedule_name == "polyexponential":
-        sigmas = polyexponential(n, lo, hi, rho)
-    elif schedule_name == "sgm_uniform":
-        sigmas = _timestep_spaced(n, lo, hi, inner, sgm=True)
-    elif schedule_name == "kl_optimal":
-        sigmas = kl_optimal(n, lo, hi)
-    elif schedule_name == "align_your_steps":
-        sigmas = align_your_steps(n, sdxl)
-    elif schedule_name == "simple":
-        sigmas = simple(n, inner)
-    elif schedule_name == "normal":
-        sigmas = _timestep_spaced(n, lo, hi, inner, sgm=False)
-    elif schedule_name == "ddim":
-        sigmas = ddim_uniform(n, inner)
-    elif schedule_name == "beta":
-        if extra_params is not None:
-            extra_params["Beta schedule alpha"] = opts.beta_alpha
-            extra_params["Beta schedule beta"] = opts.beta_beta
-        sigmas = beta(n, lo, hi, opts.beta_alpha, opts.beta_beta)
-    else:
-        raise ValueError(f"unknown schedule {schedule_name!r}")
+        rho = infotext["Schedule rho"] = opts.rho
+    if schedule_name == "beta":
+        infotext["Beta schedule alpha"] = opts.beta_alpha
+        infotext["Beta schedule beta"] = opts.beta_beta
+    span = _SigmaRange(steps + 1 if discard else steps, lo, hi, rho, inner, sdxl, opts)
+    sigmas = _SCHEDULES[schedule_name](span)
     if discard:
         sigmas = torch.cat([sigmas[:-2], sigmas[-1:]])
     return sigmas.cpu().float()
+
+
+def _sigma_bounds(
+    schedule_name: str, inner: DiscreteSchedule, opts: ScheduleOptions, infotext: dict[str, Any]
+) -> tuple[float, float]:
+    """The model's sigma range, or the options' ``sigma_min``/``sigma_max`` where set (then reported)."""
+    m_min, m_max = float(inner.sigmas[0]), float(inner.sigmas[-1])
+    lo = opts.sigma_min if opts.sigma_min not in (0, m_min) else m_min
+    hi = opts.sigma_max if opts.sigma_max not in (0, m_max) else m_max
+    if schedule_name != "automatic":
+        if lo != m_min:
+            infotext["Schedule min sigma"] = lo
+        if hi != m_max:
+            infotext["Schedule max sigma"] = hi
+    return lo, hi
 
 
 def timestep_schedule(steps: int, discard: bool) -> torch.Tensor:

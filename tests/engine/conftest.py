@@ -1,4 +1,7 @@
-"""Shared helpers for the embedded-engine tests: an HTTP client and small request builders."""
+"""Shared helpers for the embedded-engine tests: an HTTP client and small request builders.
+
+(Every test here is marked ``engine`` by ``tests/conftest.py``; a ``pytestmark`` in a conftest would not mark them.)
+"""
 
 from __future__ import annotations
 
@@ -13,8 +16,6 @@ import pytest
 from PIL import Image
 
 from tests.support.embedded_engine import EmbeddedEngine
-
-pytestmark = pytest.mark.engine
 
 SMALL = {"width": 64, "height": 64, "steps": 2, "sampler_name": "Euler a"}
 

@@ -13,9 +13,6 @@ import base64
 import io
 import json
 import math
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +23,7 @@ import pytest
 from PIL import Image
 
 from tests.support import parity_model
-from tests.support.embedded_engine import ROOT, _free_port, _require_engine, _wait_ready
+from tests.support.embedded_engine import _require_engine, run_engine
 
 pytestmark = pytest.mark.engine
 
@@ -57,29 +54,8 @@ def parity_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             f"{', '.join(changed)} built here differ from the files the goldens were recorded with; torch's "
             "initialisation changed: re-record with scripts/record_goldens.py"
         )
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    log_path = models / "engine.log"
-    command = [
-        sys.executable,
-        "-m",
-        "diffusers_server",
-        "serve",
-        "--models-dir",
-        str(models),
-        "--port",
-        str(port),
-    ]
-    command += ["--threads", "1", "--cpu", "--ckpt", parity_model.NAME]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-    try:
-        _wait_ready(url, process, log_path)
-        yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=15)
+    with run_engine(models, models / "engine.log", "--ckpt", parity_model.NAME) as engine:
+        yield engine.url
 
 
 def generate(url: str, payload: dict[str, Any]) -> list[Image.Image]:

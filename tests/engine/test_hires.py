@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from typing import Any
 
 import httpx
@@ -19,6 +18,7 @@ from diffusers_server.sampling.schedules import (
 )
 from tests.engine.conftest import SMALL, png, txt2img
 from tests.engine.test_errors import _a1111_error
+from tests.support.polling import poll_until
 
 HR = {"enable_hr": True, "denoising_strength": 0.5, "hr_second_pass_steps": 1, "seed": 11}
 
@@ -190,19 +190,16 @@ def test_progress_counts_both_passes_and_interrupt_in_second_pass(client: httpx.
     def run() -> None:
         result["response"] = client.post("/txt2img", json=payload)
 
-    thread = threading.Thread(target=run)
-    started = time.monotonic()
-    thread.start()
-    state: dict[str, Any] = {}
-    while time.monotonic() - started < 60:
-        progress = client.get("/progress").json()
+    def in_second_pass() -> dict[str, Any] | None:
+        progress: dict[str, Any] = client.get("/progress").json()
         state = progress["state"]
-        if state["job_no"] == 1 and state["sampling_step"] >= 2:
-            assert state["job_count"] == 2 and state["sampling_steps"] == hr_steps
-            assert 0.5 < progress["progress"] < 1
-            break
-        time.sleep(0.05)
-    assert state.get("job_no") == 1, f"second pass never reported progress: {state}"
+        return progress if state["job_no"] == 1 and state["sampling_step"] >= 2 else None
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    progress = poll_until(in_second_pass, "the second pass reporting step 2", timeout_s=60)
+    assert progress["state"]["job_count"] == 2 and progress["state"]["sampling_steps"] == hr_steps
+    assert 0.5 < progress["progress"] < 1
     assert client.post("/interrupt").json() == {}
     thread.join(timeout=60)
     response = result["response"]

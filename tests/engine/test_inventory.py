@@ -1,4 +1,4 @@
-"""The embedded engine's model inventory on a hostile volume (issue 9).
+"""The embedded engine's model inventory on a hostile volume.
 
 One engine process serves a models folder that sits below a dotted folder and holds an HTML page saved as a
 LoRA, a FIFO in vae/, a checkpoint symlinked from outside the folder and a checkpoint deleted after listing.

@@ -1,4 +1,4 @@
-"""Issue 9: inputs that made the embedded engine answer 500 are refused with a 4xx naming the valid range."""
+"""Inputs that once made the embedded engine answer 500 are refused with a 4xx naming the valid range."""
 
 from __future__ import annotations
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import threading
-import time
 from typing import Any
 
 import httpx
@@ -13,6 +12,7 @@ import pytest
 
 from diffusers_server.samplers import SAMPLERS
 from tests.engine.conftest import png, txt2img
+from tests.support.polling import poll_until
 
 
 @pytest.mark.parametrize("sampler", [s.name for s in SAMPLERS])
@@ -92,9 +92,9 @@ def test_prompt_features_change_the_image(client: httpx.Client) -> None:
     assert image(prompt="a (cat:1.5)") != base
     with_embedding = txt2img(client, seed=11, prompt="a cat demo-embedding-tiny")
     assert "TI hashes" in with_embedding["info"]["infotexts"][0]
-    assert image(prompt="a cat " + "x" * 80) != image(
-        prompt="a cat " + "x" * 70
-    )  # past 75 tokens still counts
+    # Never truncated: a word after the first 75 tokens (one full chunk) still changes the image.
+    full_chunk = "a b " * 40  # 80 one-token words
+    assert image(prompt=full_chunk + "cat") != image(prompt=full_chunk + "dog")
 
 
 def test_png_info_roundtrip(client: httpx.Client) -> None:
@@ -173,18 +173,14 @@ def test_interrupt_returns_partial_image(client: httpx.Client) -> None:
         response = client.post("/txt2img", json={"width": 64, "height": 64, "steps": steps, "seed": 1})
         result["response"] = response
 
+    def running() -> dict[str, Any] | None:
+        progress: dict[str, Any] = client.get("/progress").json()
+        return progress if progress["state"]["sampling_step"] >= 3 else None
+
     thread = threading.Thread(target=run)
-    started = time.monotonic()
     thread.start()
-    seen_step = 0
-    while time.monotonic() - started < 60:
-        state = client.get("/progress").json()
-        seen_step = state["state"]["sampling_step"]
-        if seen_step >= 3:
-            assert 0 < state["progress"] < 1 and state["state"]["sampling_steps"] == steps
-            break
-        time.sleep(0.05)
-    assert seen_step >= 3, "generation never reported progress"
+    progress = poll_until(running, "the generation reporting step 3", timeout_s=60)
+    assert 0 < progress["progress"] < 1 and progress["state"]["sampling_steps"] == steps
     assert client.post("/interrupt").json() == {}
     thread.join(timeout=60)
     response = result["response"]

@@ -1,4 +1,4 @@
-"""Property test of the embedded engine's HTTP API (issue 9): no 5xx on any request within its limits.
+"""Property test of the embedded engine's HTTP API: no 5xx on any request within its limits.
 
 Requests follow ``POST /sdapi/v1/txt2img``'s schema (``diffusers_server.schemas.Txt2ImgRequest``) with every
 field drawn from the engine's own listings, plausible values, hostile names, A1111 prompt syntax and values

@@ -15,12 +15,13 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests.support.polling import poll_until
 
 STARTUP_DEADLINE_S = 90.0
 ROOT = Path(__file__).resolve().parents[2]
@@ -59,17 +60,18 @@ def engine_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _wait_ready(url: str, process: subprocess.Popen[bytes], log_path: Path) -> None:
     import httpx
 
-    deadline = time.monotonic() + STARTUP_DEADLINE_S
-    while time.monotonic() < deadline:
+    def ready() -> bool | None:
         if process.poll() is not None:
             raise RuntimeError(f"engine exited with {process.returncode}:\n{log_path.read_text()[-4000:]}")
         try:
-            if httpx.get(f"{url}/sdapi/v1/sd-models", timeout=2).status_code == 200:
-                return
+            return httpx.get(f"{url}/sdapi/v1/sd-models", timeout=2).status_code == 200 or None
         except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(f"engine not ready after {STARTUP_DEADLINE_S}s:\n{log_path.read_text()[-4000:]}")
+            return None
+
+    try:
+        poll_until(ready, "the embedded engine answering", timeout_s=STARTUP_DEADLINE_S, interval_s=0.2)
+    except TimeoutError as exc:
+        raise TimeoutError(f"{exc}:\n{log_path.read_text()[-4000:]}") from None
 
 
 @contextlib.contextmanager

@@ -22,52 +22,22 @@ from typing import Any
 
 import torch
 
+from diffusers_server.demo_models import TINY_TEXT, TINY_UNET
+from worker.registry.pipeline_configs import vae_config
+
 SEED = 11
 NAME = "parity-sd15-tiny"
 LORA = "parity-lora"
 VAE = "parity-vae.safetensors"
 EMBEDDING = "parity-emb"
-TEXT = {
-    "architectures": ["CLIPTextModel"],
-    "model_type": "clip_text_model",
-    "vocab_size": 49408,
-    "hidden_size": 32,
-    "intermediate_size": 37,
-    "projection_dim": 32,
-    "num_attention_heads": 4,
-    "num_hidden_layers": 3,
-    "max_position_embeddings": 77,
-    "hidden_act": "quick_gelu",
-    "bos_token_id": 49406,
-    "eos_token_id": 49407,
-    "pad_token_id": 49407,
-}
+TEXT = {"architectures": ["CLIPTextModel"], "model_type": "clip_text_model", **TINY_TEXT}
 CONFIGS: dict[str, dict[str, Any]] = {
-    "unet": {
-        "sample_size": 8,
-        "in_channels": 4,
-        "out_channels": 4,
-        "layers_per_block": 1,
-        "block_out_channels": [32, 64],
-        "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
-        "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"],
-        "norm_num_groups": 32,
-        "cross_attention_dim": 32,
-        "attention_head_dim": 2,
-    },
-    "vae": {
-        "in_channels": 3,
-        "out_channels": 3,
-        "latent_channels": 4,
-        "down_block_types": ["DownEncoderBlock2D"] * 4,
-        "up_block_types": ["UpDecoderBlock2D"] * 4,
-        "block_out_channels": [32, 32, 32, 32],
-        "layers_per_block": 1,
-        "norm_num_groups": 32,
-        "sample_size": 64,
-        "scaling_factor": 0.18215,
-    },
-    "text_encoder": {k: v for k, v in TEXT.items() if k not in ("architectures", "model_type")},
+    # LDM's layers fix GroupNorm at 32 groups
+    "unet": {**TINY_UNET, "norm_num_groups": 32, "cross_attention_dim": 32, "attention_head_dim": 2},
+    "vae": vae_config(
+        [32, 32, 32, 32], layers_per_block=1, norm_num_groups=32, sample_size=64, scaling_factor=0.18215
+    ),
+    "text_encoder": TINY_TEXT,
 }
 YAML = """model:
   target: ldm.models.diffusion.ddpm.LatentDiffusion
@@ -133,8 +103,8 @@ def build() -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from diffusers_server.demo_models import _contiguous, _metadata, _randomize_norms, _seeded
-    from diffusers_server.models.architectures import CONFIG_METADATA_KEY
     from diffusers_server.models.ldm_keys import clip_to_ldm, unet_to_ldm, vae_to_ldm
+    from worker.registry.pipeline_configs import CONFIG_METADATA_KEY
 
     with _seeded(SEED):
         unet = UNet2DConditionModel(**CONFIGS["unet"])

@@ -30,32 +30,51 @@ SCHEDULER = {
     "steps_offset": 1,
     "timestep_spacing": "leading",
 }
-_VAE_REAL = {
-    "_class_name": "AutoencoderKL",
-    "in_channels": 3,
-    "out_channels": 3,
-    "latent_channels": 4,
-    "down_block_types": ["DownEncoderBlock2D"] * 4,
-    "up_block_types": ["UpDecoderBlock2D"] * 4,
-    "block_out_channels": [128, 256, 512, 512],
-    "layers_per_block": 2,
-    "norm_num_groups": 32,
-    "sample_size": 512,
-}
+CLIP_VOCAB_SIZE = 49408
+
+
+def clip_text_config(
+    hidden_size: int, intermediate_size: int, heads: int, layers: int, hidden_act: str = "quick_gelu"
+) -> dict[str, Any]:
+    """A CLIP text encoder on CLIP's vocabulary and 77 positions: SD1.x's CLIP-L, SDXL's two, a tiny one."""
+    return {
+        "vocab_size": CLIP_VOCAB_SIZE,
+        "max_position_embeddings": 77,
+        "bos_token_id": CLIP_VOCAB_SIZE - 2,
+        "eos_token_id": CLIP_VOCAB_SIZE - 1,
+        "pad_token_id": CLIP_VOCAB_SIZE - 1,
+        "hidden_act": hidden_act,
+        "hidden_size": hidden_size,
+        "intermediate_size": intermediate_size,
+        "projection_dim": hidden_size,
+        "num_attention_heads": heads,
+        "num_hidden_layers": layers,
+    }
+
+
+def vae_config(
+    channels: list[int], layers_per_block: int, norm_num_groups: int, sample_size: int, scaling_factor: float
+) -> dict[str, Any]:
+    """SD's KL autoencoder (RGB in, 4 latent channels, one down/up block per channel width)."""
+    return {
+        "in_channels": 3,
+        "out_channels": 3,
+        "latent_channels": 4,
+        "down_block_types": ["DownEncoderBlock2D"] * len(channels),
+        "up_block_types": ["UpDecoderBlock2D"] * len(channels),
+        "block_out_channels": channels,
+        "layers_per_block": layers_per_block,
+        "norm_num_groups": norm_num_groups,
+        "sample_size": sample_size,
+        "scaling_factor": scaling_factor,
+    }
+
+
+_VAE_REAL = {"_class_name": "AutoencoderKL", **vae_config([128, 256, 512, 512], 2, 32, 512, 0.18215)}
 _CLIP_L = {
     "architectures": ["CLIPTextModel"],
     "model_type": "clip_text_model",
-    "vocab_size": 49408,
-    "hidden_size": 768,
-    "intermediate_size": 3072,
-    "projection_dim": 768,
-    "num_attention_heads": 12,
-    "num_hidden_layers": 12,
-    "max_position_embeddings": 77,
-    "hidden_act": "quick_gelu",
-    "bos_token_id": 49406,
-    "eos_token_id": 49407,
-    "pad_token_id": 49407,
+    **clip_text_config(768, 3072, heads=12, layers=12),
 }
 REAL_CONFIGS: dict[PipelineKind, dict[str, dict[str, Any]]] = {
     "sd15": {
@@ -97,12 +116,7 @@ REAL_CONFIGS: dict[PipelineKind, dict[str, dict[str, Any]]] = {
         "text_encoder_2": {
             **_CLIP_L,
             "architectures": ["CLIPTextModelWithProjection"],
-            "hidden_size": 1280,
-            "intermediate_size": 5120,
-            "projection_dim": 1280,
-            "num_attention_heads": 20,
-            "num_hidden_layers": 32,
-            "hidden_act": "gelu",
+            **clip_text_config(1280, 5120, heads=20, layers=32, hidden_act="gelu"),
         },
     },
 }

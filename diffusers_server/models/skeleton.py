@@ -1,9 +1,9 @@
-"""Component configs ("config skeletons") for SD1.5 and SDXL single files, generated locally.
+"""Config skeletons: json-only diffusers folders for SD1.5 and SDXL single files, written locally.
 
 ``from_single_file`` takes every component's architecture from a diffusers-layout folder of json
-files; without one it goes to the Hugging Face hub. The engine writes that folder itself from these
-dicts: the public SD1.5 and SDXL-base architectures for real checkpoints, or the exact configs that
-``make-demo-models`` stores in a tiny model's safetensors metadata (key :data:`CONFIG_METADATA_KEY`).
+files; without one it goes to the Hugging Face hub. The engine writes that folder itself from the
+registry's configs (``worker.registry.pipeline_configs``): the public SD1.5 and SDXL-base architectures
+for real checkpoints, or the exact configs a tiny model carries in its safetensors metadata.
 """
 
 from __future__ import annotations
@@ -11,18 +11,15 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from diffusers import __version__ as diffusers_version
 
-from worker.registry.pipeline_configs import CONFIG_METADATA_KEY, REAL_CONFIGS, SCHEDULER, model_index
-
-ModelKind = Literal["sd15", "sdxl"]
-__all__ = ["CONFIG_METADATA_KEY", "REAL_CONFIGS", "ModelKind", "write_skeleton"]
+from worker.registry.pipeline_configs import SCHEDULER, PipelineKind, model_index
 
 
 def write_skeleton(
-    root: Path, kind: ModelKind, configs: dict[str, dict[str, Any]], tokenizer_dir: Path
+    root: Path, kind: PipelineKind, configs: dict[str, dict[str, Any]], tokenizer_dir: Path
 ) -> Path:
     """Write (once per distinct config) the json-only diffusers folder that ``from_single_file`` needs."""
     blob = json.dumps({"kind": kind, "configs": configs, "tok": str(tokenizer_dir)}, sort_keys=True)
