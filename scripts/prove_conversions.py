@@ -18,8 +18,8 @@ and checks (PSNR in dB over 8-bit pixels; "inf" = identical):
 2. A1111 ignores the unconverted PEFT LoRA (identical to no LoRA) and the converted one changes the image;
 3. the checkpoint round trips give A1111 the original's pixels (>= 50 dB);
 4. with ``--embedded``: the embedded engine with the original PEFT file vs A1111 with the converted file
-   (>= 40 dB; needs the embedded engine's pixel parity with A1111, issue 11), plus the embedded engine's own
-   consistency (original == converted) and its A1111 parity without any LoRA, for context.
+   (>= 40 dB; needs the embedded engine's pixel parity with A1111, docs/engine.md), plus the embedded
+   engine's own consistency (original == converted) and its A1111 parity without any LoRA, for context.
 
 Results print as a table and go to bench/results/conversion_proof.json; the exit status is 1 on any failure.
 Each engine's images are saved as PNGs; ``prove`` without ``--a1111`` reuses A1111's saved ones, so the
@@ -313,7 +313,7 @@ def prove(args: argparse.Namespace) -> int:
             "same",
         )
         check(
-            "context: embedded vs A1111 without LoRA (issue 11 parity)",
+            "context: embedded vs A1111 without LoRA (the engines' pixel parity)",
             "embedded base",
             "a1111 base",
             "close",
