@@ -198,7 +198,12 @@ def make_demo_models(root: Path, sdxl: bool = False) -> dict[str, Path]:
             tensors, metadata = build_checkpoint(kind, seed)  # type: ignore[arg-type]
             save_file(tensors, paths[kind], metadata=metadata)
     save_file(build_vae(3), paths["vae"], metadata=_metadata("vae"))
-    save_file(build_lora(4), paths["lora"], metadata=_metadata("lora", {"ss_output_name": LORA_NAME}))
+    save_file(
+        build_lora(4),
+        paths["lora"],
+        # kohya records the base model: the registry reports the LoRA as SD1.5 and refuses it on SDXL
+        metadata=_metadata("lora", {"ss_output_name": LORA_NAME, "ss_base_model_version": "sd_v1"}),
+    )
     save_file(build_embedding(5), paths["embedding"], metadata=_metadata("embedding"))
     lines = [RANDOM_WEIGHTS_NOTE, "", "Written by `python -m diffusers_server make-demo-models`:"]
     lines += [f"- {p.relative_to(root)}" for p in paths.values()]

@@ -80,6 +80,7 @@ def test_native_job_reaches_the_engine_intact(embedded_engine: Any, tmp_path: Pa
     assert out["models"]["checkpoint"]["title"].startswith("demo-sd15-tiny.safetensors [")
     assert out["models"]["checkpoint"]["architecture"] == "sd15"
     assert out["models"]["loras"][0]["name"] == "demo-lora-tiny"
+    assert out["models"]["loras"][0]["architecture"] == "sd15"  # the demo LoRA records its base model
 
 
 def test_same_seed_same_image(embedded_engine: Any, tmp_path: Path) -> None:
