@@ -29,7 +29,7 @@ from worker.registry.safetensors_header import HeaderError, SafetensorsHeader, r
 from ..errors import ModelLoadError
 from ..sampling.schedules import train_alphas_cumprod
 from ..tokenizer import VOCAB_SIZE, VocabularyError, load_clip_tokenizer, load_vocabulary
-from .components import COMPONENT_PREFIXES, load_components
+from .components import COMPONENT_PREFIXES, load_components, load_folder_components
 from .skeleton import write_skeleton
 
 log = logging.getLogger(__name__)
@@ -128,29 +128,9 @@ def load_checkpoint(
     kind, configs, vocab_size = inspect_checkpoint(path)
     vocabulary_dir = _clip_vocabulary_dir(path.name, vocab_size, skeleton_root, tokenizer_dir)
     skeleton = write_skeleton(skeleton_root, kind, configs, vocabulary_dir)
-    tokenizer = load_clip_tokenizer(skeleton / "tokenizer")
     try:
         parts = load_components(path, _header(path), kind, configs, runtime.dtype)
-        scheduler = EulerDiscreteScheduler.from_pretrained(str(skeleton), subfolder="scheduler")
-        if kind == "sdxl":
-            # OpenCLIP pads with token id 0 ("!"), as A1111's SDXL encoder does.
-            tokenizer_2 = load_clip_tokenizer(skeleton / "tokenizer_2", pad_token=OPENCLIP_PAD)
-            pipe: SDPipeline = StableDiffusionXLPipeline(
-                tokenizer=tokenizer,
-                tokenizer_2=tokenizer_2,
-                scheduler=scheduler,
-                add_watermarker=False,
-                **parts,
-            )
-        else:
-            pipe = StableDiffusionPipeline(
-                tokenizer=tokenizer,
-                scheduler=scheduler,
-                safety_checker=None,
-                feature_extractor=None,
-                requires_safety_checker=False,
-                **parts,
-            )
+        pipe = _assemble(kind, parts, skeleton)
     except (ValueError, KeyError, RuntimeError, OSError) as exc:
         raise ModelLoadError(f"cannot load {path.name}: {exc}") from exc
     _place(pipe, runtime)
@@ -160,6 +140,28 @@ def load_checkpoint(
     return LoadedModel(
         pipe=pipe, kind=kind, path=path, text_widths=widths, skeleton=skeleton, original_vae=pipe.vae
     )
+
+
+def _assemble(kind: PipelineKind, parts: dict[str, Any], skeleton: Path) -> SDPipeline:
+    """The diffusers pipeline around loaded components, with the skeleton's tokenizers and scheduler."""
+    tokenizer = load_clip_tokenizer(skeleton / "tokenizer")
+    scheduler = EulerDiscreteScheduler.from_pretrained(str(skeleton), subfolder="scheduler")
+    if kind == "sdxl":
+        # OpenCLIP pads with token id 0 ("!"), as A1111's SDXL encoder does.
+        tokenizer_2 = load_clip_tokenizer(skeleton / "tokenizer_2", pad_token=OPENCLIP_PAD)
+        sdxl: SDPipeline = StableDiffusionXLPipeline(
+            tokenizer=tokenizer, tokenizer_2=tokenizer_2, scheduler=scheduler, add_watermarker=False, **parts
+        )
+        return sdxl
+    sd: SDPipeline = StableDiffusionPipeline(
+        tokenizer=tokenizer,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+        **parts,
+    )
+    return sd
 
 
 def _clip_vocabulary_dir(name: str, vocab_size: int, skeleton_root: Path, tokenizer_dir: Path | None) -> Path:
@@ -184,7 +186,7 @@ def _clip_vocabulary_dir(name: str, vocab_size: int, skeleton_root: Path, tokeni
 def load_pipeline_folder(
     folder: Path, runtime: Runtime, skeleton_root: Path, tokenizer_dir: Path | None
 ) -> LoadedModel:
-    """Load a diffusers pipeline folder (SD1.x or SDXL) directly: no key conversion, no config skeleton."""
+    """Load a diffusers pipeline folder (SD1.x or SDXL) directly: its weights streamed in as they are."""
     started = time.perf_counter()
     try:
         info = inspect_diffusers_folder(folder)
@@ -195,18 +197,13 @@ def load_pipeline_folder(
         raise ModelLoadError(f"cannot load {folder.name}: it needs text_encoder/ and vae/")
     vocab_size = int(info.configs["text_encoder"].get("vocab_size", 0))
     # The folder's own tokenizer/ is not read: prompts are tokenized as A1111 tokenizes them for the
-    # converted checkpoint (CLIP's vocabulary, the slow tokenizer's rules, open_clip for CLIP-G).
+    # converted checkpoint (CLIP's vocabulary, the slow tokenizer's rules, open_clip for CLIP-G), and the
+    # pipeline's tokenizers and scheduler come from the skeleton, as for a single file.
     vocabulary_dir = _clip_vocabulary_dir(folder.name, vocab_size, skeleton_root, tokenizer_dir)
-    tokenizers = {"tokenizer": load_clip_tokenizer(vocabulary_dir)}
-    if kind == "sdxl":
-        tokenizers["tokenizer_2"] = load_clip_tokenizer(vocabulary_dir, pad_token=OPENCLIP_PAD)
-    kwargs: dict[str, Any] = {"local_files_only": True, "torch_dtype": runtime.dtype, **tokenizers}
+    skeleton = write_skeleton(skeleton_root, kind, info.configs, vocabulary_dir)
     try:
-        if kind == "sdxl":
-            pipe: SDPipeline = StableDiffusionXLPipeline.from_pretrained(str(folder), **kwargs)
-        else:
-            kwargs |= {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
-            pipe = StableDiffusionPipeline.from_pretrained(str(folder), **kwargs)
+        parts = load_folder_components(info.weights, info.configs, runtime.dtype)
+        pipe = _assemble(kind, parts, skeleton)
     except (ValueError, KeyError, RuntimeError, OSError) as exc:
         raise ModelLoadError(f"cannot load {folder.name}: {exc}") from exc
     _place(pipe, runtime)
@@ -220,7 +217,7 @@ def load_pipeline_folder(
         runtime.device,
     )
     return LoadedModel(
-        pipe=pipe, kind=kind, path=folder, text_widths=widths, skeleton=folder, original_vae=pipe.vae
+        pipe=pipe, kind=kind, path=folder, text_widths=widths, skeleton=skeleton, original_vae=pipe.vae
     )
 
 
