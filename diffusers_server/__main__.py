@@ -37,6 +37,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--threads", type=int, help="torch CPU threads (pin for byte-identical outputs)")
     serve.add_argument("--cpu", action="store_true", help="run on the CPU even when CUDA is available")
+    serve.add_argument(
+        "--queue-timeout",
+        type=float,
+        default=3600.0,
+        help="seconds a txt2img waits for the requests ahead of it before a 503 (default 3600)",
+    )
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     demo = sub.add_parser(
         "make-demo-models", help="write tiny random-weight demo models (their images are noise)"
@@ -86,6 +92,7 @@ def main(argv: list[str] | None = None) -> None:
         hash_cache=args.hash_cache or args.models_dir / ".diffusers_server_hashes.json",
         threads=args.threads,
         force_cpu=args.cpu,
+        queue_timeout_s=args.queue_timeout,
     )
     from worker.routes import embedded_engine_hook  # the product's /worker/v1 routes, same job path
 

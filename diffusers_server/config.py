@@ -22,6 +22,8 @@ class ServerConfig:
     hash_cache: Path | None = None
     threads: int | None = None
     force_cpu: bool = False
+    #: how long a txt2img waits for the requests ahead of it before a 503 (A1111 waits for ever)
+    queue_timeout_s: float = 3600.0
 
     @property
     def checkpoints(self) -> Path:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from worker.clock import SYSTEM_CLOCK, Clock
@@ -22,7 +24,7 @@ from .model_slot import ModelSlot
 from .models.files import CheckpointInfo, HashCache
 from .models.pipelines import LoadedModel, Runtime
 from .schemas import Txt2ImgRequest
-from .state import FifoLock, GenerationState
+from .state import FifoLock, GenerationState, QueueTimeout
 from .validation import PreparedRequest, RequestValidator
 
 log = logging.getLogger(__name__)
@@ -102,11 +104,23 @@ class Engine:
         """Validate before taking the lock; 4xx for anything this engine cannot honour."""
         return self.validator.prepare(req)
 
+    @contextmanager
+    def _turn(self) -> Iterator[None]:
+        """The lock, within ``--queue-timeout``: a caller that stopped waiting is not served later."""
+        try:
+            self.lock.acquire(self.config.queue_timeout_s)
+        except QueueTimeout as exc:
+            raise RequestRefused(503, f"the engine is busy: {exc} (--queue-timeout)") from exc
+        try:
+            yield
+        finally:
+            self.lock.release()
+
     def txt2img(self, req: Txt2ImgRequest) -> dict[str, Any]:
         prepared = self.prepare(req)
         for warning in prepared.warnings:
             log.warning("txt2img: %s", warning)
-        with self.lock.hold():
+        with self._turn():
             saved = {k: self.options[k] for k in prepared.overrides}
             # Like A1111, hires counts two jobs per batch (first pass, second pass).
             self.state.begin("txt2img", int(req.n_iter or 1) * (2 if prepared.hires else 1))

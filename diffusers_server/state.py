@@ -11,26 +11,48 @@ from typing import Any
 from worker.clock import SYSTEM_CLOCK, Clock
 
 
+class QueueTimeout(Exception):
+    """The FIFO lock was not granted within the waiter's deadline."""
+
+
 class FifoLock:
-    """A lock granted strictly in arrival order (A1111's ``queue_lock`` is a FIFO lock too)."""
+    """A lock granted strictly in arrival order (A1111's ``queue_lock`` is a FIFO lock too).
+
+    A waiter may give up after a deadline: its turn is then skipped, so a request whose caller has stopped
+    waiting never runs later in front of, or after, the others.
+    """
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._next_ticket = 0
         self._serving = 0
+        self._abandoned: set[int] = set()
 
-    @contextmanager
-    def hold(self) -> Iterator[None]:
+    def acquire(self, timeout_s: float | None = None) -> None:
+        """Wait for this caller's turn; past ``timeout_s`` give it up and raise ``QueueTimeout``."""
         with self._cond:
             ticket = self._next_ticket
             self._next_ticket += 1
-            self._cond.wait_for(lambda: self._serving == ticket)
+            if not self._cond.wait_for(lambda: self._serving == ticket, timeout=timeout_s):
+                self._abandoned.add(ticket)
+                ahead = ticket - self._serving
+                raise QueueTimeout(f"{ahead} request(s) still ahead after {timeout_s:g} s")
+
+    def release(self) -> None:
+        with self._cond:
+            self._serving += 1
+            while self._serving in self._abandoned:
+                self._abandoned.discard(self._serving)
+                self._serving += 1
+            self._cond.notify_all()
+
+    @contextmanager
+    def hold(self, timeout_s: float | None = None) -> Iterator[None]:
+        self.acquire(timeout_s)
         try:
             yield
         finally:
-            with self._cond:
-                self._serving += 1
-                self._cond.notify_all()
+            self.release()
 
 
 class GenerationState:

@@ -1,13 +1,19 @@
-"""The engine's generation state (A1111's ``shared.state``) on an injected clock: ``/progress``'s numbers."""
+"""The engine's generation state (A1111's ``shared.state``) on an injected clock: ``/progress``'s numbers; and
+its FIFO generation lock, whose waiters may give up (``--queue-timeout``)."""
 
 from __future__ import annotations
 
+import concurrent.futures
+import threading
 from datetime import datetime
+from pathlib import Path
 
 import pytest
+import requests
 
-from diffusers_server.state import GenerationState
+from diffusers_server.state import FifoLock, GenerationState, QueueTimeout
 from tests.support.clock import FakeClock
+from tests.support.polling import poll_until
 
 
 def test_progress_and_eta_come_from_the_steps_done_and_the_injected_clock() -> None:
@@ -39,3 +45,47 @@ def test_a_new_job_clears_interrupt_and_skip() -> None:
     assert state.as_dict()["interrupted"] and state.as_dict()["skipped"]
     state.begin("txt2img", job_count=1)
     assert not state.interrupted and not state.skipped
+
+
+def test_a_waiter_that_gives_up_loses_its_turn_and_the_next_one_is_served() -> None:
+    lock = FifoLock()
+    lock.acquire()  # a running generation
+    with pytest.raises(QueueTimeout, match=r"1 request\(s\) still ahead after 0.05 s"):
+        lock.acquire(timeout_s=0.05)
+    served = threading.Event()
+
+    def next_request() -> None:
+        with lock.hold(timeout_s=10):
+            served.set()
+
+    waiter = threading.Thread(target=next_request)
+    waiter.start()
+    assert not served.wait(0.1), "served while the lock was held"
+    lock.release()
+    # the abandoned turn is skipped; without that, this waiter would wait for a request that is gone
+    assert served.wait(10), "the request after an abandoned turn was never served"
+    waiter.join(10)
+
+
+def _generating(url: str) -> bool | None:
+    state = requests.get(f"{url}/sdapi/v1/progress", timeout=10).json()["state"]
+    return True if state["job_count"] > 0 else None
+
+
+def test_a_queued_txt2img_past_the_queue_timeout_is_a_503_naming_the_flag(tmp_path: Path) -> None:
+    from diffusers_server.demo_models import make_demo_models
+    from tests.support.embedded_engine import run_engine
+
+    make_demo_models(tmp_path / "models")
+    slow = {"prompt": "a lighthouse", "steps": 150, "width": 256, "height": 256}
+    with (
+        run_engine(tmp_path / "models", tmp_path / "engine.log", "--queue-timeout", "0.5") as engine,
+        concurrent.futures.ThreadPoolExecutor(1) as pool,
+    ):
+        running = pool.submit(requests.post, f"{engine.url}/sdapi/v1/txt2img", json=slow, timeout=300)
+        poll_until(lambda: _generating(engine.url), "the first txt2img to start", timeout_s=60)
+        queued = requests.post(f"{engine.url}/sdapi/v1/txt2img", json={**slow, "steps": 1}, timeout=60)
+        requests.post(f"{engine.url}/sdapi/v1/interrupt", timeout=10)
+        assert running.result().status_code == 200
+    assert queued.status_code == 503, queued.text
+    assert "busy" in queued.json()["detail"] and "--queue-timeout" in queued.json()["detail"]
