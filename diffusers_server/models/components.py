@@ -62,13 +62,10 @@ def load_components(
     parts: dict[str, Any] = {}
     with path.open("rb") as handle:
         for name, prefix in COMPONENT_PREFIXES[kind].items():
-            state = {
-                key: _read_tensor(handle, header.data_offset, entry, dtype)
-                for key, entry in header.tensors.items()
-                if key.startswith(prefix)
-            }
+            state = _read_tensors(handle, header, dtype, prefix)
             model, state = _empty_component(name, configs[name], state, prefix)
-            _stream_into(model, state, dtype, path.name, name)
+            _stream_into(model, state, dtype)
+            _check_complete(model, path.name, name)
             parts[name] = model.eval()
             del state
             _release_freed_memory()
@@ -86,13 +83,9 @@ def load_folder_components(
         with init_empty_weights():
             model = _component_from_config(name, configs[name])
         for file in files:
-            header = read_header(file)
             with file.open("rb") as handle:
-                state = {
-                    key: _read_tensor(handle, header.data_offset, entry, dtype)
-                    for key, entry in header.tensors.items()
-                }
-            _stream_into(model, state, dtype, label, name, complete=False)
+                state = _read_tensors(handle, read_header(file), dtype)
+            _stream_into(model, state, dtype)
             del state
             _release_freed_memory()
         _check_complete(model, label, name)
@@ -147,6 +140,17 @@ _SAFETENSORS_DTYPES = {
 }
 
 
+def _read_tensors(
+    handle: io.BufferedReader, header: SafetensorsHeader, dtype: torch.dtype, prefix: str = ""
+) -> dict[str, torch.Tensor]:
+    """The file's tensors whose keys start with ``prefix``, each read and cast on its own."""
+    return {
+        key: _read_tensor(handle, header.data_offset, entry, dtype)
+        for key, entry in header.tensors.items()
+        if key.startswith(prefix)
+    }
+
+
 def _read_tensor(
     handle: io.BufferedReader, data_start: int, entry: TensorInfo, dtype: torch.dtype
 ) -> torch.Tensor:
@@ -159,14 +163,7 @@ def _read_tensor(
     return tensor.to(dtype) if tensor.is_floating_point() else tensor
 
 
-def _stream_into(
-    model: torch.nn.Module,
-    state: dict[str, torch.Tensor],
-    dtype: torch.dtype,
-    file: str,
-    component: str,
-    complete: bool = True,
-) -> None:
+def _stream_into(model: torch.nn.Module, state: dict[str, torch.Tensor], dtype: torch.dtype) -> None:
     """Move the converted tensors into the empty model one by one, dropping each source tensor at once."""
     expected = dict(model.named_parameters()) | dict(model.named_buffers())
     for key in list(state):
@@ -178,8 +175,6 @@ def _stream_into(
         value = tensor.to(dtype) if tensor.is_floating_point() else tensor
         set_module_tensor_to_device(model, name, "cpu", value=value)
         del tensor, value
-    if complete:
-        _check_complete(model, file, component)
 
 
 def _check_complete(model: torch.nn.Module, file: str, component: str) -> None:

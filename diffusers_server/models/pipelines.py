@@ -95,14 +95,17 @@ class LoadedModel:
 
 def inspect_checkpoint(path: Path) -> tuple[PipelineKind, dict[str, dict[str, Any]], int]:
     """Which pipeline (the registry's detection, one definition), the component configs and the vocabulary."""
-    header = _header(path)
+    return _describe(_header(path), path.name)
+
+
+def _describe(header: SafetensorsHeader, name: str) -> tuple[PipelineKind, dict[str, dict[str, Any]], int]:
     try:
-        kind = checkpoint_pipeline(header.tensors, header.metadata, name=path.name)
+        kind = checkpoint_pipeline(header.tensors, header.metadata, name=name)
     except UnsupportedCheckpoint as exc:
         raise ModelLoadError(str(exc)) from exc
     vocab_key = COMPONENT_PREFIXES[kind]["text_encoder"] + "text_model.embeddings.token_embedding.weight"
     if vocab_key not in header.tensors:
-        raise ModelLoadError(f"{path.name} has no text encoder weights ({vocab_key})")
+        raise ModelLoadError(f"{name} has no text encoder weights ({vocab_key})")
     vocab_size = header.tensors[vocab_key].shape[0]
     metadata = header.metadata
     configs = (
@@ -125,11 +128,12 @@ def load_checkpoint(
     if path.is_dir():
         return load_pipeline_folder(path, runtime, skeleton_root, tokenizer_dir)
     started = time.perf_counter()
-    kind, configs, vocab_size = inspect_checkpoint(path)
+    header = _header(path)
+    kind, configs, vocab_size = _describe(header, path.name)
     vocabulary_dir = _clip_vocabulary_dir(path.name, vocab_size, skeleton_root, tokenizer_dir)
     skeleton = write_skeleton(skeleton_root, kind, configs, vocabulary_dir)
     try:
-        parts = load_components(path, _header(path), kind, configs, runtime.dtype)
+        parts = load_components(path, header, kind, configs, runtime.dtype)
         pipe = _assemble(kind, parts, skeleton)
     except (ValueError, KeyError, RuntimeError, OSError) as exc:
         raise ModelLoadError(f"cannot load {path.name}: {exc}") from exc
