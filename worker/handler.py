@@ -13,12 +13,15 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from worker.a1111.client import A1111Client
 from worker.clock import SYSTEM_CLOCK, Clock
 from worker.errors import EngineFailed, WorkerError
+from worker.image_jobs import ImageToolRequest, Img2ImgJob, parse_any_job
+from worker.image_tools import check_interrogation, resolve_upscalers, run_tool
+from worker.input_images.prepare import ImagePolicy, InputImages
 from worker.logs import job_context
 from worker.model_types import ModelProvider
 from worker.output.bucket_config import uploader_from_settings
@@ -27,10 +30,11 @@ from worker.output.images import convert_images
 from worker.output.upload import ImageUploader
 from worker.preflight.resolver import Preflight
 from worker.progress_relay import ProgressRelay
-from worker.schema import GenerationRequest, ListingRequest, parse_job_input
+from worker.schema import GenerationRequest, ListingRequest, Txt2ImgJob
 from worker.settings import WorkerSettings
 from worker.settings_baseline import SettingsBaseline
-from worker.translate import build_txt2img_payload
+from worker.translate import ResolvedNames, Translation, build_txt2img_payload
+from worker.translate_img2img import build_img2img_payload
 from worker.verify import check_generation, check_not_interrupted
 
 log = logging.getLogger(__name__)
@@ -65,6 +69,7 @@ class JobRunner:
         self.provider = provider
         self.uploader = uploader
         self.progress_sink = progress_sink
+        self.images = InputImages(ImagePolicy.from_settings(settings))
         self._baseline: SettingsBaseline | None = None
         self._baseline_lock = threading.Lock()
 
@@ -104,13 +109,18 @@ class JobRunner:
         timings: dict[str, float] = {}
 
         # 1. Validate the input and tell its form.
-        request = parse_job_input(job.get("input"), max_images=self.settings.max_images_per_job)
+        request = parse_any_job(job.get("input"), max_images=self.settings.max_images_per_job)
         if isinstance(request, ListingRequest):
             result: dict[str, Any] | list[Any] = self.engine.call_listing(request.endpoint)
             return result
+        if isinstance(request, ImageToolRequest):
+            return self._run_tool(request, job_id)
         assert isinstance(request, GenerationRequest)
         job_input = request.job
         check_delivery(job_input.output, self.uploader)
+        image_warnings: list[str] = []
+        if isinstance(job_input, Img2ImgJob):  # every image checked before anything is resolved or generated
+            job_input, image_warnings = self.images.img2img(job_input)
         mark = _stopwatch(timings, "validate", started)
 
         # 2. Resolve every name against the engine's lists; provision what is missing.
@@ -123,10 +133,11 @@ class JobRunner:
 
         # 3. Translate (pure), every managed engine setting included, and generate, relaying progress.
         baseline = self._settings_baseline()
-        translation = build_txt2img_payload(job_input, preflight.names, baseline.defaults())
+        translation = _translate(job_input, preflight.names, baseline.defaults())
         baseline.track(translation.payload.get("override_settings") or {})
+        generate = self.engine.img2img if isinstance(job_input, Img2ImgJob) else self.engine.txt2img
         with self._progress(job):
-            response = self.engine.txt2img(translation.payload, timeout_s=self.settings.job_timeout_s)
+            response = generate(translation.payload, timeout_s=self.settings.job_timeout_s)
         mark("generate")
 
         # 4. Check what the engine really did (worker.verify), then shape and deliver the output.
@@ -138,6 +149,7 @@ class JobRunner:
         engine_warnings = info.get("warnings")
         engine_warnings = engine_warnings if isinstance(engine_warnings, list) else []
         warnings = [
+            *image_warnings,
             *preflight.warnings,
             *translation.warnings,
             *verify_warnings,
@@ -158,6 +170,21 @@ class JobRunner:
         return deliver(
             output,
             options=job_input.output,
+            job_id=job_id,
+            max_bytes=self.settings.output_max_bytes,
+            uploader=self.uploader,
+        )
+
+    def _run_tool(self, request: ImageToolRequest, job_id: str) -> dict[str, Any]:
+        """Extras, png-info or interrogate (``worker.image_tools``): images and names checked, one call."""
+        check_delivery(request.output, self.uploader)
+        if request.endpoint == "interrogate":
+            check_interrogation(request.body, self.settings.models_dir)
+        request = resolve_upscalers(self.images.tool(request), self.engine)
+        output = run_tool(request, self.engine, timeout_s=self.settings.job_timeout_s)
+        return deliver(
+            output,
+            options=request.output,
             job_id=job_id,
             max_bytes=self.settings.output_max_bytes,
             uploader=self.uploader,
@@ -195,6 +222,12 @@ class JobRunner:
                 self.provider.record_use("lora", name)
         except Exception:  # bookkeeping must never fail a finished job
             log.warning("could not record model use in the registry", exc_info=True)
+
+
+def _translate(job: Txt2ImgJob, names: ResolvedNames, defaults: Mapping[str, Any]) -> Translation:
+    if isinstance(job, Img2ImgJob):
+        return build_img2img_payload(job, names, defaults)
+    return build_txt2img_payload(job, names, defaults)
 
 
 def _stopwatch(timings: dict[str, float], first: str, started: float) -> Callable[..., None]:

@@ -22,7 +22,13 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from worker.a1111.endpoints import GENERATION_ENDPOINTS, LISTING_ENDPOINTS, endpoint_name, listing_method
+from worker.a1111.endpoints import (
+    GENERATION_ENDPOINTS,
+    IMAGE_TOOL_ENDPOINTS,
+    LISTING_ENDPOINTS,
+    endpoint_name,
+    listing_method,
+)
 from worker.errors import InputInvalid, excerpt
 
 OutputFormat = Literal["png", "jpeg", "webp"]
@@ -405,11 +411,12 @@ def _parse_envelope(raw: dict[str, Any], *, max_images: int) -> JobRequest:
         _check_image_cap(job, max_images)
         return GenerationRequest(job=job, form="envelope")
     if endpoint not in LISTING_ENDPOINTS:
-        nearest = difflib.get_close_matches(endpoint, GENERATION_ENDPOINTS + LISTING_ENDPOINTS, n=3)
+        served = GENERATION_ENDPOINTS + IMAGE_TOOL_ENDPOINTS + LISTING_ENDPOINTS
+        nearest = difflib.get_close_matches(endpoint, served, n=3)
         hint = f"; nearest: {', '.join(nearest)}" if nearest else ""
         raise InputInvalid(
             f"api.endpoint {envelope.api.endpoint!r} is not served by this worker{hint}; "
-            f"allowed: {', '.join(GENERATION_ENDPOINTS + LISTING_ENDPOINTS)}"
+            f"allowed: {', '.join(served)}"
         )
     expected = listing_method(endpoint)
     if method != expected and expected == "GET":

@@ -63,6 +63,10 @@ ENV_NAMES: dict[str, str] = {
     "WORKER_VOLUME_QUOTA_GB": "volume_quota_gb",
     "WORKER_ENGINE": "engine",
     "WORKER_AUTO_CONVERT": "auto_convert",
+    "WORKER_IMAGE_MAX_BYTES": "image_max_bytes",
+    "WORKER_IMAGE_MAX_PIXELS": "image_max_pixels",
+    "WORKER_ALLOW_IMAGE_URLS": "allow_image_urls",
+    "WORKER_IMAGE_URL_TIMEOUT_S": "image_url_timeout_s",
     "CIVITAI_TOKEN": "civitai_token",
     "HF_TOKEN": "hf_token",
     "BUCKET_ENDPOINT_URL": "bucket_endpoint_url",
@@ -109,6 +113,13 @@ class WorkerSettings(BaseModel):
     #: A1111's rules, e.g. a LoRA in diffusers/PEFT layout is converted (or refused) before A1111 sees it
     engine: Literal["auto", "a1111", "embedded", "external"] = "auto"
     auto_convert: bool = True
+    #: input images (img2img, masks, extras, png-info): bytes of one decoded image, and its pixel count as
+    #: its header declares it (a decompression bomb is refused before anything decodes it)
+    image_max_bytes: int = Field(30_000_000, ge=1024)
+    image_max_pixels: int = Field(4096 * 4096, ge=64 * 64)
+    #: ``https`` image URLs in jobs, fetched by the worker under the download allowlist; off by default
+    allow_image_urls: bool = False
+    image_url_timeout_s: float = Field(30.0, gt=0)
     civitai_token: SecretStr | None = None
     hf_token: SecretStr | None = None
     bucket_endpoint_url: AnyHttpUrl | None = None

@@ -33,6 +33,7 @@ from typing import Any
 from worker.a1111.catalog import EngineCatalog
 from worker.a1111.progress import GenerationProgress
 from worker.errors import Cancelled, EngineFailed
+from worker.image_input_verify import image_input_problems
 from worker.translate import LORA_TAG
 
 # One ``key: value`` pair of an infotext's last line; values with commas or colons are JSON-quoted.
@@ -113,6 +114,7 @@ def check_generation(
         *_sampling_problems(payload, catalog, info),
         *_size_and_count_problems(payload, images, info),
         *lora_mismatches,
+        *image_input_problems(payload, parse_infotext(str((info.get("infotexts") or [""])[0]))),
     ]
     if mismatches:
         raise EngineFailed(

@@ -70,6 +70,8 @@ class EngineCatalog:
     #: lookup tables pre-flight derives from these lists, built once per fetched catalog (not compared)
     memo: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
     options: Mapping[str, Any] = field(default_factory=dict)  # GET /options, whole
+    #: /upscalers names alone: what extras accept (latent modes only upscale a hires pass's latents)
+    image_upscalers: tuple[str, ...] = ()
 
 
 def _default_scheduler(options: Any) -> str | None:
@@ -132,7 +134,8 @@ def parse_catalog(read: Callable[[str], Any]) -> EngineCatalog:
     loaded = embeddings_data.get("loaded") if isinstance(embeddings_data, dict) else None
     embeddings = tuple(str(name) for name in loaded) if isinstance(loaded, dict) else ()
     vaes = tuple(str(v["model_name"]) for v in _objects("sd-vae", read("sd-vae")))
-    upscalers = tuple(str(u["name"]) for u in _objects("upscalers", read("upscalers"))) + tuple(
+    image_upscalers = tuple(str(u["name"]) for u in _objects("upscalers", read("upscalers")))
+    upscalers = image_upscalers + tuple(
         str(u["name"]) for u in _objects("latent-upscale-modes", read("latent-upscale-modes"))
     )
     options = read("options")
@@ -147,6 +150,7 @@ def parse_catalog(read: Callable[[str], Any]) -> EngineCatalog:
         upscalers=upscalers,
         current_checkpoint=str(current) if current else None,
         options=dict(options) if isinstance(options, dict) else {},
+        image_upscalers=image_upscalers,
     )
 
 

@@ -15,6 +15,7 @@ import requests
 
 from worker.a1111.catalog import CatalogCache, EngineCatalog
 from worker.a1111.endpoints import (
+    IMAGE_TOOL_ENDPOINTS,
     LISTING_ENDPOINTS,
     REFRESH_KINDS,
     RefreshKind,
@@ -119,20 +120,35 @@ class A1111Client:
         Retried only if the request never reached the engine. On a read timeout the running job is
         interrupted (so the engine is free for the next one) and ``JobTimeout`` is raised.
         """
-        what = self._transport.what("POST", "txt2img")
+        return self._generate("txt2img", payload, timeout_s)
+
+    def img2img(self, payload: dict[str, Any], *, timeout_s: float) -> dict[str, Any]:
+        """POST ``/img2img``, as ``txt2img`` does."""
+        return self._generate("img2img", payload, timeout_s)
+
+    def call_image_tool(self, endpoint: str, body: dict[str, Any], *, timeout_s: float) -> dict[str, Any]:
+        """POST an extras, png-info or interrogate body (``worker.a1111.endpoints.IMAGE_TOOL_ENDPOINTS``)."""
+        if endpoint not in IMAGE_TOOL_ENDPOINTS:
+            raise InputInvalid(
+                f"endpoint {endpoint!r} is not an image endpoint: {', '.join(IMAGE_TOOL_ENDPOINTS)}"
+            )
+        return self._generate(endpoint, body, timeout_s)
+
+    def _generate(self, endpoint: str, payload: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+        what = self._transport.what("POST", endpoint)
         started = self._clock.monotonic()
         try:
             response = self._transport.send(
-                "POST", "txt2img", read_timeout_s=timeout_s, body=payload, idempotent=False
+                "POST", endpoint, read_timeout_s=timeout_s, body=payload, idempotent=False
             )
         except requests.ReadTimeout:
             interrupted = self.interrupt()
             raise JobTimeout(
-                f"A1111 did not finish txt2img within {timeout_s:g} s"
+                f"A1111 did not finish {endpoint} within {timeout_s:g} s"
                 + ("; the job was interrupted" if interrupted else "; interrupting it failed"),
                 details={"timeout_s": timeout_s, "interrupted": interrupted},
             ) from None
-        result = decode(what, "POST", "txt2img", response)
+        result = decode(what, "POST", endpoint, response)
         log.info("%s -> %d in %.2f s", what, response.status_code, self._clock.monotonic() - started)
         if not isinstance(result, dict):
             raise EngineFailed(f"A1111 answered {what} with a {type(result).__name__}, not an object")

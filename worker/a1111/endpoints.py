@@ -39,7 +39,15 @@ LISTING_ENDPOINTS: tuple[str, ...] = tuple(
         }
     )
 )
-GENERATION_ENDPOINTS: tuple[str, ...] = ("txt2img",)
+GENERATION_ENDPOINTS: tuple[str, ...] = ("txt2img", "img2img")
+#: Endpoints that take an image and return one (extras) or facts about it: a job's input images are checked
+#: before they are sent (``worker.input_images``).
+IMAGE_TOOL_ENDPOINTS: tuple[str, ...] = (
+    "extra-single-image",
+    "extra-batch-images",
+    "png-info",
+    "interrogate",
+)
 
 
 def endpoint_name(endpoint: str) -> str:

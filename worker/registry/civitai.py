@@ -17,7 +17,7 @@ from worker.errors import DownloadFailed, ModelIncompatible, ModelNotFound
 from worker.model_types import Architecture, ModelType
 from worker.redaction import public_url
 from worker.registry.names import normalise
-from worker.registry.url_policy import host_allowed, may_carry_token
+from worker.url_policy import host_allowed, may_carry_token
 
 log = logging.getLogger(__name__)
 

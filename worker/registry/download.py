@@ -33,7 +33,7 @@ from worker.redaction import public_url
 from worker.registry.atomic_files import fsync_dir
 from worker.registry.names import safe_relative_name
 from worker.registry.safetensors_header import HeaderError, read_header
-from worker.registry.url_policy import TokenRule, content_disposition_name, host_allowed, token_for
+from worker.url_policy import TokenRule, content_disposition_name, host_allowed, token_for
 
 log = logging.getLogger(__name__)
 

@@ -50,10 +50,10 @@ from worker.registry.models import Catalogue, LiveEntry, LiveRegistry, entry_key
 from worker.registry.resolve import Resolution, not_found
 from worker.registry.scan import Scanner, ScanResult
 from worker.registry.store import LEGACY_REGISTRY_FILE, RegistryStore
-from worker.registry.url_policy import TokenRule
 from worker.registry.usage import UsageBatch
 from worker.registry.volume import KIND_DIRS
 from worker.settings import WorkerSettings
+from worker.url_policy import TokenRule
 
 log = logging.getLogger(__name__)
 

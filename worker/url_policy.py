@@ -1,5 +1,6 @@
-"""Which URLs the registry may fetch, which may carry a token, and what of a URL may be shown.
+"""Which URLs the worker may fetch, which may carry a token, and what of a URL may be shown.
 
+A shared leaf: the registry's downloads and the job path's image URLs (``worker.input_images``) both use it.
 One policy for the first URL, every redirect hop and the Civitai API: hosts must be on the allowlist
 (``WORKER_DOWNLOAD_ALLOWED_HOSTS``); a token goes only to its own hosts and only over https (or loopback,
 for tests); messages and logs show ``scheme://host/path`` only (no credentials, no signed query string).

@@ -1,0 +1,82 @@
+"""Extras (upscaling), png-info and interrogation: one engine call each, with their images checked first.
+
+A job of these kinds runs parse → check images → check names → call → deliver; there is nothing to
+pre-flight but the upscaler names and nothing to post-check but the image count. Upscalers are checked
+against the engine's own ``/sdapi/v1/upscalers`` (refetched once on a miss), as A1111 otherwise fails with
+a bare 500 ``could not find upscaler named ...``.
+
+Interrogation needs weights A1111 would download on first use (``modules/interrogate.py``,
+``modules/deepbooru.py``): the worker never lets a job trigger a download, so ``interrogate`` is refused,
+naming the missing file and where it belongs, unless ``INTERROGATION_WEIGHTS`` are all on the volume.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from worker.a1111.client import A1111Client
+from worker.errors import EngineFailed, InputInvalid, ModelNotFound
+from worker.image_jobs import ImageToolRequest
+from worker.output.images import convert_images
+from worker.preflight.matching import match_name, not_found
+
+#: model → files (relative to the models folder) A1111 loads for it, none of which a job may download
+INTERROGATION_WEIGHTS: dict[str, tuple[str, ...]] = {
+    "clip": ("BLIP/model_base_caption_capfilt_large.pth", "CLIP/ViT-L-14.pt"),
+    "deepdanbooru": ("torch_deepdanbooru/model-resnet_custom_v3.pt",),
+}
+_UPSCALER_FIELDS = ("upscaler_1", "upscaler_2")
+
+
+def missing_interrogation_weights(model: str, models_dir: Path) -> list[str]:
+    return [name for name in INTERROGATION_WEIGHTS[model] if not (models_dir / name).is_file()]
+
+
+def check_interrogation(body: dict[str, Any], models_dir: Path) -> None:
+    model = str(body.get("model") or "clip")
+    missing = missing_interrogation_weights(model, models_dir)
+    if missing:
+        raise ModelNotFound(
+            f"interrogate model {model!r} needs {', '.join(missing)} in {models_dir}, which is not there; "
+            "this worker never downloads weights while a job waits: put the file(s) on the volume",
+            details={"missing": missing},
+        )
+
+
+def resolve_upscalers(request: ImageToolRequest, engine: A1111Client) -> ImageToolRequest:
+    """The request with each upscaler spelled as the engine lists it; an unknown one is refused."""
+    body = dict(request.body)
+    for field in _UPSCALER_FIELDS:
+        name = body.get(field)
+        if name is None:
+            continue
+        found = match_name(str(name), engine.catalog().image_upscalers)
+        if found is None:
+            found = match_name(str(name), engine.catalog(refresh=True).image_upscalers)
+        if found is None:
+            choices = list(engine.catalog().image_upscalers)
+            raise InputInvalid(f"{not_found(field, str(name), choices)}; valid: {', '.join(choices)}")
+        body[field] = found
+    return replace(request, body=body)
+
+
+def run_tool(request: ImageToolRequest, engine: A1111Client, *, timeout_s: float) -> dict[str, Any]:
+    """Call the engine and shape its answer: images as ``images`` (like a generation), facts as they are."""
+    response = engine.call_image_tool(request.endpoint, request.body, timeout_s=timeout_s)
+    if request.endpoint == "extra-single-image":
+        images = [str(response["image"])] if response.get("image") else []
+    elif request.endpoint == "extra-batch-images":
+        images = [str(image) for image in response.get("images") or []]
+    else:
+        return response
+    wanted = len(request.body.get("imageList") or [None])
+    if len(images) != wanted:
+        raise EngineFailed(f"the engine returned {len(images)} images for {wanted} input images")
+    warnings: list[str] = []
+    return {
+        "images": convert_images(images, request.output, warnings),
+        "info": response.get("html_info", ""),
+        "warnings": warnings,
+    }

@@ -1,0 +1,236 @@
+"""One input image (init image, mask, extras or png-info image), hostile until proven otherwise.
+
+What reaches the engine has been shown to be a PNG, JPEG or WebP of a bounded size, read from its header and
+structure only: nothing is decoded to pixels, so a 4096x4096 image costs its bytes, not 50 MB of pixels, and
+a decompression bomb is refused from the size it declares. The bytes are passed on as they came (base64,
+without a data-URI prefix): never decoded and re-encoded.
+
+How A1111 v1.10.1 reads an image (``modules/api/api.py`` ``decode_base64_to_image``, ``modules/images.py``
+``read``/``fix_image``/``flatten``) decides what is accepted:
+
+* a ``data:image/...;base64,`` prefix is stripped; the rest is base64 (any Pillow format);
+* the EXIF orientation is applied (``ImageOps.exif_transpose``): a portrait photo stored landscape is
+  portrait to A1111, so sizes here are the upright ones;
+* a palette image with transparency becomes RGBA; RGBA is flattened on the background colour; everything
+  is then ``convert("RGB")``: CMYK and 16-bit RGB convert correctly, but 16-bit grayscale (Pillow mode
+  ``I``) is clipped at 255, which turns it nearly white: refused here, with the reason.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import re
+import struct
+import warnings
+from dataclasses import dataclass
+
+from PIL import Image, UnidentifiedImageError
+
+from worker.errors import InputInvalid
+
+ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP")
+#: Pillow modes of 16-bit (or 32-bit) grayscale: A1111's ``convert("RGB")`` clips them at 255
+_CLIPPED_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+_DATA_URI = re.compile(r"data:([^;,]*)((?:;[^;,]*)*),")
+_EXIF_ORIENTATION = 0x0112
+_TRANSPOSED_ORIENTATIONS = (5, 6, 7, 8)  # rotated by 90 or 270 degrees: width and height swap
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    """``WORKER_IMAGE_MAX_BYTES`` (one decoded image) and ``WORKER_IMAGE_MAX_PIXELS`` (as declared)."""
+
+    max_bytes: int
+    max_pixels: int
+
+
+@dataclass(frozen=True)
+class CheckedImage:
+    """An image that passed every check; ``width``/``height`` as A1111 sees it (EXIF orientation applied)."""
+
+    where: str
+    base64: str
+    format: str
+    mode: str
+    width: int
+    height: int
+    byte_count: int
+    orientation: int = 1
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.width, self.height
+
+
+def refuse(where: str, why: str) -> InputInvalid:
+    """The one error shape of a bad image: which image, and why."""
+    return InputInvalid(f"{where}: {why}; nothing was generated", details={"image": where})
+
+
+def strip_data_uri(text: str, where: str) -> str:
+    """``data:image/png;base64,AAAA`` → ``AAAA``; a data URI of something else, or not base64, is refused."""
+    found = _DATA_URI.match(text)
+    if found is None:
+        return text
+    media, parameters = found.group(1).lower(), found.group(2).lower()
+    if not media.startswith("image/"):
+        raise refuse(where, f"a data URI of {media or 'no type'!r}, not an image (data:image/png;base64,...)")
+    if ";base64" not in parameters:
+        raise refuse(where, "a data URI without ;base64: only base64 data URIs are accepted")
+    return text[found.end() :]
+
+
+def decode_base64(text: str, where: str, limits: ImageLimits) -> tuple[str, bytes]:
+    """The base64 text to send on and its bytes; the byte cap is checked before decoding anything."""
+    estimated = len(text) * 3 // 4
+    if estimated > limits.max_bytes + 3:
+        raise refuse(
+            where,
+            f"{estimated:,} bytes of image, over the limit of {limits.max_bytes:,} (WORKER_IMAGE_MAX_BYTES)",
+        )
+    try:
+        return text, base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        pass
+    compact = "".join(text.split())  # line-wrapped (MIME) base64 is still base64
+    try:
+        return compact, base64.b64decode(compact, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        shown = text[:20] + ("..." if len(text) > 20 else "")
+        raise refuse(
+            where, f"not base64 ({exc}; starts {shown!r}): send the image's bytes as standard base64"
+        ) from None
+
+
+def check_image_bytes(raw: bytes, where: str, limits: ImageLimits) -> tuple[str, str, int, int, int]:
+    """Format, mode, upright width and height, and EXIF orientation, from the header and structure only.
+
+    Raises:
+        InputInvalid: naming ``where`` and what is wrong (type, truncation, size, mode).
+    """
+    if len(raw) > limits.max_bytes:
+        raise refuse(
+            where,
+            f"{len(raw):,} bytes of image, over the limit of {limits.max_bytes:,} (WORKER_IMAGE_MAX_BYTES)",
+        )
+    if not raw:
+        raise refuse(where, "empty: no image bytes")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            image = Image.open(io.BytesIO(raw))
+        except Image.DecompressionBombError as exc:
+            raise refuse(where, f"a decompression bomb ({exc})") from None
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+            raise refuse(where, f"not a PNG, JPEG or WebP image (starts with {raw[:8]!r})") from None
+    with image:
+        fmt, mode, (width, height) = str(image.format), image.mode, image.size
+        if fmt not in ACCEPTED_FORMATS:
+            raise refuse(where, f"a {fmt} image: send PNG, JPEG or WebP")
+        _check_pixels(where, width, height, limits)
+        _check_complete(raw, fmt, where)
+        if mode in _CLIPPED_MODES:
+            raise refuse(
+                where,
+                f"a 16-bit grayscale image (mode {mode}): A1111 converts it to RGB by clipping every value "
+                "above 255, which turns it nearly white; save it as 8-bit",
+            )
+        orientation = _orientation(image, raw, fmt)
+    if orientation in _TRANSPOSED_ORIENTATIONS:
+        width, height = height, width
+    return fmt, mode, width, height, orientation
+
+
+def check_image(text: str, where: str, limits: ImageLimits) -> CheckedImage:
+    """A base64 image (data-URI prefix allowed), checked; see the module docstring."""
+    if not text.strip():
+        raise refuse(where, "empty: no image data")
+    payload, raw = decode_base64(strip_data_uri(text.strip(), where), where, limits)
+    fmt, mode, width, height, orientation = check_image_bytes(raw, where, limits)
+    return CheckedImage(
+        where=where,
+        base64=payload,
+        format=fmt,
+        mode=mode,
+        width=width,
+        height=height,
+        byte_count=len(raw),
+        orientation=orientation,
+    )
+
+
+def _check_pixels(where: str, width: int, height: int, limits: ImageLimits) -> None:
+    if width < 1 or height < 1:
+        raise refuse(where, f"declares a {width}x{height} image")
+    if width * height > limits.max_pixels:
+        raise refuse(
+            where,
+            f"declares {width}x{height} = {width * height:,} pixels, over the limit of "
+            f"{limits.max_pixels:,} (WORKER_IMAGE_MAX_PIXELS): too large, or a decompression bomb",
+        )
+
+
+def _check_complete(raw: bytes, fmt: str, where: str) -> None:
+    """The file's structure is whole (a truncated upload fails inside A1111 with a bare 500 otherwise)."""
+    problem = {"PNG": _png_problem, "JPEG": _jpeg_problem, "WEBP": _webp_problem}[fmt](raw)
+    if problem:
+        raise refuse(where, f"a truncated or corrupt {fmt} ({problem})")
+
+
+def _png_chunks(raw: bytes) -> list[tuple[bytes, int, int]]:
+    """(type, data start, data end) of each chunk, walking lengths only (no CRC, no decompression)."""
+    chunks = []
+    offset = len(_PNG_SIGNATURE)
+    while offset + 8 <= len(raw):
+        length, kind = struct.unpack(">I4s", raw[offset : offset + 8])
+        start, end = offset + 8, offset + 8 + length
+        if end + 4 > len(raw):
+            break
+        chunks.append((kind, start, end))
+        if kind == b"IEND":
+            break
+        offset = end + 4
+    return chunks
+
+
+def _png_problem(raw: bytes) -> str | None:
+    kinds = [kind for kind, _, _ in _png_chunks(raw)]
+    if b"IDAT" not in kinds:
+        return "no image data"
+    if kinds[-1] != b"IEND":
+        return "it ends before its IEND chunk"
+    return None
+
+
+def _jpeg_problem(raw: bytes) -> str | None:
+    # The end-of-image marker; only markers carry 0xFF 0xD9 (entropy-coded 0xFF bytes are stuffed with 0x00).
+    if raw.rfind(b"\xff\xd9", max(0, len(raw) - 65536)) < 0:
+        return "no end-of-image marker"
+    return None
+
+
+def _webp_problem(raw: bytes) -> str | None:
+    declared = struct.unpack("<I", raw[4:8])[0] + 8 if len(raw) >= 8 else 0
+    if len(raw) < declared:
+        return f"{len(raw):,} bytes of the {declared:,} its RIFF header declares"
+    return None
+
+
+def _orientation(image: Image.Image, raw: bytes, fmt: str) -> int:
+    """The EXIF orientation A1111's ``exif_transpose`` applies (1 = upright), read without decoding pixels."""
+    exif = Image.Exif()
+    try:
+        if fmt == "PNG":
+            chunk = next(((s, e) for kind, s, e in _png_chunks(raw) if kind == b"eXIf"), None)
+            if chunk is None:
+                return 1
+            exif.load(raw[chunk[0] : chunk[1]])
+        else:
+            exif = image.getexif()
+        value = exif.get(_EXIF_ORIENTATION, 1)
+    except Exception:  # A1111 ignores unreadable EXIF too (fix_image catches everything)
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
