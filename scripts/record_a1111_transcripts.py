@@ -4,7 +4,7 @@ Launches the real A1111 v1.10.1 through ``start.sh`` (``WORKER_ENGINE=a1111``, a
 models of ``scripts/a1111_test_models.py``, ``--api-auth``) and records, in order, what the worker relies
 on: every listing, ``/progress`` idle, during a job and after an interrupt, txt2img ``info`` for a matrix
 of features and quirks (silent sampler fallback, unknown LoRA ignored, settings that stick), and the error
-bodies of each failure. Machine paths are replaced by ``$MODELS_DIR``, ``$DATA_DIR`` and ``$A1111_DIR``;
+bodies of each failure, and the image endpoints (``scripts/record_a1111_images.py``). Machine paths are replaced by ``$MODELS_DIR``, ``$DATA_DIR`` and ``$A1111_DIR``;
 images are kept as their size only. Usage (docs/testing.md)::
 
     A1111_DIR=... [A1111_PYTHON=...] .venv/bin/python scripts/record_a1111_transcripts.py [--out DIR]
@@ -30,6 +30,7 @@ import requests
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from scripts import record_a1111_images  # noqa: E402
 from tests.support.real_a1111 import a1111_dir, launched, start_env, volume_with_tiny_models  # noqa: E402
 from worker.a1111.endpoints import LISTING_ENDPOINTS  # noqa: E402
 
@@ -237,12 +238,15 @@ class Recorder:
         except ValueError:
             payload = response.text
         recorded: Any = payload
-        if endpoint == "txt2img" and response.status_code == 200:
+        if endpoint in ("txt2img", "img2img") and response.status_code == 200:
             recorded = {
                 "images": image_sizes(payload["images"]),
                 "parameters": payload["parameters"],
                 "info": json.loads(payload["info"]),
             }
+        elif endpoint.startswith("extra-") and response.status_code == 200:
+            images = payload["images"] if "images" in payload else [payload["image"]]
+            recorded = {"images": image_sizes(images), "html_info": payload["html_info"]}
         self.exchanges.append(
             {
                 "name": name,
@@ -297,9 +301,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="a1111-record-") as tmp_name:
         tmp = Path(tmp_name)
         models = volume_with_tiny_models(install, tmp / "models")
-        extra = f"--api-auth {AUTH[0]}:{AUTH[1]}"
-        env = start_env(install, tmp, models)
-        env["A1111_EXTRA_ARGS"] += " " + extra
+        # start.sh alone sets --api-auth (docs/deploying.md): through the exposed-engine settings
+        env = start_env(install, tmp, models, WORKER_EXPOSE_ENGINE="1", A1111_API_AUTH=":".join(AUTH))
         scrub = Scrubber({"$MODELS_DIR": models, "$DATA_DIR": tmp / "a1111-data", "$A1111_DIR": install})
         with launched(env, tmp / "start.log") as started:
             recorder = Recorder(started.url, scrub)
@@ -310,6 +313,9 @@ def main(argv: list[str] | None = None) -> int:
             for name, method, endpoint, body, authenticated in ERRORS:
                 recorder.call(name, method, endpoint, body, authenticated)
             progress = scrub(record_progress(recorder))
+            image_exchanges = record_a1111_images.record(recorder)
+            del recorder.exchanges[-len(image_exchanges) :]  # kept on their own: images.json
+            image_fields = record_a1111_images.openapi_image_fields(started.url, AUTH)
         version = recorder.exchanges[0]["response"]["info"]["version"]
         meta = {
             "recorded_with": f"A1111 {version} via start.sh (WORKER_ENGINE=a1111), CPU, fresh data dir",
@@ -325,6 +331,7 @@ def main(argv: list[str] | None = None) -> int:
         ("progress", progress),
     ):
         (args.out / f"{name}.json").write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
+    record_a1111_images.write(args.out, image_exchanges, image_fields)
     log.info("transcripts written to %s", args.out)
     return 0
 

@@ -33,7 +33,7 @@ from worker.errors import InputInvalid
 ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP")
 #: Pillow modes of 16-bit (or 32-bit) grayscale: A1111's ``convert("RGB")`` clips them at 255
 _CLIPPED_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
-_DATA_URI = re.compile(r"data:([^;,]*)((?:;[^;,]*)*),")
+_DATA_URI = re.compile(r"data:([^;,]*)((?:;[^;,]*)*),", re.IGNORECASE)
 _EXIF_ORIENTATION = 0x0112
 _TRANSPOSED_ORIENTATIONS = (5, 6, 7, 8)  # rotated by 90 or 270 degrees: width and height swap
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -117,14 +117,21 @@ def check_image_bytes(raw: bytes, where: str, limits: ImageLimits) -> tuple[str,
             f"{len(raw):,} bytes of image, over the limit of {limits.max_bytes:,} (WORKER_IMAGE_MAX_BYTES)",
         )
     if not raw:
-        raise refuse(where, "empty: no image bytes")
+        raise refuse(where, "no image bytes (empty)")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
             image = Image.open(io.BytesIO(raw))
-        except Image.DecompressionBombError as exc:
-            raise refuse(where, f"a decompression bomb ({exc})") from None
+        except Image.DecompressionBombError:
+            raise refuse(
+                where,
+                f"declares over {2 * Image.MAX_IMAGE_PIXELS:,} pixels, over the limit of {limits.max_pixels:,} "
+                "(WORKER_IMAGE_MAX_PIXELS): a decompression bomb",
+            ) from None
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+            signed = _signature_format(raw)
+            if signed:
+                raise refuse(where, f"a truncated or corrupt {signed}: its header cannot be read") from None
             raise refuse(where, f"not a PNG, JPEG or WebP image (starts with {raw[:8]!r})") from None
     with image:
         fmt, mode, (width, height) = str(image.format), image.mode, image.size
@@ -147,7 +154,7 @@ def check_image_bytes(raw: bytes, where: str, limits: ImageLimits) -> tuple[str,
 def check_image(text: str, where: str, limits: ImageLimits) -> CheckedImage:
     """A base64 image (data-URI prefix allowed), checked; see the module docstring."""
     if not text.strip():
-        raise refuse(where, "empty: no image data")
+        raise refuse(where, "no image data (an empty string)")
     payload, raw = decode_base64(strip_data_uri(text.strip(), where), where, limits)
     fmt, mode, width, height, orientation = check_image_bytes(raw, where, limits)
     return CheckedImage(
@@ -180,27 +187,42 @@ def _check_complete(raw: bytes, fmt: str, where: str) -> None:
         raise refuse(where, f"a truncated or corrupt {fmt} ({problem})")
 
 
+def _signature_format(raw: bytes) -> str | None:
+    """The accepted format whose signature ``raw`` starts with, even when Pillow cannot read the rest."""
+    if raw.startswith(_PNG_SIGNATURE):
+        return "PNG"
+    if raw.startswith(b"\xff\xd8\xff"):
+        return "JPEG"
+    if raw[:4] == b"RIFF" and raw[8:12] == b"WEBP":
+        return "WEBP"
+    return None
+
+
 def _png_chunks(raw: bytes) -> list[tuple[bytes, int, int]]:
-    """(type, data start, data end) of each chunk, walking lengths only (no CRC, no decompression)."""
+    """(type, data start, data end) of each whole chunk, walking lengths only (no CRC, no decompression).
+
+    A chunk that runs past the end of the data is listed with ``end`` past ``len(raw)``, and ends the walk.
+    """
     chunks = []
     offset = len(_PNG_SIGNATURE)
     while offset + 8 <= len(raw):
         length, kind = struct.unpack(">I4s", raw[offset : offset + 8])
         start, end = offset + 8, offset + 8 + length
-        if end + 4 > len(raw):
-            break
         chunks.append((kind, start, end))
-        if kind == b"IEND":
+        if kind == b"IEND" or end + 4 > len(raw):
             break
         offset = end + 4
     return chunks
 
 
 def _png_problem(raw: bytes) -> str | None:
-    kinds = [kind for kind, _, _ in _png_chunks(raw)]
-    if b"IDAT" not in kinds:
-        return "no image data"
-    if kinds[-1] != b"IEND":
+    chunks = _png_chunks(raw)
+    kind, _, end = chunks[-1] if chunks else (b"", 0, 0)
+    if end + 4 > len(raw):
+        return f"it ends inside its {kind.decode('latin-1')} chunk"
+    if b"IDAT" not in [chunk[0] for chunk in chunks]:
+        return "it holds no image data"
+    if kind != b"IEND":
         return "it ends before its IEND chunk"
     return None
 
@@ -224,7 +246,7 @@ def _orientation(image: Image.Image, raw: bytes, fmt: str) -> int:
     exif = Image.Exif()
     try:
         if fmt == "PNG":
-            chunk = next(((s, e) for kind, s, e in _png_chunks(raw) if kind == b"eXIf"), None)
+            chunk = next(((s, e) for kind, s, e in _png_chunks(raw) if kind == b"eXIf" and e <= len(raw)), None)
             if chunk is None:
                 return 1
             exif.load(raw[chunk[0] : chunk[1]])
