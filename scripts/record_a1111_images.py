@@ -1,7 +1,8 @@
 """The image endpoints' part of the A1111 transcripts: img2img, inpainting, extras, png-info, interrogate.
 
-Run by ``scripts/record_a1111_transcripts.py`` (everything) or alone, which launches A1111 the same way and
-writes only ``tests/fixtures/a1111/images.json`` and ``openapi_image_fields.json``::
+Run by ``scripts/record_a1111_transcripts.py`` (everything) or alone; either way on a fresh A1111 of its own
+(settings that stick from the txt2img session would otherwise show here), writing
+``tests/fixtures/a1111/images.json`` and ``openapi_image_fields.json``::
 
     A1111_DIR=... [A1111_PYTHON=...] .venv/bin/python scripts/record_a1111_images.py [--out DIR]
 

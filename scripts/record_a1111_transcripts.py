@@ -4,7 +4,8 @@ Launches the real A1111 v1.10.1 through ``start.sh`` (``WORKER_ENGINE=a1111``, a
 models of ``scripts/a1111_test_models.py``, ``--api-auth``) and records, in order, what the worker relies
 on: every listing, ``/progress`` idle, during a job and after an interrupt, txt2img ``info`` for a matrix
 of features and quirks (silent sampler fallback, unknown LoRA ignored, settings that stick), and the error
-bodies of each failure, and the image endpoints (``scripts/record_a1111_images.py``). Machine paths are replaced by ``$MODELS_DIR``, ``$DATA_DIR`` and ``$A1111_DIR``;
+bodies of each failure; then, on a second fresh A1111, the image endpoints (``scripts/record_a1111_images.py``).
+Machine paths are replaced by ``$MODELS_DIR``, ``$DATA_DIR`` and ``$A1111_DIR``;
 images are kept as their size only. Usage (docs/testing.md)::
 
     A1111_DIR=... [A1111_PYTHON=...] .venv/bin/python scripts/record_a1111_transcripts.py [--out DIR]
@@ -313,9 +314,6 @@ def main(argv: list[str] | None = None) -> int:
             for name, method, endpoint, body, authenticated in ERRORS:
                 recorder.call(name, method, endpoint, body, authenticated)
             progress = scrub(record_progress(recorder))
-            image_exchanges = record_a1111_images.record(recorder)
-            del recorder.exchanges[-len(image_exchanges) :]  # kept on their own: images.json
-            image_fields = record_a1111_images.openapi_image_fields(started.url, AUTH)
         version = recorder.exchanges[0]["response"]["info"]["version"]
         meta = {
             "recorded_with": f"A1111 {version} via start.sh (WORKER_ENGINE=a1111), CPU, fresh data dir",
@@ -331,9 +329,8 @@ def main(argv: list[str] | None = None) -> int:
         ("progress", progress),
     ):
         (args.out / f"{name}.json").write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
-    record_a1111_images.write(args.out, image_exchanges, image_fields)
     log.info("transcripts written to %s", args.out)
-    return 0
+    return record_a1111_images.main(["--out", str(args.out)])  # on a fresh A1111 of its own
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from worker.a1111.img2img_fields import IMG2IMG_FIELDS
 from worker.a1111.txt2img_fields import TXT2IMG_FIELDS
 
 if TYPE_CHECKING:
@@ -44,9 +45,10 @@ def transcript(name: str) -> Any:
     return json.loads((TRANSCRIPTS / f"{name}.json").read_text())
 
 
-def parameter_defaults() -> dict[str, Any]:
-    """A1111's echo of an empty request: its txt2img fields and API defaults (``worker.a1111.txt2img_fields``)."""
-    return copy.deepcopy(TXT2IMG_FIELDS)
+def parameter_defaults(kind: str = "txt2img") -> dict[str, Any]:
+    """A1111's echo of an empty request: its fields and API defaults (``worker.a1111.txt2img_fields``,
+    ``img2img_fields``)."""
+    return copy.deepcopy(IMG2IMG_FIELDS if kind == "img2img" else TXT2IMG_FIELDS)
 
 
 class A1111Failure(Exception):
@@ -115,8 +117,8 @@ def quote(value: Any) -> str:
     return json.dumps(text, ensure_ascii=False)
 
 
-def _check_request(data: FakeData, body: dict[str, Any]) -> None:
-    scripts = [s.lower() for s in data.scripts.get("txt2img", [])]
+def _check_request(data: FakeData, body: dict[str, Any], kind: str = "txt2img") -> None:
+    scripts = [s.lower() for s in data.scripts.get(kind, [])]
     script = body.get("script_name")
     if script and str(script).lower() not in scripts:
         raise A1111Failure(422, http_exception_body(f"Script '{script}' not found"))
@@ -176,7 +178,7 @@ def _vae(data: FakeData) -> tuple[str | None, str | None]:
     return wanted, data.hashes.get("vae", {}).get(wanted)
 
 
-def generate(data: FakeData, body: dict[str, Any], cond_cache: list[Any]) -> dict[str, Any]:
+def generate(data: FakeData, body: dict[str, Any], cond_cache: list[Any], kind: str = "txt2img") -> dict[str, Any]:
     """The txt2img response A1111 would send, with ``images`` as ``{"width", "height"}`` entries.
 
     ``cond_cache`` is A1111's one-entry conditioning cache (a repeated prompt drops ``TI hashes``).
@@ -184,21 +186,25 @@ def generate(data: FakeData, body: dict[str, Any], cond_cache: list[Any]) -> dic
     Raises:
         A1111Failure: the status and body A1111 answers with.
     """
-    _check_request(data, body)
+    _check_request(data, body, kind)
+    if kind == "img2img":
+        from tests.support.a1111_image_behaviour import check_init_images
+
+        check_init_images(body)
     overrides = dict(body.get("override_settings") or {})
     stored = {
         key: data.options[key] for key in overrides if key in data.opts_data_keys and key in data.options
     }
     try:
         apply_overrides(data, overrides)
-        return _generate(data, body, cond_cache)
+        return _generate(data, body, cond_cache, kind)
     finally:
         if body.get("override_settings_restore_afterwards", True):
             data.options.update(stored)
 
 
-def _generate(data: FakeData, body: dict[str, Any], cond_cache: list[Any]) -> dict[str, Any]:
-    params = {**parameter_defaults(), **body}
+def _generate(data: FakeData, body: dict[str, Any], cond_cache: list[Any], kind: str) -> dict[str, Any]:
+    params = {**parameter_defaults(kind), **body}
     for name in _FLOAT_FIELDS:
         if isinstance(body.get(name), int) and not isinstance(body.get(name), bool):
             params[name] = float(body[name])
@@ -225,7 +231,15 @@ def _generate(data: FakeData, body: dict[str, Any], cond_cache: list[Any]) -> di
     uses_ensd = ensd != 0 and (sampling.sampler.get("options") or {}).get("uses_ensd") == "True"
 
     extra: dict[str, Any] = {}
-    hires = bool(params["enable_hr"])
+    made = count
+    if kind == "img2img":
+        from tests.support.a1111_image_behaviour import check_init_images, img2img_extra
+
+        extra = img2img_extra(params)
+        made = check_init_images(params) * int(params["n_iter"] or 1)
+        if not params["include_init_images"]:
+            params.update(init_images=None, mask=None)
+    hires = bool(params.get("enable_hr"))
     out_w, out_h = width, height
     if hires:
         extra["Denoising strength"] = params["denoising_strength"]
@@ -274,6 +288,7 @@ def _generate(data: FakeData, body: dict[str, Any], cond_cache: list[Any]) -> di
             "Schedule type": sampling.schedule_label,
             "CFG scale": cfg,
             "Seed": seeds[index],
+            "Face restoration": "CodeFormer" if params["restore_faces"] else None,
             "Size": f"{width}x{height}",
             "Model hash": model_hash,
             "Model": model_name,
@@ -307,9 +322,9 @@ def _generate(data: FakeData, body: dict[str, Any], cond_cache: list[Any]) -> di
         "sampler_name": sampling.sampler["name"],
         "cfg_scale": cfg,
         "steps": steps,
-        "batch_size": int(params["batch_size"] or 1),
+        "batch_size": made // int(params["n_iter"] or 1),
         "restore_faces": bool(params["restore_faces"]),
-        "face_restoration_model": None,
+        "face_restoration_model": "CodeFormer" if params["restore_faces"] else None,
         "sd_model_name": model_name,
         "sd_model_hash": model_hash,
         "sd_vae_name": vae_name,
@@ -319,14 +334,14 @@ def _generate(data: FakeData, body: dict[str, Any], cond_cache: list[Any]) -> di
         "denoising_strength": params["denoising_strength"],
         "extra_generation_params": extra,
         "index_of_first_image": 0,
-        "infotexts": [infotext(i) for i in range(count)],
+        "infotexts": [infotext(i) for i in range(made)],
         "styles": params["styles"] or [],
         "job_timestamp": None,  # filled by the server
         "clip_skip": clip_skip,
         "is_using_inpainting_conditioning": False,
         "version": VERSION,
     }
-    images = [{"width": out_w, "height": out_h}] * count if params["send_images"] else []
+    images = [{"width": out_w, "height": out_h}] * made if params["send_images"] else []
     return {"images": images, "parameters": params, "info": info}
 
 

@@ -47,6 +47,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from tests.support.a1111_behaviour import A1111Failure, exception_body, generate, transcript
+from tests.support.a1111_image_behaviour import image_tool
 
 log = logging.getLogger(__name__)
 
@@ -490,7 +491,7 @@ class FakeA1111:
             "textinfo": None,
         }
 
-    def _txt2img(self, body: dict[str, Any]) -> tuple[int, Any]:
+    def _txt2img(self, body: dict[str, Any], kind: str = "txt2img") -> tuple[int, Any]:
         for name in _INT_FIELDS:
             value = body.get(name)
             bad = value is not None and (isinstance(value, bool) or not isinstance(value, int))
@@ -512,7 +513,7 @@ class FakeA1111:
             if self.txt2img_delay:
                 # An interrupt ends the generation early, like A1111 returning the partial latent.
                 self.interrupted.wait(self.txt2img_delay)
-            return 200, self._txt2img_response(body)
+            return 200, self._txt2img_response(body, kind)
         except A1111Failure as failure:
             return failure.status, failure.body
         finally:
@@ -520,10 +521,10 @@ class FakeA1111:
                 self._running -= 1
                 self._jobs_done += 1
 
-    def _txt2img_response(self, body: dict[str, Any]) -> dict[str, Any]:
+    def _txt2img_response(self, body: dict[str, Any], kind: str = "txt2img") -> dict[str, Any]:
         """A1111's answer (tests/support/a1111_behaviour.py), with real PNGs of the right size."""
         with self._lock:
-            response = generate(self.data, body, self._cond_cache)
+            response = generate(self.data, body, self._cond_cache, kind)
         response["info"]["job_timestamp"] = self._job_timestamp
         images = []
         for size in response["images"]:
@@ -537,6 +538,14 @@ class FakeA1111:
         response["images"] = images
         response["info"] = json.dumps(response["info"])
         return response
+
+    def _image_tool(self, name: str, body: dict[str, Any]) -> tuple[int, Any]:
+        """Extras, png-info, interrogate (tests/support/a1111_image_behaviour.py)."""
+        upscalers = [u["name"] for u in self.data.upscalers]
+        try:
+            return 200, image_tool(upscalers, name, body)
+        except A1111Failure as failure:
+            return failure.status, failure.body
 
     def _set_options(self, body: Any) -> tuple[int, Any]:
         if not isinstance(body, dict):
@@ -586,10 +595,12 @@ class FakeA1111:
             if found is not _MISSING:
                 return 200, copy.deepcopy(found)
         elif method == "POST":
-            if name == "txt2img":
+            if name in ("txt2img", "img2img"):
                 if not isinstance(body, dict):
                     return 422, validation_body("__root__", "value is not a valid dict", "type_error.dict")
-                return self._txt2img(body)
+                return self._txt2img(body, name)
+            if name in _IMAGE_TOOLS and isinstance(body, dict):
+                return self._image_tool(name, body)
             if name == "interrupt":
                 self.interrupted.set()
                 return 200, {}
@@ -632,10 +643,12 @@ class FakeA1111:
 
 
 _MISSING = object()
+_IMAGE_TOOLS = frozenset({"extra-single-image", "extra-batch-images", "png-info", "interrogate"})
 _POST_ONLY = frozenset(
     {
         "txt2img",
         "img2img",
+        *_IMAGE_TOOLS,
         "interrupt",
         "skip",
         "refresh-checkpoints",
