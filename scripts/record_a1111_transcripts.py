@@ -4,9 +4,9 @@ Launches the real A1111 v1.10.1 through ``start.sh`` (``WORKER_ENGINE=a1111``, a
 models of ``scripts/a1111_test_models.py``, ``--api-auth``) and records, in order, what the worker relies
 on: every listing, ``/progress`` idle, during a job and after an interrupt, txt2img ``info`` for a matrix
 of features and quirks (silent sampler fallback, unknown LoRA ignored, settings that stick), and the error
-bodies of each failure; then, on a second fresh A1111, the image endpoints (``scripts/record_a1111_images.py``).
-Machine paths are replaced by ``$MODELS_DIR``, ``$DATA_DIR`` and ``$A1111_DIR``;
-images are kept as their size only. Usage (docs/testing.md)::
+bodies of each failure; then, on a second fresh A1111, the image endpoints
+(``scripts/record_a1111_images.py``). Machine paths are replaced by ``$MODELS_DIR``, ``$DATA_DIR`` and
+``$A1111_DIR``; images are kept as their size only. Usage (docs/testing.md)::
 
     A1111_DIR=... [A1111_PYTHON=...] .venv/bin/python scripts/record_a1111_transcripts.py [--out DIR]
 """

@@ -65,6 +65,11 @@ def resolve_upscalers(request: ImageToolRequest, engine: A1111Client) -> ImageTo
 def run_tool(request: ImageToolRequest, engine: A1111Client, *, timeout_s: float) -> dict[str, Any]:
     """Call the engine and shape its answer: images as ``images`` (like a generation), facts as they are."""
     response = engine.call_image_tool(request.endpoint, request.body, timeout_s=timeout_s)
+    if request.endpoint == "interrogate" and response.get("caption") == "<error>":
+        # A1111 catches the interrogator's exception, logs it and answers 200 with this caption
+        raise EngineFailed(
+            "the engine could not interrogate the image (it answered the caption '<error>'); its log says why"
+        )
     if request.endpoint == "extra-single-image":
         images = [str(response["image"])] if response.get("image") else []
     elif request.endpoint == "extra-batch-images":

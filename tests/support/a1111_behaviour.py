@@ -178,7 +178,9 @@ def _vae(data: FakeData) -> tuple[str | None, str | None]:
     return wanted, data.hashes.get("vae", {}).get(wanted)
 
 
-def generate(data: FakeData, body: dict[str, Any], cond_cache: list[Any], kind: str = "txt2img") -> dict[str, Any]:
+def generate(
+    data: FakeData, body: dict[str, Any], cond_cache: list[Any], kind: str = "txt2img"
+) -> dict[str, Any]:
     """The txt2img response A1111 would send, with ``images`` as ``{"width", "height"}`` entries.
 
     ``cond_cache`` is A1111's one-entry conditioning cache (a repeated prompt drops ``TI hashes``).

@@ -52,7 +52,9 @@ def check_init_images(body: dict[str, Any]) -> int:
     if len(images) > batch:
         raise A1111Failure(
             500,
-            exception_body("RuntimeError", f"bad number of images passed: {len(images)}; expecting {batch} or less"),
+            exception_body(
+                "RuntimeError", f"bad number of images passed: {len(images)}; expecting {batch} or less"
+            ),
         )
     return len(images) if len(images) > 1 else batch
 
@@ -73,7 +75,9 @@ def img2img_extra(params: dict[str, Any]) -> dict[str, Any]:
     if params["inpaint_full_res"] and blank:
         return extra  # "Unable to perform Inpaint Only mask because mask is blank": plain img2img
     if params["inpaint_full_res"]:
-        extra.update({"Inpaint area": "Only masked", "Masked area padding": params["inpaint_full_res_padding"]})
+        extra.update(
+            {"Inpaint area": "Only masked", "Masked area padding": params["inpaint_full_res_padding"]}
+        )
     fill = int(params["inpainting_fill"])
     if fill != 1:
         extra["Masked content"] = INPAINTING_FILL_NAMES[fill]

@@ -32,12 +32,18 @@ def _sizes(images: list[str]) -> list[dict[str, int]]:
 
 
 def send_image_exchange(fake: FakeA1111, exchange: dict[str, Any]) -> tuple[int, Any]:
-    response = requests.post(f"{fake.url}/sdapi/v1/{exchange['endpoint']}", json=exchange["body"], auth=AUTH, timeout=30)
+    response = requests.post(
+        f"{fake.url}/sdapi/v1/{exchange['endpoint']}", json=exchange["body"], auth=AUTH, timeout=30
+    )
     payload = response.json() if response.content else None
     if response.status_code != 200:
         return response.status_code, payload
     if exchange["endpoint"] == "img2img":
-        payload = {"images": _sizes(payload["images"]), "parameters": payload["parameters"], "info": json.loads(payload["info"])}
+        payload = {
+            "images": _sizes(payload["images"]),
+            "parameters": payload["parameters"],
+            "info": json.loads(payload["info"]),
+        }
         payload["info"].pop("job_timestamp")
     elif exchange["endpoint"].startswith("extra-"):
         images = payload["images"] if "images" in payload else [payload["image"]]
@@ -63,4 +69,3 @@ def test_every_recorded_image_exchange_is_reproduced_in_order(recorded_fake: Fak
         if exchange["endpoint"] == "img2img" and status == 200:
             payload["info"] = {k: v for k, v in payload["info"].items() if k in wanted["info"]}
         assert (status, payload) == (exchange["status"], wanted), exchange["name"]
-

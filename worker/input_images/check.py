@@ -125,8 +125,8 @@ def check_image_bytes(raw: bytes, where: str, limits: ImageLimits) -> tuple[str,
         except Image.DecompressionBombError:
             raise refuse(
                 where,
-                f"declares over {2 * Image.MAX_IMAGE_PIXELS:,} pixels, over the limit of {limits.max_pixels:,} "
-                "(WORKER_IMAGE_MAX_PIXELS): a decompression bomb",
+                f"declares over {2 * (Image.MAX_IMAGE_PIXELS or 0):,} pixels, over the limit of "
+                f"{limits.max_pixels:,} (WORKER_IMAGE_MAX_PIXELS): a decompression bomb",
             ) from None
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
             signed = _signature_format(raw)
@@ -246,7 +246,9 @@ def _orientation(image: Image.Image, raw: bytes, fmt: str) -> int:
     exif = Image.Exif()
     try:
         if fmt == "PNG":
-            chunk = next(((s, e) for kind, s, e in _png_chunks(raw) if kind == b"eXIf" and e <= len(raw)), None)
+            chunk = next(
+                ((s, e) for kind, s, e in _png_chunks(raw) if kind == b"eXIf" and e <= len(raw)), None
+            )
             if chunk is None:
                 return 1
             exif.load(raw[chunk[0] : chunk[1]])
