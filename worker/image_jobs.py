@@ -41,13 +41,8 @@ from worker.schema import (
 
 #: at most this many init images (A1111 sends one batch slot per image)
 MAX_INIT_IMAGES = 16
-#: txt2img's own fields: img2img has no hires pass and no first-pass image
-TXT2IMG_ONLY_FIELDS: frozenset[str] = A1111_HIRES_FIELDS | {
-    "hires",
-    "firstphase_width",
-    "firstphase_height",
-    "firstpass_image",
-}
+#: txt2img's own fields: img2img has no hires pass (A1111's img2img API does not know them)
+TXT2IMG_ONLY_FIELDS: frozenset[str] = A1111_HIRES_FIELDS | {"hires", "firstphase_width", "firstphase_height"}
 #: an image: base64, a ``data:image/...;base64,`` URI, or an ``https`` URL
 ImageText = str
 
@@ -95,9 +90,9 @@ class Img2ImgJob(Txt2ImgJob):
 
     @model_validator(mode="after")
     def _img2img_fields_only(self) -> Img2ImgJob:
-        given = sorted(self.model_fields_set & TXT2IMG_ONLY_FIELDS)
+        given = sorted(name for name in self.model_fields_set & TXT2IMG_ONLY_FIELDS if getattr(self, name) is not None)
         if given:
-            raise ValueError(f"{', '.join(given)}: txt2img fields; img2img has no hires pass or first pass")
+            raise ValueError(f"{', '.join(given)}: txt2img fields; img2img has no hires pass")
         if self.latent_mask is not None:
             raise ValueError(
                 "latent_mask is not accepted: A1111's API passes it to processing undecoded and the job "
