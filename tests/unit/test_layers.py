@@ -74,8 +74,10 @@ def offending(loaded: list[str], forbidden: tuple[str, ...]) -> list[str]:
 def test_schema_and_translation_are_pure() -> None:
     """The job contract and its translation load no HTTP client, no output code and no registry."""
     loaded = loaded_by(
-        ["worker.schema", "worker.translate", "worker.a1111.endpoints", "worker.a1111.txt2img_fields"]
-        + ["worker.image_jobs", "worker.translate_img2img", "worker.a1111.img2img_fields"]
+        [
+            *("worker.schema", "worker.translate", "worker.a1111.endpoints", "worker.a1111.txt2img_fields"),
+            *("worker.image_jobs", "worker.translate_img2img", "worker.a1111.img2img_fields"),
+        ]
     )
     assert (
         offending(loaded, (*HTTP_CLIENT, "worker.output", "worker.registry", "worker.settings_baseline"))
