@@ -90,7 +90,8 @@ class Img2ImgJob(Txt2ImgJob):
 
     @model_validator(mode="after")
     def _img2img_fields_only(self) -> Img2ImgJob:
-        given = sorted(name for name in self.model_fields_set & TXT2IMG_ONLY_FIELDS if getattr(self, name) is not None)
+        hires = self.model_fields_set & TXT2IMG_ONLY_FIELDS
+        given = sorted(name for name in hires if getattr(self, name) is not None)
         if given:
             raise ValueError(f"{', '.join(given)}: txt2img fields; img2img has no hires pass")
         if self.latent_mask is not None:
