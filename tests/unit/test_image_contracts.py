@@ -29,9 +29,14 @@ def test_the_echo_of_a_request_has_the_same_fields() -> None:
 
 
 def test_the_job_schemas_accept_every_a1111_field() -> None:
-    txt2img_only = {name for name in Img2ImgJob.model_fields if name.startswith(("hr_", "enable_hr", "firstphase"))}
+    txt2img_only = {
+        name for name in Img2ImgJob.model_fields if name.startswith(("hr_", "enable_hr", "firstphase"))
+    }
     assert set(Img2ImgJob.model_fields) - NATIVE_ONLY - txt2img_only == set(IMG2IMG_FIELDS)
-    body = {**IMG2IMG_FIELDS, "init_images": [png_b64(8, 8)]}  # a plain A1111 body, every field at its default
+    body = {
+        **IMG2IMG_FIELDS,
+        "init_images": [png_b64(8, 8)],
+    }  # a plain A1111 body, every field at its default
     assert Img2ImgJob.model_validate(body).denoising_strength == 0.75
     recorded = transcript("openapi_image_fields")
     for model, endpoint in (
