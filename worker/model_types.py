@@ -35,6 +35,8 @@ class ModelFacts:
     layout: str | None = None
     usable_by: tuple[str, ...] | None = None
     format: str | None = None
+    #: a checkpoint's UNet input channels: 4 plain, 9 inpainting, 8 instruct-pix2pix (None: not known)
+    unet_in_channels: int | None = None
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from worker.a1111.catalog import CheckpointEntry, LoraEntry
 from worker.clock import SYSTEM_CLOCK, Clock
 from worker.errors import EngineFailed, InputInvalid, ModelNotFound, excerpt
 from worker.model_types import ModelProvider
+from worker.preflight.image_models import checkpoint_warnings
 from worker.preflight.lookup import EngineLists, ModelLookup
 from worker.preflight.matching import (
     checkpoint_file,
@@ -87,6 +88,9 @@ class Preflight:
         models = models_used(lookup.describe, running, loras + tagged, vae)
         warnings = (
             [f"downloaded before generating: {', '.join(lookup.downloaded)}"] if lookup.downloaded else []
+        )
+        warnings += checkpoint_warnings(
+            job, lookup.describe("checkpoint", checkpoint_file(running)) if running else None
         )
         return PreflightResult(
             names=names,

@@ -167,6 +167,16 @@ def detect(tensors: dict[str, TensorInfo], metadata: dict[str, str]) -> Detectio
     return Detection(kind, "unknown", "no architecture rule matched")
 
 
+#: the first UNet convolution of an A1111 single-file checkpoint: its input channels tell the UNet's job
+UNET_CONV_IN = "model.diffusion_model.input_blocks.0.0.weight"
+
+
+def unet_in_channels(tensors: Mapping[str, TensorInfo]) -> int | None:
+    """4 for a plain UNet, 9 for an inpainting one (latent + mask + masked image), 8 for instruct-pix2pix."""
+    conv_in = tensors.get(UNET_CONV_IN)
+    return conv_in.shape[1] if conv_in is not None and len(conv_in.shape) == 4 else None
+
+
 _UNSUPPORTED = {"sd2": "an SD2.x", "sdxl_refiner": "an SDXL refiner", "flux": "a FLUX", "sd3": "an SD3"}
 
 

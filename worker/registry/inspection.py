@@ -11,7 +11,7 @@ import logging
 from typing import Any
 
 from worker.clock import Deadline
-from worker.registry.detect import detect
+from worker.registry.detect import detect, unet_in_channels
 from worker.registry.hashing import ByteProgress, Hasher, folder_digest, hash_file
 from worker.registry.layouts import (
     ENGINES,
@@ -100,6 +100,9 @@ def _header_fields(found: FoundFile, header: SafetensorsHeader) -> dict[str, Any
     }
     if detection.kind == "checkpoint":
         fields.update(layout="ldm", usable_by=list(ENGINES))
+        channels = unet_in_channels(header.tensors)
+        if channels is not None:
+            fields["details"] = {"unet_in_channels": channels}
     facts = lora_facts(header.tensors) if detection.kind == "lora" else None
     if facts is not None:
         fields.update(

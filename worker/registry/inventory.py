@@ -204,4 +204,5 @@ def facts_of(entry: LiveEntry, catalogue: CatalogueEntry | None) -> ModelFacts:
         layout=entry.layout,
         usable_by=tuple(entry.usable_by) if entry.usable_by is not None else None,
         format=entry.format,
+        unet_in_channels=entry.details.get("unet_in_channels"),
     )
