@@ -1,10 +1,10 @@
 """The worker's own cost of an img2img job with a 1024x1024 PNG input, against txt2img's; and its peak memory
 while checking a 4096x4096 input.
 
-The engine is the fake A1111 (tests/support/fake_a1111.py) in a separate process. Each round sends, alternating,
-the same img2img payload straight through ``A1111Client.img2img`` (the engine's time as the worker sees it) and
-the job through ``JobRunner.run`` (validation, the image check, pre-flight, translation, the same call, the
-post-check, output); then the same pair for txt2img. The difference per pair is the worker's overhead; the
+The engine is the fake A1111 (tests/support/fake_a1111.py) in a separate process. Each round sends,
+alternating, the same img2img payload straight through ``A1111Client.img2img`` (the engine's time as the
+worker sees it) and the job through ``JobRunner.run`` (validation, the image check, pre-flight, translation,
+the same call, the post-check, output); then the same pair for txt2img. The difference per pair is the worker's overhead; the
 img2img figure minus the txt2img one is what the input image costs the worker.
 
 Memory: a fresh interpreter holds a job input with a 4096x4096 PNG (base64, as RunPod hands it over), then
@@ -126,7 +126,10 @@ def measure_memory(side: int, tmp: Path) -> dict[str, Any]:
     source = tmp / f"input-{side}.b64"
     source.write_text(base64.b64encode(photo_png(side)).decode("ascii"))
     probe = subprocess.run(
-        [sys.executable, "-c", _MEMORY_PROBE, str(ROOT), str(source)], capture_output=True, text=True, check=True
+        [sys.executable, "-c", _MEMORY_PROBE, str(ROOT), str(source)],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     found = json.loads(probe.stdout)
     return {

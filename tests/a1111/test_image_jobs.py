@@ -113,7 +113,7 @@ def test_every_resize_mode(runner: JobRunner, mode: int) -> None:
 
 def test_several_init_images_and_odd_modes(runner: JobRunner) -> None:
     images = [INIT, ti.jpeg_b64(48, 64, orientation=6), ti.jpeg_b64(64, 64, mode="CMYK")]
-    out = run(runner, {**BASE, "init_images": images + [ti.png_b64(64, 64, mode="RGBA")]})
+    out = run(runner, {**BASE, "init_images": [*images, ti.png_b64(64, 64, mode="RGBA")]})
     assert len(out["images"]) == 4 and out["seeds"] == [11, 12, 13, 14]
 
 
