@@ -4,8 +4,8 @@ while checking a 4096x4096 input.
 The engine is the fake A1111 (tests/support/fake_a1111.py) in a separate process. Each round sends,
 alternating, the same img2img payload straight through ``A1111Client.img2img`` (the engine's time as the
 worker sees it) and the job through ``JobRunner.run`` (validation, the image check, pre-flight, translation,
-the same call, the post-check, output); then the same pair for txt2img. The difference per pair is the worker's overhead; the
-img2img figure minus the txt2img one is what the input image costs the worker.
+the same call, the post-check, output); then the same pair for txt2img. The difference per pair is the
+worker's overhead; the img2img figure minus the txt2img one is what the input image costs the worker.
 
 Memory: a fresh interpreter holds a job input with a 4096x4096 PNG (base64, as RunPod hands it over), then
 checks it as a job would; the peak RSS above the RSS before the check is reported (``ru_maxrss``).
