@@ -7,8 +7,9 @@ worker sees it) and the job through ``JobRunner.run`` (validation, the image che
 the same call, the post-check, output); then the same pair for txt2img. The difference per pair is the
 worker's overhead; the img2img figure minus the txt2img one is what the input image costs the worker.
 
-Memory: a fresh interpreter holds a job input with a 4096x4096 PNG (base64, as RunPod hands it over), then
-checks it as a job would; the peak RSS above the RSS before the check is reported (``ru_maxrss``).
+Memory: a fresh interpreter holds a job input with a 4096x4096 PNG (base64, as RunPod hands it over), resets
+its peak RSS (``/proc/self/clear_refs``), then checks it as a job would; the peak above that idle RSS is
+reported (``VmHWM``).
 
     python bench/img2img_overhead.py [--rounds 40]
     python bench/img2img_overhead.py --smoke        # one round, small images: CI keeps the bench runnable
@@ -40,14 +41,20 @@ from worker.settings import WorkerSettings  # noqa: E402
 RESULTS = ROOT / "bench" / "results" / "img2img_overhead.json"
 JOB = {"prompt": "a lighthouse at dusk", "sampler": "Euler a", "seed": 1, "width": 512, "height": 512}
 _MEMORY_PROBE = """
-import base64, json, resource, sys
+import json, sys
 sys.path.insert(0, sys.argv[1])
 from worker.input_images.check import ImageLimits, check_image
+
+def status_kb(key):
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith(key))
+
 job = {"init_images": [open(sys.argv[2]).read()]}
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+with open("/proc/self/clear_refs", "w") as refs:
+    refs.write("5")  # reset the peak (VmHWM) to what is resident now: the job input in hand
+idle = status_kb("VmRSS:")
 checked = check_image(job["init_images"][0], "init_images[0]", ImageLimits(60_000_000, 4096 * 4096))
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"idle_kb": before, "peak_kb": after, "bytes": checked.byte_count, "size": checked.size}))
+print(json.dumps({"idle_kb": idle, "peak_kb": status_kb("VmHWM:"), "bytes": checked.byte_count}))
 """
 
 
@@ -76,16 +83,20 @@ def start_fake_engine() -> tuple[subprocess.Popen[str], str]:
     return process, process.stdout.readline().strip().rsplit(" ", 1)[-1]
 
 
-def pair(runner: JobRunner, call: Any, payload: dict[str, Any], job: dict[str, Any], index: int) -> float:
-    """One direct call and one job, back to back: the job's extra milliseconds."""
-    started = time.perf_counter()
+def pair(
+    runner: JobRunner, call: Any, payload: dict[str, Any], job: dict[str, Any], index: int
+) -> tuple[float, float]:
+    """One direct call and one job, back to back: the job's extra milliseconds, wall and CPU."""
+    started, cpu = time.perf_counter(), time.process_time()
     call(payload, timeout_s=60)
     direct_ms = (time.perf_counter() - started) * 1000
-    started = time.perf_counter()
+    direct_cpu_ms = (time.process_time() - cpu) * 1000
+    started, cpu = time.perf_counter(), time.process_time()
     output = runner.run({"id": f"bench-{index}", "input": job})
     handled_ms = (time.perf_counter() - started) * 1000
+    handled_cpu_ms = (time.process_time() - cpu) * 1000
     assert isinstance(output, dict) and "error" not in output, output
-    return handled_ms - direct_ms
+    return handled_ms - direct_ms, handled_cpu_ms - direct_cpu_ms
 
 
 def measure_overhead(url: str, side: int, rounds: int) -> dict[str, Any]:
@@ -105,20 +116,24 @@ def measure_overhead(url: str, side: int, rounds: int) -> dict[str, Any]:
         for job in (JOB, img2img_job):  # the exact payloads the worker sends, for the direct calls
             first = runner.run({"id": "bench-first", "input": job})
             assert isinstance(first, dict) and "error" not in first, first
-        overheads: dict[str, list[float]] = {"txt2img": [], "img2img": []}
+        overheads: dict[str, list[tuple[float, float]]] = {"txt2img": [], "img2img": []}
         for index in range(rounds + 3):  # the first 3 are warm-up
             for kind, job in (("txt2img", JOB), ("img2img", img2img_job)):
                 extra = pair(runner, getattr(A1111Client, kind).__get__(engine), sent[kind], job, index)
                 if index >= 3:
                     overheads[kind].append(extra)
-    medians = {kind: statistics.median(values) for kind, values in overheads.items()}
+    wall = {kind: statistics.median(w for w, _ in values) for kind, values in overheads.items()}
+    cpu = {kind: statistics.median(c for _, c in values) for kind, values in overheads.items()}
     return {
         "input_side": side,
         "input_png_bytes": len(base64.b64decode(init)),
         "rounds": rounds,
-        "txt2img_overhead_ms_median": round(medians["txt2img"], 2),
-        "img2img_overhead_ms_median": round(medians["img2img"], 2),
-        "img2img_above_txt2img_ms": round(medians["img2img"] - medians["txt2img"], 2),
+        "txt2img_overhead_ms_median": round(wall["txt2img"], 2),
+        "img2img_overhead_ms_median": round(wall["img2img"], 2),
+        "img2img_above_txt2img_ms": round(wall["img2img"] - wall["txt2img"], 2),
+        "txt2img_overhead_cpu_ms_median": round(cpu["txt2img"], 2),
+        "img2img_overhead_cpu_ms_median": round(cpu["img2img"], 2),
+        "img2img_above_txt2img_cpu_ms": round(cpu["img2img"] - cpu["txt2img"], 2),
     }
 
 
@@ -158,9 +173,14 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="bench-img2img-") as tmp:
         memory = measure_memory(memory_side, Path(tmp))
-    print(f"{'':34}{'median ms':>10}")
-    for key in ("txt2img_overhead_ms_median", "img2img_overhead_ms_median", "img2img_above_txt2img_ms"):
-        print(f"{key:34}{overhead[key]:>10}")
+    rows = (
+        ("txt2img", "txt2img_overhead_ms_median", "txt2img_overhead_cpu_ms_median"),
+        ("img2img", "img2img_overhead_ms_median", "img2img_overhead_cpu_ms_median"),
+        ("img2img - txt2img", "img2img_above_txt2img_ms", "img2img_above_txt2img_cpu_ms"),
+    )
+    print(f"{'worker overhead per job':26}{'wall ms':>10}{'CPU ms':>10}  (medians)")
+    for label, wall_key, cpu_key in rows:
+        print(f"{label:26}{overhead[wall_key]:>10}{overhead[cpu_key]:>10}")
     print(f"input {side}x{side} PNG: {overhead['input_png_bytes']:,} bytes, {rounds} rounds")
     print(
         f"checking a {memory_side}x{memory_side} PNG ({memory['input_png_bytes']:,} bytes): peak RSS "

@@ -14,7 +14,7 @@ from urllib.parse import urljoin, urlsplit
 import requests
 
 from worker.clock import SYSTEM_CLOCK, Clock
-from worker.input_images.check import refuse
+from worker.input_images.refusal import refuse
 from worker.redaction import public_url
 from worker.url_policy import host_allowed, may_carry_token
 

@@ -18,8 +18,9 @@ import base64
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from worker.input_images.check import CheckedImage, ImageLimits, check_image, check_image_bytes, refuse
+from worker.input_images.check import CheckedImage, ImageLimits, check_image, check_image_bytes
 from worker.input_images.fetch import ImageFetcher, UrlPolicy, is_url
+from worker.input_images.refusal import refuse
 
 if TYPE_CHECKING:
     from worker.image_jobs import ImageToolRequest, Img2ImgJob
