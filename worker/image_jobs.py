@@ -256,7 +256,7 @@ def parse_any_job(raw: Any, *, max_images: int) -> JobRequest | ImageToolRequest
                 raw, "input", "a1111" if raw.keys() - NATIVE_IMG2IMG_FIELDS else "native", max_images
             )
         elif raw.keys() & set(NATIVE_TOOL_KEYS):
-            return _parse_native_tool(raw)
+            return _check_tool_images(_parse_native_tool(raw), max_images)
     return parse_job_input(raw, max_images=max_images)
 
 
@@ -331,7 +331,17 @@ def _parse_image_envelope(
     model = _TOOL_MODELS[endpoint]
     body = _validate(model, payload, where="payload").model_dump(exclude_unset=True)
     tool: ImageToolEndpoint = endpoint  # type: ignore[assignment]  # checked against IMAGE_TOOL_ENDPOINTS
-    return ImageToolRequest(endpoint=tool, body=body, output=OutputOptions(), form="envelope")
+    request = ImageToolRequest(endpoint=tool, body=body, output=OutputOptions(), form="envelope")
+    return _check_tool_images(request, max_images)
+
+
+def _check_tool_images(request: ImageToolRequest, max_images: int) -> ImageToolRequest:
+    count = len(image_fields(request.body))
+    if count > max_images:
+        raise InputInvalid(
+            f"{count} images exceed this worker's limit of {max_images} per job (WORKER_MAX_IMAGES_PER_JOB)"
+        )
+    return request
 
 
 def _parse_native_tool(raw: dict[str, Any]) -> ImageToolRequest:

@@ -20,6 +20,7 @@ Which reports are reliable was measured on A1111 v1.10.1 (docs/testing.md, "What
   LoRA tags in the negative prompt are never applied by A1111.
 * ``TI hashes`` is dropped when the same prompt is repeated (A1111 caches the conditioning): not checked.
 * An interrupt or skip shows only in ``/progress`` (``state.interrupted`` stays true until the next job).
+* img2img records ``Denoising strength`` and the mask fields in the infotext (``worker.image_input_verify``).
 """
 
 from __future__ import annotations

@@ -139,6 +139,7 @@ def test_txt2img_and_listings_still_parse() -> None:
             "give one of upscale, png_info, interrogate",
         ),
         ({"api": {"endpoint": "extras"}}, "allowed: txt2img, img2img, extra-single-image"),
+        ({"upscale": {"images": ["a"] * 9}}, "9 images exceed this worker's limit of 8 per job"),
     ],
 )
 def test_refusals(raw: dict[str, Any], expected: str) -> None:
