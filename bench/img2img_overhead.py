@@ -34,6 +34,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.worker_overhead import start_fake_engine  # noqa: E402
 from worker.a1111.client import A1111Client  # noqa: E402
 from worker.handler import JobRunner  # noqa: E402
 from worker.settings import WorkerSettings  # noqa: E402
@@ -70,17 +71,6 @@ def photo_png(side: int) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(pixels).save(buf, format="PNG")
     return buf.getvalue()
-
-
-def start_fake_engine() -> tuple[subprocess.Popen[str], str]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "tests.support.fake_a1111", "--port", "0", "--png-size", "512"],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert process.stdout is not None
-    return process, process.stdout.readline().strip().rsplit(" ", 1)[-1]
 
 
 def pair(

@@ -12,7 +12,6 @@ images are kept as their size only, except png-info's answer, which is text.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
@@ -195,27 +194,18 @@ def write(out: Path, exchanges: list[dict[str, Any]], fields: dict[str, Any]) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    from scripts.record_a1111_transcripts import Recorder, Scrubber
-    from tests.support.real_a1111 import a1111_dir, launched, start_env, volume_with_tiny_models
+    from scripts.record_a1111_transcripts import Recorder, fresh_engine, recording_setup
+    from tests.support.real_a1111 import launched
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=ROOT / "tests" / "fixtures" / "a1111")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    install = a1111_dir()
-    if install is None:
-        parser.error("set A1111_DIR to an A1111 v1.10.1 install (scripts/setup_a1111.sh)")
+    out, install = recording_setup(__doc__, argv)
     with tempfile.TemporaryDirectory(prefix="a1111-record-") as tmp_name:
         tmp = Path(tmp_name)
-        models = volume_with_tiny_models(install, tmp / "models")
-        env = start_env(install, tmp, models)  # no --api-auth: the engine listens on loopback only
-        scrub = Scrubber({"$MODELS_DIR": models, "$DATA_DIR": tmp / "a1111-data", "$A1111_DIR": install})
+        _, env, scrub = fresh_engine(install, tmp)  # no --api-auth: the engine listens on loopback only
         with launched(env, tmp / "start.log") as started:
-            recorder = Recorder(started.url, scrub)
-            exchanges = record(recorder)
+            exchanges = record(Recorder(started.url, scrub))
             fields = openapi_image_fields(started.url, None)
-    write(args.out, exchanges, fields)
-    log.info("image transcripts written to %s", args.out)
+    write(out, exchanges, fields)
+    log.info("image transcripts written to %s", out)
     return 0
 
 

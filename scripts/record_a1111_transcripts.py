@@ -14,9 +14,7 @@ bodies of each failure; then, on a second fresh A1111, the image endpoints
 from __future__ import annotations
 
 import argparse
-import base64
 import hashlib
-import io
 import json
 import logging
 import sys
@@ -32,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from scripts import record_a1111_images  # noqa: E402
+from tests.support.input_images import sizes_of  # noqa: E402
 from tests.support.real_a1111 import a1111_dir, launched, start_env, volume_with_tiny_models  # noqa: E402
 from worker.a1111.endpoints import LISTING_ENDPOINTS  # noqa: E402
 
@@ -194,16 +193,6 @@ class Scrubber:
         return value
 
 
-def image_sizes(images: list[str]) -> list[dict[str, int]]:
-    from PIL import Image
-
-    sizes = []
-    for data in images:
-        with Image.open(io.BytesIO(base64.b64decode(data))) as image:
-            sizes.append({"width": image.width, "height": image.height})
-    return sizes
-
-
 def model_hashes(models: Path) -> dict[str, dict[str, str]]:
     """The hashes A1111 writes into infotexts, from the files (sha256 prefixes; addnet hash for LoRAs)."""
 
@@ -241,13 +230,13 @@ class Recorder:
         recorded: Any = payload
         if endpoint in ("txt2img", "img2img") and response.status_code == 200:
             recorded = {
-                "images": image_sizes(payload["images"]),
+                "images": sizes_of(payload["images"]),
                 "parameters": payload["parameters"],
                 "info": json.loads(payload["info"]),
             }
         elif endpoint.startswith("extra-") and response.status_code == 200:
             images = payload["images"] if "images" in payload else [payload["image"]]
-            recorded = {"images": image_sizes(images), "html_info": payload["html_info"]}
+            recorded = {"images": sizes_of(images), "html_info": payload["html_info"]}
         self.exchanges.append(
             {
                 "name": name,
@@ -291,20 +280,37 @@ def record_progress(recorder: Recorder) -> dict[str, Any]:
     return {"idle": idle, "running": running, "after_interrupt": progress()}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def recording_setup(doc: str | None, argv: list[str] | None) -> tuple[Path, Path]:
+    """The command line of a recorder (``--out``) and the A1111 install it records; logging on."""
+    parser = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=ROOT / "tests" / "fixtures" / "a1111")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     install = a1111_dir()
     if install is None:
         parser.error("set A1111_DIR to an A1111 v1.10.1 install (scripts/setup_a1111.sh)")
+    return args.out, install
+
+
+def fresh_engine(install: Path, tmp: Path, **extra: str) -> tuple[Path, dict[str, str], Scrubber]:
+    """A volume of tiny models under ``tmp``, start.sh's environment for it, and the scrubber of its paths."""
+    models = volume_with_tiny_models(install, tmp / "models")
+    env = start_env(install, tmp, models, **extra)
+    return (
+        models,
+        env,
+        Scrubber({"$MODELS_DIR": models, "$DATA_DIR": tmp / "a1111-data", "$A1111_DIR": install}),
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    out, install = recording_setup(__doc__, argv)
     with tempfile.TemporaryDirectory(prefix="a1111-record-") as tmp_name:
         tmp = Path(tmp_name)
-        models = volume_with_tiny_models(install, tmp / "models")
         # start.sh alone sets --api-auth (docs/deploying.md): through the exposed-engine settings
-        env = start_env(install, tmp, models, WORKER_EXPOSE_ENGINE="1", A1111_API_AUTH=":".join(AUTH))
-        scrub = Scrubber({"$MODELS_DIR": models, "$DATA_DIR": tmp / "a1111-data", "$A1111_DIR": install})
+        models, env, scrub = fresh_engine(
+            install, tmp, WORKER_EXPOSE_ENGINE="1", A1111_API_AUTH=":".join(AUTH)
+        )
         with launched(env, tmp / "start.log") as started:
             recorder = Recorder(started.url, scrub)
             listings = {name: scrub(recorder.call(name, "GET", name)) for name in LISTINGS}
@@ -321,16 +327,16 @@ def main(argv: list[str] | None = None) -> int:
             "auth": ":".join(AUTH),
             "hashes": model_hashes(models),
         }
-    args.out.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     for name, data in (
         ("meta", meta),
         ("listings", listings),
         ("exchanges", recorder.exchanges),
         ("progress", progress),
     ):
-        (args.out / f"{name}.json").write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
-    log.info("transcripts written to %s", args.out)
-    return record_a1111_images.main(["--out", str(args.out)])  # on a fresh A1111 of its own
+        (out / f"{name}.json").write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
+    log.info("transcripts written to %s", out)
+    return record_a1111_images.main(["--out", str(out)])  # on a fresh A1111 of its own
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ from worker.output.images import convert_images
 from worker.output.upload import ImageUploader
 from worker.preflight.resolver import Preflight
 from worker.progress_relay import ProgressRelay
-from worker.schema import GenerationRequest, ListingRequest, Txt2ImgJob
+from worker.schema import GenerationRequest, ListingRequest, OutputOptions, Txt2ImgJob
 from worker.settings import WorkerSettings
 from worker.settings_baseline import SettingsBaseline
 from worker.translate import ResolvedNames, Translation, build_txt2img_payload
@@ -167,13 +167,7 @@ class JobRunner:
         self._record_use(preflight.names.checkpoint_title, [name for name, _ in preflight.names.loras])
         mark("encode")
         timings["total"] = round((time.perf_counter() - started) * 1000, 1)
-        return deliver(
-            output,
-            options=job_input.output,
-            job_id=job_id,
-            max_bytes=self.settings.output_max_bytes,
-            uploader=self.uploader,
-        )
+        return self._deliver(output, job_input.output, job_id)
 
     def _run_tool(self, request: ImageToolRequest, job_id: str) -> dict[str, Any]:
         """Extras, png-info or interrogate (``worker.image_tools``): images and names checked, one call."""
@@ -182,9 +176,12 @@ class JobRunner:
             check_interrogation(request.body, self.settings.models_dir)
         request = resolve_upscalers(self.images.tool(request), self.engine)
         output = run_tool(request, self.engine, timeout_s=self.settings.job_timeout_s)
+        return self._deliver(output, request.output, job_id)
+
+    def _deliver(self, output: dict[str, Any], options: OutputOptions, job_id: str) -> dict[str, Any]:
         return deliver(
             output,
-            options=request.output,
+            options=options,
             job_id=job_id,
             max_bytes=self.settings.output_max_bytes,
             uploader=self.uploader,

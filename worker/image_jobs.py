@@ -29,6 +29,7 @@ from worker.errors import InputInvalid
 from worker.schema import (
     A1111_HIRES_FIELDS,
     MAX_NAME,
+    NATIVE_FIELDS,
     Envelope,
     GenerationRequest,
     JobRequest,
@@ -261,31 +262,16 @@ def parse_any_job(raw: Any, *, max_images: int) -> JobRequest | ImageToolRequest
 
 
 #: the native img2img form: txt2img's native fields and the image fields (anything else is A1111's spelling)
-NATIVE_IMG2IMG_FIELDS: frozenset[str] = frozenset(
-    {
-        "prompt",
-        "negative_prompt",
-        "checkpoint",
-        "loras",
-        "vae",
-        "sampler",
-        "scheduler",
-        "steps",
-        "cfg_scale",
-        "width",
-        "height",
-        "seed",
-        "batch_size",
-        "n_iter",
-        "clip_skip",
-        "output",
+NATIVE_IMG2IMG_FIELDS: frozenset[str] = (
+    (NATIVE_FIELDS - {"hires"})
+    | INPAINTING_FIELDS
+    | {
         "init_images",
         "mask",
         "denoising_strength",
         "resize_mode",
         "image_cfg_scale",
         "initial_noise_multiplier",
-        *INPAINTING_FIELDS,
     }
 )
 

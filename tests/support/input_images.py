@@ -24,6 +24,15 @@ def b64(raw: bytes) -> str:
     return base64.b64encode(raw).decode("ascii")
 
 
+def sizes_of(images: list[str]) -> list[dict[str, int]]:
+    """The width and height of each base64 image (how transcripts keep an engine's images)."""
+    sizes = []
+    for data in images:
+        with Image.open(io.BytesIO(base64.b64decode(data))) as image:
+            sizes.append({"width": image.width, "height": image.height})
+    return sizes
+
+
 def gradient(width: int, height: int, mode: str = "RGB") -> Image.Image:
     """A smooth picture (compresses to little) whose every pixel differs."""
     image = Image.new("RGB", (width, height))

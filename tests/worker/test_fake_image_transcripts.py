@@ -7,28 +7,18 @@ fresh fake serving the recorded models (the recording ran on a fresh A1111); it 
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 from typing import Any
 
 import requests
-from PIL import Image
 
 from tests.support.a1111_behaviour import transcript
 from tests.support.fake_a1111 import FakeA1111
+from tests.support.input_images import sizes_of
 from tests.worker.test_fake_transcripts import AUTH, recorded_fake
 
 __all__ = ["recorded_fake"]  # the fixture
 _RANDOM = {"seed": ("seed", "all_seeds", "infotexts"), "subseed": ("subseed", "all_subseeds")}
-
-
-def _sizes(images: list[str]) -> list[dict[str, int]]:
-    sizes = []
-    for data in images:
-        with Image.open(io.BytesIO(base64.b64decode(data))) as image:
-            sizes.append({"width": image.width, "height": image.height})
-    return sizes
 
 
 def send_image_exchange(fake: FakeA1111, exchange: dict[str, Any]) -> tuple[int, Any]:
@@ -40,14 +30,14 @@ def send_image_exchange(fake: FakeA1111, exchange: dict[str, Any]) -> tuple[int,
         return response.status_code, payload
     if exchange["endpoint"] == "img2img":
         payload = {
-            "images": _sizes(payload["images"]),
+            "images": sizes_of(payload["images"]),
             "parameters": payload["parameters"],
             "info": json.loads(payload["info"]),
         }
         payload["info"].pop("job_timestamp")
     elif exchange["endpoint"].startswith("extra-"):
         images = payload["images"] if "images" in payload else [payload["image"]]
-        payload = {"images": _sizes(images), "html_info": payload["html_info"]}
+        payload = {"images": sizes_of(images), "html_info": payload["html_info"]}
     return response.status_code, payload
 
 

@@ -17,6 +17,9 @@ _SHARED = {
     name: TXT2IMG_FIELDS[name] for name in list(TXT2IMG_FIELDS)[: list(TXT2IMG_FIELDS).index("enable_hr")]
 }
 
+#: the API's own fields, after the processing class's, as for txt2img
+_API_OWN = ("script_name", "script_args", "send_images", "save_images", "alwayson_scripts", "infotext")
+
 #: field name → the value A1111's API uses when a request leaves it out
 IMG2IMG_FIELDS: dict[str, Any] = {
     **_SHARED,
@@ -38,12 +41,7 @@ IMG2IMG_FIELDS: dict[str, Any] = {
     "force_task_id": None,
     "sampler_index": "Euler",
     "include_init_images": False,
-    "script_name": None,
-    "script_args": [],
-    "send_images": True,
-    "save_images": False,
-    "alwayson_scripts": {},
-    "infotext": None,
+    **{name: TXT2IMG_FIELDS[name] for name in _API_OWN},
 }
 
 #: ``ExtrasBaseRequest``: the fields of extra-single-image (plus ``image``) and extra-batch-images (plus

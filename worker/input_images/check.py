@@ -29,6 +29,7 @@ from PIL import Image, UnidentifiedImageError
 
 from worker.input_images.refusal import refuse
 from worker.input_images.source import Base64Source, BytesSource, ImageSource, SourceFile
+from worker.output.images import sniff_format
 
 ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP")
 #: Pillow modes of 16-bit (or 32-bit) grayscale: A1111's ``convert("RGB")`` clips them at 255
@@ -142,9 +143,11 @@ def _open(source: ImageSource, where: str, limits: ImageLimits) -> Image.Image:
             ) from None
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
             head = source.read(0, 12)
-            signed = _signature_format(head)
+            signed = sniff_format(head)
             if signed:
-                raise refuse(where, f"a truncated or corrupt {signed}: its header cannot be read") from None
+                raise refuse(
+                    where, f"a truncated or corrupt {signed.upper()}: its header cannot be read"
+                ) from None
             raise refuse(where, f"not a PNG, JPEG or WebP image (starts with {head[:8]!r})") from None
 
 
@@ -182,17 +185,6 @@ def _check_complete(source: ImageSource, fmt: str, where: str) -> None:
     problem = {"PNG": _png_problem, "JPEG": _jpeg_problem, "WEBP": _webp_problem}[fmt](source)
     if problem:
         raise refuse(where, f"a truncated or corrupt {fmt} ({problem})")
-
-
-def _signature_format(raw: bytes) -> str | None:
-    """The accepted format whose signature ``raw`` starts with, even when Pillow cannot read the rest."""
-    if raw.startswith(_PNG_SIGNATURE):
-        return "PNG"
-    if raw.startswith(b"\xff\xd8\xff"):
-        return "JPEG"
-    if raw[:4] == b"RIFF" and raw[8:12] == b"WEBP":
-        return "WEBP"
-    return None
 
 
 def _png_chunks(source: ImageSource) -> list[tuple[bytes, int, int]]:
