@@ -166,6 +166,15 @@ def test_image_urls_when_allowed(fake: FakeA1111, model_server: ModelServer) -> 
     assert len(sent(fake, "img2img")) == 1
 
 
+def test_an_image_url_has_a_deadline(fake: FakeA1111, model_server: ModelServer) -> None:
+    model_server.add("/slow.png", ti.png_bytes(64, 64), trickle_s=0.05)
+    host = model_server.url.removeprefix("http://")
+    settings = {"allow_image_urls": True, "download_allowed_hosts": host, "image_url_timeout_s": 0.3}
+    out = run(fake, {**BASE, "init_images": [model_server.url + "/slow.png"]}, **settings)
+    assert "took over 0.3 s (WORKER_IMAGE_URL_TIMEOUT_S)" in out["error"]
+    assert sent(fake, "img2img") == []
+
+
 def test_upscale_native_and_envelope(fake: FakeA1111) -> None:
     out = run(
         fake, {"upscale": {"image": INIT, "upscaler": "lanczos", "scale": 2}, "output": {"format": "jpeg"}}

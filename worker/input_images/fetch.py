@@ -106,14 +106,17 @@ class ImageFetcher:
                     f"{public_url(url)} is {int(declared):,} bytes, over {cap:,} (WORKER_IMAGE_MAX_BYTES)",
                 )
             body = bytearray()
-            try:
-                for chunk in response.iter_content(_CHUNK):
-                    body += chunk
-                    if len(body) > cap:
-                        raise refuse(
-                            where, f"{public_url(url)} sends more than {cap:,} bytes (WORKER_IMAGE_MAX_BYTES)"
-                        )
-                    self._remaining(url, where, deadline)
-            except requests.RequestException as exc:
-                raise refuse(where, f"{public_url(url)} broke off ({type(exc).__name__})") from None
+            while True:  # read1: what has arrived, so a trickling server meets the deadline too
+                self._remaining(url, where, deadline)
+                try:
+                    chunk = response.raw.read1(_CHUNK, decode_content=True)
+                except Exception as exc:  # urllib3 raises several types for a dropped connection
+                    raise refuse(where, f"{public_url(url)} broke off ({type(exc).__name__})") from None
+                if not chunk:
+                    break
+                body += chunk
+                if len(body) > cap:
+                    raise refuse(
+                        where, f"{public_url(url)} sends more than {cap:,} bytes (WORKER_IMAGE_MAX_BYTES)"
+                    )
         return bytes(body)
