@@ -12,6 +12,7 @@ from worker.errors import InputInvalid
 from worker.image_jobs import Img2ImgJob
 from worker.input_images.check import ImageLimits, check_image
 from worker.input_images.prepare import mask_fits
+from worker.input_images.source import Base64Source
 
 LIMITS = ImageLimits(max_bytes=2_000_000, max_pixels=4096 * 4096)
 PNG = ti.png_bytes(64, 48)
@@ -172,3 +173,13 @@ def test_a_mask_of_another_size(
         with pytest.raises(InputInvalid, match=outcome) as caught:
             mask_fits(init, mask, _job(**fields))  # type: ignore[arg-type]
         assert caught.value.message.startswith("mask: mask is ")
+
+
+@pytest.mark.parametrize("size", [0, 1, 2, 3, 4, 5, 100, 4097])
+def test_a_base64_text_reads_by_range_as_its_bytes(size: int) -> None:
+    raw = bytes(range(256)) * (size // 256) + bytes(range(size % 256))
+    source = Base64Source(ti.b64(raw), "image")
+    assert source.size == len(raw)
+    for start in range(0, size + 2, max(1, size // 7)):
+        for end in (start, start + 1, start + 2, start + 3, start + 5, size, size + 4):
+            assert source.read(start, end) == raw[start:end], (start, end)
