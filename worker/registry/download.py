@@ -37,6 +37,10 @@ from worker.registry.url_policy import TokenRule, content_disposition_name, host
 
 log = logging.getLogger(__name__)
 
+#: called after each chunk with (bytes received so far, the whole size when known); may raise to stop the
+#: download (a cancelled job), which then ends like any failure: its temp file removed
+TransferProgress = Callable[[int, int | None], None]
+
 CHUNK_BYTES = 4 * 1024 * 1024
 MAX_REDIRECTS = 10
 #: kept free on the volume beyond the file itself (registry writes, A1111 caches)
@@ -88,6 +92,7 @@ class _Transfer:
     expected_sha256: str | None = None
     resumed: int = 0
     reserved: bool = False
+    on_progress: TransferProgress | None = None
 
     def restart(self) -> None:
         """Back to byte zero (a server that ignored our Range, or resumed elsewhere)."""
@@ -149,11 +154,12 @@ class Downloader:
         *,
         deadline_s: float | None = None,
         reserve: Callable[[int], None] | None = None,
+        progress: TransferProgress | None = None,
     ) -> DownloadResult:
         """Download ``req.url`` into ``req.dest_dir``; raise ``DownloadFailed`` (never a half file).
 
         ``reserve(bytes_needed)`` is called once the size is known, before writing; it may evict
-        other files or raise ``DownloadFailed`` (quota).
+        other files or raise ``DownloadFailed`` (quota). ``progress`` sees every chunk (``TransferProgress``).
         """
         budget = deadline_s if deadline_s is not None else self.deadline_s
         started = self.clock.monotonic()
@@ -170,6 +176,7 @@ class Downloader:
             reserve=reserve,
             file_name=req.file_name,
             expected_sha256=req.expected_sha256,
+            on_progress=progress,
         )
         with contextlib.suppress(FileNotFoundError):
             transfer.part.unlink()  # leftovers of a killed process: we hold the model lock, nobody writes it
@@ -355,6 +362,8 @@ class Downloader:
                 transfer.offset += len(chunk)
                 if transfer.bar is not None:
                     transfer.bar.update(len(chunk))
+                if transfer.on_progress is not None:
+                    transfer.on_progress(transfer.offset, transfer.total)
                 if transfer.offset > self.max_bytes:
                     raise DownloadFailed(
                         f"{public_url(transfer.req.url)} exceeds WORKER_DOWNLOAD_MAX_BYTES "
