@@ -63,6 +63,7 @@ ENV_NAMES: dict[str, str] = {
     "WORKER_VOLUME_QUOTA_GB": "volume_quota_gb",
     "WORKER_ENGINE": "engine",
     "WORKER_AUTO_CONVERT": "auto_convert",
+    "WORKER_ALLOW_MODEL_JOBS": "allow_model_jobs",
     "CIVITAI_TOKEN": "civitai_token",
     "HF_TOKEN": "hf_token",
     "BUCKET_ENDPOINT_URL": "bucket_endpoint_url",
@@ -109,6 +110,8 @@ class WorkerSettings(BaseModel):
     #: A1111's rules, e.g. a LoRA in diffusers/PEFT layout is converted (or refused) before A1111 sees it
     engine: Literal["auto", "a1111", "embedded", "external"] = "auto"
     auto_convert: bool = True
+    #: registry jobs ({"registry": ...}, /v1/download, /v1/sync) write to the volume: off unless allowed
+    allow_model_jobs: bool = False
     civitai_token: SecretStr | None = None
     hf_token: SecretStr | None = None
     bucket_endpoint_url: AnyHttpUrl | None = None

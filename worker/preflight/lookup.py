@@ -21,7 +21,7 @@ from worker.preflight.matching import find_checkpoint, find_lora, stem
 log = logging.getLogger(__name__)
 
 FoundT = TypeVar("FoundT")
-_REFRESH_KIND: dict[ModelType, RefreshKind] = {
+REFRESH_KIND: dict[ModelType, RefreshKind] = {
     "checkpoint": "checkpoints",
     "lora": "loras",
     "embedding": "embeddings",
@@ -134,7 +134,7 @@ class ModelLookup:
             return
         self._refreshed.add(kind)
         log.info("refreshing the engine's %s list after a miss", kind)
-        self._engine.refresh(_REFRESH_KIND[kind])
+        self._engine.refresh(REFRESH_KIND[kind])
         self.catalog = self._engine.catalog(refresh=True)
 
     def refetch_lists(self) -> bool:

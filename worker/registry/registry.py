@@ -49,8 +49,8 @@ from worker.registry.hashing import ByteProgress, Hasher, hash_file
 from worker.registry.inventory import Inventory, ensure_usable, facts_of
 from worker.registry.maintenance import Maintenance, VerifyProblem
 from worker.registry.model_fetch import ModelFetcher
-from worker.registry.models import Catalogue, LiveEntry, LiveRegistry, entry_key
-from worker.registry.resolve import Resolution, not_found, resolve
+from worker.registry.models import Catalogue, HuggingFaceSource, LiveEntry, LiveRegistry, entry_key
+from worker.registry.resolve import RemoteRef, Resolution, not_found, resolve
 from worker.registry.scan import Scanner, ScanResult
 from worker.registry.store import LEGACY_REGISTRY_FILE, RegistryStore
 from worker.registry.url_policy import TokenRule
@@ -330,6 +330,24 @@ class ModelRegistry:
         )
         return self._fetched(kind, plan, None, started, progress)
 
+    def fetch_hf_file(
+        self,
+        kind: ModelType,
+        source: HuggingFaceSource,
+        *,
+        file_name: str,
+        sha256: str | None,
+        size: int | None,
+        progress: TransferProgress | None = None,
+    ) -> ProvisionedModel:
+        """Download one file of a Hugging Face repository (a sync job's) to ``file_name`` in the kind's
+        folder, verified against the sha256 and size the repository publishes."""
+        started = self.clock.monotonic()
+        plan = self.planner.plan(kind, Resolution(remote=RemoteRef(source)))
+        assert plan is not None  # a Hugging Face source always has a URL
+        plan = replace(plan, file_name=file_name, sha256=sha256, size=size)
+        return self._fetched(kind, plan, None, started, progress)
+
     def _fetched(
         self,
         kind: ModelType,
@@ -479,3 +497,7 @@ class ModelRegistry:
 
     def remove(self, entry: LiveEntry) -> None:
         self.maintenance.remove(entry)
+
+    def evict_to(self, quota_bytes: int, *, dry_run: bool = False) -> list[LiveEntry]:
+        """Least recently used downloads deleted until the registered total fits ``quota_bytes``."""
+        return self.maintenance.evictor.evict_to(quota_bytes, dry_run=dry_run)
