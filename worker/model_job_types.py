@@ -93,7 +93,6 @@ RegistryAction = Annotated[
     ListAction | PullAction | RemoveAction | EvictAction | ConvertAction | SyncAction,
     Field(discriminator="action"),
 ]
-ACTIONS: tuple[str, ...] = ("list", "pull", "sync", "convert", "remove", "evict")
 
 
 class RegistryJobInput(BaseModel):

@@ -293,6 +293,7 @@ class RegistryJobs:
                 got = found
         except WorkerError as exc:
             raise _stopped(exc, progress, shown) from None
+        progress.finished(shown, got_size := self._size_of(got))
         if action.sha256 and got.facts.sha256 != action.sha256.lower():
             raise ModelIncompatible(
                 f"{got.facts.kind} {got.facts.file_name} is already on the volume with sha256 "
@@ -300,18 +301,22 @@ class RegistryJobs:
                 "remove it first",
                 details={"file_name": got.facts.file_name, "sha256": got.facts.sha256},
             )
-        return ModelJobOutcome(self._pulled(got, shown), changed=(got.facts.kind,) if got.downloaded else ())
+        output = self._pulled(got, shown, got_size)
+        return ModelJobOutcome(output, changed=(got.facts.kind,) if got.downloaded else ())
 
-    def _pulled(self, got: ProvisionedModel, shown: str) -> dict[str, Any]:
+    def _size_of(self, got: ProvisionedModel) -> int:
+        entry = self.registry.snapshot().models.get(entry_key(got.facts.kind, got.facts.file_name))
+        return entry.size if entry else 0
+
+    def _pulled(self, got: ProvisionedModel, shown: str, size: int) -> dict[str, Any]:
         facts = got.facts
-        entry = self.registry.snapshot().models.get(entry_key(facts.kind, facts.file_name))
         return {
             "action": "pull",
             "ref": shown,
             "kind": facts.kind,
             "file_name": facts.file_name,
             "path": f"{KIND_DIRS[facts.kind]}/{facts.file_name}",
-            "size": entry.size if entry else None,
+            "size": size,
             "sha256": facts.sha256,
             "architecture": facts.architecture,
             "downloaded": got.downloaded,
@@ -516,6 +521,7 @@ class RegistryJobs:
     def _evict(self, action: EvictAction) -> ModelJobOutcome:
         quota = int(action.target_gb * 1e9)
         registry = self.registry
+        registry.inventory.rescan_changed()  # files copied in since count (and are never evicted)
         try:
             victims = registry.evict_to(quota, dry_run=action.dry_run)
         except DownloadFailed:

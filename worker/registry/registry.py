@@ -328,6 +328,11 @@ class ModelRegistry:
             source={"type": "url", "url": shown},
             registry_id=None,
         )
+        for entry in self.snapshot().models.values():  # pulled before (by this worker or another)
+            same = entry.kind == kind and entry.source == plan.source and entry.usable
+            wanted = sha256 in (None, entry.sha256) and file_name in (None, entry.file_name)
+            if same and wanted and self.inventory.current(entry):
+                return ProvisionedModel(facts_of(entry, None))
         return self._fetched(kind, plan, None, started, progress)
 
     def fetch_hf_file(
