@@ -65,6 +65,8 @@ class ModelLookup:
         self.provision_ms = 0.0
         self.downloaded: list[str] = []
         self.conversion_warnings: list[str] = []
+        #: (kind, reference) -> the converted file ``find`` answered with instead of the referenced one
+        self.converted: dict[tuple[ModelType, str], str] = {}
 
     def find(self, kind: ModelType, ref: str, match: Callable[[str], FoundT | None]) -> FoundT | None:
         """Engine lists, then the registry's local knowledge, then a download, then one refresh."""
@@ -75,7 +77,10 @@ class ModelLookup:
         if facts is None:
             self.refresh(kind)
             return match(ref)
-        facts = self.usable(kind, facts)
+        usable = self.usable(kind, facts)
+        if usable.file_name != facts.file_name:
+            self.converted[(kind, ref)] = usable.file_name
+        facts = usable
         found = match(facts.file_name) or match(stem(facts.file_name))
         if found is None:
             self.refresh(kind)
