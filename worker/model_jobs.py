@@ -72,6 +72,8 @@ def run_model_job(
     output: dict[str, Any] = {"registry": outcome.output, "refreshed": refreshed, "warnings": warnings}
     if request.form == "envelope":
         output.update(_peer_fields(action, outcome.output, models_dir))
+    if not any(hidden):
+        return output
     masked: dict[str, Any] = json.loads(mask_secrets(json.dumps(output), hidden))
     return masked
 
