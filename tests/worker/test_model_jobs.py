@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -188,6 +189,18 @@ def test_pull_a_url_with_its_sha256_reports_progress_and_rescans_the_engine(setu
     assert again["registry"]["downloaded"] is False and again["refreshed"] == []
 
 
+def test_a_runner_drops_its_cached_engine_lists_after_a_registry_job_changed_a_folder(setup: Setup) -> None:
+    runner = setup.runner()
+    runner.engine.catalog()
+    listed = len(setup.fake.requests_to("loras", "GET"))
+    runner.engine.catalog()
+    assert len(setup.fake.requests_to("loras", "GET")) == listed  # cached
+    url = serve(setup.server, "/files/new.safetensors", model_bytes("lora-sdxl", seed=15))
+    runner.run({"id": "p", "input": {"registry": {"action": "pull", "ref": url, "kind": "lora"}}})
+    runner.engine.catalog()
+    assert len(setup.fake.requests_to("loras", "GET")) == listed + 1  # fetched again after the rescan
+
+
 def test_a_pull_whose_sha256_differs_leaves_nothing_behind(setup: Setup) -> None:
     url = serve(setup.server, "/files/bad.safetensors", model_bytes("lora-sdxl", seed=4))
     out = setup.run({"registry": {"action": "pull", "ref": url, "kind": "lora", "sha256": "0" * 64}})
@@ -282,7 +295,10 @@ def hf_tree(setup: Setup, repo: str, files: dict[str, bytes], *, lie: dict[str, 
     setup.server.add_json(f"/hf/api/models/{repo}/tree/main", items)
 
 
-def test_the_peers_sync_payload_fills_each_kind_folder_once_and_never_shows_the_token(setup: Setup) -> None:
+def test_the_peers_sync_payload_fills_each_kind_folder_once_and_never_shows_the_token(
+    setup: Setup, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
     files = {
         "Lora/a.safetensors": model_bytes("lora-sdxl", seed=8),
         "checkpoints/sub/b.safetensors": model_bytes("checkpoint-sd15", seed=9),
@@ -305,7 +321,7 @@ def test_the_peers_sync_payload_fills_each_kind_folder_once_and_never_shows_the_
     assert sorted(out["refreshed"]) == ["checkpoints", "loras"]
     listing_call = setup.server.gets("/hf/api/models/ashleykleynhans/a1111/tree/main")[0]
     assert listing_call.headers["authorization"] == f"Bearer {HF_TOKEN}"  # the job's own token, to HF only
-    assert HF_TOKEN not in json.dumps(out)
+    assert HF_TOKEN not in json.dumps(out) and HF_TOKEN not in caplog.text
     assert setup.updates[-1]["registry"]["files_done"] == 2
 
     again = setup.run(job)
