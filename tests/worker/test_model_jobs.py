@@ -4,6 +4,8 @@ for Hugging Face and plain URLs, and the fake A1111 (whose refresh endpoints mus
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -19,8 +21,10 @@ from tests.registry.training_fixtures import lora_tensors, write_lora
 from tests.support.fake_a1111 import FakeA1111
 from tests.support.fixtures import job_fixture, job_names
 from tests.support.model_server import ModelServer, model_server  # noqa: F401  (fixture)
+from tests.support.polling import poll_until
+from worker import handler as handler_module
 from worker.a1111.client import A1111Client
-from worker.handler import JobRunner
+from worker.handler import JobRunner, async_handler, set_runner
 from worker.model_job_types import ModelJobRequest
 from worker.registry.jobs import RegistryJobs
 from worker.registry.registry import ModelRegistry
@@ -365,6 +369,34 @@ def test_a_cancelled_pull_stops_at_the_next_chunk_and_leaves_no_file(setup: Setu
     assert isinstance(out, dict)
     assert out["error"].startswith("cancelled: registry pull cancelled; nothing was done")
     assert not (setup.models_dir / "loras" / "slow.safetensors").exists() and setup.leftovers() == []
+
+
+def test_runpods_cancel_stops_a_registry_job_run_by_the_async_handler(
+    setup: Setup, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = serve(setup.server, "/files/slow2.safetensors", model_bytes("lora-sdxl", seed=16))
+    setup.server.routes["/files/slow2.safetensors"].trickle_s = 0.001
+    set_runner(setup.runner())
+
+    async def cancel_once_it_progresses() -> None:
+        job = {"id": "c2", "input": {"registry": {"action": "pull", "ref": url, "kind": "lora"}}}
+        task = asyncio.create_task(async_handler(job))
+        while not setup.updates:
+            await asyncio.sleep(0.02)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    try:
+        asyncio.run(asyncio.wait_for(cancel_once_it_progresses(), timeout=20))
+        poll_until(
+            lambda: True if "registry pull cancelled" in caplog.text else None,
+            "the job thread stopping at its next chunk",
+            timeout_s=20,
+        )
+    finally:
+        handler_module._runner = None
+    assert not (setup.models_dir / "loras" / "slow2.safetensors").exists() and setup.leftovers() == []
 
 
 # ---- remove, evict, convert -------------------------------------------------------------------------
