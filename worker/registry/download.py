@@ -18,6 +18,7 @@ import re
 import shutil
 import sys
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -351,14 +352,19 @@ class Downloader:
             transfer.file_name = self._check_name(name, req)
 
     def _stream(self, transfer: _Transfer, resp: requests.Response) -> None:
+        """The body to the temp file, hashed on a second thread while each chunk is written (both release the
+        GIL), so hashing costs no time next to the disk."""
         mode = "ab" if transfer.offset > 0 else "wb"
-        with open(transfer.part, mode) as fh:
+        with open(transfer.part, mode) as fh, ThreadPoolExecutor(1, thread_name_prefix="sha256") as hashing:
             if fh.tell() != transfer.offset:  # never append after bytes we did not hash
                 fh.truncate(transfer.offset)
                 fh.seek(transfer.offset)
             while chunk := self._read(transfer, resp, fh):
-                fh.write(chunk)
-                transfer.hasher.update(chunk)
+                hashed = hashing.submit(transfer.hasher.update, chunk)
+                try:
+                    fh.write(chunk)
+                finally:
+                    hashed.result()
                 transfer.offset += len(chunk)
                 if transfer.bar is not None:
                     transfer.bar.update(len(chunk))
