@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from tests.support.embedded_engine import EmbeddedEngine, run_engine
+from tests.support.model_server import ModelServer, model_server  # noqa: F401  (fixture)
 from worker.a1111.client import A1111Client
 from worker.handler import JobRunner
 from worker.registry import ModelRegistry
@@ -156,3 +157,37 @@ def test_a_peft_lora_named_in_a_prompt_tag_is_sent_under_its_converted_name(
         "engine lists it" in out["warnings"]
     )
     assert any("lora peft_style.safetensors (peft layout)" in w for w in out["warnings"])
+
+
+def test_a_registry_job_makes_the_embedded_engine_list_a_new_lora_at_once(
+    engine: EmbeddedEngine,
+    tmp_path: Path,
+    model_server: ModelServer,  # noqa: F811
+) -> None:
+    import requests
+
+    from worker.registry.jobs import RegistryJobs
+
+    body = (engine.models_dir / "loras" / "strict-style.safetensors").read_bytes()
+    model_server.add("/files/pulled-style.safetensors", body)
+    settings = WorkerSettings.model_validate(
+        {
+            "a1111_url": engine.url,
+            "models_dir": engine.models_dir,
+            "allow_model_jobs": True,
+            "engine": "embedded",
+            "download_allowed_hosts": f"127.0.0.1:{model_server.port}",
+        }
+    )
+    registry = ModelRegistry.from_settings(settings)
+    runner = JobRunner(
+        settings,
+        A1111Client(engine.url),
+        provider=registry,
+        model_jobs=RegistryJobs(registry, engine="embedded"),
+    )
+    url = f"{model_server.url}/files/pulled-style.safetensors"
+    out = runner.run({"id": "pull", "input": {"registry": {"action": "pull", "ref": url, "kind": "lora"}}})
+    assert isinstance(out, dict) and out["refreshed"] == ["loras"], out
+    listed = requests.get(f"{engine.url}/sdapi/v1/loras", timeout=30).json()
+    assert "pulled-style" in [item["name"] for item in listed]
