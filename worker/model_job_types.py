@@ -13,11 +13,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr
 
 from worker.model_types import ModelType
 
-SHA256_PATTERN = r"^[0-9a-fA-F]{64}$"
+#: a sha256 as 64 hex digits, either case (kept lower-case, as the registry records it)
+Sha256 = Annotated[
+    str,
+    BeforeValidator(lambda value: value.lower() if isinstance(value, str) else value),
+    Field(pattern=r"^[0-9a-f]{64}$"),
+]
 #: a path or name inside the models folder (sub-folders allowed; the runner checks containment)
 MAX_PATH = 1000
 
@@ -40,7 +45,7 @@ class PullAction(_Action):
     action: Literal["pull"]
     ref: str = Field(min_length=1, max_length=MAX_PATH)
     kind: ModelType | None = None
-    sha256: str | None = Field(None, pattern=SHA256_PATTERN)
+    sha256: Sha256 | None = None
     #: a path inside one of the model folders (absolute, or relative to the models folder): the folder
     #: gives the kind; a name ending in a model suffix is the file name, anything else a folder
     dest: str | None = Field(None, min_length=1, max_length=MAX_PATH)
@@ -110,7 +115,7 @@ class PeerDownload(BaseModel):
 
     source_url: str = Field(min_length=1, max_length=4000)
     download_path: str = Field(min_length=1, max_length=MAX_PATH)
-    sha256: str | None = Field(None, pattern=SHA256_PATTERN)
+    sha256: Sha256 | None = None
 
 
 class PeerSync(BaseModel):

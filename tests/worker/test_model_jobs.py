@@ -205,6 +205,20 @@ def test_a_runner_drops_its_cached_engine_lists_after_a_registry_job_changed_a_f
     assert len(setup.fake.requests_to("loras", "GET")) == listed + 1  # fetched again after the rescan
 
 
+def test_a_url_pull_needs_its_kind_and_accepts_an_upper_case_sha256(setup: Setup) -> None:
+    body = model_bytes("lora-sdxl", seed=17)
+    url = serve(setup.server, "/files/upper.safetensors", body)
+    out = setup.run({"registry": {"action": "pull", "ref": url}})
+    assert out["error"] == (
+        f"input_invalid: pull of {url} needs `kind` or a `dest` inside a model folder: "
+        "which folder does it go to?"
+    )
+    out = setup.run(
+        {"registry": {"action": "pull", "ref": url, "dest": "loras", "sha256": sha(body).upper()}}
+    )
+    assert out["registry"]["sha256"] == sha(body) and out["registry"]["path"] == "loras/upper.safetensors"
+
+
 def test_a_pull_whose_sha256_differs_leaves_nothing_behind(setup: Setup) -> None:
     url = serve(setup.server, "/files/bad.safetensors", model_bytes("lora-sdxl", seed=4))
     out = setup.run({"registry": {"action": "pull", "ref": url, "kind": "lora", "sha256": "0" * 64}})

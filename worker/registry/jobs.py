@@ -265,13 +265,13 @@ class RegistryJobs:
         file_name = _dest_name(target, action.ref, is_url)
         shown = public_url(action.ref) if is_url else action.ref
         progress.files_total = 1
+        if is_url and kind is None:
+            raise InputInvalid(
+                f"pull of {shown} needs `kind` or a `dest` inside a model folder: which folder does it go to?"
+            )
         try:
             if is_url:
-                if kind is None:
-                    raise InputInvalid(
-                        f"pull of {shown} needs `kind` or a `dest` inside a model folder: "
-                        "which folder does it go to?"
-                    )
+                assert kind is not None
                 got = registry.fetch_url(
                     kind,
                     action.ref,
