@@ -254,6 +254,21 @@ def test_pull_hugging_face_and_catalogue_references_resolve_as_jobs_do(setup: Se
     assert out["registry"]["kind"] == "lora" and out["registry"]["path"] == "loras/mine.safetensors"
 
 
+def test_pull_a_civitai_reference_takes_its_kind_and_name_from_civitai(setup: Setup) -> None:
+    from tests.registry.test_download import civitai_setup
+
+    body = model_bytes("checkpoint-sdxl", seed=18)
+    civitai_setup(setup.server, body)
+    out = setup.run({"registry": {"action": "pull", "ref": "civitai:1590699@1001"}})
+    assert "error" not in out, out
+    pulled = out["registry"]
+    assert (
+        pulled["kind"] == "checkpoint" and pulled["path"] == "checkpoints/jibMixIllustrious_v20.safetensors"
+    )
+    assert pulled["sha256"] == sha(body) and pulled["sha256_verified"] is True  # Civitai's hashes.SHA256
+    assert out["refreshed"] == ["checkpoints"]
+
+
 # ---- the peer's envelope forms ----------------------------------------------------------------------
 
 
