@@ -23,6 +23,8 @@ from worker.image_jobs import ImageToolRequest, Img2ImgJob, parse_any_job
 from worker.image_tools import check_interrogation, resolve_upscalers, run_tool
 from worker.input_images.prepare import ImagePolicy, InputImages
 from worker.logs import job_context
+from worker.model_job_types import ModelJobRequest, ModelJobs
+from worker.model_jobs import run_model_job
 from worker.model_types import ModelProvider
 from worker.output.bucket_config import uploader_from_settings
 from worker.output.delivery import check_delivery, deliver
@@ -62,6 +64,7 @@ class JobRunner:
         uploader: ImageUploader | None = None,
         progress_sink: ProgressSink | None = None,
         clock: Clock = SYSTEM_CLOCK,
+        model_jobs: ModelJobs | None = None,
     ) -> None:
         self.settings = settings
         self.clock = clock
@@ -70,30 +73,40 @@ class JobRunner:
         self.uploader = uploader
         self.progress_sink = progress_sink
         self.images = InputImages(ImagePolicy.from_settings(settings))
+        self.model_jobs = model_jobs
+        #: set when RunPod cancels the running job: a registry job stops at its next chunk
+        self.cancelled = threading.Event()
         self._baseline: SettingsBaseline | None = None
         self._baseline_lock = threading.Lock()
 
     @classmethod
     def from_settings(cls, settings: WorkerSettings) -> JobRunner:
         from worker.registry import ModelRegistry
+        from worker.registry.jobs import RegistryJobs
 
         sink: ProgressSink | None = None
         if settings.deployed_on_runpod:
             import runpod
 
             sink = runpod.serverless.progress_update
+        registry = ModelRegistry.from_settings(settings)
         return cls(
             settings,
             A1111Client.from_settings(settings),
-            provider=ModelRegistry.from_settings(settings),
+            provider=registry,
             uploader=uploader_from_settings(settings),
             progress_sink=sink,
+            # registry jobs go through the same registry (its locks, quota and caches) behind ModelJobs
+            model_jobs=RegistryJobs(
+                registry, engine=_engine_kind(settings), interval_s=settings.progress_interval_s
+            ),
         )
 
     def run(self, job: dict[str, Any]) -> dict[str, Any] | list[Any]:
         job_id = str(job.get("id") or "local")
         with job_context(job_id):
             started = time.perf_counter()
+            self.cancelled.clear()
             try:
                 result = self._run(job, job_id, started)
             except WorkerError as exc:
@@ -115,6 +128,8 @@ class JobRunner:
             return result
         if isinstance(request, ImageToolRequest):
             return self._run_tool(request, job_id)
+        if isinstance(request, ModelJobRequest):
+            return self._model_job(request, job)
         assert isinstance(request, GenerationRequest)
         job_input = request.job
         check_delivery(job_input.output, self.uploader)
@@ -124,10 +139,9 @@ class JobRunner:
         mark = _stopwatch(timings, "validate", started)
 
         # 2. Resolve every name against the engine's lists; provision what is missing.
-        engine_kind = "embedded" if self.settings.engine == "embedded" else "a1111"
-        preflight = Preflight(self.engine, self.provider, engine_kind=engine_kind, clock=self.clock).resolve(
-            job_input
-        )
+        preflight = Preflight(
+            self.engine, self.provider, engine_kind=_engine_kind(self.settings), clock=self.clock
+        ).resolve(job_input)
         timings["provision"] = round(preflight.provision_ms, 1)
         mark("preflight", subtract=preflight.provision_ms)
 
@@ -187,6 +201,25 @@ class JobRunner:
             uploader=self.uploader,
         )
 
+    def _model_job(self, request: ModelJobRequest, job: dict[str, Any]) -> dict[str, Any]:
+        """A registry job (``worker.model_jobs``): its progress goes to RunPod like a generation's."""
+        sink = self.progress_sink
+
+        def report(update: dict[str, Any]) -> None:
+            if sink is not None:
+                sink(job, update)
+
+        return run_model_job(
+            request,
+            self.model_jobs,
+            self.engine,
+            allowed=self.settings.allow_model_jobs,
+            report=report,
+            cancelled=self.cancelled.is_set,
+            secrets=self.settings.secret_values(),
+            models_dir=self.settings.models_dir,
+        )
+
     def _settings_baseline(self) -> SettingsBaseline:
         """The engine's settings as the first job found them (``worker.settings_baseline``)."""
         with self._baseline_lock:
@@ -225,6 +258,11 @@ def _translate(job: Txt2ImgJob, names: ResolvedNames, defaults: Mapping[str, Any
     if isinstance(job, Img2ImgJob):
         return build_img2img_payload(job, names, defaults)
     return build_txt2img_payload(job, names, defaults)
+
+
+def _engine_kind(settings: WorkerSettings) -> str:
+    """``embedded`` or ``a1111`` (an external or unknown engine is held to A1111's rules)."""
+    return "embedded" if settings.engine == "embedded" else "a1111"
 
 
 def _stopwatch(timings: dict[str, float], first: str, started: float) -> Callable[..., None]:
@@ -287,5 +325,6 @@ async def async_handler(job: dict[str, Any]) -> dict[str, Any] | list[Any]:
     except asyncio.CancelledError:
         with job_context(str(job.get("id"))):
             log.warning("job cancelled: interrupting the engine")
+            runner.cancelled.set()
             runner.engine.interrupt()
         raise

@@ -8,6 +8,9 @@ Three forms are accepted without edits (docs/api.md):
 * the ``{"api": {"method", "endpoint"}, "payload": {...}}`` envelope of the popular network-volume
   worker, for txt2img and an allowlist of read-only listing and refresh endpoints.
 
+A fourth form, ``{"registry": {"action": ...}}`` (and that worker's ``/v1/download`` and ``/v1/sync``
+envelopes), manages the models on the volume: its contract is ``worker.model_job_types``.
+
 Native and A1111 fields live in one model, so a body may mix them; two spellings of one value
 must agree. Unknown fields are refused with the nearest valid names: A1111 itself silently ignores
 them, which is how a typo becomes a different image.
@@ -30,6 +33,7 @@ from worker.a1111.endpoints import (
     listing_method,
 )
 from worker.errors import InputInvalid, excerpt
+from worker.model_job_types import PEER_ENDPOINTS, ModelJobRequest, RegistryJobInput, peer_action
 
 OutputFormat = Literal["png", "jpeg", "webp"]
 Delivery = Literal["auto", "inline", "url"]
@@ -358,7 +362,7 @@ class ListingRequest:
     endpoint: str
 
 
-JobRequest = GenerationRequest | ListingRequest
+JobRequest = GenerationRequest | ListingRequest | ModelJobRequest
 
 NATIVE_FIELDS: frozenset[str] = frozenset(
     {
@@ -383,6 +387,15 @@ NATIVE_FIELDS: frozenset[str] = frozenset(
 )
 
 
+#: why ``POST options`` is refused and what to do instead (docs/api.md#why-post-options-is-refused)
+OPTIONS_INSTEAD = (
+    ": on serverless each job lands on one worker of many, so a setting one job changes cannot hold for "
+    "the jobs after it. Name the model in every job instead (`checkpoint` or "
+    "`override_settings.sd_model_checkpoint`, `vae` or `override_settings.sd_vae`), or set the "
+    "worker's default checkpoint with WORKER_DEFAULT_CHECKPOINT on the endpoint"
+)
+
+
 def parse_job_input(raw: Any, *, max_images: int) -> JobRequest:
     """Validate a job's ``input`` and tell which form it is.
 
@@ -394,6 +407,8 @@ def parse_job_input(raw: Any, *, max_images: int) -> JobRequest:
     _refuse_non_finite(raw, "input")
     if "api" in raw:
         return _parse_envelope(raw, max_images=max_images)
+    if "registry" in raw:  # a registry job (worker.model_job_types)
+        return ModelJobRequest(_validate(RegistryJobInput, raw, where="input").registry)
     job = _validate(Txt2ImgJob, raw, where="input")
     _check_image_cap(job, max_images)
     form: Literal["native", "a1111"] = "a1111" if raw.keys() - NATIVE_FIELDS else "native"
@@ -410,8 +425,18 @@ def _parse_envelope(raw: dict[str, Any], *, max_images: int) -> JobRequest:
         job = _validate(Txt2ImgJob, envelope.payload or {}, where="payload")
         _check_image_cap(job, max_images)
         return GenerationRequest(job=job, form="envelope")
+    if endpoint in PEER_ENDPOINTS:  # the network-volume worker's model helpers: registry jobs here
+        if method != "POST":
+            raise InputInvalid(f"api.method {method!r} is wrong for /{endpoint}: use POST")
+        payload = _validate(PEER_ENDPOINTS[endpoint], envelope.payload or {}, where="payload")
+        return ModelJobRequest(peer_action(payload), form="envelope")
+    served = (
+        GENERATION_ENDPOINTS
+        + IMAGE_TOOL_ENDPOINTS
+        + LISTING_ENDPOINTS
+        + tuple(f"/{name}" for name in PEER_ENDPOINTS)
+    )
     if endpoint not in LISTING_ENDPOINTS:
-        served = GENERATION_ENDPOINTS + IMAGE_TOOL_ENDPOINTS + LISTING_ENDPOINTS
         nearest = difflib.get_close_matches(endpoint, served, n=3)
         hint = f"; nearest: {', '.join(nearest)}" if nearest else ""
         raise InputInvalid(
@@ -421,8 +446,8 @@ def _parse_envelope(raw: dict[str, Any], *, max_images: int) -> JobRequest:
     expected = listing_method(endpoint)
     if method != expected and expected == "GET":
         raise InputInvalid(
-            f"api.method {method!r} is not allowed for {endpoint}: it is read-only through this worker, "
-            "use GET (choose a checkpoint per job with `checkpoint` instead of changing options)"
+            f"api.method {method!r} is not allowed for {endpoint}: it is read-only through this worker"
+            + (OPTIONS_INSTEAD if endpoint == "options" else ", use GET")
         )
     if method != expected:
         raise InputInvalid(f"api.method {method!r} is wrong for {endpoint}: use {expected}")

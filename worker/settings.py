@@ -67,6 +67,7 @@ ENV_NAMES: dict[str, str] = {
     "WORKER_IMAGE_MAX_PIXELS": "image_max_pixels",
     "WORKER_ALLOW_IMAGE_URLS": "allow_image_urls",
     "WORKER_IMAGE_URL_TIMEOUT_S": "image_url_timeout_s",
+    "WORKER_ALLOW_MODEL_JOBS": "allow_model_jobs",
     "CIVITAI_TOKEN": "civitai_token",
     "HF_TOKEN": "hf_token",
     "BUCKET_ENDPOINT_URL": "bucket_endpoint_url",
@@ -120,6 +121,8 @@ class WorkerSettings(BaseModel):
     #: ``https`` image URLs in jobs, fetched by the worker under the download allowlist; off by default
     allow_image_urls: bool = False
     image_url_timeout_s: float = Field(30.0, gt=0)
+    #: registry jobs ({"registry": ...}, /v1/download, /v1/sync) write to the volume: off unless allowed
+    allow_model_jobs: bool = False
     civitai_token: SecretStr | None = None
     hf_token: SecretStr | None = None
     bucket_endpoint_url: AnyHttpUrl | None = None

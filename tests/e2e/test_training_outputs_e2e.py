@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from tests.support.embedded_engine import EmbeddedEngine, run_engine
+from tests.support.model_server import ModelServer, model_server  # noqa: F401  (fixture)
 from worker.a1111.client import A1111Client
 from worker.handler import JobRunner
 from worker.registry import ModelRegistry
@@ -130,3 +131,63 @@ def test_a_diffusers_folder_serves_both_engines_with_the_same_pixels(
     assert converted["models"]["checkpoint"]["title"].startswith("finetune.safetensors [")
     assert any("diffusers layout) cannot be used by a1111" in w for w in converted["warnings"])
     assert pixels(converted) == pixels(direct)
+
+
+def test_a_peft_lora_named_in_a_prompt_tag_is_sent_under_its_converted_name(
+    engine: EmbeddedEngine, tmp_path: Path
+) -> None:
+    """Copied onto the volume after the engine listed its LoRAs, a bare PEFT state named in a tag is
+    converted and the tag rewritten to the converted file's name (once refused: "differs from the engine's
+    name 'peft_style-kohya'")."""
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    from tests.support.training_outputs import tiny_pipeline, train_lora
+
+    trained = train_lora(tiny_pipeline("sd15", tmp_path / "tok"), text=False, seed=9)
+    state = {k: v.contiguous() for k, v in get_peft_model_state_dict(trained.trained.unet).items()}
+    save_file(state, str(engine.models_dir / "loras" / "peft_style.safetensors"))
+    job = {"prompt": "a lighthouse <lora:peft_style:1>", "checkpoint": "demo-sd15-tiny"}
+    out = run_job(engine, tmp_path, job, engine_kind="a1111")
+    assert "error" not in out, out
+    assert (engine.models_dir / "loras" / "peft_style-kohya.safetensors").is_file()
+    assert "<lora:peft_style-kohya:1>" in out["parameters"]["prompt"]
+    assert (
+        "prompt tag <lora:peft_style:…> sent as <lora:peft_style-kohya:…>, the converted file's name as the "
+        "engine lists it" in out["warnings"]
+    )
+    assert any("lora peft_style.safetensors (peft layout)" in w for w in out["warnings"])
+
+
+def test_a_registry_job_makes_the_embedded_engine_list_a_new_lora_at_once(
+    engine: EmbeddedEngine,
+    tmp_path: Path,
+    model_server: ModelServer,  # noqa: F811
+) -> None:
+    import requests
+
+    from worker.registry.jobs import RegistryJobs
+
+    body = (engine.models_dir / "loras" / "strict-style.safetensors").read_bytes()
+    model_server.add("/files/pulled-style.safetensors", body)
+    settings = WorkerSettings.model_validate(
+        {
+            "a1111_url": engine.url,
+            "models_dir": engine.models_dir,
+            "allow_model_jobs": True,
+            "engine": "embedded",
+            "download_allowed_hosts": f"127.0.0.1:{model_server.port}",
+        }
+    )
+    registry = ModelRegistry.from_settings(settings)
+    runner = JobRunner(
+        settings,
+        A1111Client(engine.url),
+        provider=registry,
+        model_jobs=RegistryJobs(registry, engine="embedded"),
+    )
+    url = f"{model_server.url}/files/pulled-style.safetensors"
+    out = runner.run({"id": "pull", "input": {"registry": {"action": "pull", "ref": url, "kind": "lora"}}})
+    assert isinstance(out, dict) and out["refreshed"] == ["loras"], out
+    listed = requests.get(f"{engine.url}/sdapi/v1/loras", timeout=30).json()
+    assert "pulled-style" in [item["name"] for item in listed]

@@ -247,8 +247,8 @@ def civitai_setup(model_server, body):
 
     doc = json.loads(
         json.dumps(CIVITAI_MODEL)
+        .replace("SHAPLACEHOLDER", hashlib.sha256(body).hexdigest().upper())  # before its own suffix
         .replace("PLACEHOLDER", model_server.url + "/api")
-        .replace("SHAPLACEHOLDER", hashlib.sha256(body).hexdigest().upper())
     )
     model_server.add_json("/api/v1/models/1590699", doc)
     version = dict(doc["modelVersions"][1], modelId=1590699, model={"type": "Checkpoint"})

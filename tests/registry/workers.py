@@ -110,3 +110,67 @@ def convert_in_process(models_dir: str, reference: str, arrived: Any, queue: Any
     assert found.live is not None
     result = registry.convert(found.live, "a1111")
     queue.put((result.status, result.output.key if result.output else None, result.notes))
+
+
+def pull_job(models_dir: str, port: int, url: str, arrived: Any, queue: Any) -> None:
+    """Run one registry ``pull`` job for ``url``; report its output."""
+    import worker.registry.model_fetch
+    from worker.registry.jobs import RegistryJobs
+
+    _announce_lock_arrival(worker.registry.model_fetch, arrived)
+    registry = ModelRegistry(**registry_kwargs(Path(models_dir), _Port(port), None))  # type: ignore[arg-type]
+    jobs = RegistryJobs(registry, engine="a1111")
+    from worker.model_job_types import PullAction
+
+    action = PullAction(action="pull", ref=url, kind="lora")
+    queue.put(jobs.run(action, report=lambda update: None, cancelled=lambda: False).output)
+
+
+def load_while_pruned(
+    models_dir: str, reference: str, expected: dict[str, str], first: Any, queue: Any
+) -> None:
+    """Serve "jobs" naming ``reference`` (a model folder) until it is gone: resolve it through the registry,
+    then read every file as an engine loading it would. Report each load: ``complete`` (every file, every
+    byte as expected), ``gone`` (not found, or vanished while opening) or ``partial`` (a folder with some
+    files missing or changed: what must never be loaded)."""
+    import hashlib
+
+    registry = ModelRegistry(**registry_kwargs(Path(models_dir), None, None))
+    outcomes: list[str] = []
+    deadline = time.monotonic() + HANG_S
+    while time.monotonic() < deadline:
+        facts = registry.describe("checkpoint", reference)
+        if facts is None:
+            outcomes.append("gone")
+            break
+        folder = Path(models_dir) / "checkpoints" / facts.file_name
+        try:
+            seen = {}
+            for dirpath, _dirs, files in os.walk(folder, onerror=_raise):
+                for name in files:
+                    path = Path(dirpath) / name
+                    seen[path.relative_to(folder).as_posix()] = hashlib.sha256(path.read_bytes()).hexdigest()
+        except OSError:
+            outcomes.append("gone")
+            continue
+        outcomes.append("complete" if seen == expected else "partial" if seen else "gone")
+        first.set()
+    queue.put(outcomes)
+
+
+def _raise(exc: OSError) -> None:
+    raise exc
+
+
+def remove_job(models_dir: str, reference: str, first: Any, queue: Any) -> None:
+    """Wait until the other worker has loaded the model once, then run a registry ``remove`` job on it."""
+    from worker.model_job_types import RemoveAction
+    from worker.registry.jobs import RegistryJobs
+
+    first.wait(HANG_S)
+    registry = ModelRegistry(**registry_kwargs(Path(models_dir), None, None))
+    action = RemoveAction(action="remove", ref=reference, kind="checkpoint")
+    out = RegistryJobs(registry, engine="a1111").run(
+        action, report=lambda update: None, cancelled=lambda: False
+    )
+    queue.put(out.output)

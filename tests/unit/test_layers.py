@@ -21,6 +21,7 @@ JOB_PATH = (
     "worker.a1111",
     "worker.handler",
     "worker.health",
+    "worker.model_jobs",
     "worker.output",
     "worker.preflight",
     "worker.progress_relay",

@@ -31,7 +31,11 @@ def test_accepted_forms(fixture: str, form: str) -> None:
 
 
 def test_every_good_fixture_is_covered() -> None:
-    good = [name for name in job_names() if not name.startswith("bad_") and "sd_models" not in name]
+    good = [
+        name
+        for name in job_names()
+        if not name.startswith(("bad_", "registry_", "peer_")) and "sd_models" not in name
+    ]  # registry and peer fixtures: tests/worker/test_model_jobs.py
     assert set(good) == {
         "native_minimal",
         "native_full",

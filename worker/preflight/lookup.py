@@ -21,7 +21,7 @@ from worker.preflight.matching import find_checkpoint, find_lora, stem
 log = logging.getLogger(__name__)
 
 FoundT = TypeVar("FoundT")
-_REFRESH_KIND: dict[ModelType, RefreshKind] = {
+REFRESH_KIND: dict[ModelType, RefreshKind] = {
     "checkpoint": "checkpoints",
     "lora": "loras",
     "embedding": "embeddings",
@@ -65,6 +65,8 @@ class ModelLookup:
         self.provision_ms = 0.0
         self.downloaded: list[str] = []
         self.conversion_warnings: list[str] = []
+        #: (kind, reference) -> the converted file ``find`` answered with instead of the referenced one
+        self.converted: dict[tuple[ModelType, str], str] = {}
 
     def find(self, kind: ModelType, ref: str, match: Callable[[str], FoundT | None]) -> FoundT | None:
         """Engine lists, then the registry's local knowledge, then a download, then one refresh."""
@@ -75,7 +77,10 @@ class ModelLookup:
         if facts is None:
             self.refresh(kind)
             return match(ref)
-        facts = self.usable(kind, facts)
+        usable = self.usable(kind, facts)
+        if usable.file_name != facts.file_name:
+            self.converted[(kind, ref)] = usable.file_name
+        facts = usable
         found = match(facts.file_name) or match(stem(facts.file_name))
         if found is None:
             self.refresh(kind)
@@ -134,7 +139,7 @@ class ModelLookup:
             return
         self._refreshed.add(kind)
         log.info("refreshing the engine's %s list after a miss", kind)
-        self._engine.refresh(_REFRESH_KIND[kind])
+        self._engine.refresh(REFRESH_KIND[kind])
         self.catalog = self._engine.catalog(refresh=True)
 
     def refetch_lists(self) -> bool:

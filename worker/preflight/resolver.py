@@ -61,6 +61,7 @@ class Preflight:
     ) -> None:
         self._lookup = ModelLookup(engine, provider, engine_kind=engine_kind, clock=clock)
         self._lora_renames: dict[str, str] = {}
+        self._tag_renames: list[str] = []
 
     def resolve(self, job: Txt2ImgJob) -> PreflightResult:
         lookup = self._lookup
@@ -95,7 +96,7 @@ class Preflight:
         return PreflightResult(
             names=names,
             models=models,
-            warnings=warnings + lookup.conversion_warnings,
+            warnings=warnings + lookup.conversion_warnings + self._tag_renames,
             provision_ms=lookup.provision_ms,
             downloaded=lookup.downloaded,
         )
@@ -106,7 +107,14 @@ class Preflight:
         for text in (job.prompt, job.negative_prompt, job.hires_choice.prompt):
             for tag_name, weight_text in prompt_lora_tags(text or "").items():
                 entry = self._lora(tag_name)
-                if tag_name not in (entry.name, entry.alias):
+                if tag_name not in (entry.name, entry.alias) and ("lora", tag_name) in self._lookup.converted:
+                    # the file the tag names was converted for this engine: send the converted one's name
+                    self._lora_renames[tag_name] = entry.name
+                    self._tag_renames.append(
+                        f"prompt tag <lora:{excerpt(tag_name)[1:-1]}:…> sent as <lora:{entry.name}:…>, "
+                        "the converted file's name as the engine lists it"
+                    )
+                elif tag_name not in (entry.name, entry.alias):
                     shown = excerpt(tag_name)[1:-1]
                     raise InputInvalid(
                         f"LoRA tag <lora:{shown}:…> differs from the engine's name {entry.name!r} "

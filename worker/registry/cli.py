@@ -18,7 +18,7 @@ from typing import Any
 from tqdm import tqdm
 
 from worker.compatibility import label
-from worker.errors import InputInvalid, WorkerError
+from worker.errors import WorkerError
 from worker.model_types import MODEL_TYPES, ModelType, ProvisionedModel
 from worker.registry.conversions import (
     TARGETS,
@@ -31,7 +31,6 @@ from worker.registry.conversions import (
 from worker.registry.layouts import ENGINES
 from worker.registry.models import LiveEntry
 from worker.registry.registry import ModelRegistry
-from worker.registry.resolve import resolve
 from worker.settings import SettingsError, WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -155,48 +154,15 @@ def _run(args: argparse.Namespace, registry: ModelRegistry) -> int:
 
 def _pull(registry: ModelRegistry, reference: str, kind: ModelType | None) -> ProvisionedModel:
     """Provision ``reference``, its kind taken from the catalogue or Civitai when not given."""
-    kind = kind or _kind_of(registry, reference)
+    kind = kind or registry.kind_of(reference)
     result = registry.provision(kind, reference)
     if result is None:
         raise registry.not_found(kind, reference)
     return result
 
 
-def _kind_of(registry: ModelRegistry, reference: str) -> ModelType:
-    snapshot = registry.snapshot()
-    remote = None
-    for candidate in MODEL_TYPES:
-        found = resolve(candidate, reference, snapshot, registry.catalogue)
-        if found.live or found.catalogue:
-            return candidate
-        remote = found.remote
-    kind = registry.planner.remote_kind(remote) if remote is not None else None
-    if kind is None:
-        raise InputInvalid(f"cannot tell which kind {reference!r} is; pass --kind")
-    return kind
-
-
-def _convert_sources(registry: ModelRegistry, src: str, kind: ModelType | None) -> list[LiveEntry]:
-    """A path on the volume (everything at or below it), else a registry reference."""
-    path = Path(src).expanduser()
-    candidates = [path] if path.is_absolute() else [Path.cwd() / path, registry.models_dir / path]
-    for candidate in candidates:
-        if candidate.exists():
-            if registry.models_dir.resolve() not in candidate.resolve().parents:
-                raise InputInvalid(f"{src} is not on the volume ({registry.models_dir}); copy it there first")
-            below = [e for e in registry.entries_below(candidate) if kind is None or e.kind == kind]
-            if not below:
-                raise InputInvalid(f"{src} holds no model the registry recognises")
-            return below
-    for candidate_kind in [kind] if kind else list(MODEL_TYPES):
-        found = registry.resolve(candidate_kind, src)
-        if found.live is not None:
-            return [found.live]
-    raise registry.not_found(kind or "checkpoint", src)
-
-
 def _convert(registry: ModelRegistry, args: argparse.Namespace, tty: bool) -> int:
-    entries = _convert_sources(registry, args.src, args.kind)
+    entries = registry.conversion_sources(args.src, args.kind, (Path.cwd(), registry.models_dir))
     single = len(entries) == 1
     results, failures = [], 0
     for entry in entries:

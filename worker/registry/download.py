@@ -18,6 +18,7 @@ import re
 import shutil
 import sys
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,10 @@ from worker.registry.safetensors_header import HeaderError, read_header
 from worker.url_policy import TokenRule, content_disposition_name, host_allowed, token_for
 
 log = logging.getLogger(__name__)
+
+#: called after each chunk with (bytes received so far, the whole size when known); may raise to stop the
+#: download (a cancelled job), which then ends like any failure: its temp file removed
+TransferProgress = Callable[[int, int | None], None]
 
 CHUNK_BYTES = 4 * 1024 * 1024
 MAX_REDIRECTS = 10
@@ -88,6 +93,7 @@ class _Transfer:
     expected_sha256: str | None = None
     resumed: int = 0
     reserved: bool = False
+    on_progress: TransferProgress | None = None
 
     def restart(self) -> None:
         """Back to byte zero (a server that ignored our Range, or resumed elsewhere)."""
@@ -149,11 +155,12 @@ class Downloader:
         *,
         deadline_s: float | None = None,
         reserve: Callable[[int], None] | None = None,
+        progress: TransferProgress | None = None,
     ) -> DownloadResult:
         """Download ``req.url`` into ``req.dest_dir``; raise ``DownloadFailed`` (never a half file).
 
         ``reserve(bytes_needed)`` is called once the size is known, before writing; it may evict
-        other files or raise ``DownloadFailed`` (quota).
+        other files or raise ``DownloadFailed`` (quota). ``progress`` sees every chunk (``TransferProgress``).
         """
         budget = deadline_s if deadline_s is not None else self.deadline_s
         started = self.clock.monotonic()
@@ -170,6 +177,7 @@ class Downloader:
             reserve=reserve,
             file_name=req.file_name,
             expected_sha256=req.expected_sha256,
+            on_progress=progress,
         )
         with contextlib.suppress(FileNotFoundError):
             transfer.part.unlink()  # leftovers of a killed process: we hold the model lock, nobody writes it
@@ -344,17 +352,24 @@ class Downloader:
             transfer.file_name = self._check_name(name, req)
 
     def _stream(self, transfer: _Transfer, resp: requests.Response) -> None:
+        """The body to the temp file, hashed on a second thread while each chunk is written (both release the
+        GIL), so hashing costs no time next to the disk."""
         mode = "ab" if transfer.offset > 0 else "wb"
-        with open(transfer.part, mode) as fh:
+        with open(transfer.part, mode) as fh, ThreadPoolExecutor(1, thread_name_prefix="sha256") as hashing:
             if fh.tell() != transfer.offset:  # never append after bytes we did not hash
                 fh.truncate(transfer.offset)
                 fh.seek(transfer.offset)
             while chunk := self._read(transfer, resp, fh):
-                fh.write(chunk)
-                transfer.hasher.update(chunk)
+                hashed = hashing.submit(transfer.hasher.update, chunk)
+                try:
+                    fh.write(chunk)
+                finally:
+                    hashed.result()
                 transfer.offset += len(chunk)
                 if transfer.bar is not None:
                     transfer.bar.update(len(chunk))
+                if transfer.on_progress is not None:
+                    transfer.on_progress(transfer.offset, transfer.total)
                 if transfer.offset > self.max_bytes:
                     raise DownloadFailed(
                         f"{public_url(transfer.req.url)} exceeds WORKER_DOWNLOAD_MAX_BYTES "

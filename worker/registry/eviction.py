@@ -70,24 +70,41 @@ class Evictor:
         """Evict until ``needed`` more bytes fit the quota, never the keys in ``keep``; returns what went."""
         if self.quota_bytes is None:
             return []
+        return sorted(v.key for v in self.evict_to(self.quota_bytes, needed=needed, keep=keep))
+
+    def evict_to(
+        self,
+        quota_bytes: int,
+        *,
+        needed: int = 0,
+        keep: set[str] | None = None,
+        dry_run: bool = False,
+    ) -> list[LiveEntry]:
+        """Delete least recently used downloads until the registered total + ``needed`` fits ``quota_bytes``.
+
+        Raises ``DownloadFailed`` (from ``plan_eviction``) when evicting every candidate is not enough.
+        """
         self.usage.flush()  # the LRU order must include this process's latest uses
         pinned = {c.id for c in self.inventory.catalogue.models if c.pinned}
         victims = plan_eviction(
             self.inventory.snapshot().models.values(),
             needed=needed,
-            quota_bytes=self.quota_bytes,
+            quota_bytes=quota_bytes,
             pinned_ids=pinned,
-            keep=keep,
+            keep=keep or set(),
         )
+        if dry_run:
+            return victims
         for victim in victims:
             log.warning(
-                "evicting %s (%d bytes, last used %s) to fit the volume quota",
+                "evicting %s (%d bytes, last used %s) to fit %d bytes",
                 victim.key,
                 victim.size,
                 victim.last_used,
+                quota_bytes,
             )
             with contextlib.suppress(FileNotFoundError):
                 model_path(self.models_dir, victim).unlink()
         if victims:
             self.inventory.forget({v.key for v in victims})
-        return sorted(v.key for v in victims)
+        return victims

@@ -94,6 +94,12 @@ class Inventory:
             }
         return result
 
+    def rescan_changed(self) -> None:
+        """Rescan (within ``scan_deadline_s``) the kinds whose folders gained, lost or renamed an entry."""
+        changed = tuple(kind for kind in MODEL_TYPES if self._folders_changed(kind))
+        if changed:
+            self.scan(kinds=changed, deadline_s=self.scan_deadline_s)
+
     def view(self) -> tuple[LiveRegistry, LiveIndex]:
         """The snapshot and its index, rebuilt only when the registry file changed (a ``stat`` otherwise)."""
         registry = self.snapshot()

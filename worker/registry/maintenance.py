@@ -87,8 +87,18 @@ class Maintenance:
         return removed
 
     def remove(self, entry: LiveEntry) -> None:
-        """Delete a model file or folder from the volume and forget it (the CLI's ``--remove-source``)."""
-        _remove_path(contained_path(self.models_dir / KIND_DIRS[entry.kind], entry.file_name))
+        """Delete a model file or folder from the volume and forget it (the CLI's ``--remove-source``).
+
+        A model folder is first renamed to a hidden name in one step, so another worker sees the whole
+        model or none of it, never a folder with half its files deleted (a crash leaves the hidden name
+        for ``gc``); a file's unlink is atomic already.
+        """
+        path = contained_path(self.models_dir / KIND_DIRS[entry.kind], entry.file_name)
+        if path.is_dir() and not path.is_symlink():
+            hidden = path.with_name(f".{path.name}.{os.getpid()}.removed.part")
+            os.replace(path, hidden)
+            path = hidden
+        _remove_path(path)
         self.inventory.forget({entry.key})
         log.info("removed %s from the volume", entry.key)
 

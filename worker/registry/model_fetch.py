@@ -15,7 +15,7 @@ from worker.clock import Clock
 from worker.errors import DownloadFailed, ModelIncompatible
 from worker.model_types import ModelType
 from worker.registry.catalogue import match_catalogue
-from worker.registry.download import Downloader, DownloadRequest, DownloadResult
+from worker.registry.download import Downloader, DownloadRequest, DownloadResult, TransferProgress
 from worker.registry.download_plan import DownloadPlan
 from worker.registry.eviction import Evictor
 from worker.registry.hashing import Hasher
@@ -68,7 +68,12 @@ class ModelFetcher:
         self.lock_wait_s = lock_wait_s
 
     def fetch(
-        self, kind: ModelType, plan: DownloadPlan, *, replace: LiveEntry | None
+        self,
+        kind: ModelType,
+        plan: DownloadPlan,
+        *,
+        replace: LiveEntry | None,
+        progress: TransferProgress | None = None,
     ) -> tuple[LiveEntry, tuple[str, ...]]:
         """The registered entry and notes for the user; ``replace`` is an unusable file to download over."""
         dest_dir = self.models_dir / KIND_DIRS[kind]
@@ -87,11 +92,13 @@ class ModelFetcher:
             done = self._already_done(kind, plan, replace)
             if done is not None:
                 return done, (BY_ANOTHER_WORKER,)
-            result = self._download(kind, plan, dest_dir)
+            result = self._download(kind, plan, dest_dir, progress)
             entry = self._register(kind, plan, result)
             return entry, (() if result.hash_verified else (UNVERIFIED,))
 
-    def _download(self, kind: ModelType, plan: DownloadPlan, dest_dir: Path) -> DownloadResult:
+    def _download(
+        self, kind: ModelType, plan: DownloadPlan, dest_dir: Path, progress: TransferProgress | None
+    ) -> DownloadResult:
         request = DownloadRequest(
             url=plan.url,
             dest_dir=dest_dir,
@@ -107,7 +114,7 @@ class ModelFetcher:
         def reserve(needed: int) -> None:
             self.evictor.make_room(needed, keep)
 
-        return self.downloader.fetch(request, reserve=reserve)
+        return self.downloader.fetch(request, reserve=reserve, progress=progress)
 
     def _register(self, kind: ModelType, plan: DownloadPlan, result: DownloadResult) -> LiveEntry:
         st = result.path.stat()

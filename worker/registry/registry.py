@@ -15,16 +15,19 @@ against real files and a loopback HTTP server and drive its clock.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import requests
 
 from worker.clock import SYSTEM_CLOCK, Clock
-from worker.errors import ModelIncompatible, ModelNotFound
+from worker.errors import InputInvalid, ModelIncompatible, ModelNotFound
 from worker.model_types import MODEL_TYPES, ModelFacts, ModelType, ProvisionedModel
+from worker.redaction import public_url
 from worker.registry.catalogue import load_catalogue
 from worker.registry.civitai import DEFAULT_API_BASE, CivitaiClient
 from worker.registry.conversion_runner import ConversionRunner
@@ -39,15 +42,15 @@ from worker.registry.conversions import (
     options_for,
     target_for_engine,
 )
-from worker.registry.download import Downloader
-from worker.registry.download_plan import DEFAULT_HF_BASE, DownloadPlanner
+from worker.registry.download import Downloader, TransferProgress
+from worker.registry.download_plan import DEFAULT_HF_BASE, DownloadPlan, DownloadPlanner
 from worker.registry.eviction import Evictor
 from worker.registry.hashing import ByteProgress, Hasher, hash_file
 from worker.registry.inventory import Inventory, ensure_usable, facts_of
 from worker.registry.maintenance import Maintenance, VerifyProblem
 from worker.registry.model_fetch import ModelFetcher
-from worker.registry.models import Catalogue, LiveEntry, LiveRegistry, entry_key
-from worker.registry.resolve import Resolution, not_found
+from worker.registry.models import Catalogue, HuggingFaceSource, LiveEntry, LiveRegistry, entry_key
+from worker.registry.resolve import RemoteRef, Resolution, not_found, resolve
 from worker.registry.scan import Scanner, ScanResult
 from worker.registry.store import LEGACY_REGISTRY_FILE, RegistryStore
 from worker.registry.usage import UsageBatch
@@ -105,7 +108,13 @@ class ModelRegistry:
         scan_deadline_s: float | None = 10.0,
         usage_flush_s: float = 10.0,
     ) -> None:
+        #: how this registry was built, so a job's own Hugging Face token gets a registry of its own
+        self._arguments = {name: value for name, value in locals().items() if name != "self"}
         self.models_dir = models_dir
+        self.hf_base = hf_base.rstrip("/")
+        self.hf_token = hf_token
+        self.allowed_hosts = allowed_hosts
+        self.timeout_s = timeout_s
         self.catalogue = catalogue
         self.auto_convert = auto_convert
         #: a job waits for another worker's download or conversion as long as for its own; the CLI much longer
@@ -209,6 +218,10 @@ class ModelRegistry:
         kwargs.update(overrides)
         return cls(**kwargs)
 
+    def with_hf_token(self, token: str) -> ModelRegistry:
+        """The same registry, sending ``token`` to Hugging Face (a sync job's own ``hf_token``)."""
+        return ModelRegistry(**{**self._arguments, "hf_token": token})
+
     # ---- reading (the inventory) --------------------------------------------------------------------
 
     def snapshot(self) -> LiveRegistry:
@@ -259,13 +272,26 @@ class ModelRegistry:
 
     # ---- provisioning -------------------------------------------------------------------------------
 
-    def provision(self, kind: ModelType, reference: str) -> ProvisionedModel | None:
-        """Make the model present, downloading a catalogue entry or explicit remote reference if needed."""
+    def provision(
+        self,
+        kind: ModelType,
+        reference: str,
+        *,
+        progress: TransferProgress | None = None,
+        file_name: str | None = None,
+        sha256: str | None = None,
+    ) -> ProvisionedModel | None:
+        """Make the model present, downloading a catalogue entry or explicit remote reference if needed.
+
+        ``file_name`` (a path in the kind's folder) and ``sha256`` apply to a download (a registry job's).
+        """
         started = self.clock.monotonic()
         found = self._verified(self.inventory.resolve(kind, reference))
         if found.live is not None and found.live.usable:
             return ProvisionedModel(facts_of(found.live, found.catalogue))
         plan = self.planner.plan(kind, found) if found.catalogue or found.remote else None
+        if plan is not None:
+            plan = replace(plan, file_name=file_name or plan.file_name, sha256=plan.sha256 or sha256)
         if plan is None:
             if found.live is not None:
                 ensure_usable(found.live)
@@ -277,7 +303,65 @@ class ModelRegistry:
                 f"{KIND_DIRS[kind]}/ or add a source to the catalogue",
                 details={"reference": reference, "registry_id": found.catalogue.id},
             )
-        entry, notes = self.fetcher.fetch(kind, plan, replace=found.live)
+        return self._fetched(kind, plan, found.live, started, progress)
+
+    def fetch_url(
+        self,
+        kind: ModelType,
+        url: str,
+        *,
+        file_name: str | None = None,
+        sha256: str | None = None,
+        progress: TransferProgress | None = None,
+    ) -> ProvisionedModel:
+        """Download a plain URL (a registry job's) into the kind's folder: the allowlist, quota and checks
+        of every download; the source is recorded without credentials or query string."""
+        started = self.clock.monotonic()
+        shown = public_url(url)
+        plan = DownloadPlan(
+            url=url,
+            key="url-" + hashlib.sha256(shown.encode()).hexdigest()[:16],
+            file_name=file_name,
+            sha256=sha256,
+            size=None,
+            approx_size=None,
+            source={"type": "url", "url": shown},
+            registry_id=None,
+        )
+        for entry in self.snapshot().models.values():  # pulled before (by this worker or another)
+            same = entry.kind == kind and entry.source == plan.source and entry.usable
+            wanted = sha256 in (None, entry.sha256) and file_name in (None, entry.file_name)
+            if same and wanted and self.inventory.current(entry):
+                return ProvisionedModel(facts_of(entry, None))
+        return self._fetched(kind, plan, None, started, progress)
+
+    def fetch_hf_file(
+        self,
+        kind: ModelType,
+        source: HuggingFaceSource,
+        *,
+        file_name: str,
+        sha256: str | None,
+        size: int | None,
+        progress: TransferProgress | None = None,
+    ) -> ProvisionedModel:
+        """Download one file of a Hugging Face repository (a sync job's) to ``file_name`` in the kind's
+        folder, verified against the sha256 and size the repository publishes."""
+        started = self.clock.monotonic()
+        plan = self.planner.plan(kind, Resolution(remote=RemoteRef(source)))
+        assert plan is not None  # a Hugging Face source always has a URL
+        plan = replace(plan, file_name=file_name, sha256=sha256, size=size)
+        return self._fetched(kind, plan, None, started, progress)
+
+    def _fetched(
+        self,
+        kind: ModelType,
+        plan: DownloadPlan,
+        replace_entry: LiveEntry | None,
+        started: float,
+        progress: TransferProgress | None,
+    ) -> ProvisionedModel:
+        entry, notes = self.fetcher.fetch(kind, plan, replace=replace_entry, progress=progress)
         ensure_usable(entry)
         return ProvisionedModel(
             facts_of(entry, self.inventory.catalogue_entry(entry.registry_id)),
@@ -285,6 +369,41 @@ class ModelRegistry:
             seconds=self.clock.monotonic() - started,
             notes=notes,
         )
+
+    def kind_of(self, reference: str) -> ModelType:
+        """The kind ``reference`` names: a file on the volume, a catalogue entry, or Civitai's model type."""
+        snapshot = self.snapshot()
+        remote = None
+        for candidate in MODEL_TYPES:
+            found = resolve(candidate, reference, snapshot, self.catalogue)
+            if found.live or found.catalogue:
+                return candidate
+            remote = found.remote
+        kind = self.planner.remote_kind(remote) if remote is not None else None
+        if kind is None:
+            raise InputInvalid(f"cannot tell which kind {reference!r} is; give its kind")
+        return kind
+
+    def conversion_sources(
+        self, src: str, kind: ModelType | None, roots: tuple[Path, ...]
+    ) -> list[LiveEntry]:
+        """What ``src`` names for a conversion: a path under one of ``roots`` on the volume (everything at or
+        below it), else a registry reference."""
+        path = Path(src).expanduser()
+        candidates = [path] if path.is_absolute() else [root / path for root in roots]
+        for candidate in candidates:
+            if candidate.exists():
+                if self.models_dir.resolve() not in candidate.resolve().parents:
+                    raise InputInvalid(f"{src} is not on the volume ({self.models_dir}); copy it there first")
+                below = [e for e in self.entries_below(candidate) if kind is None or e.kind == kind]
+                if not below:
+                    raise InputInvalid(f"{src} holds no model the registry recognises")
+                return below
+        for candidate_kind in [kind] if kind else list(MODEL_TYPES):
+            found = self.resolve(candidate_kind, src)
+            if found.live is not None:
+                return [found.live]
+        raise self.not_found(kind or "checkpoint", src)
 
     def _verified(self, found: Resolution) -> Resolution:
         """A local file linked to a catalogue entry by name only is that entry only if its sha256 agrees."""
@@ -383,3 +502,7 @@ class ModelRegistry:
 
     def remove(self, entry: LiveEntry) -> None:
         self.maintenance.remove(entry)
+
+    def evict_to(self, quota_bytes: int, *, dry_run: bool = False) -> list[LiveEntry]:
+        """Least recently used downloads deleted until the registered total fits ``quota_bytes``."""
+        return self.maintenance.evictor.evict_to(quota_bytes, dry_run=dry_run)
