@@ -110,18 +110,28 @@ def binary_mask(image: Image.Image, round_mask: bool) -> Image.Image:
 
 
 def _gaussian_kernel(sigma: float) -> np.ndarray:
-    """OpenCV's ``getGaussianKernel`` for A1111's kernel size ``2 * int(2.5 * sigma + 0.5) + 1``."""
+    """OpenCV's bit-exact 8-bit Gaussian kernel for A1111's size ``2 * int(2.5 * sigma + 0.5) + 1``: the
+    normalised Gaussian in 8-bit fixed point, rounded with the error carried from the ends inwards, the
+    centre taking what makes the sum exactly 256 (``getGaussianKernelFixedPoint_ED``)."""
     size = 2 * int(2.5 * sigma + 0.5) + 1
     x = np.arange(size, dtype=np.float64) - (size - 1) / 2
-    kernel = np.exp(-(x**2) / (2 * sigma * sigma))
-    normalised: np.ndarray = kernel / kernel.sum()
-    return normalised
+    weights = np.exp(-(x**2) / (2 * sigma * sigma))
+    weights /= weights.sum()
+    fixed = np.zeros(size, dtype=np.int64)
+    carried = 0.0
+    for i in range(size // 2):
+        value = weights[i] * 256 + carried
+        fixed[i] = fixed[size - 1 - i] = round(value)
+        carried = value - fixed[i]
+    fixed[size // 2] = 256 - 2 * int(fixed[: size // 2].sum())
+    return fixed
 
 
 def blur_mask(mask: Image.Image, sigma_x: int, sigma_y: int) -> Image.Image:
-    """A1111's mask blur: ``cv2.GaussianBlur`` along x, then along y (mirrored borders without repeating the
-    edge, OpenCV's default), rounded to 8 bits after each pass."""
-    array = np.asarray(mask, dtype=np.float64)
+    """A1111's mask blur: ``cv2.GaussianBlur`` along x, then along y, bit for bit (OpenCV's fixed-point
+    8-bit path: mirrored borders without repeating the edge, the sum of 8-bit fixed-point products rounded
+    half up after each pass)."""
+    array = np.asarray(mask.convert("L"), dtype=np.int64)
     for axis, sigma in ((1, sigma_x), (0, sigma_y)):
         if sigma <= 0:
             continue
@@ -130,11 +140,11 @@ def blur_mask(mask: Image.Image, sigma_x: int, sigma_y: int) -> Image.Image:
         widths = [(0, 0), (0, 0)]
         widths[axis] = (pad, pad)
         padded = np.pad(array, widths, mode="reflect")
-        out = np.zeros_like(array)
+        total = np.zeros_like(array)
         for i, weight in enumerate(kernel):
             window = padded[:, i : i + array.shape[1]] if axis == 1 else padded[i : i + array.shape[0], :]
-            out += weight * window
-        array = np.clip(np.floor(out + 0.5), 0, 255)
+            total += int(weight) * window
+        array = (total + 128) >> 8
     return Image.fromarray(array.astype(np.uint8))
 
 
