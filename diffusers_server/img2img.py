@@ -70,7 +70,9 @@ def plan(req: Img2ImgRequest) -> Img2ImgPlan:
     resize_mode, fill = int(req.resize_mode or 0), int(req.inpainting_fill or 0)
     _check_range("resize_mode", resize_mode, 0, 3)
     _check_range("inpainting_fill", fill, 0, 3)
-    strength = float(req.denoising_strength if req.denoising_strength is not None else 0.75)
+    if req.denoising_strength is None:  # A1111: a 500 TypeError
+        raise RequestRefused(400, "denoising_strength must be 0..1 (got null)")
+    strength = float(req.denoising_strength)
     if not 0 <= strength <= 1:
         raise RequestRefused(400, f"denoising_strength must be 0..1 (got {strength})")
     blur_x, blur_y = int(req.mask_blur_x or 0), int(req.mask_blur_y or 0)

@@ -105,6 +105,7 @@ def test_inpainting_infotext_has_a1111s_keys_in_order(client: httpx.Client) -> N
         ({"resize_mode": 4}, 400, "resize_mode"),
         ({"inpainting_fill": 4, "mask": MASK}, 400, "inpainting_fill"),
         ({"denoising_strength": 1.5}, 400, "denoising_strength"),
+        ({"denoising_strength": None}, 400, "denoising_strength"),
         ({"mask_blur": 1000, "mask": MASK}, 400, "mask_blur_x"),
         ({"mask_blur_y": -1, "mask": MASK}, 400, "mask_blur_y"),
         ({"latent_mask": MASK}, 400, "latent_mask"),
