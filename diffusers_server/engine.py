@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from worker.clock import SYSTEM_CLOCK, Clock
 
-from . import options
+from . import extras, image_ops, img2img, options
 from .config import ServerConfig
 from .errors import ModelLoadError, RequestRefused
 from .generation import GenerationContext, Txt2ImgRun
@@ -23,7 +23,8 @@ from .inventory import ModelInventory
 from .model_slot import ModelSlot
 from .models.files import CheckpointInfo, HashCache
 from .models.pipelines import LoadedModel, Runtime
-from .schemas import Txt2ImgRequest
+from .sampling.noise import global_generator
+from .schemas import ExtrasRequest, Img2ImgRequest, Txt2ImgRequest
 from .state import FifoLock, GenerationState, QueueTimeout
 from .validation import PreparedRequest, RequestValidator
 
@@ -42,6 +43,7 @@ class Engine:
         self.state = GenerationState(clock)
         self.options: dict[str, Any] = dict(options.DEFAULTS)
         self.validator = RequestValidator(self.inventory, lambda: self.options, lambda: self.slot.info)
+        self.global_rng = global_generator()
         self.inventory.refresh_all()
 
     # The loaded model as the health probe (``worker.health.probe_embedded``) reads it.
@@ -118,21 +120,58 @@ class Engine:
 
     def txt2img(self, req: Txt2ImgRequest) -> dict[str, Any]:
         prepared = self.prepare(req)
+        # Like A1111, hires counts two jobs per batch (first pass, second pass).
+        return self._locked("txt2img", prepared, 2 if prepared.hires else 1, Txt2ImgRun)
+
+    def img2img(self, req: Img2ImgRequest) -> dict[str, Any]:
+        prepared = self.prepare(req)
+        plan = img2img.plan(req)
+        prepared.warnings += plan.warnings
+
+        def make_run(prepared: PreparedRequest, context: GenerationContext) -> Txt2ImgRun:
+            return img2img.Img2ImgRun(prepared, context, plan, req)
+
+        return self._locked("img2img", prepared, 1, make_run)
+
+    # ---- extras ----
+
+    def extras(self, req: ExtrasRequest, encoded: list[tuple[str, str]]) -> tuple[list[str], str]:
+        """``/extra-*``: each (field, base64) image upscaled, in the queue as in A1111; the encoded results
+        and the last one's infotext as A1111's ``html_info``."""
+        extras.check(req)
+        decoded = [image_ops.decode_image(data, field) for field, data in encoded]
+        results, text = [], ""
+        with self._turn():
+            for image in decoded:
+                result, text = extras.process(image, req)
+                results.append(extras.encode(result, text, self.options))
+        return results, extras.html_info(text)
+
+    def _locked(
+        self,
+        job: str,
+        prepared: PreparedRequest,
+        jobs_per_batch: int,
+        make_run: Callable[[PreparedRequest, GenerationContext], Txt2ImgRun],
+    ) -> dict[str, Any]:
+        """A prepared request's turn: its overrides applied (and put back), the state begun and ended."""
+        req = prepared.req
         for warning in prepared.warnings:
-            log.warning("txt2img: %s", warning)
+            log.warning("%s: %s", job, warning)
         with self._turn():
             saved = {k: self.options[k] for k in prepared.overrides}
-            # Like A1111, hires counts two jobs per batch (first pass, second pass).
-            self.state.begin("txt2img", int(req.n_iter or 1) * (2 if prepared.hires else 1))
+            self.state.begin(job, int(req.n_iter or 1) * jobs_per_batch)
             try:
                 self.options.update(prepared.overrides)
-                return self._generate(prepared)
+                return self._generate(prepared, make_run)
             finally:
                 self.state.end()
                 if req.override_settings_restore_afterwards is not False:
                     self.options.update(saved)
 
-    def _generate(self, prepared: PreparedRequest) -> dict[str, Any]:
+    def _generate(
+        self, prepared: PreparedRequest, make_run: Callable[[PreparedRequest, GenerationContext], Txt2ImgRun]
+    ) -> dict[str, Any]:
         opts = self.options
         name = opts.get("sd_model_checkpoint") or (self.slot.info.title if self.slot.info else None)
         if name is None:
@@ -151,8 +190,9 @@ class Engine:
             device=self.runtime.device,
             work_dir=self.slot.work_dir,
             clip_tokenizer=self.config.clip_tokenizer,
+            global_rng=self.global_rng,
         )
-        return Txt2ImgRun(prepared, context).execute()
+        return make_run(prepared, context).execute()
 
 
 def start_background_load(engine: Engine) -> threading.Thread:

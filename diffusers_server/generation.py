@@ -31,7 +31,7 @@ from .prompts import PromptChunker
 from .samplers import ResolvedSampler, resolve
 from .sampling import run
 from .sampling.denoiser import UNetModel
-from .sampling.noise import ImageNoise
+from .sampling.noise import ImageNoise, global_generator
 from .sampling.timestep_samplers import SamplingError
 from .state import GenerationState
 from .tokenizer import clip_tokenizers
@@ -50,6 +50,8 @@ class GenerationContext:
     device: str
     work_dir: Path
     clip_tokenizer: Path | None
+    #: A1111's global CPU generator (``sampling.noise.global_generator``), kept across requests
+    global_rng: torch.Generator = field(default_factory=global_generator)
 
 
 @dataclass
@@ -155,7 +157,11 @@ class Txt2ImgRun:
         info = info_json(
             facts, params, self.sampler_extra, infotexts, ctx.state.job_timestamp, ctx.state.interrupted
         )
-        return {"images": encoded, "parameters": prepared.req.model_dump(), "info": json.dumps(info)}
+        return {"images": encoded, "parameters": self.parameters(), "info": json.dumps(info)}
+
+    def parameters(self) -> dict[str, Any]:
+        """The response's ``parameters``: the request as received."""
+        return self.prepared.req.model_dump()
 
     def _check_hires_checkpoint(self) -> None:
         hr, info = self.prepared.hires, self.ctx.info
@@ -194,20 +200,9 @@ class Txt2ImgRun:
         state.job_no, state.sampling_step, state.skipped = it * passes, 0, False
         state.sampling_steps = prepared.steps
         seeds = facts.seeds.all_seeds[it * self.batch : (it + 1) * self.batch]
-        subseeds = facts.seeds.all_subseeds[it * self.batch : (it + 1) * self.batch]
 
         def noise_for(shape: tuple[int, int, int]) -> ImageNoise:
-            return ImageNoise(
-                shape,
-                seeds,
-                device=torch.device(self.ctx.device),
-                source=str(self.ctx.opts["randn_source"]),
-                subseeds=subseeds,
-                subseed_strength=facts.seeds.variation,
-                seed_resize_from_h=facts.seeds.resize_h,
-                seed_resize_from_w=facts.seeds.resize_w,
-                eta_noise_seed_delta=facts.ensd,
-            )
+            return self._noise(it, facts, shape)
 
         width, height = prepared.size
         unet = self.ctx.model.pipe.unet
@@ -226,6 +221,22 @@ class Txt2ImgRun:
             return images.decode(self.ctx.model, latents)
         except SamplingError as exc:
             raise RequestRefused(400, str(exc)) from exc
+
+    def _noise(self, it: int, facts: RunFacts, shape: tuple[int, int, int]) -> ImageNoise:
+        """A1111's ``ImageRNG`` for batch ``it`` of ``n_iter``."""
+        batch = slice(it * self.batch, (it + 1) * self.batch)
+        return ImageNoise(
+            shape,
+            facts.seeds.all_seeds[batch],
+            device=torch.device(self.ctx.device),
+            source=str(self.ctx.opts["randn_source"]),
+            subseeds=facts.seeds.all_subseeds[batch],
+            subseed_strength=facts.seeds.variation,
+            seed_resize_from_h=facts.seeds.resize_h,
+            seed_resize_from_w=facts.seeds.resize_w,
+            eta_noise_seed_delta=facts.ensd,
+            global_rng=self.ctx.global_rng,
+        )
 
     def _pass(
         self,
@@ -284,7 +295,7 @@ class Txt2ImgRun:
             upscaled_images = [
                 hires.upscale_image(image, hr.upscaler, hr.target) for image in images.decode(model, first)
             ]
-            upscaled = images.encode(model, upscaled_images, seeds)
+            upscaled = images.encode(model, upscaled_images, self.ctx.global_rng)
         init = hires.crop_latents(upscaled, hr.target)
         if hr.denoising_strength == 0:
             return images.decode(model, init)
@@ -297,7 +308,7 @@ class Txt2ImgRun:
         if swap:
             apply_loras(model, hr.loras, self.ctx.work_dir)
         try:
-            latents = run.img2img(second, init, hr.steps, hr.denoising_strength)
+            latents = run.img2img(second, init, run.img2img_steps(hr.steps, hr.denoising_strength))
         finally:
             if swap:
                 apply_loras(model, self.prepared.loras, self.ctx.work_dir)

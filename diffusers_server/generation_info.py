@@ -120,6 +120,9 @@ class RunFacts:
 
     @property
     def hires_params(self) -> dict[str, Any]:
+        """The second pass's infotext keys: the hires fix's, or img2img's (its "Denoising strength" on)."""
+        if self.prepared.img2img_params is not None:
+            return self.prepared.img2img_params
         hr = self.prepared.hires
         return {} if hr is None else {"Denoising strength": hr.denoising_strength, **hr.params}
 

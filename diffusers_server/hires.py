@@ -12,6 +12,8 @@ from typing import Any
 import torch
 from PIL import Image
 
+from . import image_ops
+
 # A1111 ``shared.latent_upscale_modes``: name -> (torch interpolate mode, antialias).
 LATENT_UPSCALE_MODES: dict[str, tuple[str, bool]] = {
     "Latent": ("bilinear", False),
@@ -109,12 +111,7 @@ def upscale_image(image: Image.Image, name: str, t: HiresTarget) -> Image.Image:
     else:
         scale = max(w / image.width, h / image.height)
         if scale > 1.0:
-            # ``Upscaler.upscale``: do_upscale (once suffices for these two), then Lanczos to a multiple of 8.
-            resample = Image.Resampling.NEAREST if name == "Nearest" else Image.Resampling.LANCZOS
-            dest = (int(image.width * scale // 8 * 8), int(image.height * scale // 8 * 8))
-            image = image.resize((int(image.width * scale), int(image.height * scale)), resample=resample)
-            if image.size != dest:
-                image = image.resize(dest, resample=Image.Resampling.LANCZOS)
+            image = image_ops.upscale(image, name, scale)
         if image.size != (w, h):
             image = image.resize((w, h), resample=Image.Resampling.LANCZOS)
     return image

@@ -14,7 +14,6 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from .models.pipelines import LoadedModel
-from .sampling.noise import posterior_generator
 
 
 def decode(model: LoadedModel, latents: torch.Tensor) -> list[Image.Image]:
@@ -40,11 +39,10 @@ def decode(model: LoadedModel, latents: torch.Tensor) -> list[Image.Image]:
     return images
 
 
-def encode(model: LoadedModel, images: list[Image.Image], seeds: list[int]) -> torch.Tensor:
+def encode(model: LoadedModel, images: list[Image.Image], generator: torch.Generator) -> torch.Tensor:
     """A1111's ``images_tensor_to_samples``: each image through the VAE encoder, the posterior sampled
-    with the CPU generator A1111's noise code left seeded with the batch's last seed."""
+    from ``generator``, A1111's global CPU generator (``sampling.noise.global_generator``)."""
     vae = model.pipe.vae
-    generator = posterior_generator(seeds)
     latents = []
     for image in images:
         array = np.moveaxis(np.array(image).astype(np.float32) / 255.0, 2, 0)

@@ -77,6 +77,16 @@ DEFAULTS: dict[str, Any] = {
     "api_enable_requests": True,
     "api_forbid_local_requests": True,
     "api_useragent": "",
+    # img2img (diffusers_server.img2img)
+    "img2img_fix_steps": False,
+    "initial_noise_multiplier": 1.0,
+    "img2img_background_color": "#ffffff",
+    "overlay_inpaint": True,
+    "sd_vae_encode_method": "Full",
+    "img2img_extra_noise": 0.0,
+    "img2img_color_correction": False,
+    "upscaler_for_img2img": None,
+    "inpainting_mask_weight": 1.0,
 }
 HONOURED = frozenset(
     {
@@ -123,10 +133,25 @@ HONOURED = frozenset(
         "beta_dist_beta",
         "sdxl_crop_top",
         "sdxl_crop_left",
+        "img2img_fix_steps",
+        "initial_noise_multiplier",
+        "img2img_background_color",
+        "overlay_inpaint",
     }
 )
 # Non-default values of these would change the image in A1111; this engine cannot follow, so it refuses them.
-REFUSED_UNLESS_DEFAULT = frozenset({"sd_lora", "sd_hypernetwork", "face_restoration"})
+REFUSED_UNLESS_DEFAULT = frozenset(
+    {
+        "sd_lora",
+        "sd_hypernetwork",
+        "face_restoration",
+        # img2img: TAESD encoding, extra noise, colour correction and an upscaler for img2img resizes
+        "sd_vae_encode_method",
+        "img2img_extra_noise",
+        "img2img_color_correction",
+        "upscaler_for_img2img",
+    }
+)
 # Options with a closed set of values (A1111's radio buttons) this engine implements.
 CHOICES: dict[str, tuple[str, ...]] = {
     # "NV" (A1111's numpy Philox imitation of NVIDIA's generator) is not implemented.
@@ -153,7 +178,7 @@ def validate(values: dict[str, Any]) -> list[str]:
     for key, value in values.items():
         _check_type(key, value)
     for key in REFUSED_UNLESS_DEFAULT & values.keys():
-        if values[key] not in (DEFAULTS[key], None):
+        if values[key] not in (DEFAULTS[key], None, "None"):
             raise OptionError(
                 f"option {key}={values[key]!r} is not supported by this engine (only {DEFAULTS[key]!r})"
             )

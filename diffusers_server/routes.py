@@ -22,7 +22,13 @@ from .engine import Engine
 from .errors import RequestRefused
 from .hires import LATENT_UPSCALE_MODES, upscalers_listing
 from .samplers import samplers_listing, schedulers_listing
-from .schemas import PngInfoRequest, Txt2ImgRequest
+from .schemas import (
+    ExtrasBatchRequest,
+    ExtrasSingleRequest,
+    Img2ImgRequest,
+    PngInfoRequest,
+    Txt2ImgRequest,
+)
 
 
 def get_engine(request: Request) -> Engine:
@@ -36,6 +42,24 @@ EngineDep = Depends(get_engine)
 @router.post("/txt2img")
 def txt2img(req: Txt2ImgRequest, engine: Engine = EngineDep) -> dict[str, Any]:
     return engine.txt2img(req)
+
+
+@router.post("/img2img")
+def img2img(req: Img2ImgRequest, engine: Engine = EngineDep) -> dict[str, Any]:
+    return engine.img2img(req)
+
+
+@router.post("/extra-single-image")
+def extra_single_image(req: ExtrasSingleRequest, engine: Engine = EngineDep) -> dict[str, Any]:
+    images, html_info = engine.extras(req, [("image", req.image)])
+    return {"html_info": html_info, "image": images[0]}
+
+
+@router.post("/extra-batch-images")
+def extra_batch_images(req: ExtrasBatchRequest, engine: Engine = EngineDep) -> dict[str, Any]:
+    files = [(f"imageList[{i}]", item.data) for i, item in enumerate(req.imageList)]
+    images, html_info = engine.extras(req, files)
+    return {"html_info": html_info, "images": images}
 
 
 @router.get("/progress")

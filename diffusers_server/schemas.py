@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
+
+from .img2img_fields import IMG2IMG_FIELDS
 
 
 class Txt2ImgRequest(BaseModel):
@@ -78,3 +80,95 @@ class Txt2ImgRequest(BaseModel):
 
 class PngInfoRequest(BaseModel):
     image: str
+
+
+#: txt2img fields A1111's img2img API does not have (its hires fix and legacy first pass): an img2img body
+#: that sends them has them ignored, as A1111 ignores unknown keys; they are not echoed back.
+TXT2IMG_ONLY_FIELDS = (
+    "enable_hr",
+    "firstphase_width",
+    "firstphase_height",
+    "hr_scale",
+    "hr_upscaler",
+    "hr_second_pass_steps",
+    "hr_resize_x",
+    "hr_resize_y",
+    "hr_checkpoint_name",
+    "hr_sampler_name",
+    "hr_scheduler",
+    "hr_prompt",
+    "hr_negative_prompt",
+)
+
+
+class Img2ImgRequest(Txt2ImgRequest):
+    """A1111's ``StableDiffusionImg2ImgProcessingAPI``: the txt2img fields both share plus these, A1111's
+    API defaults (``denoising_strength`` 0.75, ``inpaint_full_res`` true, ``mask_blur_x/y`` 4).
+
+    ``mask_blur`` (an int) sets both ``mask_blur_x`` and ``mask_blur_y``, as A1111's property setter does.
+    """
+
+    init_images: list[str] | None = None
+    resize_mode: int | None = 0
+    denoising_strength: float | None = 0.75
+    image_cfg_scale: float | None = None
+    mask: str | None = None
+    mask_blur_x: int | None = 4
+    mask_blur_y: int | None = 4
+    mask_blur: int | None = None
+    mask_round: bool | None = True
+    inpainting_fill: int | None = 0
+    inpaint_full_res: bool | None = True
+    inpaint_full_res_padding: int | None = 0
+    inpainting_mask_invert: int | None = 0
+    initial_noise_multiplier: float | None = None
+    latent_mask: str | None = None
+    include_init_images: bool | None = False
+
+    @model_validator(mode="after")
+    def _without_txt2img_fields(self) -> Img2ImgRequest:
+        for name in TXT2IMG_ONLY_FIELDS:
+            setattr(self, name, Txt2ImgRequest.model_fields[name].get_default())
+        return self
+
+    def echo(self) -> dict[str, Any]:
+        """A1111's ``parameters`` echo, in its field order: the images left out unless
+        ``include_init_images``."""
+        dumped = self.model_dump()
+        body = {name: dumped[name] for name in IMG2IMG_FIELDS}
+        if not self.include_init_images:
+            body["init_images"], body["mask"] = None, None
+        return body
+
+
+class ExtrasRequest(BaseModel):
+    """A1111's ``ExtrasBaseRequest`` (``/extra-single-image``, ``/extra-batch-images``), its defaults."""
+
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+
+    resize_mode: int = 0
+    show_extras_results: bool = True
+    gfpgan_visibility: float = 0
+    codeformer_visibility: float = 0
+    codeformer_weight: float = 0
+    upscaling_resize: float = 2
+    upscaling_resize_w: int = 512
+    upscaling_resize_h: int = 512
+    upscaling_crop: bool = True
+    upscaler_1: str = "None"
+    upscaler_2: str = "None"
+    extras_upscaler_2_visibility: float = 0
+    upscale_first: bool = False
+
+
+class ExtrasSingleRequest(ExtrasRequest):
+    image: str = ""
+
+
+class ExtrasFile(BaseModel):
+    data: str
+    name: str
+
+
+class ExtrasBatchRequest(ExtrasRequest):
+    imageList: list[ExtrasFile]

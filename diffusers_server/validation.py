@@ -59,6 +59,8 @@ class PreparedRequest:
     overrides: dict[str, Any]
     warnings: list[str] = field(default_factory=list)
     hires: HiresPlan | None = None
+    #: img2img's extra infotext keys from "Denoising strength" on, in A1111's order (None: txt2img)
+    img2img_params: dict[str, Any] | None = None
 
     @property
     def size(self) -> tuple[int, int]:
@@ -222,6 +224,10 @@ def check_sizes_and_seeds(req: Txt2ImgRequest) -> None:
     for name, value in (("width", int(req.width or 512)), ("height", int(req.height or 512))):
         if value < 8 or value > MAX_SIDE or value % 8:
             raise RequestRefused(400, f"{name} must be a multiple of 8 in 8..{MAX_SIDE}")
+    for name in ("seed_resize_from_w", "seed_resize_from_h"):
+        # the noise is drawn at this size: unchecked, a huge value is a huge allocation (a 500)
+        if int(getattr(req, name) or 0) > MAX_SIDE:
+            raise RequestRefused(400, f"{name} must be 0 or -1 (off) or at most {MAX_SIDE}")
     steps, batch, n_iter = int(req.steps or 50), int(req.batch_size or 1), int(req.n_iter or 1)
     if steps < 1 or steps > MAX_STEPS:
         raise RequestRefused(400, f"steps must be 1..{MAX_STEPS}")

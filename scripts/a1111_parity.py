@@ -28,6 +28,7 @@ import logging
 import math
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,7 +37,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from scripts import a1111_img2img_cells  # noqa: E402 - after the sys.path line
+
 log = logging.getLogger("parity")
+IMAGE_MATRICES = ("img2img", "img2img-grid")
 
 SAMPLERS = (
     "DPM++ 2M", "DPM++ SDE", "DPM++ 2M SDE", "DPM++ 2M SDE Heun", "DPM++ 2S a", "DPM++ 3M SDE", "Euler a",
@@ -201,6 +205,11 @@ def requests_for(
         return list(grid_requests())
     if matrix == "sdxl":
         return list(sdxl_requests(lora))
+    if matrix == "img2img":
+        cells = a1111_img2img_cells
+        return [*cells.img2img_requests(), *cells.inpaint_requests(), *cells.extras_requests()]
+    if matrix == "img2img-grid":
+        return list(a1111_img2img_cells.grid_requests())
     return list(table_requests(lora, vae, embedding))
 
 
@@ -240,20 +249,30 @@ def record(
     with urllib.request.urlopen(f"{url}/sdapi/v1/options", timeout=timeout) as response:
         baseline = json.loads(response.read())
     index: dict[str, Any] = {}
+    cells = a1111_img2img_cells
+    if any(cells.endpoint(cell) != "txt2img" for cell, _ in requests):
+        cells.write_inputs(out)
     for cell, payload in requests:
         started = time.perf_counter()
         overridden = payload.get("override_settings") or {}
-        result = _post(
-            f"{url}/sdapi/v1/txt2img", {**payload, "override_settings_restore_afterwards": True}, timeout
-        )
+        path = cells.endpoint(cell)
+        if path == "img2img":  # see a1111_img2img_cells: the posterior noise's generator
+            _post(f"{url}/sdapi/v1/txt2img", cells.PRIMER, timeout)
+        body = {**cells.resolve(payload, out), "override_settings_restore_afterwards": True}
+        try:
+            result = _post(f"{url}/sdapi/v1/{path}", body, timeout)
+        except urllib.error.HTTPError as exc:  # A1111 refused or failed: the engine must refuse too
+            index[cell] = {"payload": payload, "files": [], "a1111_error": exc.code}
+            log.info("%-45s A1111 HTTP %d: %s", cell, exc.code, exc.read()[:300])
+            continue
         if overridden:
             _post(f"{url}/sdapi/v1/options", {k: baseline[k] for k in overridden}, timeout)
         files = []
-        for i, image in enumerate(result["images"]):
+        for i, image in enumerate(result.get("images") or [result["image"]]):
             name = f"{file_stem(cell)}-{i}.png"
             (out / name).write_bytes(base64.b64decode(image))
             files.append(name)
-        info = json.loads(result["info"])
+        info = json.loads(result["info"]) if path != "extra-single-image" else {}
         index[cell] = {"payload": payload, "files": files, "infotexts": info.get("infotexts", [])}
         log.info("%-45s %d image(s) in %.1f s", cell, len(files), time.perf_counter() - started)
     (out / "index.json").write_text(json.dumps(index, indent=1), encoding="utf-8")
@@ -268,7 +287,6 @@ def compare(
 
     from diffusers_server.config import ServerConfig
     from diffusers_server.engine import Engine
-    from diffusers_server.schemas import Txt2ImgRequest
 
     torch.set_num_threads(threads)
     engine = Engine(
@@ -283,7 +301,7 @@ def compare(
     for cell, entry in index.items():
         started = time.perf_counter()
         try:
-            result = engine.txt2img(Txt2ImgRequest(**entry["payload"]))
+            result = _run_cell(engine, cell, entry, recorded)
         except Exception as exc:  # report the cell, keep going
             rows.append(
                 {"cell": cell, "psnr": None, "min_psnr": None, "error": f"{type(exc).__name__}: {exc}"}
@@ -301,6 +319,24 @@ def compare(
         rows.append(row)
         log.info("%-45s %6.2f dB (%.1f s)", cell, row["psnr"] or float("nan"), time.perf_counter() - started)
     return rows
+
+
+def _run_cell(engine: Any, cell: str, entry: dict[str, Any], recorded: Path) -> dict[str, Any]:
+    """One recorded request on the engine, on the path A1111 served it (img2img after the primer)."""
+    from diffusers_server.schemas import Img2ImgRequest, Txt2ImgRequest
+
+    cells = a1111_img2img_cells
+    payload = cells.resolve(entry["payload"], recorded)
+    path = cells.endpoint(cell)
+    if path == "txt2img":
+        return engine.txt2img(Txt2ImgRequest(**payload))  # type: ignore[no-any-return]
+    if path == "img2img":
+        engine.txt2img(Txt2ImgRequest(**cells.PRIMER))
+        return engine.img2img(Img2ImgRequest(**payload))  # type: ignore[no-any-return]
+    from diffusers_server.schemas import ExtrasSingleRequest
+
+    images, _ = engine.extras(ExtrasSingleRequest(**payload), [("image", payload["image"])])
+    return {"images": images}
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
@@ -334,7 +370,9 @@ def main() -> None:
     rec = sub.add_parser("record")
     rec.add_argument("--url", required=True)
     rec.add_argument("--out", type=Path, required=True)
-    rec.add_argument("--matrix", choices=("table", "grid", "golden", "sdxl"), default="table")
+    rec.add_argument(
+        "--matrix", choices=("table", "grid", "golden", "sdxl", *IMAGE_MATRICES), default="table"
+    )
     rec.add_argument("--checkpoint", help="POST /options sd_model_checkpoint first (A1111 title or name)")
     rec.add_argument("--lora", default="rand_lora")
     rec.add_argument("--vae", default="rand_vae.safetensors")

@@ -33,10 +33,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from scripts.a1111_parity import record, requests_for  # noqa: E402 - after the sys.path line
+from scripts import a1111_img2img_cells  # noqa: E402 - after the sys.path line
+from scripts.a1111_parity import record, requests_for  # noqa: E402
 from tests.support import parity_model  # noqa: E402
 
 GOLDEN_DIR = ROOT / "tests" / "fixtures" / "golden"
+IMG2IMG_DIR = ROOT / "tests" / "fixtures" / "golden-img2img"
 log = logging.getLogger("record_goldens")
 
 
@@ -50,10 +52,11 @@ def main() -> None:
     candidates = [base / "shared" / "reference-a1111" / "serve.sh" for base in bases]
     default_serve = next((c for c in candidates if c.is_file()), candidates[0])
     parser.add_argument("--serve", type=Path, default=default_serve)
-    parser.add_argument("--out", type=Path, default=GOLDEN_DIR)
-    parser.add_argument("--matrix", choices=("golden", "grid"), default="golden")
+    parser.add_argument("--out", type=Path, help=f"default: {GOLDEN_DIR} (img2img: {IMG2IMG_DIR})")
+    parser.add_argument("--matrix", choices=("golden", "grid", "img2img", "img2img-grid"), default="golden")
     parser.add_argument("--models", type=Path, help="write the models here and keep them (default: temp dir)")
     args = parser.parse_args()
+    args.out = args.out or (IMG2IMG_DIR if args.matrix == "img2img" else GOLDEN_DIR)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     a1111_root = Path(os.environ.get("A1111_ROOT", Path.home() / ".cache" / "a1111-reference"))
     with tempfile.TemporaryDirectory(prefix="goldens-") as tmp:
@@ -82,6 +85,8 @@ def main() -> None:
             "a1111": "v1.10.1 (82a973c0), CPU, fp32 (--no-half --precision full)",
             "recorded_by": "scripts/record_goldens.py",
         }
+        if args.matrix.startswith("img2img"):
+            meta["primer"] = a1111_img2img_cells.PRIMER  # sent before every img2img cell
         document = json.dumps({"meta": meta, "cells": index}, indent=1)
         (args.out / "index.json").write_text(document, encoding="utf-8")
     log.info("wrote %d cells to %s", len(index), args.out)

@@ -148,6 +148,18 @@ class TimestepModel:
 Inner = Callable[[torch.Tensor, torch.Tensor, CondBatch], torch.Tensor]
 
 
+@dataclass(frozen=True)
+class LatentBlend:
+    """Inpainting's latent mask: ``nmask`` (1 = repaint) keeps the prediction, ``mask`` the original."""
+
+    init: torch.Tensor
+    mask: torch.Tensor
+    nmask: torch.Tensor
+
+    def __call__(self, latents: torch.Tensor) -> torch.Tensor:
+        return latents * self.nmask + self.init * self.mask
+
+
 @dataclass
 class GuidanceOptions:
     """A1111 options and request fields that change the guidance (defaults = A1111's)."""
@@ -184,10 +196,16 @@ class CFGDenoiser:
         self.last_latent: torch.Tensor | None = None
         # What an interrupted pass returns: the first prompt's prediction of the clean latent.
         self.pred_x0: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+        # Inpainting: A1111 blends the original latents into every combined prediction (after the CFG), or
+        # for the timestep samplers into every model input (``mask_before_denoising``).
+        self.blend: LatentBlend | None = None
+        self.blend_before = False
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         if self.should_stop():
             raise Interrupted
+        if self.blend is not None and self.blend_before:
+            x = self.blend(x)
         batch = x.shape[0]
         tensor, uncond, conds_list = self._conds_now()
         repeats = [len(c) for c in conds_list]
@@ -210,6 +228,8 @@ class CFGDenoiser:
         for i, entry in enumerate(conds_list):
             for cond_index, weight in entry:
                 denoised[i] += (x_out[cond_index] - denoised_uncond[i]) * (weight * scale)
+        if self.blend is not None and not self.blend_before:
+            denoised = self.blend(denoised)
         first_out = torch.cat([x_out[i : i + 1] for i in first_of_image])
         if self.pred_x0 is None:
             self.last_latent = first_out

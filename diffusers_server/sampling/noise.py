@@ -64,6 +64,7 @@ class ImageNoise:
         seed_resize_from_h: int = 0,
         seed_resize_from_w: int = 0,
         eta_noise_seed_delta: int = 0,
+        global_rng: torch.Generator | None = None,
     ):
         self.shape = shape
         self.seeds = list(seeds)
@@ -74,6 +75,7 @@ class ImageNoise:
         self.resize = (seed_resize_from_h, seed_resize_from_w)
         self.ensd = int(eta_noise_seed_delta or 0)
         self.generators = [torch.Generator(self.gen_device).manual_seed(int(s)) for s in self.seeds]
+        self.global_rng = global_rng
         self.is_first = True
 
     def _first(self) -> torch.Tensor:
@@ -103,6 +105,10 @@ class ImageNoise:
                 x[:, ty : ty + h, tx : tx + w] = noise[:, sy : sy + h, sx : sx + w]
                 noise = x
             images.append(noise)
+        if self.global_rng is not None:
+            # A1111's ``randn(seed, ...)`` calls ``torch.manual_seed(seed)`` for every image: the global CPU
+            # generator is left seeded with the batch's last seed (the VAE encoder samples from it).
+            self.global_rng.manual_seed(int(self.seeds[-1]))
         if self.ensd:
             self.generators = [
                 torch.Generator(self.gen_device).manual_seed(s + self.ensd) for s in self.seeds
@@ -139,7 +145,9 @@ class BrownianNoise:
         return w.to(self.device) / (b - a).abs().sqrt().to(self.device)
 
 
-def posterior_generator(seeds: list[int]) -> torch.Generator:
-    """The CPU generator A1111's VAE encoder samples its posterior with during hires fix: the global torch
-    generator, which A1111's noise code last seeded with the batch's last seed (CPU on every device)."""
-    return torch.Generator("cpu").manual_seed(int(seeds[-1]))
+def global_generator() -> torch.Generator:
+    """A stand-in for A1111's global torch CPU generator, which its noise code seeds (``ImageNoise``
+    ``global_rng``) and its VAE encoder samples the posterior from (``images.encode``). In A1111 an img2img's
+    posterior noise therefore depends on the request before it: the engine keeps one for the process so
+    it does the same."""
+    return torch.Generator("cpu")

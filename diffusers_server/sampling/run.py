@@ -22,6 +22,7 @@ from .denoiser import (
     EpsDenoiser,
     GuidanceOptions,
     Interrupted,
+    LatentBlend,
     LCMDenoiser,
     TimestepModel,
     UNetModel,
@@ -67,6 +68,8 @@ class Pass:
     should_stop: Callable[[], bool]
     on_step: Callable[[int], None]
     extra_params: dict[str, Any] = field(default_factory=dict)
+    #: inpainting: after every model call the prediction outside the mask is put back (A1111's blend)
+    blend: LatentBlend | None = None
 
 
 class _Prepared:
@@ -91,6 +94,7 @@ class _Prepared:
         self.guidance = GuidanceOptions(s_min_uncond=opts.s_min_uncond, extra_params=p.extra_params)
         total = p.sampler.sampler.total_steps(1)  # multiplier; the pass sets the real total below
         self.cfg = CFGDenoiser(inner, p.conds, p.cfg_scale, total, p.should_stop, self.guidance)
+        self.cfg.blend, self.cfg.blend_before = p.blend, family == "timesteps"
         if family == "timesteps":
             ac = p.alphas_cumprod.to(device)
 
@@ -258,18 +262,25 @@ def _dpm_between(
     return k_samplers.ALGORITHMS[prep.algo](prep.cfg, x, sigmas, ctx)
 
 
-def img2img_steps(steps: int, denoising_strength: float) -> tuple[int, int]:
-    """A1111 ``setup_img2img_steps`` with explicit steps: ``(schedule length, t_enc)``."""
-    total = int(steps / min(denoising_strength, 0.999)) if denoising_strength > 0 else 0
+def img2img_steps(steps: int, denoising_strength: float, fix_steps: bool = True) -> tuple[int, int]:
+    """A1111 ``setup_img2img_steps``: ``(schedule length, t_enc)``. With explicit steps (the hires pass, or
+    the ``img2img_fix_steps`` option) exactly ``steps`` steps run on a longer schedule; otherwise the
+    schedule has ``steps`` entries and ``int(strength * steps)`` of them run (plus one)."""
+    strength = min(denoising_strength, 0.999)
+    if not fix_steps:
+        return steps, int(strength * steps)
+    total = int(steps / strength) if denoising_strength > 0 else 0
     return total, steps - 1
 
 
-def img2img(p: Pass, latents: torch.Tensor, steps: int, denoising_strength: float) -> torch.Tensor:
-    """A1111 ``sample_img2img`` (the hires pass): noise the latents to the schedule's ``t_enc`` point and
-    denoise the remaining ``steps`` steps."""
-    noise = p.noise.next()
+def img2img(
+    p: Pass, latents: torch.Tensor, schedule: tuple[int, int], noise_multiplier: float = 1.0
+) -> torch.Tensor:
+    """A1111 ``sample_img2img``: noise the latents to the ``t_enc`` point of a ``total``-step schedule
+    (``schedule`` = ``img2img_steps(...)``) and denoise the rest."""
+    noise = p.noise.next() * noise_multiplier if noise_multiplier != 1.0 else p.noise.next()
     prep = _Prepared(p, latents.device)
-    total, t_enc = img2img_steps(steps, denoising_strength)
+    total, t_enc = schedule
     if prep.family == "timesteps":
         timesteps = prep.timesteps(total).to(latents.device)
         ac = p.alphas_cumprod.to(latents.device)

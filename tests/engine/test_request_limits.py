@@ -72,3 +72,9 @@ def test_clip_skip_beyond_the_model_is_input_invalid_through_the_worker(
         out = runner.run({"id": "clip", "input": {**job, "checkpoint": "demo-sd15-tiny"}})
     assert isinstance(out, dict) and out["error"].startswith("input_invalid: "), out
     assert "use 1.." in out["error"] and "refresh_worker" not in out
+
+
+@pytest.mark.parametrize("field", ["seed_resize_from_w", "seed_resize_from_h"])
+def test_a_huge_seed_resize_is_400_not_an_allocation(client: httpx.Client, field: str) -> None:
+    response = post(client, **{"seed_resize_from_w": 64, "seed_resize_from_h": 64, field: 10**9})
+    assert response.status_code == 400 and field in response.json()["detail"]
