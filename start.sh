@@ -99,6 +99,8 @@ bake_models() { # DIR: move DIR/<kind>/* into the folders A1111 scans besides th
 		while IFS= read -r file; do
 			mv -f "$file" "${BAKED_DIRS[$kind]}/"
 			log "baked $kind: ${BAKED_DIRS[$kind]}/$(basename "$file")"
+			# A1111 reads <stem>.yaml beside a checkpoint as its model config (SD2 v-prediction, custom shapes)
+			if [[ -f "${file%.*}.yaml" ]]; then mv -f "${file%.*}.yaml" "${BAKED_DIRS[$kind]}/"; fi
 		done <<<"$found"
 	done
 }
