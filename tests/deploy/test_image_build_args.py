@@ -176,3 +176,11 @@ def test_offline_arguments_reach_neither_github_nor_the_hub(tmp_path: Path, bake
     assert tokenizer.endswith("{HF_HUB_OFFLINE=1}")  # the hub is never asked
     assert ("cp -a /offline-sources/bake/. /tmp/bake/" in text) is bake
     assert os.path.basename("python3.11") in text and "python3.10" not in text
+
+
+def test_the_catalogue_path_is_where_the_image_copies_it() -> None:
+    """The catalogue is not part of the installed package: the image names the copy it makes."""
+    env = {k: v for kw, rest in instructions() if kw == "ENV" for k, v in assignments(rest).items()}
+    copies = [rest.split() for kw, rest in instructions() if kw == "COPY" and "cache_registry.json" in rest]
+    assert len(copies) == 1 and copies[0][0] == "cache_registry.json"
+    assert env["WORKER_CATALOGUE_PATH"] == copies[0][-1].rstrip("/") + "/cache_registry.json"

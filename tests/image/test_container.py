@@ -102,16 +102,40 @@ def test_an_unknown_checkpoint_is_a_strict_error(serverless: Container) -> None:
     assert str(failed["error"]).startswith("model_not_found: checkpoint 'tiny_c' not found"), failed
 
 
+#: what A1111 does when it builds an SD1.x model (ldm's FrozenCLIPEmbedder); the tiny test checkpoints name their
+#: own text encoder folder instead, so the container's start-up alone does not take this path
+CLIP_LOAD = (
+    "from transformers import CLIPTokenizer, CLIPTextConfig; "
+    "CLIPTokenizer.from_pretrained('openai/clip-vit-large-patch14'); "
+    "CLIPTextConfig.from_pretrained('openai/clip-vit-large-patch14'); print('loaded')"
+)
+
+
+def proxy_requests(recorder: Container) -> list[str]:
+    assert "recorder listening" in recorder.logs()
+    return [line for line in recorder.logs().splitlines() if line.startswith("PROXY-REQUEST")]
+
+
 def test_nothing_is_downloaded_at_start_up(serverless: Container, recorder: Container) -> None:
     serverless.wait_healthy(600)
-    attempts = [line for line in recorder.logs().splitlines() if line.startswith("PROXY-REQUEST")]
-    assert attempts == [], attempts
-    assert "recorder listening" in recorder.logs()
+    assert proxy_requests(recorder) == []
+
+
+def test_an_sd15_text_encoder_loads_from_the_image_without_the_hub(
+    serverless: Container, recorder: Container
+) -> None:
+    """Found by the first build: without HF_HUB_OFFLINE, every SD1.x load asked huggingface.co (and failed
+    behind this proxy although the cache was complete)."""
+    serverless.wait_healthy(600)
+    loaded = serverless.exec("/opt/a1111/venv/bin/python", "-c", CLIP_LOAD)
+    assert loaded.stdout.strip().endswith("loaded"), loaded.stderr[-2000:]
+    assert proxy_requests(recorder) == []
 
 
 def test_stop_ends_engine_and_worker_cleanly(serverless: Container) -> None:
     serverless.wait_healthy(600)
-    before = serverless.exec("ps", "-eo", "pid,args").stdout
+    # no ps in the image: the command lines from /proc
+    before = serverless.exec("sh", "-c", "cat /proc/[0-9]*/cmdline | tr '\\0' ' '").stdout
     assert "launch.py" in before and "-m worker" in before, before
     begun = time.monotonic()
     status = serverless.stop(STOP_TIMEOUT_S)
@@ -163,3 +187,21 @@ def test_published_port_refuses_requests_without_credentials(exposed: tuple[Cont
     assert requests.get(f"{url}/sdapi/v1/sd-models", auth=("tester", "wrong"), timeout=30).status_code == 401
     assert requests.get(f"{url}/worker/v1/models", timeout=30).status_code == 401
     assert requests.post(f"{url}/worker/v1/txt2img", json=JOB, timeout=30).status_code == 401
+
+
+def test_the_worker_reads_the_catalogue_the_image_ships(serverless: Container) -> None:
+    """Found by the first build: the catalogue's default path is beside a checkout's worker/, which the
+    installed package does not have; the image sets WORKER_CATALOGUE_PATH."""
+    listed = serverless.exec("/opt/worker-venv/bin/python", "-m", "worker", "registry", "list")
+    assert listed.returncode == 0 and "deliberate-v6" in listed.stdout, listed.stderr[-2000:]
+    default = serverless.exec(
+        "env",
+        "-u",
+        "WORKER_CATALOGUE_PATH",
+        "/opt/worker-venv/bin/python",
+        "-m",
+        "worker",
+        "registry",
+        "list",
+    )
+    assert default.returncode != 0 and "cannot read catalogue" in default.stdout + default.stderr
