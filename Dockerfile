@@ -76,6 +76,8 @@ WORKDIR /opt/a1111
 # Prepare A1111's environment now (torch, xformers, repositories at their commits, requirements), then exit.
 # An empty XFORMERS_PACKAGE leaves xformers out (a CPU test build). Build arguments are in RUN's environment even
 # when empty, and launch.py would take an empty CLIP_PACKAGE as the package to install: unset, A1111's default holds.
+# ${xformers_flag} is unquoted on purpose: it is one word or none.
+# hadolint ignore=SC2086
 RUN "${PYTHON}" -m venv venv \
     && export TORCH_COMMAND XFORMERS_PACKAGE STABLE_DIFFUSION_REPO STABLE_DIFFUSION_COMMIT_HASH \
         STABLE_DIFFUSION_XL_COMMIT_HASH K_DIFFUSION_COMMIT_HASH BLIP_COMMIT_HASH ASSETS_COMMIT_HASH \

@@ -62,7 +62,8 @@ def image_size_mb(image: str) -> float:
 
 
 def _short(text: str, width: int = 90) -> str:
-    text = re.sub(r"\s+", " ", re.sub(r"^/bin/(ba)?sh -o pipefail -c |^/bin/sh -c ", "", text)).strip()
+    # history lines read "|N ARG=value ... /bin/bash -o pipefail -c COMMAND": keep the command
+    text = re.sub(r"\s+", " ", re.sub(r"^.*?/bin/(ba)?sh (-o pipefail )?-c ", "", text)).strip()
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
