@@ -26,16 +26,13 @@ ARG ASSETS_COMMIT_HASH=6f7db241d2f8ba7457bac5ca9753331f0c266917
 # torch and xformers as the matching pair A1111 1.10.1 defaults to (cu121 wheels).
 ARG TORCH_COMMAND="pip install torch==2.1.2 torchvision==0.16.2 --extra-index-url https://download.pytorch.org/whl/cu121"
 ARG XFORMERS_PACKAGE=xformers==0.0.23.post1
-ARG BAKE_MODEL=""
 # The Python that runs A1111 and the worker (a Debian package name: the venv package is "${PYTHON}-venv").
 ARG PYTHON=python3.10
 # Offline sources (empty: GitHub and the Hugging Face hub). GIT_SOURCES: a folder holding
 # stable-diffusion-webui.git and repositories/<name> (checkouts at the pinned commits, which A1111 keeps);
-# HF_CACHE_SEED: a Hugging Face home with openai/clip-vit-large-patch14's tokenizer; BAKE_SOURCE_DIR: a folder
-# laid out like the volume in which the bake step finds BAKE_MODEL instead of downloading it.
+# HF_CACHE_SEED: a Hugging Face home with openai/clip-vit-large-patch14's tokenizer.
 ARG GIT_SOURCES=""
 ARG HF_CACHE_SEED=""
-ARG BAKE_SOURCE_DIR=""
 # A1111 installs CLIP and open_clip from GitHub archives unless these name other pip requirements.
 ARG CLIP_PACKAGE=""
 ARG OPENCLIP_PACKAGE=""
@@ -131,6 +128,11 @@ RUN /start.sh --install-extension /tmp/worker-routes && rm -rf /tmp/worker-route
 COPY scripts/a1111-config.json "${A1111_DATA_DIR}/config.json"
 
 # Optional: a catalogue model in the image, e.g. --build-arg BAKE_MODEL=<id from cache_registry.json>.
+# Declared here, not at the top: a build argument is in every later RUN's environment, so a different value
+# would rebuild every layer after its declaration (torch and A1111's requirements included).
+# BAKE_SOURCE_DIR (offline builds): a folder laid out like the volume where the pull finds the file.
+ARG BAKE_MODEL=""
+ARG BAKE_SOURCE_DIR=""
 # A model A1111 cannot use as it is (a diffusers/PEFT LoRA) is converted here, once, never at request time.
 # It lands in A1111's own model folders on local disk, scanned besides the volume (start.sh --bake-models).
 RUN if [ -n "${BAKE_MODEL}" ]; then \

@@ -184,3 +184,20 @@ def test_the_catalogue_path_is_where_the_image_copies_it() -> None:
     copies = [rest.split() for kw, rest in instructions() if kw == "COPY" and "cache_registry.json" in rest]
     assert len(copies) == 1 and copies[0][0] == "cache_registry.json"
     assert env["WORKER_CATALOGUE_PATH"] == copies[0][-1].rstrip("/") + "/cache_registry.json"
+
+
+def test_a_baked_build_reuses_every_layer_before_the_bake() -> None:
+    """A build argument is in the environment of every RUN after its declaration, so a new value rebuilds them:
+    declared at the top, BAKE_MODEL made a baked image reinstall torch and A1111's requirements (found when the
+    image suite built its baked variant after the plain one)."""
+    found = instructions()
+    bake_arg = next(i for i, (kw, rest) in enumerate(found) if kw == "ARG" and rest.startswith("BAKE_MODEL="))
+    heavy = [
+        i
+        for i, (kw, rest) in enumerate(found)
+        if kw == "RUN" and ("launch.py" in rest or "pip install" in rest)
+    ]
+    bake_run = next(i for i, (kw, rest) in enumerate(found) if kw == "RUN" and "--bake-models" in rest)
+    assert heavy and max(heavy) < bake_arg < bake_run
+    for kw, rest in found[:bake_arg]:
+        assert "BAKE_" not in rest, (kw, rest)
