@@ -52,6 +52,7 @@ def test_the_baked_model_is_in_a1111s_own_folder(baked: Container) -> None:
 
 def test_a_job_runs_on_the_baked_model(baked: Container) -> None:
     baked.wait_healthy(600)
+    baked.wait_local_api(600)  # the worker is ready once it has loaded its default checkpoint, the baked one
     status, body = baked.curl("http://127.0.0.1:3000/worker/v1/health")
     assert status == 200 and json.loads(body)["checkpoint"].startswith("Deliberate_v6.safetensors"), body
     status, body = baked.curl(

@@ -79,6 +79,7 @@ def test_healthcheck_turns_healthy_once_the_checkpoint_is_loaded(serverless: Con
 
 
 def runsync(box: Container, job: dict[str, Any]) -> dict[str, Any]:
+    box.wait_local_api(600)
     status, body = box.curl(
         "http://127.0.0.1:8000/runsync",
         "-X", "POST", "-H", "Content-Type: application/json", "-d", json.dumps({"input": job}),
@@ -130,6 +131,24 @@ def test_an_sd15_text_encoder_loads_from_the_image_without_the_hub(
     loaded = serverless.exec("/opt/a1111/venv/bin/python", "-c", CLIP_LOAD)
     assert loaded.stdout.strip().endswith("loaded"), loaded.stderr[-2000:]
     assert proxy_requests(recorder) == []
+
+
+def test_the_worker_reads_the_catalogue_the_image_ships(serverless: Container) -> None:
+    """Found by the first build: the catalogue's default path is beside a checkout's worker/, which the
+    installed package does not have; the image sets WORKER_CATALOGUE_PATH."""
+    listed = serverless.exec("/opt/worker-venv/bin/python", "-m", "worker", "registry", "list")
+    assert listed.returncode == 0 and "deliberate-v6" in listed.stdout, listed.stderr[-2000:]
+    default = serverless.exec(
+        "env",
+        "-u",
+        "WORKER_CATALOGUE_PATH",
+        "/opt/worker-venv/bin/python",
+        "-m",
+        "worker",
+        "registry",
+        "list",
+    )
+    assert default.returncode != 0 and "cannot read catalogue" in default.stdout + default.stderr
 
 
 def test_stop_ends_engine_and_worker_cleanly(serverless: Container) -> None:
@@ -187,21 +206,3 @@ def test_published_port_refuses_requests_without_credentials(exposed: tuple[Cont
     assert requests.get(f"{url}/sdapi/v1/sd-models", auth=("tester", "wrong"), timeout=30).status_code == 401
     assert requests.get(f"{url}/worker/v1/models", timeout=30).status_code == 401
     assert requests.post(f"{url}/worker/v1/txt2img", json=JOB, timeout=30).status_code == 401
-
-
-def test_the_worker_reads_the_catalogue_the_image_ships(serverless: Container) -> None:
-    """Found by the first build: the catalogue's default path is beside a checkout's worker/, which the
-    installed package does not have; the image sets WORKER_CATALOGUE_PATH."""
-    listed = serverless.exec("/opt/worker-venv/bin/python", "-m", "worker", "registry", "list")
-    assert listed.returncode == 0 and "deliberate-v6" in listed.stdout, listed.stderr[-2000:]
-    default = serverless.exec(
-        "env",
-        "-u",
-        "WORKER_CATALOGUE_PATH",
-        "/opt/worker-venv/bin/python",
-        "-m",
-        "worker",
-        "registry",
-        "list",
-    )
-    assert default.returncode != 0 and "cannot read catalogue" in default.stdout + default.stderr

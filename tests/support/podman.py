@@ -165,6 +165,14 @@ class Container:
                 time.sleep(1)
         return seen
 
+    def wait_local_api(self, timeout: float, port: int = 8000) -> None:
+        """RunPod's local API answers only once the worker is ready (after the default checkpoint and warm-up)."""
+        deadline = time.monotonic() + timeout
+        while self.curl(f"http://127.0.0.1:{port}/health", timeout=5)[0] == 0:
+            if time.monotonic() > deadline or not self.running():
+                raise AssertionError(f"no local API after {timeout} s:\n{self.logs()[-4000:]}")
+            time.sleep(1)
+
     def stop(self, timeout: int) -> int:
         """``podman stop -t TIMEOUT``; returns the container's exit status."""
         podman("stop", "-t", str(timeout), self.name, timeout=timeout + 60)
