@@ -99,6 +99,8 @@ bake_models() { # DIR: move DIR/<kind>/* into the folders A1111 scans besides th
 		while IFS= read -r file; do
 			mv -f "$file" "${BAKED_DIRS[$kind]}/"
 			log "baked $kind: ${BAKED_DIRS[$kind]}/$(basename "$file")"
+			# A1111 reads <stem>.yaml beside a checkpoint as its model config (SD2 v-prediction, custom shapes)
+			if [[ -f "${file%.*}.yaml" ]]; then mv -f "${file%.*}.yaml" "${BAKED_DIRS[$kind]}/"; fi
 		done <<<"$found"
 	done
 }
@@ -283,10 +285,19 @@ engine_pid=""
 worker_pid=""
 stopping=0
 
+# Each engine line as soon as it is written (not awk: mawk, Debian's and Ubuntu's awk, holds piped input back
+# in 4 KB blocks, so A1111's log reached RunPod minutes late), the credentials replaced literally (a quoted
+# pattern) wherever A1111 echoes its arguments.
+prefix_engine_output() {
+	local line
+	while IFS= read -r line || [[ -n "$line" ]]; do
+		[[ -n "$A1111_API_AUTH" ]] && line="${line//"$A1111_API_AUTH"/<redacted>}"
+		printf '[engine] %s\n' "$line"
+	done
+}
+
 start_engine() {
-	# awk (not sed) so the credentials are replaced literally wherever A1111 echoes its arguments.
-	"${engine_cmd[@]}" \
-		> >(REDACT="$A1111_API_AUTH" awk '{ s = ENVIRON["REDACT"]; if (s != "") { while ((i = index($0, s)) > 0) $0 = substr($0, 1, i - 1) "<redacted>" substr($0, i + length(s)) } print "[engine] " $0; fflush() }') 2>&1 &
+	"${engine_cmd[@]}" > >(prefix_engine_output) 2>&1 &
 	engine_pid=$!
 	printf '%s\n' "$engine_pid" >"$WORKER_ENGINE_PID_FILE.tmp"
 	mv -f "$WORKER_ENGINE_PID_FILE.tmp" "$WORKER_ENGINE_PID_FILE"

@@ -58,6 +58,12 @@ class ModelProvider(Protocol):
     def describe(self, kind: ModelType, reference: str) -> ModelFacts | None:
         """Facts about a model that is present locally, found by any reference form; None if absent."""
 
+    def catalogue_file(self, kind: ModelType, reference: str) -> str | None:
+        """The file name of the catalogue entry ``reference`` names, without downloading; None if none.
+
+        A model baked into the image is listed by the engine under that name but is not on the volume.
+        """
+
     def provision(self, kind: ModelType, reference: str) -> ProvisionedModel | None:
         """Make the referenced model present (downloading a catalogue entry if needed).
 

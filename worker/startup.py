@@ -74,6 +74,9 @@ def resolve_default_checkpoint(engine: A1111Client, reference: str, provider: An
     """The engine title of WORKER_DEFAULT_CHECKPOINT (any name form; a catalogue id is pulled first)."""
     catalog = engine.catalog(refresh=True)
     found = match_checkpoint(reference, catalog.checkpoints)
+    baked = provider.catalogue_file("checkpoint", reference) if found is None and provider else None
+    if baked:  # a catalogue entry baked into the image: the engine lists it, nothing to download
+        found = match_checkpoint(baked, catalog.checkpoints)
     if found is None and provider is not None:
         provisioned = provider.provision("checkpoint", reference)  # downloads a catalogue entry once
         if provisioned is not None:

@@ -170,6 +170,9 @@ class RecordingProvider:
             )
         return None
 
+    def catalogue_file(self, kind: ModelType, reference: str) -> str | None:
+        return None
+
     def provision(self, kind: ModelType, reference: str) -> ProvisionedModel | None:
         self.provisioned.append((kind, reference))
         if reference == "boring-reality-v4":

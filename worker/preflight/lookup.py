@@ -70,7 +70,7 @@ class ModelLookup:
 
     def find(self, kind: ModelType, ref: str, match: Callable[[str], FoundT | None]) -> FoundT | None:
         """Engine lists, then the registry's local knowledge, then a download, then one refresh."""
-        found = match(ref)
+        found = match(ref) or self._baked(kind, ref, match)
         if found is not None:
             return found
         facts = self._registry_facts(kind, ref)
@@ -91,6 +91,12 @@ class ModelLookup:
                 "even after a refresh; check the engine's model folders"
             )
         return found
+
+    def _baked(self, kind: ModelType, ref: str, match: Callable[[str], FoundT | None]) -> FoundT | None:
+        """A catalogue entry the engine already lists under its file name (baked into the image): never
+        downloaded again onto the volume."""
+        name = self._provider.catalogue_file(kind, ref) if self._provider else None
+        return (match(name) or match(stem(name))) if name else None
 
     def _registry_facts(self, kind: ModelType, ref: str) -> ModelFacts | None:
         """What the registry knows of ``ref``, provisioning (downloading) a catalogue entry first."""

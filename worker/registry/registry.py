@@ -270,6 +270,11 @@ class ModelRegistry:
         ensure_usable(found.live)
         return facts_of(found.live, found.catalogue)
 
+    def catalogue_file(self, kind: ModelType, reference: str) -> str | None:
+        """The file name of the catalogue entry ``reference`` names (never downloads); None if none."""
+        entry = self.inventory.resolve(kind, reference).catalogue
+        return entry.file_name.rsplit("/", 1)[-1] if entry is not None and entry.file_name else None
+
     # ---- provisioning -------------------------------------------------------------------------------
 
     def provision(
