@@ -32,6 +32,7 @@ from worker.preflight.matching import (
     tag_weight,
 )
 from worker.preflight.models_report import VAE_SPECIAL, models_used
+from worker.preflight.scripts import ScriptContext, check_alwayson_scripts
 from worker.schema import Txt2ImgJob
 from worker.translate import ResolvedNames, prompt_lora_tags
 
@@ -58,6 +59,7 @@ class Preflight:
         engine_kind: str = "a1111",
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
+        self._engine = engine
         self._lookup = ModelLookup(engine, provider, engine_kind=engine_kind, clock=clock)
         self._lora_renames: dict[str, str] = {}
 
@@ -88,6 +90,7 @@ class Preflight:
         warnings = (
             [f"downloaded before generating: {', '.join(lookup.downloaded)}"] if lookup.downloaded else []
         )
+        warnings += self._scripts(job, running)
         return PreflightResult(
             names=names,
             models=models,
@@ -95,6 +98,19 @@ class Preflight:
             provision_ms=lookup.provision_ms,
             downloaded=lookup.downloaded,
         )
+
+    def _scripts(self, job: Txt2ImgJob, running: CheckpointEntry | None) -> list[str]:
+        """``alwayson_scripts`` (``worker.preflight.scripts``), held to the checkpoint the job runs on."""
+        if not job.alwayson_scripts:
+            return []
+        describe = self._lookup.describe
+        checkpoint = describe("checkpoint", checkpoint_file(running)) if running else None
+        context = ScriptContext(
+            endpoint="img2img" if getattr(job, "init_images", None) else "txt2img",
+            checkpoint_architecture=checkpoint.architecture if checkpoint else None,
+            controlnet_architecture=lambda name: getattr(describe("controlnet", name), "architecture", None),
+        )
+        return check_alwayson_scripts(job.alwayson_scripts, self._engine, context)
 
     def _prompt_loras(self, job: Txt2ImgJob) -> tuple[tuple[LoraEntry, float], ...]:
         """The LoRAs of ``<lora:name:weight>`` tags in the prompts, spelled exactly as the engine does."""
