@@ -121,7 +121,7 @@ def test_detectors_are_pickles_listed_but_refused_without_allow_pickle(models_di
     entry = registry.entries()[0]
     assert (entry.kind, entry.file_name, entry.format) == ("adetailer", "face_yolov8n.pt", "pickle")
     assert not entry.usable and "WORKER_ALLOW_PICKLE" in (entry.problem or "")
-    with pytest.raises(ModelIncompatible, match="face_yolov8n.pt"):
+    with pytest.raises(ModelIncompatible, match=r"face_yolov8n\.pt"):
         registry.describe("adetailer", "face_yolov8n.pt")
 
 
