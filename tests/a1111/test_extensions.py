@@ -108,8 +108,16 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
     ("unknown model", {"controlnet": {"args": [unit(model="control_nope_sd15")]}}, "model_not_found"),
     ("unknown preprocessor", {"controlnet": {"args": [unit(module="canny_nope")]}}, "input_invalid"),
     ("positional unit", {"controlnet": {"args": [[True, "canny", CONTROLNET]]}}, "input_invalid"),
-    ("unknown detector", {"ADetailer": {"args": [True, False, {"ad_model": "face_nope.pt"}]}}, "model_not_found"),
-    ("ADetailer unit first", {"ADetailer": {"args": [{"ad_model": DETECTOR_ALWAYS}, True, False]}}, "input_invalid"),
+    (
+        "unknown detector",
+        {"ADetailer": {"args": [True, False, {"ad_model": "face_nope.pt"}]}},
+        "model_not_found",
+    ),
+    (
+        "ADetailer unit first",
+        {"ADetailer": {"args": [{"ad_model": DETECTOR_ALWAYS}, True, False]}},
+        "input_invalid",
+    ),
     ("script not installed", {"reactor": {"args": [True]}}, "input_invalid"),
 ]
 
