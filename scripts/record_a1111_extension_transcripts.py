@@ -24,6 +24,7 @@ import logging
 import os
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,8 @@ BASE: dict[str, Any] = {
     "sampler_name": "Euler",
 }
 IMAGE = "$CONTROL_IMAGE"
+RECORDED_WITH = "A1111 v1.10.1, sd-webui-controlnet 56cec5b2, adetailer v25.3.0; start.sh, CPU"
+IMG2IMG: dict[str, Any] = {"init_images": [IMAGE], "denoising_strength": 0.5}
 
 
 def control_image() -> str:
@@ -104,66 +107,38 @@ def ad_unit(**changes: Any) -> dict[str, Any]:
     }
 
 
-#: (name, endpoint, body changes): sent in this order to one fresh A1111
+#: (name, endpoint, body changes): sent in this order to one fresh A1111, the most telling first (each
+#: answer is written as it comes: on a slow machine the recording can be cut short and still be used)
 CASES: list[tuple[str, str, dict[str, Any]]] = [
-    ("plain", "txt2img", {}),
-    ("cn_canny", "txt2img", controlnet(unit())),
-    ("cn_canny_model_with_hash", "txt2img", controlnet(unit(model="$CONTROLNET_TITLE"))),
-    ("cn_second_preprocessor_invert", "txt2img", controlnet(unit(module="invert"))),
-    ("cn_two_units", "txt2img", controlnet(unit(), unit(module="invert", weight=0.5))),
-    ("cn_disabled_unit", "txt2img", controlnet(unit(enabled=False))),
-    ("cn_module_none", "txt2img", controlnet(unit(module="none"))),
+    ("cn_two_units_canny_invert", "txt2img", controlnet(unit(), unit(module="invert", weight=0.5))),
+    ("ad_detection", "txt2img", adetailer([True, False, ad_unit()])),
+    ("ad_no_detection", "txt2img", adetailer([True, False, ad_unit(ad_model=DETECTOR_NONE)])),
     ("cn_unknown_model", "txt2img", controlnet(unit(model="control_nope_sd15"))),
+    ("ad_unknown_field", "txt2img", adetailer([True, False, ad_unit(ad_mask_k_largest=1)])),
+    ("ad_unknown_model", "txt2img", adetailer([True, False, ad_unit(ad_model="face_nope.pt")])),
+    ("unknown_script", "txt2img", {"alwayson_scripts": {"reactor": {"args": [True]}}}),
     ("cn_unknown_module", "txt2img", controlnet(unit(module="canny_nope"))),
+    ("cn_positional_list", "txt2img", controlnet([True, "canny", CONTROLNET, 1.0, IMAGE])),
+    ("ad_dict_first", "txt2img", adetailer([ad_unit(), True, False])),
     ("cn_model_none", "txt2img", controlnet(unit(model="None"))),
     ("cn_no_image", "txt2img", controlnet(unit(image=None))),
-    ("cn_unknown_field", "txt2img", controlnet(unit(no_such_field=1))),
-    ("cn_bad_control_mode", "txt2img", controlnet(unit(control_mode="Loud"))),
-    ("cn_positional_list", "txt2img", controlnet([True, "canny", CONTROLNET, 1.0, IMAGE])),
-    ("cn_args_not_a_list", "txt2img", {"alwayson_scripts": {"controlnet": {"args": unit()}}}),
-    ("cn_script_name_capitalised", "txt2img", {"alwayson_scripts": {"ControlNet": {"args": [unit()]}}}),
-    ("ad_no_detection", "txt2img", adetailer([True, False, ad_unit(ad_model=DETECTOR_NONE)])),
-    ("ad_detection", "txt2img", adetailer([True, False, ad_unit()])),
-    ("ad_two_units", "txt2img", adetailer([True, False, ad_unit(), ad_unit(ad_model=DETECTOR_NONE)])),
-    ("ad_mediapipe", "txt2img", adetailer([True, False, ad_unit(ad_model="mediapipe_face_full")])),
-    ("ad_disabled", "txt2img", adetailer([False, False, ad_unit()])),
-    ("ad_unknown_model", "txt2img", adetailer([True, False, ad_unit(ad_model="face_nope.pt")])),
-    ("ad_model_none", "txt2img", adetailer([True, False, ad_unit(ad_model="None")])),
-    ("ad_dict_first", "txt2img", adetailer([ad_unit(), True, False])),
-    ("ad_only_dict", "txt2img", adetailer([ad_unit()])),
-    ("ad_unknown_field", "txt2img", adetailer([True, False, ad_unit(ad_no_such_field=1)])),
-    (
-        "ad_lowercase_script_name",
-        "txt2img",
-        {"alwayson_scripts": {"adetailer": {"args": [True, False, ad_unit()]}}},
-    ),
-    (
-        "cn_and_ad",
-        "txt2img",
-        {
-            "alwayson_scripts": {
-                "controlnet": {"args": [unit()]},
-                "ADetailer": {"args": [True, False, ad_unit()]},
-            }
-        },
-    ),
-    ("unknown_script", "txt2img", {"alwayson_scripts": {"reactor": {"args": [True]}}}),
-    ("img2img_plain", "img2img", {"init_images": [IMAGE], "denoising_strength": 0.5}),
-    (
-        "img2img_cn_canny",
-        "img2img",
-        {"init_images": [IMAGE], "denoising_strength": 0.5, **controlnet(unit())},
-    ),
-    (
-        "img2img_cn_no_unit_image",
-        "img2img",
-        {"init_images": [IMAGE], "denoising_strength": 0.5, **controlnet(unit(image=None))},
-    ),
+    ("img2img_cn_canny", "img2img", {**IMG2IMG, **controlnet(unit())}),
     (
         "img2img_ad",
         "img2img",
-        {"init_images": [IMAGE], "denoising_strength": 0.5, **adetailer([True, False, ad_unit()])},
+        {**IMG2IMG, **adetailer([True, False, ad_unit()])},
     ),
+    ("cn_canny_model_with_hash", "txt2img", controlnet(unit(model="$CONTROLNET_TITLE"))),
+    ("cn_disabled_unit", "txt2img", controlnet(unit(enabled=False))),
+    ("ad_mediapipe", "txt2img", adetailer([True, False, ad_unit(ad_model="mediapipe_face_full")])),
+    ("cn_args_not_a_list", "txt2img", {"alwayson_scripts": {"controlnet": {"args": unit()}}}),
+    ("cn_unknown_field", "txt2img", controlnet(unit(no_such_field=1))),
+    ("cn_bad_control_mode", "txt2img", controlnet(unit(control_mode="Loud"))),
+    ("ad_only_dict", "txt2img", adetailer([ad_unit()])),
+    ("ad_model_none", "txt2img", adetailer([True, False, ad_unit(ad_model="None")])),
+    ("ad_disabled", "txt2img", adetailer([False, False, ad_unit()])),
+    ("cn_script_name_capitalised", "txt2img", {"alwayson_scripts": {"ControlNet": {"args": [unit()]}}}),
+    ("plain", "txt2img", {}),
 ]
 LISTINGS = (
     "/sdapi/v1/scripts",
@@ -220,13 +195,14 @@ def scrubbed(value: Any, folders: dict[str, str]) -> Any:
     return value
 
 
-def record(url: str, image: str) -> dict[str, Any]:
+def record(url: str, image: str, write: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
     listings = {path: requests.get(url + path, timeout=60).json() for path in LISTINGS}
     listings["/controlnet/module_list"].pop("module_detail", None)  # ~60 KB of UI hints
     info = requests.get(url + "/sdapi/v1/script-info", timeout=60).json()
     listings["/sdapi/v1/script-info"] = [s for s in info if s["name"] in ("controlnet", "adetailer")]
     title = next(m for m in listings["/controlnet/model_list"]["model_list"] if m.startswith(CONTROLNET))
-    exchanges = []
+    exchanges: list[dict[str, Any]] = []
+    recording = {"listings": listings, "exchanges": exchanges, "controlnet_title": title}
     for name, endpoint, changes in CASES:
         body = {**BASE, **changes}
         response = requests.post(
@@ -243,7 +219,8 @@ def record(url: str, image: str) -> dict[str, Any]:
             }
         )
         log.info("%-32s %s -> %d", name, endpoint, response.status_code)
-    return {"listings": listings, "exchanges": exchanges, "controlnet_title": title}
+        write(recording)
+    return recording
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -258,19 +235,22 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="a1111-ext-record-", dir=os.environ.get("TMPDIR")) as tmp_name:
         tmp = Path(tmp_name)
         models, data = prepared(tmp, ext_dir, source)
-        env = extension_env(install, ext_dir, tmp, models)
-        with launched(env, tmp / "start.log", timeout_s=900) as started:
-            recording = record(started.url, control_image())
         folders = {str(models): "$MODELS_DIR", str(data): "$DATA_DIR", str(install): "$A1111_DIR"}
         folders[str(ext_dir.resolve())] = "$A1111_EXT_DIR"
-        recording = scrubbed(recording, folders)
-    recording["meta"] = {
-        "recorded_with": "A1111 v1.10.1 + sd-webui-controlnet 56cec5b2 + adetailer v25.3.0 via start.sh, CPU",
-        "script": "scripts/record_a1111_extension_transcripts.py",
-        "control_image": control_image(),
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(recording, indent=1, ensure_ascii=False) + "\n")
+
+        def write(recording: dict[str, Any]) -> None:
+            meta = {
+                "recorded_with": RECORDED_WITH,
+                "script": "scripts/record_a1111_extension_transcripts.py",
+                "control_image": control_image(),
+            }
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            text = json.dumps({**scrubbed(recording, folders), "meta": meta}, indent=1, ensure_ascii=False)
+            args.out.write_text(text + "\n")
+
+        env = extension_env(install, ext_dir, tmp, models)
+        with launched(env, tmp / "start.log", timeout_s=900) as started:
+            record(started.url, control_image(), write)
     log.info("transcripts written to %s", args.out)
     return 0
 

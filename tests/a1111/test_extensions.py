@@ -94,7 +94,7 @@ def test_controlnet_canny_and_adetailer_through_the_worker(runner: JobRunner) ->
         runner,
         alwayson_scripts={
             "controlnet": {"args": [unit(), unit(module="invert", weight=0.5)]},
-            "ADetailer": {"args": [True, False, {"ad_model": DETECTOR_ALWAYS, "ad_mask_k_largest": 1}]},
+            "ADetailer": {"args": [True, False, {"ad_model": DETECTOR_ALWAYS, "ad_mask_k": 1}]},
         },
     )
     assert "error" not in out, out
