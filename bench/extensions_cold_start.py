@@ -42,9 +42,9 @@ def one_run(install: Path, ext_dir: Path, with_extensions: bool) -> dict[str, An
                 (tmp / "a1111-data" / "extensions" / extension.name).symlink_to(extension)
         env = extension_env(install, ext_dir, tmp, models)
         started = time.monotonic()
-        with launched(env, tmp / "start.log", timeout_s=900) as running:
+        with launched(env, tmp / "start.log", timeout_s=900):
             ready_s = time.monotonic() - started
-            log = running.log()
+        log = (tmp / "start.log").read_text(errors="replace")
     found = STARTUP.search(log)
     return {
         "extensions": with_extensions,
