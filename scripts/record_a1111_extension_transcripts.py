@@ -148,6 +148,7 @@ LISTINGS = (
     "/controlnet/settings",
     "/adetailer/v1/version",
     "/adetailer/v1/ad_model",
+    "/adetailer/v1/schema",
 )
 
 

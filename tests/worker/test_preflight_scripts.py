@@ -62,6 +62,10 @@ GOOD: list[tuple[str, dict[str, Any]]] = [
     ("two units and ADetailer", {**cn(unit(), unit(module="invert")), **ad({"ad_model": "face_always.pt"})}),
     ("disabled unit naming nothing real", cn(unit(enabled=False, model="nope", module="nope"))),
     ("ADetailer mediapipe", ad({"ad_model": "mediapipe_face_full"})),
+    (
+        "ADetailer full unit",
+        ad({"ad_model": "face_always.pt", "ad_mask_k": 1, "ad_prompt": "a face", "ad_steps": 2}),
+    ),
     ("ADetailer disabled", ad({"ad_model": "nope.pt"}, enable=False)),
     ("lower-case script name", {"adetailer": {"args": [True, False, {"ad_model": "face_rand.pt"}]}}),
     ("another installed script", {"seed": {"args": []}}),
@@ -105,6 +109,12 @@ REFUSED: list[tuple[str, dict[str, Any], str, tuple[str, ...]]] = [
         ad({"ad_model": "face_nope.pt"}),
         "model_not_found",
         ("alwayson_scripts.ADetailer.args[2].ad_model", "'face_nope.pt'", "face_rand.pt"),
+    ),
+    (
+        "ADetailer field renamed in v24.11",
+        ad({"ad_model": "face_always.pt", "ad_mask_k_largest": 1}),
+        "input_invalid",
+        ("alwayson_scripts.ADetailer.args[2].ad_mask_k_largest", "nearest: ad_mask_k", "skip the whole unit"),
     ),
     (
         "ADetailer unit first",

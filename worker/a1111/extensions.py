@@ -25,6 +25,8 @@ SCRIPTS = "scripts"
 CONTROLNET_MODELS = "/controlnet/model_list"
 CONTROLNET_MODULES = "/controlnet/module_list"
 ADETAILER_MODELS = "/adetailer/v1/ad_model"
+#: the JSON schema of one ADetailer unit (its pydantic model, which forbids unknown fields)
+ADETAILER_SCHEMA = "/adetailer/v1/schema"
 
 #: the script names A1111 lists for each extension (``Script.title().lower()``)
 CONTROLNET_SCRIPT = "controlnet"
@@ -39,6 +41,7 @@ class ExtensionCatalog:
     controlnet_models: tuple[str, ...] | None = None  # "name [hash8]" titles, "None" first
     controlnet_modules: tuple[str, ...] | None = None
     adetailer_models: tuple[str, ...] | None = None  # file names and the built-in mediapipe names
+    adetailer_fields: tuple[str, ...] | None = None  # the fields an ADetailer unit may have
 
     def script_names(self, endpoint: str) -> tuple[str, ...]:
         return self.scripts.get(endpoint, ())
@@ -74,7 +77,13 @@ def parse_extension_catalog(read: Callable[[str], Any]) -> ExtensionCatalog:
             _names(read(CONTROLNET_MODULES), "module_list", CONTROLNET_MODULES) if controlnet else None
         ),
         adetailer_models=_names(read(ADETAILER_MODELS), "ad_model", ADETAILER_MODELS) if adetailer else None,
+        adetailer_fields=_schema_fields(read(ADETAILER_SCHEMA)) if adetailer else None,
     )
+
+
+def _schema_fields(schema: Any) -> tuple[str, ...] | None:
+    properties = schema.get("properties") if isinstance(schema, dict) else None
+    return tuple(str(name) for name in properties) if isinstance(properties, dict) else None
 
 
 class ExtensionCatalogCache:

@@ -159,6 +159,7 @@ class _Checker:
             raise InputInvalid(
                 f"{where}: ADetailer units are objects ({{'ad_model', ...}}); got {excerpt(unit)}"
             )
+        self._adetailer_fields(where, unit)
         model = unit.get("ad_model")
         if model is None or model == NO_MODEL:
             return
@@ -168,6 +169,20 @@ class _Checker:
             raise ModelNotFound(
                 f"{where}.ad_model: {message} (ADetailer lists the detectors present when A1111 started)",
                 details={"unit": where, "available": list(models)},
+            )
+
+    def _adetailer_fields(self, where: str, unit: dict[str, Any]) -> None:
+        """ADetailer drops a whole unit with a field it does not know (its model forbids extras) and generates
+        without it: a renamed field (``ad_mask_k_largest`` became ``ad_mask_k``) would silently do nothing."""
+        fields = self._catalog.adetailer_fields
+        unknown = sorted(set(unit) - set(fields)) if fields else []
+        if unknown:
+            close = nearest(unknown[0], fields or ())
+            hint = f"; nearest: {', '.join(close)}" if close else ""
+            raise InputInvalid(
+                f"{where}.{unknown[0]}: ADetailer has no field {unknown[0]!r}{hint} "
+                "(it would skip the whole unit)",
+                details={"unit": where, "unknown": unknown},
             )
 
 
