@@ -98,13 +98,8 @@ def adetailer(args: list[Any]) -> dict[str, Any]:
 
 
 def ad_unit(**changes: Any) -> dict[str, Any]:
-    return {
-        "ad_model": DETECTOR_ALWAYS,
-        "ad_confidence": 0.3,
-        "ad_mask_k_largest": 1,
-        "ad_steps": 2,
-        **changes,
-    }
+    """One ADetailer pass on the largest box only (``ad_mask_k``; ``ad_mask_k_largest`` before v24.11)."""
+    return {"ad_model": DETECTOR_ALWAYS, "ad_confidence": 0.3, "ad_mask_k": 1, **changes}
 
 
 #: (name, endpoint, body changes): sent in this order to one fresh A1111, the most telling first (each
@@ -196,7 +191,9 @@ def scrubbed(value: Any, folders: dict[str, str]) -> Any:
     return value
 
 
-def record(url: str, image: str, write: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+def record(
+    url: str, image: str, write: Callable[[dict[str, Any]], None], skip: frozenset[str] = frozenset()
+) -> dict[str, Any]:
     listings = {path: requests.get(url + path, timeout=60).json() for path in LISTINGS}
     listings["/controlnet/module_list"].pop("module_detail", None)  # ~60 KB of UI hints
     info = requests.get(url + "/sdapi/v1/script-info", timeout=60).json()
@@ -205,6 +202,8 @@ def record(url: str, image: str, write: Callable[[dict[str, Any]], None]) -> dic
     exchanges: list[dict[str, Any]] = []
     recording = {"listings": listings, "exchanges": exchanges, "controlnet_title": title}
     for name, endpoint, changes in CASES:
+        if name in skip:
+            continue
         body = {**BASE, **changes}
         response = requests.post(
             f"{url}/sdapi/v1/{endpoint}", json=substitute(body, image, title), timeout=900
@@ -227,6 +226,7 @@ def record(url: str, image: str, write: Callable[[dict[str, Any]], None]) -> dic
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=ROOT / "tests" / "fixtures" / "a1111" / "extensions.json")
+    parser.add_argument("--skip", nargs="*", default=[], help="cases not to send (recorded already)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     install, dirs = a1111_dir(), extension_dirs()
@@ -251,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
 
         env = extension_env(install, ext_dir, tmp, models)
         with launched(env, tmp / "start.log", timeout_s=900) as started:
-            record(started.url, control_image(), write)
+            record(started.url, control_image(), write, frozenset(args.skip))
     log.info("transcripts written to %s", args.out)
     return 0
 

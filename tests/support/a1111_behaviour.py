@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tests.support.fake_extensions import extension_images, extension_params
 from worker.a1111.txt2img_fields import TXT2IMG_FIELDS
 
 if TYPE_CHECKING:
@@ -264,6 +265,7 @@ def _generate(data: FakeData, body: dict[str, Any], cond_cache: list[Any]) -> di
         if used:
             extra["TI hashes"] = ", ".join(f"{name}: {short}" for name, short in used.items())
     cond_cache[:] = [cond_key]
+    extra.update(extension_params(data.scripts, body))
     if sampling.explicit_schedule:
         extra["Schedule type"] = sampling.schedule_label
 
@@ -327,6 +329,7 @@ def _generate(data: FakeData, body: dict[str, Any], cond_cache: list[Any]) -> di
         "version": VERSION,
     }
     images = [{"width": out_w, "height": out_h}] * count if params["send_images"] else []
+    images += extension_images(data.scripts, body, {"width": width, "height": height}) if images else []
     return {"images": images, "parameters": params, "info": info}
 
 
