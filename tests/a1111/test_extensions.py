@@ -98,6 +98,7 @@ def test_controlnet_canny_and_adetailer_through_the_worker(runner: JobRunner) ->
         },
     )
     assert "error" not in out, out
+    assert len(out["images"]) == 3  # the image, then ControlNet's two detected maps
     text = infotext(out)
     assert 'ControlNet 0: "Module: canny, Model: control_rand_sd15' in text, text
     assert 'ControlNet 1: "Module: invert, Model: control_rand_sd15' in text, text
