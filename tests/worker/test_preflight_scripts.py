@@ -16,6 +16,7 @@ from worker.a1111.client import A1111Client
 from worker.a1111.extensions import ExtensionCatalog
 from worker.errors import ModelIncompatible
 from worker.handler import JobRunner
+from worker.model_types import ModelFacts
 from worker.preflight.scripts import ScriptContext, check_alwayson_scripts
 from worker.settings import WorkerSettings
 
@@ -188,16 +189,29 @@ class Lists:
         return self.catalog
 
 
+def facts(kind: str, name: str, architecture: str) -> ModelFacts:
+    return ModelFacts(kind=kind, file_name=f"{name}.safetensors", architecture=architecture)  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize(("checkpoint", "controlnet"), [("sdxl", "sd15"), ("sd15", "sdxl")])
 def test_controlnet_for_another_architecture_is_refused(checkpoint: str, controlnet: str) -> None:
     context = ScriptContext(
-        checkpoint_architecture=checkpoint,  # type: ignore[arg-type]
-        controlnet_architecture=lambda name: controlnet if name == "control_rand_sd15" else None,  # type: ignore[return-value,arg-type]
+        checkpoint=facts("checkpoint", "base", checkpoint),
+        controlnet_facts=lambda name: (
+            facts("controlnet", name, controlnet) if name == "control_rand_sd15" else None
+        ),
     )
-    with pytest.raises(ModelIncompatible, match=f"built for {controlnet}, the checkpoint is {checkpoint}"):
+    with pytest.raises(
+        ModelIncompatible, match=r"args\[0\]\.model: controlnet control_rand_sd15\.safetensors is for"
+    ):
         check_alwayson_scripts(cn(unit()), Lists(), context)
 
 
-def test_controlnet_of_unknown_architecture_passes() -> None:
-    context = ScriptContext(checkpoint_architecture="sdxl")
+@pytest.mark.parametrize("architecture", ["sd15", "unknown"])
+def test_controlnet_of_the_same_or_unknown_architecture_passes(architecture: str) -> None:
+    context = ScriptContext(
+        checkpoint=facts("checkpoint", "base", "sd15"),
+        controlnet_facts=lambda name: facts("controlnet", name, architecture),
+    )
     assert check_alwayson_scripts(cn(unit()), Lists(), context) == []
+    assert check_alwayson_scripts(cn(unit()), Lists(), ScriptContext(checkpoint=None)) == []

@@ -14,8 +14,8 @@ from typing import Any
 
 from worker.a1111.catalog import CheckpointEntry, LoraEntry
 from worker.clock import SYSTEM_CLOCK, Clock
-from worker.errors import EngineFailed, InputInvalid, ModelNotFound, excerpt
-from worker.model_types import ModelProvider
+from worker.errors import EngineFailed, InputInvalid, ModelIncompatible, ModelNotFound, excerpt
+from worker.model_types import ModelFacts, ModelProvider, ModelType
 from worker.preflight.lookup import EngineLists, ModelLookup
 from worker.preflight.matching import (
     checkpoint_file,
@@ -103,14 +103,19 @@ class Preflight:
         """``alwayson_scripts`` (``worker.preflight.scripts``), held to the checkpoint the job runs on."""
         if not job.alwayson_scripts:
             return []
-        describe = self._lookup.describe
-        checkpoint = describe("checkpoint", checkpoint_file(running)) if running else None
         context = ScriptContext(
             endpoint="img2img" if getattr(job, "init_images", None) else "txt2img",
-            checkpoint_architecture=checkpoint.architecture if checkpoint else None,
-            controlnet_architecture=lambda name: getattr(describe("controlnet", name), "architecture", None),
+            checkpoint=self._known("checkpoint", checkpoint_file(running)) if running else None,
+            controlnet_facts=lambda name: self._known("controlnet", name),
         )
         return check_alwayson_scripts(job.alwayson_scripts, self._engine, context)
+
+    def _known(self, kind: ModelType, name: str) -> ModelFacts | None:
+        """The registry's facts, or None when it has none to give (an unusable pickle A1111 still loads)."""
+        try:
+            return self._lookup.describe(kind, name)
+        except ModelIncompatible:
+            return None
 
     def _prompt_loras(self, job: Txt2ImgJob) -> tuple[tuple[LoraEntry, float], ...]:
         """The LoRAs of ``<lora:name:weight>`` tags in the prompts, spelled exactly as the engine does."""

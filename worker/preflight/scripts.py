@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from worker.a1111.extensions import ADETAILER_SCRIPT, CONTROLNET_SCRIPT, ExtensionCatalog
+from worker.compatibility import check_compatible
 from worker.errors import InputInvalid, ModelIncompatible, ModelNotFound, excerpt
-from worker.model_types import Architecture
+from worker.model_types import ModelFacts
 from worker.preflight.matching import key, nearest, not_found
 
 #: A1111's ``alwayson_scripts`` entry: ``{"args": [...]}`` (a missing ``args`` means none)
@@ -33,12 +34,12 @@ class ScriptLists(Protocol):
 
 @dataclass(frozen=True)
 class ScriptContext:
-    """What the job runs on: the endpoint (``txt2img``/``img2img``) and the checkpoint's architecture;
-    ``controlnet_architecture`` says what a ControlNet file was built for (the registry; None: unknown)."""
+    """What the job runs on: the endpoint (``txt2img``/``img2img``) and the checkpoint's facts;
+    ``controlnet_facts`` is what the registry knows of a ControlNet by name (None: nothing)."""
 
     endpoint: str = "txt2img"
-    checkpoint_architecture: Architecture | None = None
-    controlnet_architecture: Callable[[str], Architecture | None] = lambda _name: None
+    checkpoint: ModelFacts | None = None
+    controlnet_facts: Callable[[str], ModelFacts | None] = lambda _name: None
 
 
 def check_alwayson_scripts(
@@ -128,15 +129,15 @@ class _Checker:
         return found
 
     def _compatible(self, where: str, title: str) -> None:
-        wanted = self._context.checkpoint_architecture
-        built_for = self._context.controlnet_architecture(_stem(title))
-        if wanted is None or built_for in (None, "unknown") or built_for == wanted:
+        """The one compatibility rule (``worker.compatibility``): unknown architectures pass."""
+        checkpoint, facts = self._context.checkpoint, self._context.controlnet_facts(_stem(title))
+        if checkpoint is None or facts is None:
             return
-        raise ModelIncompatible(
-            f"{where}.model: ControlNet {title!r} is built for {built_for}, the checkpoint is {wanted}; "
-            "use a ControlNet made for the checkpoint's architecture",
-            details={"unit": where, "model": title, "model_architecture": built_for, "checkpoint": wanted},
-        )
+        try:
+            check_compatible(checkpoint, [facts])
+        except ModelIncompatible as exc:
+            details = {**exc.details, "unit": where}
+            raise ModelIncompatible(f"{where}.model: {exc.message}", details=details) from exc
 
     # -- ADetailer ----------------------------------------------------------------------------------
 
