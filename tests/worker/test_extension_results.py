@@ -24,6 +24,9 @@ EXPECTED: dict[str, str | None] = {
     "ad_detection": None,
     "ad_no_detection": None,
 }
+#: what the answer cannot show: ADetailer reports a detector it failed to load like one it ran, and a
+#: positional ControlNet unit is no unit at all; pre-flight is the only guard against both
+INVISIBLE_AFTERWARDS = ("ad_unknown_model", "cn_positional_list")
 
 
 def recorded(name: str) -> dict[str, Any]:
@@ -43,6 +46,13 @@ def test_post_check_on_the_recorded_answers(name: str) -> None:
         assert len(generated) == len(answer["images"]) - control_maps(body) == 1
     else:
         assert any(expected in problem for problem in problems), problems
+
+
+@pytest.mark.parametrize("name", INVISIBLE_AFTERWARDS)
+def test_what_only_pre_flight_can_catch(name: str) -> None:
+    exchange = recorded(name)
+    answer = exchange["response"]
+    assert check_extensions(exchange["body"], answer["images"], answer["info"])[1] == []
 
 
 def test_the_infotext_names_a_controlnet_model_that_was_never_loaded() -> None:
