@@ -115,8 +115,8 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
         "model_not_found",
     ),
     (
-        "ADetailer unit first",
-        {"ADetailer": {"args": [{"ad_model": DETECTOR_ALWAYS}, True, False]}},
+        "ADetailer field renamed",
+        {"ADetailer": {"args": [True, False, {"ad_model": DETECTOR_ALWAYS, "ad_mask_k_largest": 1}]}},
         "input_invalid",
     ),
     ("script not installed", {"reactor": {"args": [True]}}, "input_invalid"),

@@ -69,6 +69,11 @@ GOOD: list[tuple[str, dict[str, Any]]] = [
     ),
     ("ADetailer disabled", ad({"ad_model": "nope.pt"}, enable=False)),
     ("lower-case script name", {"adetailer": {"args": [True, False, {"ad_model": "face_rand.pt"}]}}),
+    (
+        "ADetailer unit first (v25 takes it)",
+        {"ADetailer": {"args": [{"ad_model": "face_always.pt"}, True, False]}},
+    ),
+    ("ADetailer unit alone (v25 takes it)", {"ADetailer": {"args": [{"ad_model": "face_always.pt"}]}}),
     ("another installed script", {"seed": {"args": []}}),
 ]
 
@@ -118,16 +123,16 @@ REFUSED: list[tuple[str, dict[str, Any], str, tuple[str, ...]]] = [
         ("alwayson_scripts.ADetailer.args[2].ad_mask_k_largest", "nearest: ad_mask_k", "skip the whole unit"),
     ),
     (
-        "ADetailer unit first",
-        {"ADetailer": {"args": [{"ad_model": "face_always.pt"}, True, False]}},
+        "ADetailer enabled without a unit",
+        {"ADetailer": {"args": [True, False]}},
         "input_invalid",
-        ("ADetailer takes [enable: bool, skip_img2img: bool",),
+        ("ADetailer is enabled but has no unit",),
     ),
     (
-        "ADetailer unit alone",
-        {"ADetailer": {"args": [{"ad_model": "face_always.pt"}]}},
+        "ADetailer model as a bare string",
+        {"ADetailer": {"args": [True, False, "face_always.pt"]}},
         "input_invalid",
-        ("ADetailer takes",),
+        ("alwayson_scripts.ADetailer.args[2]", "which it would ignore"),
     ),
 ]
 

@@ -142,24 +142,27 @@ class _Checker:
     # -- ADetailer ----------------------------------------------------------------------------------
 
     def _adetailer(self, where: str, args: list[Any]) -> None:
-        """``[enable, skip_img2img, {unit}, ...]``: two booleans, then one object per detector pass."""
-        if not args:
+        """``[enable, skip_img2img, {unit}, ...]`` as the peers send it. ADetailer v25 itself takes every
+        object as a unit and a leading boolean as the switch (recorded: ``[{unit}, true, false]`` runs) and
+        ignores anything else silently: a stray value or an enabled ADetailer without a unit is refused."""
+        if not args or args[0] is False:
             return
-        if len(args) < 2 or not all(isinstance(flag, bool) for flag in args[:2]):
+        for index, value in enumerate(args):
+            if not isinstance(value, (bool, dict)):
+                raise InputInvalid(
+                    f"{where}.args[{index}]: ADetailer takes [enable: bool, skip_img2img: bool, {{unit}}, "
+                    f"...]; got {excerpt(value)}, which it would ignore"
+                )
+        units = [(index, value) for index, value in enumerate(args) if isinstance(value, dict)]
+        if not units:
             raise InputInvalid(
-                f"{where}.args: ADetailer takes [enable: bool, skip_img2img: bool, {{unit}}, ...]; "
-                f"got {excerpt(args)} (with the units first, ADetailer ignores them)"
+                f"{where}.args: ADetailer is enabled but has no unit ({{'ad_model': ...}}): "
+                "it would do nothing"
             )
-        if args[0] is False:
-            return
-        for index, unit in enumerate(args[2:], start=2):
+        for index, unit in units:
             self._adetailer_unit(f"{where}.args[{index}]", unit)
 
-    def _adetailer_unit(self, where: str, unit: Any) -> None:
-        if not isinstance(unit, dict):
-            raise InputInvalid(
-                f"{where}: ADetailer units are objects ({{'ad_model', ...}}); got {excerpt(unit)}"
-            )
+    def _adetailer_unit(self, where: str, unit: dict[str, Any]) -> None:
         self._adetailer_fields(where, unit)
         model = unit.get("ad_model")
         if model is None or model == NO_MODEL:
