@@ -103,6 +103,12 @@ REFUSED: list[tuple[str, dict[str, Any], str, tuple[str, ...]]] = [
         "input_invalid",
         ("alwayson_scripts.controlnet.args[0]", "objects"),
     ),
+    (
+        "txt2img unit without an image",
+        cn(unit(image=None)),
+        "input_invalid",
+        ("alwayson_scripts.controlnet.args[0].image", "needs a control image"),
+    ),
     ("args not a list", {"controlnet": {"args": unit()}}, "input_invalid", ('{"args": [...]}',)),
     (
         "script not installed",

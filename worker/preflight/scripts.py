@@ -117,6 +117,9 @@ class _Checker:
         model = str(unit.get("model") or NO_MODEL)
         title = self._controlnet_model(where, model)
         self._compatible(where, title)
+        if self._context.endpoint == "txt2img" and not (unit.get("image") or unit.get("input_image")):
+            # img2img falls back to the init image; txt2img has none, and ControlNet skips the unit (recorded)
+            raise InputInvalid(f"{where}.image: a txt2img ControlNet unit needs a control image (base64)")
 
     def _controlnet_model(self, where: str, model: str) -> str:
         found = _controlnet_title(model, self._catalog.controlnet_models or ())
