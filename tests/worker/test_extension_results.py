@@ -23,6 +23,11 @@ EXPECTED: dict[str, str | None] = {
     "ad_unknown_field": "ADetailer unit 1 (face_always.pt) was not applied",
     "ad_detection": None,
     "ad_no_detection": None,
+    "ad_dict_first": None,
+    "cn_model_none": "ControlNet returned no detected maps (expected 1)",
+    "cn_no_image": "ControlNet returned no detected maps (expected 1)",
+    "cn_canny_model_with_hash": None,
+    "cn_unknown_field": None,
 }
 #: what the answer cannot show: ADetailer reports a detector it failed to load like one it ran, and a
 #: positional ControlNet unit is no unit at all; pre-flight is the only guard against both

@@ -19,7 +19,21 @@ RECORDED = json.loads((ROOT / "tests" / "fixtures" / "a1111" / "extensions.json"
 LISTINGS: dict[str, Any] = RECORDED["listings"]
 EXCHANGES = {e["name"]: e for e in RECORDED["exchanges"]}
 #: requests whose units the real extensions applied, and plain refusals
-EMULATED = ("cn_two_units_canny_invert", "ad_detection", "ad_no_detection", "unknown_script", "plain")
+EMULATED = (
+    "cn_two_units_canny_invert",
+    "cn_canny_model_with_hash",
+    "cn_disabled_unit",
+    "cn_unknown_field",
+    "cn_script_name_capitalised",
+    "ad_detection",
+    "ad_no_detection",
+    "ad_dict_first",
+    "ad_mediapipe",
+    "ad_model_none",
+    "ad_disabled",
+    "unknown_script",
+    "plain",
+)
 
 
 def serving_the_extensions(fake: FakeA1111) -> FakeA1111:
@@ -44,6 +58,8 @@ def extension_entries(params: dict[str, Any]) -> dict[str, str]:
 def with_image(value: Any) -> Any:
     if value == "$CONTROL_IMAGE":
         return RECORDED["meta"]["control_image"]
+    if value == "$CONTROLNET_TITLE":
+        return RECORDED["controlnet_title"]
     if isinstance(value, list):
         return [with_image(item) for item in value]
     if isinstance(value, dict):

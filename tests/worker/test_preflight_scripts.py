@@ -73,7 +73,6 @@ GOOD: list[tuple[str, dict[str, Any]]] = [
         "ADetailer unit first (v25 takes it)",
         {"ADetailer": {"args": [{"ad_model": "face_always.pt"}, True, False]}},
     ),
-    ("ADetailer unit alone (v25 takes it)", {"ADetailer": {"args": [{"ad_model": "face_always.pt"}]}}),
     ("another installed script", {"seed": {"args": []}}),
 ]
 
@@ -130,9 +129,15 @@ REFUSED: list[tuple[str, dict[str, Any], str, tuple[str, ...]]] = [
     ),
     (
         "ADetailer enabled without a unit",
-        {"ADetailer": {"args": [True, False]}},
+        {"ADetailer": {"args": [True, False, False]}},
         "input_invalid",
         ("ADetailer is enabled but has no unit",),
+    ),
+    (
+        "ADetailer unit alone: its default first unit would run too",
+        {"ADetailer": {"args": [{"ad_model": "face_always.pt"}]}},
+        "input_invalid",
+        ("fewer than 3 arguments", "send [true, false, {unit}, ...]"),
     ),
     (
         "ADetailer model as a bare string",

@@ -156,6 +156,13 @@ class _Checker:
                     f"{where}.args[{index}]: ADetailer takes [enable: bool, skip_img2img: bool, {{unit}}, "
                     f"...]; got {excerpt(value)}, which it would ignore"
                 )
+        if len(args) < 3:
+            # the slots not sent keep ADetailer's UI defaults, and the third is an enabled unit (recorded:
+            # [{unit}] also runs mediapipe_face_full)
+            raise InputInvalid(
+                f"{where}.args: with fewer than 3 arguments ADetailer also runs its default first unit; "
+                "send [true, false, {unit}, ...]"
+            )
         units = [(index, value) for index, value in enumerate(args) if isinstance(value, dict)]
         if not units:
             raise InputInvalid(
