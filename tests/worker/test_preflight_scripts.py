@@ -231,3 +231,28 @@ def test_controlnet_of_the_same_or_unknown_architecture_passes(architecture: str
     )
     assert check_alwayson_scripts(cn(unit()), Lists(), context) == []
     assert check_alwayson_scripts(cn(unit()), Lists(), ScriptContext(checkpoint=None)) == []
+
+
+def test_the_peers_adetailer_example_is_refused_naming_the_renamed_field(fake_a1111: FakeA1111) -> None:
+    """runpod-worker-a1111's docs/api/a1111/txt2img-adetailer.md (envelope form) sends ``ad_mask_k_largest``,
+    which ADetailer >= 24.11 no longer has: on the real v25.3.0 the whole unit is dropped without a word."""
+    unit = {
+        "ad_model": "face_yolov8n.pt",
+        "ad_confidence": 0.3,
+        "ad_mask_k_largest": 0,
+        "ad_dilate_erode": 32,
+    }
+    payload = {
+        "prompt": "realistic photo of fantastic happy man",
+        "steps": 2,
+        "width": 64,
+        "height": 64,
+        "sampler_name": "DPM++ SDE",
+        "scheduler": "karras",
+        "alwayson_scripts": {"ADetailer": {"args": [True, False, unit]}},
+    }
+    job = {"api": {"method": "POST", "endpoint": "/sdapi/v1/txt2img"}, "payload": payload}
+    out = make_runner(with_extensions(fake_a1111)).run({"id": "peer", "input": job})
+    assert out["error"].startswith("input_invalid: alwayson_scripts.ADetailer.args[2].ad_mask_k_largest"), out
+    assert "nearest: ad_mask_k" in out["error"]
+    assert fake_a1111.requests_to("txt2img", "POST") == []
