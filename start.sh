@@ -175,6 +175,33 @@ refuse_bind_args() {
 	done
 }
 
+# --- the extensions' model folders on the volume (docs/extensions.md) -------------------------------
+# Same folder names as the worker's registry (worker/registry/volume.py KIND_DIRS). A flag is passed only
+# when its extension is installed: A1111 refuses arguments no installed extension declares.
+#   ControlNet   --controlnet-dir (its models/ folder and <models>/ControlNet are scanned as well)
+#   ADetailer    reads only <models>/adetailer: linked to the volume's folder when nothing is baked there;
+#                --ad-no-huggingface, or it tries to download its default detectors at every start
+extension_args() {
+	if [[ -d "$A1111_EXTENSIONS_DIR/sd-webui-controlnet" ]]; then
+		engine_cmd+=(--controlnet-dir "$WORKER_MODELS_DIR/ControlNet")
+	fi
+	if [[ -d "$A1111_EXTENSIONS_DIR/adetailer" ]]; then
+		engine_cmd+=(--ad-no-huggingface)
+	fi
+}
+
+prepare_extension_folders() {
+	local own="$A1111_OWN_MODELS_DIR/adetailer"
+	[[ -d "$A1111_EXTENSIONS_DIR/sd-webui-controlnet" ]] && mkdir -p "$WORKER_MODELS_DIR/ControlNet"
+	[[ -d "$A1111_EXTENSIONS_DIR/adetailer" ]] || return 0
+	mkdir -p "$WORKER_MODELS_DIR/adetailer" "$A1111_OWN_MODELS_DIR"
+	if [[ -L "$own" || ! -e "$own" ]]; then
+		ln -sfn "$WORKER_MODELS_DIR/adetailer" "$own"
+	else
+		log "WARNING: $own is a folder of its own: ADetailer will not see $WORKER_MODELS_DIR/adetailer"
+	fi
+}
+
 # --- the engine command -----------------------------------------------------------------------------
 engine_cmd=()
 shown_cmd=()
@@ -192,6 +219,7 @@ if [[ "$WORKER_ENGINE" == a1111 ]]; then
 		--ckpt-dir "$WORKER_MODELS_DIR/checkpoints" --lora-dir "$WORKER_MODELS_DIR/loras"
 		--lyco-dir-backcompat "${BAKED_DIRS[loras]}"
 		--embeddings-dir "$WORKER_MODELS_DIR/embeddings" --vae-dir "$WORKER_MODELS_DIR/vae")
+	extension_args
 	# The registry records every model's sha256, so A1111 need not re-hash multi-GB files on each boot.
 	[[ "$A1111_NO_HASHING" == 1 ]] && engine_cmd+=(--no-hashing)
 	shown_cmd=("${engine_cmd[@]}")
@@ -277,6 +305,7 @@ if [[ "$WORKER_ENGINE" == a1111 ]]; then
 	gpu_preflight
 	mkdir -p "$A1111_DATA_DIR"
 	ensure_extension
+	prepare_extension_folders
 fi
 [[ "$WORKER_ENGINE" == external ]] || prepare_models_dir
 

@@ -198,7 +198,7 @@ def refuse_unsupported_fields(req: Txt2ImgRequest) -> None:
     if req.script_name:
         raise RequestRefused(422, f"Script '{req.script_name}' not found")
     for title in req.alwayson_scripts or {}:
-        raise RequestRefused(422, f"always on script {title} not found")
+        raise RequestRefused(422, f"Script '{title}' not found")  # A1111's words (tests/fixtures/a1111)
     refusals = (
         (req.styles, f"style(s) {req.styles} not found: this engine has no prompt styles"),
         (

@@ -10,6 +10,7 @@
 #   A1111_SOURCES=DIR     a folder of git repositories (OWNER+NAME/repo, OWNER+NAME or NAME; bare or not)
 #                         used instead of GitHub for each repository it holds
 #   A1111_BASE_PYTHON=PY  the Python 3.10 to build the venv from (default: python3.10 on PATH)
+#   A1111_VENV=DIR        where the venv goes (default DEST/venv; setup_a1111_extensions.sh builds a second one)
 #   TORCH_INDEX_URL=URL   where torch 2.1.2 / torchvision 0.16.2 come from (default: PyPI; its Linux wheels
 #                         are the CUDA build, which runs on a CPU; the CPU index is much smaller)
 #
@@ -20,7 +21,7 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 DEST="$(mkdir -p "${1:-${XDG_CACHE_HOME:-$HOME/.cache}/a1111-worker/a1111}" && cd "${1:-${XDG_CACHE_HOME:-$HOME/.cache}/a1111-worker/a1111}" && pwd)"
 SOURCES="${A1111_SOURCES:-}"
 WEBUI="$DEST/webui"
-VENV="$DEST/venv"
+VENV="${A1111_VENV:-$DEST/venv}"
 started=$(date +%s)
 log() { printf '[setup %ss] %s\n' "$(($(date +%s) - started))" "$*"; }
 die() {

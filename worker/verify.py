@@ -35,6 +35,7 @@ from worker.a1111.catalog import EngineCatalog
 from worker.a1111.progress import GenerationProgress
 from worker.errors import Cancelled, EngineFailed
 from worker.image_input_verify import image_input_problems
+from worker.extension_results import check_extensions
 from worker.translate import LORA_TAG
 
 # One ``key: value`` pair of an infotext's last line; values with commas or colons are JSON-quoted.
@@ -110,12 +111,14 @@ def check_generation(
         `list[str]`: warnings for what could not be checked (e.g. LoRAs on an engine that does not hash).
     """
     lora_mismatches, warnings = _lora_problems(payload, info.get("extra_generation_params") or {}, info)
+    images, extension_mismatches = check_extensions(payload, images, info)  # docs/extensions.md
     mismatches = [
         *_model_problems(payload, catalog, info),
         *_sampling_problems(payload, catalog, info),
         *_size_and_count_problems(payload, images, info),
         *lora_mismatches,
         *image_input_problems(payload, parse_infotext(str((info.get("infotexts") or [""])[0]))),
+        *extension_mismatches,
     ]
     if mismatches:
         raise EngineFailed(

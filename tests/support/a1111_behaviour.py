@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from worker.a1111.img2img_fields import IMG2IMG_FIELDS
+from tests.support.fake_extensions import extension_images, extension_params
 from worker.a1111.txt2img_fields import TXT2IMG_FIELDS
 
 if TYPE_CHECKING:
@@ -280,6 +281,7 @@ def _generate(data: FakeData, body: dict[str, Any], cond_cache: list[Any], kind:
         if used:
             extra["TI hashes"] = ", ".join(f"{name}: {short}" for name, short in used.items())
     cond_cache[:] = [cond_key]
+    extra.update(extension_params(data.scripts, body))
     if sampling.explicit_schedule:
         extra["Schedule type"] = sampling.schedule_label
 
@@ -344,6 +346,7 @@ def _generate(data: FakeData, body: dict[str, Any], cond_cache: list[Any], kind:
         "version": VERSION,
     }
     images = [{"width": out_w, "height": out_h}] * made if params["send_images"] else []
+    images += extension_images(data.scripts, body, {"width": width, "height": height}) if images else []
     return {"images": images, "parameters": params, "info": info}
 
 

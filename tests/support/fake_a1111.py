@@ -205,6 +205,8 @@ class FakeData:
         }
     )
     opts_data_keys: set[str] = field(default_factory=lambda: {"sd_model_checkpoint"})
+    #: routes of installed extensions, path -> JSON (``/controlnet/model_list``...; tests/support/fake_extensions.py)
+    extension_routes: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def recorded(cls) -> FakeData:
@@ -585,6 +587,8 @@ class FakeA1111:
         """The normal (fault-free) answer for one request."""
         if path.startswith(CONTROL):
             return self._control(method, path[len(CONTROL) :], body)
+        if method == "GET" and path in self.data.extension_routes:
+            return 200, copy.deepcopy(self.data.extension_routes[path])
         if not path.startswith(API):
             return 404, {"detail": "Not Found"}
         name = path[len(API) :]

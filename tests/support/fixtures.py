@@ -8,6 +8,7 @@ from typing import Any
 
 from worker.a1111.catalog import CheckpointEntry, EngineCatalog, LoraEntry, SamplerEntry, SchedulerEntry
 from worker.a1111.endpoints import RefreshKind
+from worker.a1111.extensions import ExtensionCatalog
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 
@@ -46,6 +47,7 @@ class StaticEngineLists:
 
     def __init__(self, catalog: EngineCatalog) -> None:
         self._catalog = catalog
+        self.extension_catalog = ExtensionCatalog()
         self.refreshed: list[str] = []
         self.fetches = 0
 
@@ -55,3 +57,6 @@ class StaticEngineLists:
 
     def refresh(self, kind: RefreshKind) -> None:
         self.refreshed.append(kind)
+
+    def extensions(self, *, refresh: bool = False) -> ExtensionCatalog:
+        return self.extension_catalog

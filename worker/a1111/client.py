@@ -22,6 +22,7 @@ from worker.a1111.endpoints import (
     endpoint_name,
     listing_method,
 )
+from worker.a1111.extensions import ExtensionCatalog, ExtensionCatalogCache
 from worker.a1111.process import EngineProcess
 from worker.a1111.progress import GenerationProgress, parse_progress
 from worker.a1111.readiness import Readiness
@@ -74,6 +75,7 @@ class A1111Client:
             clock=clock,
         )
         self._catalog = CatalogCache(self._transport.get, clock=clock)
+        self._extensions = ExtensionCatalogCache(self._transport.get)
         self._readiness = Readiness(self._transport, self.process, self.txt2img, clock=clock)
         self._clock = clock
 
@@ -193,6 +195,10 @@ class A1111Client:
     def catalog(self, *, refresh: bool = False) -> EngineCatalog:
         """Everything a job may name, fetched once and cached (``refresh=True`` or ``refresh()`` refetch)."""
         return self._catalog.get(refresh=refresh)
+
+    def extensions(self, *, refresh: bool = False) -> ExtensionCatalog:
+        """The scripts and extension models a job's ``alwayson_scripts`` may name (fetched once, cached)."""
+        return self._extensions.get(refresh=refresh)
 
     def refresh(self, kind: RefreshKind) -> None:
         """Rescan one model folder (``POST /refresh-<kind>``), then drop the cached catalog."""

@@ -47,6 +47,11 @@ class _RetryableStatus(Exception):
         self.response = response
 
 
+def route(endpoint: str) -> str:
+    """An endpoint's path: below ``/sdapi/v1/``, or from the root when it starts with ``/`` (extensions)."""
+    return endpoint if endpoint.startswith("/") else API_PREFIX + endpoint
+
+
 def never_connected(exc: BaseException) -> bool:
     """True when the request was refused before any byte was sent (safe to retry even a POST)."""
     if isinstance(exc, requests.ConnectTimeout):
@@ -130,11 +135,11 @@ class Transport:
             self._session.close()
 
     def url(self, endpoint: str) -> str:
-        return self._base + API_PREFIX + endpoint
+        return self._base + route(endpoint)
 
     @staticmethod
     def what(method: str, endpoint: str) -> str:
-        return f"{method} {API_PREFIX}{endpoint}"
+        return f"{method} {route(endpoint)}"
 
     def request_once(self, method: str, endpoint: str, *, timeout: tuple[float, float]) -> requests.Response:
         """One bare request, no retry, no error mapping (readiness polls and the interrupt use it)."""

@@ -13,6 +13,7 @@ from typing import Protocol, TypeVar
 
 from worker.a1111.catalog import EngineCatalog
 from worker.a1111.endpoints import RefreshKind
+from worker.a1111.extensions import ExtensionCatalog
 from worker.clock import SYSTEM_CLOCK, Clock
 from worker.errors import EngineFailed
 from worker.model_types import ModelFacts, ModelProvider, ModelType
@@ -35,6 +36,8 @@ class EngineLists(Protocol):
     def catalog(self, *, refresh: bool = False) -> EngineCatalog: ...
 
     def refresh(self, kind: RefreshKind) -> None: ...
+
+    def extensions(self, *, refresh: bool = False) -> ExtensionCatalog: ...
 
 
 class ModelLookup:

@@ -14,8 +14,8 @@ from typing import Any
 
 from worker.a1111.catalog import CheckpointEntry, LoraEntry
 from worker.clock import SYSTEM_CLOCK, Clock
-from worker.errors import EngineFailed, InputInvalid, ModelNotFound, excerpt
-from worker.model_types import ModelProvider
+from worker.errors import EngineFailed, InputInvalid, ModelIncompatible, ModelNotFound, excerpt
+from worker.model_types import ModelFacts, ModelProvider, ModelType
 from worker.preflight.image_models import checkpoint_warnings
 from worker.preflight.lookup import EngineLists, ModelLookup
 from worker.preflight.matching import (
@@ -33,6 +33,7 @@ from worker.preflight.matching import (
     tag_weight,
 )
 from worker.preflight.models_report import VAE_SPECIAL, models_used
+from worker.preflight.scripts import ScriptContext, check_alwayson_scripts
 from worker.schema import Txt2ImgJob
 from worker.translate import ResolvedNames, prompt_lora_tags
 
@@ -59,6 +60,7 @@ class Preflight:
         engine_kind: str = "a1111",
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
+        self._engine = engine
         self._lookup = ModelLookup(engine, provider, engine_kind=engine_kind, clock=clock)
         self._lora_renames: dict[str, str] = {}
         self._tag_renames: list[str] = []
@@ -93,6 +95,7 @@ class Preflight:
         warnings += checkpoint_warnings(
             job, lookup.describe("checkpoint", checkpoint_file(running)) if running else None
         )
+        warnings += self._scripts(job, running)
         return PreflightResult(
             names=names,
             models=models,
@@ -100,6 +103,24 @@ class Preflight:
             provision_ms=lookup.provision_ms,
             downloaded=lookup.downloaded,
         )
+
+    def _scripts(self, job: Txt2ImgJob, running: CheckpointEntry | None) -> list[str]:
+        """``alwayson_scripts`` (``worker.preflight.scripts``), held to the checkpoint the job runs on."""
+        if not job.alwayson_scripts:
+            return []
+        context = ScriptContext(
+            endpoint="img2img" if getattr(job, "init_images", None) else "txt2img",
+            checkpoint=self._known("checkpoint", checkpoint_file(running)) if running else None,
+            controlnet_facts=lambda name: self._known("controlnet", name),
+        )
+        return check_alwayson_scripts(job.alwayson_scripts, self._engine, context)
+
+    def _known(self, kind: ModelType, name: str) -> ModelFacts | None:
+        """The registry's facts, or None when it has none to give (an unusable pickle A1111 still loads)."""
+        try:
+            return self._lookup.describe(kind, name)
+        except ModelIncompatible:
+            return None
 
     def _prompt_loras(self, job: Txt2ImgJob) -> tuple[tuple[LoraEntry, float], ...]:
         """The LoRAs of ``<lora:name:weight>`` tags in the prompts, spelled exactly as the engine does."""

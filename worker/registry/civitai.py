@@ -32,6 +32,7 @@ CIVITAI_TYPES: dict[str, ModelType] = {
     "lycoris": "lora",
     "textualinversion": "embedding",
     "vae": "vae",
+    "controlnet": "controlnet",
 }
 
 #: Civitai "baseModel" prefix -> architecture (Pony, Illustrious and NoobAI are SDXL fine-tunes)

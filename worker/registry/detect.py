@@ -34,6 +34,10 @@ class Rule:
 
 # (kind, rule); a file's kind is the first rule that matches.
 _KIND_TABLE: tuple[tuple[ModelType, MatchType, str], ...] = (
+    # ControlNets: the published ldm layout, diffusers' ControlNetModel, and unprefixed ldm ones
+    ("controlnet", "prefix", "control_model."),
+    ("controlnet", "prefix", "controlnet_cond_embedding."),
+    ("controlnet", "prefix", "input_hint_block."),
     ("lora", "prefix", "lora_unet_"),
     ("lora", "prefix", "lora_te_"),
     ("lora", "prefix", "lora_te1_"),
@@ -124,6 +128,17 @@ ARCH_RULES: dict[ModelType, tuple[Rule, ...]] = {
     ),
     # SD1.x and SDXL VAEs have identical shapes: only metadata can tell them apart.
     "vae": _META_RULES,
+    # SDXL ControlNets take the pooled text and size embedding (label_emb / add_embedding); the context
+    # width tells the rest, in both layouts (ldm ``attn2.to_k``, diffusers ``attn2.to_k`` too)
+    "controlnet": (
+        Rule("sdxl", "prefix", "control_model.label_emb."),
+        Rule("sdxl", "prefix", "label_emb."),
+        Rule("sdxl", "prefix", "add_embedding."),
+        *_shape_rules("attn2.to_k.weight", 1, CONTEXT_WIDTHS),
+        *_META_RULES,
+    ),
+    # YOLO detectors are pickles: never read here
+    "adetailer": (),
 }
 
 

@@ -26,6 +26,9 @@ KIND_DIRS: dict[ModelType, str] = {
     "lora": "loras",
     "embedding": "embeddings",
     "vae": "vae",
+    # the extensions' folders (start.sh passes --controlnet-dir and links ADetailer's models folder to them)
+    "controlnet": "ControlNet",
+    "adetailer": "adetailer",
 }
 SAFETENSORS_EXT = (".safetensors",)
 PICKLE_EXT = (".ckpt", ".pt", ".pth", ".bin")

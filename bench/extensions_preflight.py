@@ -1,0 +1,152 @@
+"""The worker's added cost for a job with two ControlNet units and one ADetailer unit (``alwayson_scripts``).
+
+The engine is the fake A1111 (tests/support/fake_a1111.py) in a separate process, serving the listings the
+real A1111 with both extensions answered (tests/fixtures/a1111/extensions.json). Each round sends the same
+payload straight through ``A1111Client.txt2img`` and as a job through ``JobRunner.run``, once without
+``alwayson_scripts`` and once with them (each unit carrying a 512x512 control image); the worker's overhead is
+handler minus direct, and the scripts' pre-flight is the difference between the two overheads. Also the pure
+check (``check_alwayson_scripts`` on the cached lists), in process.
+
+    python bench/extensions_preflight.py [--rounds 60] [--smoke]
+
+Target (docs/performance.md): < 5 ms above a plain txt2img job.
+Writes bench/results/extensions_preflight.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import json
+import logging
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from worker.a1111.client import A1111Client  # noqa: E402
+from worker.handler import JobRunner  # noqa: E402
+from worker.preflight.scripts import ScriptContext, check_alwayson_scripts  # noqa: E402
+from worker.settings import WorkerSettings  # noqa: E402
+
+RECORDED = json.loads((ROOT / "tests" / "fixtures" / "a1111" / "extensions.json").read_text())
+
+
+def control_image() -> str:
+    """A 512x512 PNG of noise (incompressible: the size a real control image has on the wire)."""
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.random.default_rng(0).integers(0, 255, (512, 512, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def scripts(image: str) -> dict[str, Any]:
+    unit = {"enabled": True, "module": "canny", "model": "control_rand_sd15", "image": image, "weight": 1.0}
+    return {
+        "controlnet": {"args": [unit, {**unit, "module": "invert", "weight": 0.5}]},
+        "ADetailer": {"args": [True, False, {"ad_model": "face_always.pt", "ad_confidence": 0.3}]},
+    }
+
+
+def start_fake_engine() -> tuple[subprocess.Popen[str], str]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tests.support.fake_a1111", "--port", "0", "--png-size", "512"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    return process, process.stdout.readline().strip().rsplit(" ", 1)[-1]
+
+
+def set_fake_data(url: str, data: dict[str, Any]) -> None:
+    request = urllib.request.Request(
+        f"{url}/__fake__/data", data=json.dumps(data).encode(), headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        response.read()
+
+
+def overhead(runner: JobRunner, engine: A1111Client, extra: dict[str, Any], rounds: int) -> list[float]:
+    """handler - direct, in ms, per round (after 5 warm-up rounds)."""
+    job = {"prompt": "a portrait", "sampler_name": "Euler", "seed": 1, **extra}
+    payload = {"prompt": "a portrait", "sampler_name": "Euler", "seed": 1, "send_images": True, **extra}
+    result = []
+    for index in range(rounds + 5):
+        started = time.perf_counter()
+        engine.txt2img(payload, timeout_s=30)
+        direct = time.perf_counter() - started
+        started = time.perf_counter()
+        output = runner.run({"id": f"bench-{index}", "input": job})
+        handled = time.perf_counter() - started
+        assert isinstance(output, dict) and "error" not in output, output
+        if index >= 5:
+            result.append((handled - direct) * 1000)
+    return result
+
+
+def pure_check_us(engine: A1111Client, image: str, rounds: int) -> float:
+    context = ScriptContext(checkpoint_architecture="sd15")
+    engine.extensions()  # cached, as in a running worker
+    started = time.perf_counter()
+    for _ in range(rounds * 10):
+        check_alwayson_scripts(scripts(image), engine, context)
+    return (time.perf_counter() - started) / (rounds * 10) * 1e6
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=60)
+    parser.add_argument("--smoke", action="store_true", help="5 rounds: the bench runs; numbers are noise")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    rounds = 5 if args.smoke else args.rounds
+    image = control_image()
+    process, url = start_fake_engine()
+    try:
+        listings = RECORDED["listings"]
+        set_fake_data(
+            url,
+            {
+                "scripts": listings["/sdapi/v1/scripts"],
+                "extension_routes": {k: v for k, v in listings.items() if not k.startswith("/sdapi/")},
+            },
+        )
+        settings = WorkerSettings(a1111_url=url, progress_interval_s=1.0)  # type: ignore[arg-type]
+        with A1111Client(url) as engine:
+            runner = JobRunner(settings, engine)
+            plain = overhead(runner, engine, {}, rounds)
+            with_scripts = overhead(runner, engine, {"alwayson_scripts": scripts(image)}, rounds)
+            check_us = pure_check_us(engine, image, rounds)
+    finally:
+        process.terminate()
+        process.wait(10)
+    result = {
+        "rounds": rounds,
+        "control_image_base64_bytes": len(image),
+        "plain_overhead_ms_median": round(statistics.median(plain), 2),
+        "scripts_overhead_ms_median": round(statistics.median(with_scripts), 2),
+        "added_by_scripts_ms_median": round(statistics.median(with_scripts) - statistics.median(plain), 2),
+        "pure_check_us": round(check_us, 1),
+    }
+    print(f"{'measure':32} value")
+    for name, value in result.items():
+        print(f"{name:32} {value}")
+    out = ROOT / "bench" / "results" / "extensions_preflight.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

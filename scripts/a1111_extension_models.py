@@ -1,0 +1,127 @@
+"""Build random-weight models for the A1111 extensions, locally and deterministically (no download).
+
+Run it with the Python of the extension-enabled A1111 (``scripts/setup_a1111_extensions.sh``: it has torch,
+safetensors and ultralytics)::
+
+    python scripts/a1111_extension_models.py DEST --unet-from SD15_CHECKPOINT
+
+writes
+
+* ``DEST/ControlNet/control_rand_sd15.safetensors``: an SD1.5 ControlNet in the layout of the published ones
+  (``control_model.*`` keys, fp16, ~0.7 GB). The extension guesses its architecture from the keys and shapes
+  and only knows full-size ones (320 channels), so it cannot be small. Its encoder is the checkpoint's UNet
+  encoder (``time_embed``, ``input_blocks``, ``middle_block``), as a ControlNet starts from its base model;
+  the hint encoder, the zero convolutions and ``middle_block_out`` get seeded random values instead of zeros,
+  so that a unit visibly changes the image.
+* ``DEST/adetailer/face_rand.pt``: a YOLOv8n detector (one class, ``face``) built from ultralytics' own model
+  definition with seeded random weights: it finds nothing.
+* ``DEST/adetailer/face_always.pt``: the same with the class logits' bias raised, so every anchor scores ~1
+  and the detector always returns boxes, and its box outputs zeroed, so each box is a square 15 strides wide
+  on its anchor (ADetailer's ``ad_mask_k_largest: 1`` keeps only the largest); a way to make ADetailer
+  inpaint with a random model.
+
+Deterministic: the same checkpoint and seed give the same tensors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+log = logging.getLogger("a1111_extension_models")
+
+UNET_PREFIX = "model.diffusion_model."
+#: what a ControlNet copies of its base model's UNet
+COPIED = ("time_embed.", "input_blocks.", "middle_block.")
+#: output channels of SD1.5's twelve input blocks (each gets a 1x1 zero convolution)
+INPUT_BLOCK_CHANNELS = (320, 320, 320, 320, 640, 640, 640, 1280, 1280, 1280, 1280, 1280)
+#: the hint encoder: (in, out, stride) of its eight 3x3 convolutions (indices 0, 2, ... 14; SiLU between)
+HINT_CONVS = (
+    (3, 16, 1),
+    (16, 16, 1),
+    (16, 32, 2),
+    (32, 32, 1),
+    (32, 96, 2),
+    (96, 96, 1),
+    (96, 256, 2),
+    (256, 320, 1),
+)
+
+
+def _random(shape: tuple[int, ...], generator: torch.Generator, fan_in: int) -> torch.Tensor:
+    return torch.randn(shape, generator=generator) / fan_in**0.5
+
+
+def controlnet_from(checkpoint: Path, seed: int) -> dict[str, torch.Tensor]:
+    """An SD1.5 ControlNet state dict whose encoder is ``checkpoint``'s UNet encoder."""
+    weights = load_file(str(checkpoint))
+    generator = torch.Generator().manual_seed(seed)
+    control: dict[str, torch.Tensor] = {}
+    for key, tensor in weights.items():
+        inner = key.removeprefix(UNET_PREFIX)
+        if key.startswith(UNET_PREFIX) and inner.startswith(COPIED):
+            control[f"control_model.{inner}"] = tensor.to(torch.float16)
+    if not control:
+        raise SystemExit(f"{checkpoint} has no {UNET_PREFIX}* keys: not an SD1.x checkpoint")
+    for index, (c_in, c_out, _stride) in enumerate(HINT_CONVS):
+        control[f"control_model.input_hint_block.{index * 2}.weight"] = _random(
+            (c_out, c_in, 3, 3), generator, c_in * 9
+        )
+        control[f"control_model.input_hint_block.{index * 2}.bias"] = torch.zeros(c_out)
+    for index, channels in enumerate(INPUT_BLOCK_CHANNELS):
+        control[f"control_model.zero_convs.{index}.0.weight"] = _random(
+            (channels, channels, 1, 1), generator, channels
+        )
+        control[f"control_model.zero_convs.{index}.0.bias"] = torch.zeros(channels)
+    control["control_model.middle_block_out.0.weight"] = _random((1280, 1280, 1, 1), generator, 1280)
+    control["control_model.middle_block_out.0.bias"] = torch.zeros(1280)
+    return {key: tensor.to(torch.float16).contiguous() for key, tensor in control.items()}
+
+
+def yolo_detectors(dest: Path, seed: int) -> list[Path]:
+    """``face_rand.pt`` (finds nothing) and ``face_always.pt`` (always finds boxes): YOLOv8n, one class."""
+    # the extension venv's; imported here so that the ControlNet part needs only torch
+    from ultralytics import YOLO
+    from ultralytics.nn.tasks import DetectionModel
+
+    written = []
+    for name, class_bias in (("face_rand.pt", None), ("face_always.pt", 12.0)):
+        torch.manual_seed(seed)
+        model = YOLO("yolov8n.yaml")
+        model.model = DetectionModel("yolov8n.yaml", nc=1, verbose=False)
+        model.model.names = {0: "face"}
+        if class_bias is not None:
+            detect = model.model.model[-1]
+            for classes, boxes in zip(detect.cv3, detect.cv2, strict=True):
+                torch.nn.init.constant_(classes[-1].bias, class_bias)
+                # uniform distance distributions: every box is square, 15 strides wide, on its anchor
+                torch.nn.init.zeros_(boxes[-1].weight)
+                torch.nn.init.zeros_(boxes[-1].bias)
+        path = dest / name
+        model.save(str(path))
+        written.append(path)
+    return written
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("dest", type=Path)
+    parser.add_argument("--unet-from", type=Path, required=True, help="an SD1.5 single-file checkpoint")
+    parser.add_argument("--seed", type=int, default=20)
+    args = parser.parse_args()
+    (args.dest / "ControlNet").mkdir(parents=True, exist_ok=True)
+    (args.dest / "adetailer").mkdir(parents=True, exist_ok=True)
+    controlnet = args.dest / "ControlNet" / "control_rand_sd15.safetensors"
+    save_file(controlnet_from(args.unet_from, args.seed), str(controlnet), metadata={"format": "pt"})
+    log.info("%s (%.0f MB)", controlnet, controlnet.stat().st_size / 1e6)
+    for path in yolo_detectors(args.dest / "adetailer", args.seed):
+        log.info("%s (%.1f MB)", path, path.stat().st_size / 1e6)
+
+
+if __name__ == "__main__":
+    main()

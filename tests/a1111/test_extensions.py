@@ -1,0 +1,133 @@
+"""ControlNet and ADetailer on the real A1111 v1.10.1, through the worker's job path (docs/extensions.md).
+
+Needs, besides ``A1111_DIR``, ``A1111_EXT_DIR`` (``scripts/setup_a1111_extensions.sh``) and ``A1111_EXT_MODELS``
+(a full-size SD1.5 checkpoint in ``checkpoints/`` and ``scripts/a1111_extension_models.py``'s output); skipped
+with the reason otherwise. One A1111 for the module, started through start.sh with both extensions in its data
+dir and the models on the volume, so the folder layout start.sh gives the extensions is proven here too.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from tests.support.real_a1111 import Launched, launched
+from tests.support.real_a1111_extensions import (
+    CHECKPOINT,
+    CONTROLNET,
+    DETECTOR_ALWAYS,
+    DETECTOR_NONE,
+    extension_dirs,
+    extension_env,
+    prepared,
+)
+from worker.a1111.client import A1111Client
+from worker.handler import JobRunner
+from worker.settings import WorkerSettings
+
+pytestmark = pytest.mark.skipif(
+    extension_dirs() is None,
+    reason="needs A1111_EXT_DIR (scripts/setup_a1111_extensions.sh) and A1111_EXT_MODELS (docs/testing.md)",
+)
+
+JOB: dict[str, Any] = {"prompt": "a portrait", "steps": 2, "width": 64, "height": 64, "seed": 3}
+
+
+def control_image() -> str:
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (64, 64), "black")
+    ImageDraw.Draw(image).ellipse((14, 10, 50, 54), fill="white")
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def unit(**changes: Any) -> dict[str, Any]:
+    return {"enabled": True, "module": "canny", "model": CONTROLNET, "image": control_image(), **changes}
+
+
+@pytest.fixture(scope="module")
+def started(install: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Launched]:
+    dirs = extension_dirs()
+    assert dirs is not None
+    tmp = tmp_path_factory.mktemp("extensions")
+    models, _data = prepared(tmp, *dirs)
+    with launched(extension_env(install, dirs[0], tmp, models), tmp / "start.log", timeout_s=900) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def runner(started: Launched) -> JobRunner:
+    settings = WorkerSettings.model_validate({"a1111_url": started.url, "job_timeout_s": 900})
+    return JobRunner(settings, A1111Client(started.url, request_timeout_s=120))
+
+
+def run(runner: JobRunner, **job: Any) -> dict[str, Any]:
+    out = runner.run({"id": "ext", "input": {**JOB, "checkpoint": CHECKPOINT, **job}})
+    assert isinstance(out, dict)
+    return out
+
+
+def infotext(out: dict[str, Any]) -> str:
+    return str(json.loads(out["info"])["infotexts"][0])
+
+
+def test_the_extensions_list_what_start_sh_gave_them(started: Launched) -> None:
+    models = requests.get(f"{started.url}/controlnet/model_list", timeout=60).json()["model_list"]
+    assert [m.split(" [")[0] for m in models] == [CONTROLNET]
+    detectors = requests.get(f"{started.url}/adetailer/v1/ad_model", timeout=60).json()["ad_model"]
+    assert {DETECTOR_ALWAYS, DETECTOR_NONE, "mediapipe_face_full"} <= set(detectors)
+    scripts = requests.get(f"{started.url}/sdapi/v1/scripts", timeout=60).json()
+    assert {"controlnet", "adetailer"} <= set(scripts["txt2img"]) & set(scripts["img2img"])
+
+
+def test_controlnet_canny_and_adetailer_through_the_worker(runner: JobRunner) -> None:
+    out = run(
+        runner,
+        alwayson_scripts={
+            "controlnet": {"args": [unit(), unit(module="invert", weight=0.5)]},
+            "ADetailer": {"args": [True, False, {"ad_model": DETECTOR_ALWAYS, "ad_mask_k": 1}]},
+        },
+    )
+    assert "error" not in out, out
+    assert len(out["images"]) == 3  # the image, then ControlNet's two detected maps
+    text = infotext(out)
+    assert 'ControlNet 0: "Module: canny, Model: control_rand_sd15' in text, text
+    assert 'ControlNet 1: "Module: invert, Model: control_rand_sd15' in text, text
+    assert f"ADetailer model: {DETECTOR_ALWAYS}" in text, text
+
+
+BAD: list[tuple[str, dict[str, Any], str]] = [
+    ("unknown model", {"controlnet": {"args": [unit(model="control_nope_sd15")]}}, "model_not_found"),
+    ("unknown preprocessor", {"controlnet": {"args": [unit(module="canny_nope")]}}, "input_invalid"),
+    ("positional unit", {"controlnet": {"args": [[True, "canny", CONTROLNET]]}}, "input_invalid"),
+    (
+        "unknown detector",
+        {"ADetailer": {"args": [True, False, {"ad_model": "face_nope.pt"}]}},
+        "model_not_found",
+    ),
+    (
+        "ADetailer field renamed",
+        {"ADetailer": {"args": [True, False, {"ad_model": DETECTOR_ALWAYS, "ad_mask_k_largest": 1}]}},
+        "input_invalid",
+    ),
+    ("script not installed", {"reactor": {"args": [True]}}, "input_invalid"),
+]
+
+
+@pytest.mark.parametrize(("case", "scripts", "code"), BAD, ids=[case for case, *_ in BAD])
+def test_wrong_units_are_refused_before_generating(
+    runner: JobRunner, started: Launched, case: str, scripts: dict[str, Any], code: str
+) -> None:
+    before = started.log().count("POST /sdapi/v1/txt2img")
+    out = run(runner, alwayson_scripts=scripts)
+    assert str(out.get("error", "")).startswith(f"{code}: "), out
+    assert started.log().count("POST /sdapi/v1/txt2img") == before
