@@ -34,8 +34,8 @@ from typing import Any
 from worker.a1111.catalog import EngineCatalog
 from worker.a1111.progress import GenerationProgress
 from worker.errors import Cancelled, EngineFailed
-from worker.image_input_verify import image_input_problems
 from worker.extension_results import check_extensions
+from worker.image_input_verify import image_input_problems
 from worker.translate import LORA_TAG
 
 # One ``key: value`` pair of an infotext's last line; values with commas or colons are JSON-quoted.

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from worker.a1111.img2img_fields import IMG2IMG_FIELDS
 from tests.support.fake_extensions import extension_images, extension_params
+from worker.a1111.img2img_fields import IMG2IMG_FIELDS
 from worker.a1111.txt2img_fields import TXT2IMG_FIELDS
 
 if TYPE_CHECKING:
