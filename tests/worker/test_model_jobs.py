@@ -155,7 +155,14 @@ def test_list_shows_each_kind_with_hashes_architecture_and_why_a_file_is_unusabl
     assert "error" not in out, out
     listing = out["registry"]
     assert listing["engine"] == "a1111"
-    assert listing["counts"] == {"checkpoint": 1, "lora": 2, "embedding": 0, "vae": 1}
+    assert listing["counts"] == {
+        "checkpoint": 1,
+        "lora": 2,
+        "embedding": 0,
+        "vae": 1,
+        "controlnet": 0,
+        "adetailer": 0,
+    }
     (checkpoint,) = listing["models"]["checkpoint"]
     body = (setup.models_dir / "checkpoints" / "base.safetensors").read_bytes()
     assert checkpoint["sha256"] == sha(body) and checkpoint["short_hash"] == sha(body)[:10]
@@ -335,7 +342,7 @@ def test_the_peers_sync_payload_fills_each_kind_folder_once_and_never_shows_the_
     files = {
         "Lora/a.safetensors": model_bytes("lora-sdxl", seed=8),
         "checkpoints/sub/b.safetensors": model_bytes("checkpoint-sd15", seed=9),
-        "ControlNet/c.safetensors": model_bytes("lora-sd15", seed=10),
+        "Other/c.safetensors": model_bytes("lora-sd15", seed=10),
         "top.safetensors": model_bytes("lora-sd15", seed=11),
     }
     hf_tree(setup, "ashleykleynhans/a1111", files)
@@ -349,7 +356,7 @@ def test_the_peers_sync_payload_fills_each_kind_folder_once_and_never_shows_the_
         str(setup.models_dir / "checkpoints" / "sub" / "b.safetensors"),
     ]
     skipped = {s["file"]: s["reason"] for s in out["registry"]["skipped"]}
-    assert set(skipped) == {"ControlNet/c.safetensors", "top.safetensors"}
+    assert set(skipped) == {"Other/c.safetensors", "top.safetensors"}
     assert all(reason.startswith("not in a model folder") for reason in skipped.values())
     assert sorted(out["refreshed"]) == ["checkpoints", "loras"]
     listing_call = setup.server.gets("/hf/api/models/ashleykleynhans/a1111/tree/main")[0]
