@@ -121,9 +121,10 @@ class WorkerSettings(BaseModel):
     @classmethod
     def _user_and_password(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None:
-            user, sep, _ = value.get_secret_value().partition(":")
-            if not sep or not user:
-                raise ValueError("must have the form user:password")  # never the value: it is a secret
+            user, sep, password = value.get_secret_value().partition(":")
+            if not sep or not user.strip() or not password.strip():
+                # a blank user or password (" : ") is no credential at all; never the value: it is a secret
+                raise ValueError("must have the form user:password, both non-blank")
         return value
 
     @field_validator("log_level", mode="before")
