@@ -11,21 +11,22 @@ import logging
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from worker.clock import SYSTEM_CLOCK, Clock
 
 from . import options
 from .config import ServerConfig
 from .errors import ModelLoadError, RequestRefused
-from .generation import GenerationContext, Txt2ImgRun
 from .inventory import ModelInventory
 from .model_slot import ModelSlot
 from .models.files import CheckpointInfo, HashCache
-from .models.pipelines import LoadedModel, Runtime
 from .schemas import Txt2ImgRequest
 from .state import FifoLock, GenerationState, QueueTimeout
 from .validation import PreparedRequest, RequestValidator
+
+if TYPE_CHECKING:  # torch and diffusers: imported by the first model load, not by the server's start
+    from .models.pipelines import LoadedModel, Runtime
 
 log = logging.getLogger(__name__)
 
@@ -35,14 +36,19 @@ class Engine:
 
     def __init__(self, config: ServerConfig, clock: Clock = SYSTEM_CLOCK):
         self.config = config
-        self.runtime = Runtime.detect(force_cpu=config.force_cpu)
         self.inventory = ModelInventory(config, HashCache(config.hash_cache))
-        self.slot = ModelSlot(self.inventory, self.runtime, config.clip_tokenizer)
+        self.slot = ModelSlot(
+            self.inventory, config.clip_tokenizer, force_cpu=config.force_cpu, threads=config.threads
+        )
         self.lock = FifoLock()
         self.state = GenerationState(clock)
         self.options: dict[str, Any] = dict(options.DEFAULTS)
         self.validator = RequestValidator(self.inventory, lambda: self.options, lambda: self.slot.info)
         self.inventory.refresh_all()
+
+    @property
+    def runtime(self) -> Runtime:
+        return self.slot.runtime
 
     # The loaded model as the health probe (``worker.health.probe_embedded``) reads it.
     @property
@@ -67,6 +73,7 @@ class Engine:
                     raise RequestRefused(503, f"no checkpoints in {self.config.checkpoints}")
                 wanted = self.config.ckpt or self.inventory.checkpoints[0].title
                 info = self.inventory.find_checkpoint(wanted)
+                self.inventory.parse_embeddings()  # here (torch), not while the server starts
                 self.slot.ensure(info, str(self.options["sd_vae"]))
                 self.options["sd_model_checkpoint"] = info.title
             except (RequestRefused, ModelLoadError) as exc:
@@ -133,6 +140,8 @@ class Engine:
                     self.options.update(saved)
 
     def _generate(self, prepared: PreparedRequest) -> dict[str, Any]:
+        from .generation import GenerationContext, Txt2ImgRun
+
         opts = self.options
         name = opts.get("sd_model_checkpoint") or (self.slot.info.title if self.slot.info else None)
         if name is None:
