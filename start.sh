@@ -128,6 +128,8 @@ esac
 
 case "$WORKER_MODE" in serverless | api | local) ;; *) die "WORKER_MODE=$WORKER_MODE: use serverless, api or local" ;; esac
 case "$WORKER_EXPOSE_ENGINE" in 0 | 1) ;; *) die "WORKER_EXPOSE_ENGINE=$WORKER_EXPOSE_ENGINE: use 0 or 1" ;; esac
+# the worker reads it too: only an exposed engine can be interrupted by someone else (docs/configuration.md)
+export WORKER_EXPOSE_ENGINE
 [[ "$WORKER_ENGINE_MAX_RESTARTS" =~ ^[0-9]+$ ]] || die "WORKER_ENGINE_MAX_RESTARTS=$WORKER_ENGINE_MAX_RESTARTS: use a whole number"
 [[ "$WORKER_ENGINE_PORT" =~ ^[0-9]+$ ]] || die "WORKER_ENGINE_PORT=$WORKER_ENGINE_PORT: use a port number"
 

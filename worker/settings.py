@@ -62,6 +62,7 @@ ENV_NAMES: dict[str, str] = {
     "WORKER_DOWNLOAD_TIMEOUT_S": "download_timeout_s",
     "WORKER_VOLUME_QUOTA_GB": "volume_quota_gb",
     "WORKER_ENGINE": "engine",
+    "WORKER_EXPOSE_ENGINE": "expose_engine",
     "WORKER_AUTO_CONVERT": "auto_convert",
     "CIVITAI_TOKEN": "civitai_token",
     "HF_TOKEN": "hf_token",
@@ -108,6 +109,8 @@ class WorkerSettings(BaseModel):
     #: which engine answers on a1111_url (start.sh resolves ``auto``); anything but ``embedded`` is held to
     #: A1111's rules, e.g. a LoRA in diffusers/PEFT layout is converted (or refused) before A1111 sees it
     engine: Literal["auto", "a1111", "embedded", "external"] = "auto"
+    #: start.sh's WORKER_EXPOSE_ENGINE: the engine's API is reachable from outside the container
+    expose_engine: bool = False
     auto_convert: bool = True
     civitai_token: SecretStr | None = None
     hf_token: SecretStr | None = None
@@ -147,6 +150,12 @@ class WorkerSettings(BaseModel):
     @property
     def deployed_on_runpod(self) -> bool:
         return self.runpod_job_url is not None
+
+    @property
+    def engine_private(self) -> bool:
+        """Only this worker can call the engine (start.sh launched it on the loopback, not exposed): only the
+        worker can interrupt a generation, so nobody else's interrupt needs looking for after a job."""
+        return self.engine in ("a1111", "embedded") and not self.expose_engine
 
     @property
     def upload_configured(self) -> bool:
