@@ -136,6 +136,7 @@ DEPLOYMENTS: dict[str, dict[str, Any]] = {
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--jobs", type=int, default=len(JOBS), help="how many of the jobs (the first N)")
     add_smoke_flag(parser)
     args = parser.parse_args(argv)
     install = a1111_dir()
@@ -144,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.smoke:
             return skip_smoke(reason)
         parser.error(reason)
-    rounds, warm_up, jobs = (2, 1, JOBS[:1]) if args.smoke else (args.rounds, 3, JOBS)
+    rounds, warm_up, jobs = (2, 1, JOBS[:1]) if args.smoke else (args.rounds, 3, JOBS[: args.jobs])
     rows = []
     with tempfile.TemporaryDirectory(prefix="a1111-bench-") as tmp_name:
         tmp = Path(tmp_name)
@@ -159,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
                 runners[name] = JobRunner(settings, client, provider=ModelRegistry.from_settings(settings))
             for job in jobs:
                 rows += measure(runners, engine, job, rounds, warm_up)
+                print(json.dumps(rows[-len(runners) :]), flush=True)  # a cut-short run still reports
     header = (
         "job",
         "deployment",
