@@ -1,4 +1,4 @@
-"""Write ``constraints.txt``: the exact versions of every package ``make setup`` installed and the tests passed with.
+"""Write ``constraints.txt``: every installed package at the version the tests passed with.
 
 ``make setup`` installs with ``pip install -c constraints.txt``, so CI and a newcomer get these versions, not
 whatever the registry resolves that day (a fresh install once drifted from the tested versions unnoticed).
