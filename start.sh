@@ -130,6 +130,8 @@ esac
 
 case "$WORKER_MODE" in serverless | api | local) ;; *) die "WORKER_MODE=$WORKER_MODE: use serverless, api or local" ;; esac
 case "$WORKER_EXPOSE_ENGINE" in 0 | 1) ;; *) die "WORKER_EXPOSE_ENGINE=$WORKER_EXPOSE_ENGINE: use 0 or 1" ;; esac
+# the worker reads it too: only an exposed engine can be interrupted by someone else (docs/configuration.md)
+export WORKER_EXPOSE_ENGINE
 [[ "$WORKER_ENGINE_MAX_RESTARTS" =~ ^[0-9]+$ ]] || die "WORKER_ENGINE_MAX_RESTARTS=$WORKER_ENGINE_MAX_RESTARTS: use a whole number"
 [[ "$WORKER_ENGINE_PORT" =~ ^[0-9]+$ ]] || die "WORKER_ENGINE_PORT=$WORKER_ENGINE_PORT: use a port number"
 
@@ -150,8 +152,10 @@ fi
 bind_host=127.0.0.1
 if [[ "$WORKER_EXPOSE_ENGINE" == 1 ]]; then
 	[[ "$WORKER_ENGINE" == a1111 ]] || die "WORKER_EXPOSE_ENGINE=1 is only supported for A1111 (the embedded engine has no authentication)"
-	# every comma-separated pair needs a user and a password: ":" or "user:" would expose an open engine
-	[[ "$A1111_API_AUTH" =~ ^[^:,]+:[^,]+(,[^:,]+:[^,]+)*$ ]] || die "WORKER_EXPOSE_ENGINE=1 needs A1111_API_AUTH=user:password (both non-empty); refusing to expose an unauthenticated engine"
+	# every comma-separated pair needs a user and a password: ":", "user:" or " : " would expose an open engine,
+	# and A1111 splits each pair on every ":" (a second one stops it at start)
+	credential='[^:,]*[^:,[:space:]][^:,]*'
+	[[ "$A1111_API_AUTH" =~ ^$credential:$credential(,$credential:$credential)*$ ]] || die "WORKER_EXPOSE_ENGINE=1 needs A1111_API_AUTH=user:password (each non-blank, no ':' or ',' inside); refusing to expose an unauthenticated engine"
 	bind_host=0.0.0.0
 	export WORKER_A1111_AUTH="${WORKER_A1111_AUTH:-$A1111_API_AUTH}"
 fi

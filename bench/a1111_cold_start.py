@@ -11,6 +11,7 @@ Hashing on (A1111's default) and ``A1111_NO_HASHING=1`` alternate run by run.
 
 ``--models`` is a folder in the volume layout (checkpoints/ loras/ ...); default: the tiny test models. For a
 full-size SD1.5 (the reference install's random one, 2.1 GB) check ``free -g`` first: A1111 needs ~5 GB.
+``--smoke``: one run with hashing, tiny models; without A1111 it says why and exits 0.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import add_smoke_flag, results_file, skip_smoke  # noqa: E402
 from tests.support.real_a1111 import (  # noqa: E402
     a1111_dir,
     free_port,
@@ -96,7 +98,7 @@ def _answers(url: str) -> bool:
         return False
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--models", type=Path, default=None, help="volume-layout folder (default: tiny models)"
@@ -106,14 +108,22 @@ def main() -> int:
     parser.add_argument(
         "--hf-home", type=Path, default=None, help="offline HF cache (full-size SD1.5 tokenizer)"
     )
-    args = parser.parse_args()
+    add_smoke_flag(parser)
+    args = parser.parse_args(argv)
     install = a1111_dir()
     if install is None:
-        parser.error("set A1111_DIR (and A1111_PYTHON) to an A1111 v1.10.1 install; see docs/testing.md")
+        reason = "set A1111_DIR (and A1111_PYTHON) to an A1111 v1.10.1 install; see docs/testing.md"
+        if args.smoke:
+            return skip_smoke(reason)
+        parser.error(reason)
+    if args.smoke:
+        args.models, args.runs = None, 1
     models = args.models or volume_with_tiny_models(
         install, Path(tempfile.mkdtemp(prefix="tiny-")) / "models"
     )
-    results: dict[str, list[dict[str, float]]] = {"hashing": [], "no_hashing": []}
+    results: dict[str, list[dict[str, float]]] = (
+        {"hashing": []} if args.smoke else {"hashing": [], "no_hashing": []}
+    )
     for _ in range(args.runs):
         for setting in results:
             results[setting].append(
@@ -127,8 +137,7 @@ def main() -> int:
     print("setting | " + " | ".join(PHASES) + "  (seconds since start.sh began, medians)")
     for setting, row in medians.items():
         print(f"{setting} | " + " | ".join(str(row[phase]) for phase in PHASES))
-    out = ROOT / "bench" / "results" / "a1111_cold_start.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out = results_file("a1111_cold_start.json", args.smoke)
     record = {
         "models": str(args.models or "tiny"),
         "checkpoint": args.checkpoint,

@@ -1,7 +1,8 @@
 """Conversion benchmark: the registry's converters on a full-size checkpoint, and the embedded engine's cold
 start from a diffusers folder vs from the single file.
 
-Run: ``python bench/convert.py [--checkpoint PATH] [--rounds 3] [--sdxl]``. Default checkpoint: the
+Run: ``python bench/convert.py [--checkpoint PATH] [--rounds 3] [--sdxl]`` (``--smoke``: the tiny demo
+checkpoint, one round, without diffusers' own conversion). Default checkpoint: the
 full-size random SD1.5 of the reference A1111 install
 (``~/.cache/a1111-reference/models/checkpoints/rand_sd15.safetensors``); ``--sdxl`` takes
 ``rand_sdxl.safetensors`` beside it (needs ~20 GB of free memory for the load rows).
@@ -36,7 +37,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-RESULTS = ROOT / "bench" / "results" / "convert.json"
+from bench.common import add_smoke_flag, demo_checkpoint, results_file  # noqa: E402
+
 A1111_ROOT = Path(os.environ.get("A1111_ROOT", Path.home() / ".cache" / "a1111-reference"))
 
 
@@ -174,17 +176,21 @@ def main() -> None:
     parser.add_argument("--sdxl", action="store_true")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--skip-reference", action="store_true", help="leave out diffusers' own conversion")
+    add_smoke_flag(parser)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(child(*args.child)))
         return
+    work = Path(tempfile.mkdtemp(prefix="bench-convert-", dir=os.environ.get("BENCH_TMP")))
+    if args.smoke:
+        args.checkpoint, args.rounds, args.skip_reference = demo_checkpoint(work / "demo"), 1, True
     name = "rand_sdxl.safetensors" if args.sdxl else "rand_sd15.safetensors"
     checkpoint = args.checkpoint or A1111_ROOT / "models" / "checkpoints" / name
     if not checkpoint.is_file():
+        shutil.rmtree(work, ignore_errors=True)
         raise SystemExit(
             f"{checkpoint} not found: build it with the reference A1111's make_models.py or pass --checkpoint"
         )
-    work = Path(tempfile.mkdtemp(prefix="bench-convert-", dir=os.environ.get("BENCH_TMP")))
     rows: dict[str, list[dict[str, Any]]] = {}
     try:
         folder = work / "folder"
@@ -217,9 +223,9 @@ def main() -> None:
             for step in order:
                 source = checkpoint if step == "load-single" else folder
                 rows.setdefault(step, []).append(run_child(step, source, work / f"skel-{step}-{r}"))
+        report(rows, checkpoint, args)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    report(rows, checkpoint, args)
 
 
 def report(rows: dict[str, list[dict[str, Any]]], checkpoint: Path, args: argparse.Namespace) -> None:
@@ -261,9 +267,9 @@ def report(rows: dict[str, list[dict[str, Any]]], checkpoint: Path, args: argpar
     ratio = med("load-folder", "process_s") / med("load-single", "process_s")
     summary["ratio_cold_start_folder_vs_single"] = ratio
     print(f"cold start folder / single file: {ratio:.2f} (process start to loaded)")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(summary, indent=1))
-    print(f"wrote {RESULTS}")
+    out = results_file("convert.json", args.smoke)
+    out.write_text(json.dumps(summary, indent=1))
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

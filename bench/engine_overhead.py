@@ -7,7 +7,7 @@ Measures, on the tiny random-weight SD1.5 demo model:
 - cold start: ``python -m diffusers_server serve`` spawn → first image returned;
 - server RSS when idle (ready, before any request) and after the benchmark.
 
-Usage: python bench/engine_overhead.py [--runs 10] [--threads 2]
+Usage: python bench/engine_overhead.py [--runs 10] [--threads 2]   (--smoke: 64x64 only, one run; CI)
 Writes bench/results/engine_overhead.json and prints a table.
 """
 
@@ -39,6 +39,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 from diffusers import EulerAncestralDiscreteScheduler  # noqa: E402
 from diffusers.utils import logging as diffusers_logging  # noqa: E402
 
+from bench.common import add_smoke_flag, results_file  # noqa: E402
 from diffusers_server.demo_models import SD15_NAME, make_demo_models  # noqa: E402
 from diffusers_server.models.pipelines import Runtime, load_checkpoint  # noqa: E402
 
@@ -73,11 +74,12 @@ def start_server(models: Path, threads: int) -> tuple[subprocess.Popen[bytes], s
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = started + 120
     while time.perf_counter() < deadline:
-        try:
-            if httpx.get(f"{url}/sdapi/v1/sd-models", timeout=2).status_code == 200:
+        try:  # the port opens before the model loads: idle means loaded, before any request
+            if httpx.get(f"{url}/worker/v1/health", timeout=2).json().get("status") == "ready":
                 break
-        except httpx.HTTPError:
-            time.sleep(0.05)
+        except (httpx.HTTPError, ValueError):
+            pass
+        time.sleep(0.05)
     else:
         proc.kill()
         raise TimeoutError("server did not start")
@@ -127,7 +129,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2)
+    add_smoke_flag(parser)
     args = parser.parse_args()
+    cases = CASES[:1] if args.smoke else CASES
+    if args.smoke:
+        args.runs = 1
     torch.set_num_threads(args.threads)
     diffusers_logging.disable_progress_bar()
     diffusers_logging.set_verbosity_error()
@@ -146,7 +152,7 @@ def main() -> None:
     results: list[dict[str, Any]] = []
     try:
         with httpx.Client(base_url=url, timeout=300) as client:
-            for case in CASES:
+            for case in cases:
                 size, steps = case["size"], case["steps"]
                 body = {
                     "prompt": PROMPT,
@@ -187,8 +193,7 @@ def main() -> None:
         "idle_rss_mb": round(idle_rss / 2**20, 1),
         "rss_after_bench_mb": round(final_rss / 2**20, 1),
     }
-    out = ROOT / "bench" / "results" / "engine_overhead.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out = results_file("engine_overhead.json", args.smoke)
     out.write_text(json.dumps(report, indent=2))
     print(
         f"{'size':>6} {'steps':>5} {'in-process ms':>14} {'server ms':>10} {'overhead ms':>12} {'ratio':>6}"

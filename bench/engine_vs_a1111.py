@@ -24,6 +24,8 @@ WHEELS``; see docs/performance.md).
 
     python bench/engine_vs_a1111.py --mode accelerator [--kinds sd15,sdxl] [--runs 3] [--workdir /tmp/bench]
 
+``--smoke`` (CI): the servers mode on the tiny demo checkpoint at 64x64, the engine only, one run.
+
 Prints a table and writes bench/results/engine_vs_a1111.json.
 """
 
@@ -47,9 +49,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from bench.common import add_smoke_flag, demo_checkpoint, results_file  # noqa: E402
+
 PROMPT = "a photo of an astronaut riding a horse on the moon, highly detailed"
 NEGATIVE = "blurry, lowres"
-RESULTS = ROOT / "bench" / "results" / "engine_vs_a1111.json"
+SIZE = 512  # the servers mode's image side (--smoke: 64)
 
 
 def post(url: str, body: dict[str, Any], timeout: float = 3600) -> dict[str, Any]:
@@ -85,11 +89,11 @@ def txt2img(url: str, steps: int, size: int) -> float:
 
 
 def measure_server(name: str, url: str, pid: int, started: float, runs: int) -> dict[str, Any]:
-    first = txt2img(url, 4, 512)
+    first = txt2img(url, 4, SIZE)
     cold = time.perf_counter() - started
     per_step = []
     for _ in range(runs):
-        per_step.append((txt2img(url, 12, 512) - txt2img(url, 4, 512)) / 8)
+        per_step.append((txt2img(url, 12, SIZE) - txt2img(url, 4, SIZE)) / 8)
     return {
         "engine": name,
         "cold_start_to_first_image_s": round(cold, 1),
@@ -268,6 +272,7 @@ def run_accelerator(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def main() -> None:
+    global SIZE
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -284,15 +289,26 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--kinds", default="sd15,sdxl")
     parser.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "engine-bench"))
+    add_smoke_flag(parser)
     args = parser.parse_args()
+    if args.smoke:
+        with tempfile.TemporaryDirectory(prefix="bench-smoke-") as tmp:
+            SIZE, args.mode, args.skip_a1111, args.runs = 64, "servers", True, 1
+            args.checkpoint = demo_checkpoint(Path(tmp))
+            report(run_servers(args), args)
+        return
     if args.mode == "servers":
         if args.checkpoint is None:
             parser.error("--mode servers needs --checkpoint (an SD1.5 single file)")
         rows = run_servers(args)
     else:
         rows = run_accelerator(args)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"mode": args.mode, "rows": rows}, indent=1), encoding="utf-8")
+    report(rows, args)
+
+
+def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
+    out = results_file("engine_vs_a1111.json", args.smoke)
+    out.write_text(json.dumps({"mode": args.mode, "rows": rows}, indent=1), encoding="utf-8")
     keys = list(rows[0]) if rows else []
     print(" | ".join(keys))
     for row in rows:

@@ -6,7 +6,7 @@ whose RSS is sampled every 20 ms from here (psutil); "steady" is its RSS after t
     python bench/load_memory.py --checkpoint MODELS/checkpoints/rand_sd15.safetensors [--clip-tokenizer DIR]
     python bench/load_memory.py --checkpoint MODELS/checkpoints/rand_sdxl.safetensors
 
-Prints a table and writes bench/results/load_memory-<stem>.json.
+``--smoke`` (CI): the tiny demo checkpoint. Prints a table and writes bench/results/load_memory-<stem>.json.
 """
 
 from __future__ import annotations
@@ -15,12 +15,16 @@ import argparse
 import json
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.common import add_smoke_flag, demo_checkpoint, results_file  # noqa: E402
 
 CHILD = """
 import gc, sys, tempfile, time, torch
@@ -42,9 +46,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--checkpoint", type=Path, required=True)
+    parser.add_argument("--checkpoint", type=Path)
     parser.add_argument("--clip-tokenizer", type=Path)
+    add_smoke_flag(parser)
     args = parser.parse_args()
+    if args.smoke:
+        with tempfile.TemporaryDirectory(prefix="bench-smoke-") as tmp:
+            args.checkpoint = demo_checkpoint(Path(tmp))
+            measure(args)
+    elif args.checkpoint is None:
+        parser.error("--checkpoint is required (or --smoke)")
+    else:
+        measure(args)
+
+
+def measure(args: argparse.Namespace) -> None:
     child = subprocess.Popen(
         [sys.executable, "-c", CHILD, str(args.checkpoint), str(args.clip_tokenizer or "")],
         cwd=ROOT,
@@ -86,8 +102,7 @@ def main() -> None:
         "peak_over_steady": round(peak / steady, 3),
         "load_s": load_s,
     }
-    out = ROOT / "bench" / "results" / f"load_memory-{args.checkpoint.stem}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out = results_file(f"load_memory-{args.checkpoint.stem}.json", args.smoke)
     out.write_text(json.dumps(row, indent=1), encoding="utf-8")
     for key, value in row.items():
         print(f"{key:28} {value}")

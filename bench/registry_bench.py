@@ -1,7 +1,7 @@
 """Registry benchmark: hashing vs sha256sum, warm scan of 5,000 files, download vs curl (hash included).
 
-Run: ``python bench/registry_bench.py [--size-mb 1024] [--files 5000]``. Temp files live under /tmp
-and are deleted; results print as a table and go to bench/results/registry.json.
+Run: ``python bench/registry_bench.py [--size-mb 1024] [--files 5000]`` (``--smoke``: 1 MB, 20 files). Temp
+files live under /tmp and are deleted; results print as a table and go to bench/results/registry.json.
 """
 
 from __future__ import annotations
@@ -20,12 +20,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.common import add_smoke_flag, results_file
 from worker.registry.download import Downloader, DownloadRequest
 from worker.registry.hashing import hash_file
 from worker.registry.models import Catalogue
 from worker.registry.registry import ModelRegistry
-
-RESULTS = Path(__file__).resolve().parent / "results" / "registry.json"
 
 
 def best(fn, runs: int = 3) -> float:
@@ -167,11 +166,14 @@ def bench_download(path: Path, root: Path) -> dict[str, float]:
         server.wait()
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--size-mb", type=int, default=1024)
     parser.add_argument("--files", type=int, default=5000)
-    args = parser.parse_args()
+    add_smoke_flag(parser)
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.size_mb, args.files = 1, 20
     root = Path(tempfile.mkdtemp(prefix="registry-bench-", dir="/tmp"))
     try:
         big = root / "serve" / "big.safetensors"
@@ -213,9 +215,9 @@ def main() -> int:
     print(f"{'measure':<16}{'ours':>12}  {'reference':<40}{'ratio':>6}  target")
     for name, ours, ref, ratio, target in rows:
         print(f"{name:<16}{ours:>12}  {ref:<40}{ratio:>6}  {target}")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2))
-    print(f"wrote {RESULTS}")
+    out = results_file("registry.json", args.smoke)
+    out.write_text(json.dumps(results, indent=2))
+    print(f"wrote {out}")
     return 0
 
 

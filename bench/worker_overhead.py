@@ -9,6 +9,7 @@ was decoded (Pillow's Image module must never be imported on PNG pass-through).
 
     python bench/worker_overhead.py [--rounds 60]
     python bench/worker_overhead.py --volume-files 7 200 2000 [--rounds 60]
+    python bench/worker_overhead.py --smoke     # both, tiny (CI)
 
 Targets (docs/performance.md): median overhead < 5 ms per job, < 1 ms per extra image, peak RSS < 150 MB.
 
@@ -37,6 +38,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import add_smoke_flag, results_file  # noqa: E402
 from worker.a1111.client import A1111Client  # noqa: E402
 from worker.handler import JobRunner  # noqa: E402
 from worker.registry.hashing import hash_file  # noqa: E402
@@ -63,6 +65,9 @@ def start_fake_engine() -> tuple[subprocess.Popen[str], str]:
     return process, line.strip().rsplit(" ", 1)[-1]
 
 
+WARM_UP = 5
+
+
 def measure(runner: JobRunner, engine: A1111Client, images: int, rounds: int) -> dict[str, float]:
     job_input = {"prompt": "a lighthouse at dusk", "sampler": "Euler a", "seed": 1, "batch_size": images}
     payload = {
@@ -74,7 +79,7 @@ def measure(runner: JobRunner, engine: A1111Client, images: int, rounds: int) ->
         "send_images": True,
     }
     direct, handled, image_bytes = [], [], 0
-    for index in range(rounds + 5):  # the first 5 are warm-up
+    for index in range(rounds + WARM_UP):
         started = time.perf_counter()
         response = engine.txt2img(payload, timeout_s=30)
         direct_ms = (time.perf_counter() - started) * 1000
@@ -83,7 +88,7 @@ def measure(runner: JobRunner, engine: A1111Client, images: int, rounds: int) ->
         handled_ms = (time.perf_counter() - started) * 1000
         assert isinstance(output, dict) and "error" not in output, output
         assert output["images"] == response["images"]
-        if index >= 5:
+        if index >= WARM_UP:
             direct.append(direct_ms)
             handled.append(handled_ms)
             image_bytes = sum(len(image) for image in output["images"])
@@ -115,7 +120,11 @@ def make_volume(root: Path, files: int) -> dict[str, Any]:
         save_file({LORA_KEY: np.full((4, 768), index % 7, np.float16)}, path, metadata={"seed": str(index)})
         loras.append(path)
     sha = hash_file(ckpt).sha256
+    # A1111 (hashing on, its default) reports each LoRA it applied under "Lora hashes", which the worker's
+    # post-check requires: the fake reports the hashes it is given
+    lora_hashes = {path.stem: hash_file(path).sha256[:12] for path in loras}
     return {
+        "hashes": {"checkpoints": {}, "loras": lora_hashes, "embeddings": {}, "vae": {}},
         "checkpoints": [
             {
                 "title": f"bench-ckpt.safetensors [{sha[:10]}]",
@@ -170,7 +179,7 @@ def measure_volume(url: str, files: int, rounds: int) -> dict[str, Any]:
             assert isinstance(first, dict) and "error" not in first, first
             payload = dict(engine_payload(first))
             direct, handled, misses, cpu = [], [], [], []
-            for index in range(rounds + 5):  # the first 5 are warm-up
+            for index in range(rounds + WARM_UP):
                 started, cpu_started = time.perf_counter(), time.process_time()
                 engine.txt2img(payload, timeout_s=30)
                 direct_ms = (time.perf_counter() - started) * 1000
@@ -186,7 +195,7 @@ def measure_volume(url: str, files: int, rounds: int) -> dict[str, Any]:
                 )
                 miss_ms = (time.perf_counter() - started) * 1000
                 assert isinstance(missed, dict) and missed["error"].startswith("model_not_found"), missed
-                if index >= 5:
+                if index >= WARM_UP:
                     direct.append(direct_ms)
                     handled.append(handled_ms)
                     misses.append(miss_ms)
@@ -213,7 +222,7 @@ def engine_payload(output: dict[str, Any]) -> dict[str, Any]:
     return parameters
 
 
-def main_volume(url: str, volumes: list[int], rounds: int, out: Path) -> int:
+def main_volume(url: str, volumes: list[int], rounds: int, out: Path) -> None:
     rows = [measure_volume(url, files, rounds) for files in volumes]
     header = (
         f"{'files':>6} {'scan ms':>9} {'engine ms':>10} {'handler ms':>11} {'overhead ms':>12} {'p90':>7} "
@@ -234,45 +243,46 @@ def main_volume(url: str, volumes: list[int], rounds: int, out: Path) -> int:
     sys.stdout.write(f"peak RSS: {result['peak_rss_mb']} MB\n")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    return 0
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    global WARM_UP
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=60)
     parser.add_argument("--volume-files", type=int, nargs="+", metavar="N", help="volume sizes to measure")
     parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args()
+    add_smoke_flag(parser)
+    args = parser.parse_args(argv)
     logging.getLogger("worker").setLevel(logging.ERROR)  # the miss jobs' warnings are expected
-    if args.volume_files:
-        if min(args.volume_files) < 3:
-            parser.error("--volume-files needs at least 3 files (a checkpoint and two LoRAs)")
-        process, url = start_fake_engine()
-        try:
-            out = args.out or ROOT / "bench" / "results" / "worker_overhead_volume.json"
-            return main_volume(url, args.volume_files, args.rounds, out)
-        finally:
-            process.terminate()
-            process.wait(timeout=10)
-    args.out = args.out or ROOT / "bench" / "results" / "worker_overhead.json"
-
+    if args.volume_files and min(args.volume_files) < 3:
+        parser.error("--volume-files needs at least 3 files (a checkpoint and two LoRAs)")
+    if args.smoke:
+        WARM_UP, args.rounds = 1, 2
     process, url = start_fake_engine()
     try:
-        settings = WorkerSettings(a1111_url=url, progress_interval_s=1.0)  # type: ignore[arg-type]
-        engine = A1111Client(url)
-        runner = JobRunner(settings, engine)
-        rows = [measure(runner, engine, images, args.rounds) for images in (1, 4)]
+        if args.volume_files or args.smoke:
+            out = args.out or results_file("worker_overhead_volume.json", args.smoke)
+            main_volume(url, args.volume_files or [5], args.rounds, out)
+        if not args.volume_files:
+            main_plain(url, args.rounds, args.out or results_file("worker_overhead.json", args.smoke))
     finally:
         process.terminate()
         process.wait(timeout=10)
+    return 0
 
+
+def main_plain(url: str, rounds: int, out: Path) -> None:
+    settings = WorkerSettings(a1111_url=url, progress_interval_s=1.0)  # type: ignore[arg-type]
+    with A1111Client(url) as engine:
+        runner = JobRunner(settings, engine)
+        rows = [measure(runner, engine, images, rounds) for images in (1, 4)]
     per_extra_image = (rows[1]["overhead_ms_median"] - rows[0]["overhead_ms_median"]) / 3
     result = {
         "rows": rows,
         "overhead_per_extra_image_ms": round(per_extra_image, 3),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "pillow_image_imported": "PIL.Image" in sys.modules,
-        "rounds": args.rounds,
+        "rounds": rounds,
     }
     header = (
         f"{'images':>6} {'b64 bytes':>10} {'engine ms':>10} {'handler ms':>11} {'overhead ms':>12} {'p90':>7}"
@@ -287,9 +297,7 @@ def main() -> int:
         f"overhead per extra image: {result['overhead_per_extra_image_ms']} ms; "
         f"peak RSS: {result['peak_rss_mb']} MB; image decoded: {result['pillow_image_imported']}\n"
     )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    return 0
+    out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

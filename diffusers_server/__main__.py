@@ -66,19 +66,13 @@ def main(argv: list[str] | None = None) -> None:
         make_demo_models(args.dir, sdxl=args.sdxl)
         return
 
-    import torch
+    # torch, diffusers and transformers are imported by the first model load, in the background: the port
+    # opens first (docs/performance.md, cold start)
     import uvicorn
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
 
     from .app import create_app
     from .config import ServerConfig
 
-    diffusers_logging.disable_progress_bar()
-    diffusers_logging.set_verbosity_error()
-    transformers_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
-    if args.threads:
-        torch.set_num_threads(args.threads)
     config = ServerConfig(
         models_dir=args.models_dir,
         host=args.host,

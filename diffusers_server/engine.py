@@ -11,22 +11,25 @@ import logging
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from worker.clock import SYSTEM_CLOCK, Clock
 
-from . import extras, image_ops, img2img, options
+from . import extras, image_ops, options
 from .config import ServerConfig
 from .errors import ModelLoadError, RequestRefused
-from .generation import GenerationContext, Txt2ImgRun
 from .inventory import ModelInventory
 from .model_slot import ModelSlot
 from .models.files import CheckpointInfo, HashCache
-from .models.pipelines import LoadedModel, Runtime
-from .sampling.noise import global_generator
 from .schemas import ExtrasRequest, Img2ImgRequest, Txt2ImgRequest
 from .state import FifoLock, GenerationState, QueueTimeout
 from .validation import PreparedRequest, RequestValidator
+
+if TYPE_CHECKING:  # torch and diffusers: imported by the first model load, not by the server's start
+    import torch
+
+    from .generation import GenerationContext, Txt2ImgRun
+    from .models.pipelines import LoadedModel, Runtime
 
 log = logging.getLogger(__name__)
 
@@ -36,15 +39,29 @@ class Engine:
 
     def __init__(self, config: ServerConfig, clock: Clock = SYSTEM_CLOCK):
         self.config = config
-        self.runtime = Runtime.detect(force_cpu=config.force_cpu)
         self.inventory = ModelInventory(config, HashCache(config.hash_cache))
-        self.slot = ModelSlot(self.inventory, self.runtime, config.clip_tokenizer)
+        self.slot = ModelSlot(
+            self.inventory, config.clip_tokenizer, force_cpu=config.force_cpu, threads=config.threads
+        )
         self.lock = FifoLock()
         self.state = GenerationState(clock)
         self.options: dict[str, Any] = dict(options.DEFAULTS)
         self.validator = RequestValidator(self.inventory, lambda: self.options, lambda: self.slot.info)
-        self.global_rng = global_generator()
+        self._global_rng: torch.Generator | None = None
         self.inventory.refresh_all()
+
+    @property
+    def runtime(self) -> Runtime:
+        return self.slot.runtime
+
+    @property
+    def global_rng(self) -> torch.Generator:
+        """A1111's global CPU generator, kept across requests; made on first use (it needs torch)."""
+        if self._global_rng is None:
+            from .sampling.noise import global_generator
+
+            self._global_rng = global_generator()
+        return self._global_rng
 
     # The loaded model as the health probe (``worker.health.probe_embedded``) reads it.
     @property
@@ -69,6 +86,7 @@ class Engine:
                     raise RequestRefused(503, f"no checkpoints in {self.config.checkpoints}")
                 wanted = self.config.ckpt or self.inventory.checkpoints[0].title
                 info = self.inventory.find_checkpoint(wanted)
+                self.inventory.parse_embeddings()  # here (torch), not while the server starts
                 self.slot.ensure(info, str(self.options["sd_vae"]))
                 self.options["sd_model_checkpoint"] = info.title
             except (RequestRefused, ModelLoadError) as exc:
@@ -119,11 +137,15 @@ class Engine:
             self.lock.release()
 
     def txt2img(self, req: Txt2ImgRequest) -> dict[str, Any]:
+        from .generation import Txt2ImgRun
+
         prepared = self.prepare(req)
         # Like A1111, hires counts two jobs per batch (first pass, second pass).
         return self._locked("txt2img", prepared, 2 if prepared.hires else 1, Txt2ImgRun)
 
     def img2img(self, req: Img2ImgRequest) -> dict[str, Any]:
+        from . import img2img
+
         prepared = self.prepare(req)
         plan = img2img.plan(req)
         prepared.warnings += plan.warnings
@@ -172,6 +194,8 @@ class Engine:
     def _generate(
         self, prepared: PreparedRequest, make_run: Callable[[PreparedRequest, GenerationContext], Txt2ImgRun]
     ) -> dict[str, Any]:
+        from .generation import GenerationContext
+
         opts = self.options
         name = opts.get("sd_model_checkpoint") or (self.slot.info.title if self.slot.info else None)
         if name is None:

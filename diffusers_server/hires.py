@@ -7,12 +7,14 @@ Mirrors A1111 v1.10 ``StableDiffusionProcessingTxt2Img`` (``calculate_target_res
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from PIL import Image
 
 from . import image_ops
+
+if TYPE_CHECKING:  # imported where latents are upscaled: validation uses this module before torch is loaded
+    import torch
 
 # A1111 ``shared.latent_upscale_modes``: name -> (torch interpolate mode, antialias).
 LATENT_UPSCALE_MODES: dict[str, tuple[str, bool]] = {
@@ -97,6 +99,8 @@ def crop_latents(latents: torch.Tensor, t: HiresTarget) -> torch.Tensor:
 
 def upscale_latents(latents: torch.Tensor, mode_name: str, t: HiresTarget) -> torch.Tensor:
     """``torch.nn.functional.interpolate`` to ``upscale_to // 8`` (A1111 crops afterwards)."""
+    import torch
+
     mode, antialias = LATENT_UPSCALE_MODES[mode_name]
     size = (t.upscale_y // OPT_F, t.upscale_x // OPT_F)
     return torch.nn.functional.interpolate(latents, size=size, mode=mode, antialias=antialias)

@@ -7,12 +7,10 @@ a 404 naming it (never its full path). Files skipped at a refresh are kept with 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
-
-import torch
-from safetensors.torch import load_file
+from typing import TYPE_CHECKING, Any
 
 from worker.registry.layouts import LayoutError
 
@@ -20,7 +18,11 @@ from .config import ServerConfig
 from .errors import RequestRefused
 from .models import files
 from .models.files import CheckpointInfo, HashCache, LoraInfo
-from .prompts import Embedding
+
+if TYPE_CHECKING:
+    import torch
+
+    from .prompts import Embedding
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +32,9 @@ BUILT_IN_VAE = ("Automatic", "None", "")
 
 def parse_embedding(file: Path) -> dict[int, torch.Tensor]:
     """A1111 embeddings: ``emb_params`` (SD1), ``clip_l``/``clip_g`` (SDXL) or ``string_to_param`` (.pt)."""
+    import torch
+    from safetensors.torch import load_file
+
     if file.suffix.lower() == ".safetensors":
         data: dict[str, Any] = load_file(str(file))
     else:
@@ -53,8 +58,9 @@ class ModelInventory:
         self.checkpoints: list[CheckpointInfo] = []
         self.loras: dict[str, LoraInfo] = {}
         self.embedding_files: dict[str, Path] = {}
-        self.embeddings: dict[str, dict[int, torch.Tensor]] = {}
-        self.embedding_errors: dict[str, str] = {}
+        # parsed on first use after each refresh (it needs torch, which the server's start does not import)
+        self._embeddings: tuple[dict[str, dict[int, torch.Tensor]], dict[str, str]] | None = None
+        self._embeddings_lock = threading.Lock()
         self.vaes: dict[str, Path] = {}
         #: folder kind -> {path: reason} for files listed as unusable and skipped (see files.scan)
         self.unusable: dict[str, dict[str, str]] = {}
@@ -100,16 +106,34 @@ class ModelInventory:
             self.loras.setdefault(info.alias, info)
 
     def refresh_embeddings(self) -> None:
-        self.embedding_files = {
-            p.stem: p for p in self._scan("embeddings", self.config.embeddings, files.EMBEDDING_EXTS)
-        }
-        self.embeddings, self.embedding_errors = {}, {}
-        for name, path in self.embedding_files.items():
-            try:
-                self.embeddings[name] = parse_embedding(path)
-            except (ValueError, KeyError, RuntimeError, OSError) as exc:
-                self.embedding_errors[name] = str(exc)
-                log.warning("skipping embedding %s: %s", path, exc)
+        with self._embeddings_lock:
+            self.embedding_files = {
+                p.stem: p for p in self._scan("embeddings", self.config.embeddings, files.EMBEDDING_EXTS)
+            }
+            self._embeddings = None
+
+    def parse_embeddings(self) -> tuple[dict[str, dict[int, torch.Tensor]], dict[str, str]]:
+        """The listed embeddings' vectors by width, and why others were skipped; parsed once per refresh."""
+        with self._embeddings_lock:
+            if self._embeddings is None:
+                parsed: dict[str, dict[int, torch.Tensor]] = {}
+                errors: dict[str, str] = {}
+                for name, path in self.embedding_files.items():
+                    try:
+                        parsed[name] = parse_embedding(path)
+                    except (ValueError, KeyError, RuntimeError, OSError) as exc:
+                        errors[name] = str(exc)
+                        log.warning("skipping embedding %s: %s", path, exc)
+                self._embeddings = parsed, errors
+            return self._embeddings
+
+    @property
+    def embeddings(self) -> dict[str, dict[int, torch.Tensor]]:
+        return self.parse_embeddings()[0]
+
+    @property
+    def embedding_errors(self) -> dict[str, str]:
+        return self.parse_embeddings()[1]
 
     def refresh_vae(self) -> None:
         self.vaes = {p.name: p for p in self._scan("vae", self.config.vaes, files.VAE_EXTS)}
@@ -171,6 +195,8 @@ class ModelInventory:
 
     def embeddings_for(self, text_widths: tuple[int, ...]) -> dict[str, Embedding]:
         """The embeddings with vectors for every text encoder of a model of these widths."""
+        from .prompts import Embedding
+
         return {n: Embedding(n, v) for n, v in self.embeddings.items() if set(text_widths) <= v.keys()}
 
     @staticmethod

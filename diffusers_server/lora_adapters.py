@@ -7,6 +7,7 @@ import hashlib
 import json
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from worker.registry.conversions import ConversionFailed
 from worker.registry.convert import kohya_from_lora
@@ -15,7 +16,9 @@ from worker.registry.safetensors_header import read_header
 
 from .errors import RequestRefused
 from .models.files import LoraInfo
-from .models.pipelines import LoadedModel
+
+if TYPE_CHECKING:
+    from .models.pipelines import LoadedModel
 
 log = logging.getLogger(__name__)
 

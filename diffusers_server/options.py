@@ -1,93 +1,21 @@
 """A1111 options (``/sdapi/v1/options``, ``override_settings``) this engine knows.
 
-Keys in :data:`HONOURED` change what the engine does; the others are A1111 options that clients commonly
-send and that have no effect on this engine's output: they are stored and reported, never silently lost.
-Unknown keys are rejected with a 400 naming them (A1111 answers a 500 ``KeyError``).
+The engine lists every option A1111 v1.10.1 lists (``a1111_options.json``: the keys and defaults of its
+``GET /options`` on a fresh data dir, recorded with ``scripts/record_a1111_transcripts.py``; output folders
+relative), and keeps every value set, as A1111 does. Keys in :data:`HONOURED` change what the engine does; the
+others have no effect on this engine's output: they are stored and reported, never silently lost. Unknown
+keys are rejected with a 400 naming them (A1111 answers a 500 ``KeyError``).
 """
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 from typing import Any
 
-DEFAULTS: dict[str, Any] = {
-    "sd_model_checkpoint": None,
-    "sd_checkpoints_limit": 1,
-    "sd_checkpoints_keep_in_cpu": True,
-    "sd_checkpoint_cache": 0,
-    "CLIP_stop_at_last_layers": 1,
-    "sdxl_clip_l_skip": False,
-    "sd_vae": "Automatic",
-    "sd_vae_overrides_per_model_preferences": True,
-    "samples_format": "png",
-    "jpeg_quality": 80,
-    "webp_lossless": False,
-    "enable_pnginfo": True,
-    "samples_save": True,
-    "grid_save": True,
-    "return_grid": True,
-    "grid_only_if_multiple": True,
-    "add_model_hash_to_info": True,
-    "add_model_name_to_info": True,
-    "add_version_to_infotext": True,
-    "add_vae_name_to_info": True,
-    "add_vae_hash_to_info": True,
-    "eta_noise_seed_delta": 0,
-    "randn_source": "GPU",
-    "emphasis": "Original",
-    "comma_padding_backtrack": 20,
-    "use_old_scheduling": False,
-    "enable_prompt_comments": True,
-    "live_previews_enable": True,
-    "show_progress_every_n_steps": 10,
-    "show_progress_type": "Approx NN",
-    "lora_preferred_name": "Alias from file",
-    # A1111's LoRA in the forward pass instead of merged (no weight backup): what peft does here anyway.
-    "lora_functional": False,
-    "lora_add_hashes_to_infotext": True,
-    "textual_inversion_add_hashes_to_infotext": True,
-    "extra_networks_default_multiplier": 1.0,
-    "sd_lora": "None",
-    "sd_hypernetwork": "None",
-    "face_restoration": False,
-    "face_restoration_model": "CodeFormer",
-    "tiling": False,
-    "eta_ddim": 0.0,
-    "eta_ancestral": 1.0,
-    "s_churn": 0.0,
-    "s_min_uncond": 0.0,
-    "s_noise": 1.0,
-    "s_tmin": 0.0,
-    "s_tmax": 0.0,
-    "sigma_min": 0.0,
-    "sigma_max": 0.0,
-    "rho": 0.0,
-    "always_discard_next_to_last_sigma": False,
-    "sgm_noise_multiplier": False,
-    "uni_pc_variant": "bh1",
-    "uni_pc_skip_type": "time_uniform",
-    "uni_pc_order": 3,
-    "uni_pc_lower_order_final": True,
-    "beta_dist_alpha": 0.6,
-    "beta_dist_beta": 0.6,
-    "sdxl_crop_top": 0,
-    "sdxl_crop_left": 0,
-    "save_images_add_number": True,
-    "outdir_samples": "",
-    "api_enable_requests": True,
-    "api_forbid_local_requests": True,
-    "api_useragent": "",
-    # img2img (diffusers_server.img2img)
-    "img2img_fix_steps": False,
-    "initial_noise_multiplier": 1.0,
-    "img2img_background_color": "#ffffff",
-    "overlay_inpaint": True,
-    "sd_vae_encode_method": "Full",
-    "img2img_extra_noise": 0.0,
-    "img2img_color_correction": False,
-    "upscaler_for_img2img": None,
-    "inpainting_mask_weight": 1.0,
-}
+#: A1111's options and their defaults, in its order (sd_model_checkpoint: None until a model is loaded)
+DEFAULTS: dict[str, Any] = json.loads((Path(__file__).parent / "a1111_options.json").read_text("utf-8"))
 HONOURED = frozenset(
     {
         "sd_model_checkpoint",

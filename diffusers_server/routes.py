@@ -13,7 +13,6 @@ import os
 from typing import Any
 
 import psutil
-import torch
 from fastapi import APIRouter, Depends, Request
 from PIL import Image
 
@@ -104,7 +103,7 @@ def cmd_flags(engine: Engine = EngineDep) -> dict[str, Any]:
         "nowebui": True,
         "api": True,
         "use_cpu": ["all"] if engine.runtime.device == "cpu" else [],
-        "no_half": engine.runtime.dtype == torch.float32,
+        "no_half": str(engine.runtime.dtype) == "torch.float32",
         "medvram": engine.runtime.cpu_offload,
     }
 
@@ -185,6 +184,8 @@ def scripts() -> dict[str, list[str]]:
 def memory() -> dict[str, Any]:
     vm = psutil.virtual_memory()
     ram = {"free": vm.available, "used": psutil.Process(os.getpid()).memory_info().rss, "total": vm.total}
+    import torch  # the first model load imports it; the server starts answering before that
+
     if not torch.cuda.is_available():
         return {"ram": ram, "cuda": {"error": "CUDA is not available (CPU engine)"}}
     free, total = torch.cuda.mem_get_info()

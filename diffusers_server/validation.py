@@ -220,14 +220,18 @@ def refuse_unsupported_fields(req: Txt2ImgRequest) -> None:
 
 
 def check_sizes_and_seeds(req: Txt2ImgRequest) -> None:
-    """Image size, steps, image count and seeds within what the engine (and torch's generators) take."""
+    """Image size, steps, image count and seeds within what the engine (and torch's generators) take.
+
+    Every field that sizes an allocation is bounded here (the hires fields in :func:`_hires_target`): an
+    unchecked one reached torch as a 500 ("can't allocate memory") instead of a 400 naming it.
+    """
     for name, value in (("width", int(req.width or 512)), ("height", int(req.height or 512))):
         if value < 8 or value > MAX_SIDE or value % 8:
             raise RequestRefused(400, f"{name} must be a multiple of 8 in 8..{MAX_SIDE}")
-    for name in ("seed_resize_from_w", "seed_resize_from_h"):
-        # the noise is drawn at this size: unchecked, a huge value is a huge allocation (a 500)
-        if int(getattr(req, name) or 0) > MAX_SIDE:
-            raise RequestRefused(400, f"{name} must be 0 or -1 (off) or at most {MAX_SIDE}")
+    for name in ("seed_resize_from_w", "seed_resize_from_h"):  # the size of the first noise, in pixels
+        value = getattr(req, name)
+        if value is not None and value > MAX_SIDE:
+            raise RequestRefused(400, f"{name} must be -1 or 0 (off) or 1..{MAX_SIDE}; got {_shown(value)}")
     steps, batch, n_iter = int(req.steps or 50), int(req.batch_size or 1), int(req.n_iter or 1)
     if steps < 1 or steps > MAX_STEPS:
         raise RequestRefused(400, f"steps must be 1..{MAX_STEPS}")
@@ -238,12 +242,16 @@ def check_sizes_and_seeds(req: Txt2ImgRequest) -> None:
     for name in ("seed", "subseed"):
         value = getattr(req, name)
         if value is not None and value != -1 and not SEED_MIN <= value <= last_seed:
-            shown = str(value)[:40] if abs(value) < 10**40 else "a larger number"
             raise RequestRefused(
                 400,
                 f"{name} must be -1 (random) or {SEED_MIN}..{last_seed} for {batch * n_iter} image(s); "
-                f"got {shown}",
+                f"got {_shown(value)}",
             )
+
+
+def _shown(value: int) -> str:
+    """An integer for a message: Python refuses to print one of more than 4,300 digits."""
+    return str(value)[:40] if abs(value) < 10**40 else "a larger number"
 
 
 def check_variation(req: Txt2ImgRequest) -> None:
@@ -291,6 +299,10 @@ def _hires_target(req: Txt2ImgRequest, width: int, height: int) -> hires.HiresTa
         raise RequestRefused(400, "hr_resize_x/hr_resize_y must be >= 0")
     if rx == 0 and ry == 0 and scale <= 0:
         raise RequestRefused(400, "hr_scale must be > 0 (or give hr_resize_x/hr_resize_y)")
+    if rx == 0 and ry == 0 and max(width, height) * scale >= MAX_SIDE + 1:  # before int() of a huge product
+        raise RequestRefused(
+            400, f"hires size {width}x{height} x hr_scale {scale:g} is outside 8..{MAX_SIDE} per side"
+        )
     target = hires.target(width, height, scale, rx, ry)
     hr_w, hr_h = target.size
     if min(hr_w, hr_h) < 8 or max(target.upscale_x, target.upscale_y) > MAX_SIDE:

@@ -150,6 +150,7 @@ class JobRunner:
         translation = _translate(job_input, preflight.names, baseline.defaults())
         baseline.track(translation.payload.get("override_settings") or {})
         generate = self.engine.img2img if isinstance(job_input, Img2ImgJob) else self.engine.txt2img
+        interrupts_before = self.engine.interrupts_sent
         with self._progress(job):
             response = generate(translation.payload, timeout_s=self.settings.job_timeout_s)
         mark("generate")
@@ -157,7 +158,9 @@ class JobRunner:
         # 4. Check what the engine really did (worker.verify), then shape and deliver the output.
         info = _parse_info(response.get("info"))
         images = list(response.get("images") or [])
-        check_not_interrupted(info, self.engine.progress())
+        # A1111 shows an interrupt only in /progress: asked unless only the worker can interrupt, and did not
+        ask = not self.settings.engine_private or self.engine.interrupts_sent != interrupts_before
+        check_not_interrupted(info, self.engine.progress() if ask else None)
         verify_warnings = check_generation(translation.payload, self.engine.catalog(), images, info)
         mark("verify")
         engine_warnings = info.get("warnings")

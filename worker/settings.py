@@ -62,6 +62,7 @@ ENV_NAMES: dict[str, str] = {
     "WORKER_DOWNLOAD_TIMEOUT_S": "download_timeout_s",
     "WORKER_VOLUME_QUOTA_GB": "volume_quota_gb",
     "WORKER_ENGINE": "engine",
+    "WORKER_EXPOSE_ENGINE": "expose_engine",
     "WORKER_AUTO_CONVERT": "auto_convert",
     "WORKER_IMAGE_MAX_BYTES": "image_max_bytes",
     "WORKER_IMAGE_MAX_PIXELS": "image_max_pixels",
@@ -113,6 +114,8 @@ class WorkerSettings(BaseModel):
     #: which engine answers on a1111_url (start.sh resolves ``auto``); anything but ``embedded`` is held to
     #: A1111's rules, e.g. a LoRA in diffusers/PEFT layout is converted (or refused) before A1111 sees it
     engine: Literal["auto", "a1111", "embedded", "external"] = "auto"
+    #: start.sh's WORKER_EXPOSE_ENGINE: the engine's API is reachable from outside the container
+    expose_engine: bool = False
     auto_convert: bool = True
     #: input images (img2img, masks, extras, png-info): bytes of one decoded image, and its pixel count as
     #: its header declares it (a decompression bomb is refused before anything decodes it)
@@ -135,9 +138,10 @@ class WorkerSettings(BaseModel):
     @classmethod
     def _user_and_password(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None:
-            user, sep, _ = value.get_secret_value().partition(":")
-            if not sep or not user:
-                raise ValueError("must have the form user:password")  # never the value: it is a secret
+            user, sep, password = value.get_secret_value().partition(":")
+            if not sep or not user.strip() or not password.strip():
+                # a blank user or password (" : ") is no credential at all; never the value: it is a secret
+                raise ValueError("must have the form user:password, both non-blank")
         return value
 
     @field_validator("log_level", mode="before")
@@ -160,6 +164,12 @@ class WorkerSettings(BaseModel):
     @property
     def deployed_on_runpod(self) -> bool:
         return self.runpod_job_url is not None
+
+    @property
+    def engine_private(self) -> bool:
+        """Only this worker can call the engine (start.sh launched it on the loopback, not exposed): only the
+        worker can interrupt a generation, so nobody else's interrupt needs looking for after a job."""
+        return self.engine in ("a1111", "embedded") and not self.expose_engine
 
     @property
     def upload_configured(self) -> bool:

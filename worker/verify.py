@@ -19,7 +19,9 @@ Which reports are reliable was measured on A1111 v1.10.1 (docs/testing.md, "What
 * ``Lora hashes`` names each LoRA applied, as written in the prompt; only when the engine hashes files.
   LoRA tags in the negative prompt are never applied by A1111.
 * ``TI hashes`` is dropped when the same prompt is repeated (A1111 caches the conditioning): not checked.
-* An interrupt or skip shows only in ``/progress`` (``state.interrupted`` stays true until the next job).
+* An interrupt or skip shows only in ``/progress`` (``state.interrupted`` stays true until the next job). The
+  handler reads it where someone else could have interrupted (``WorkerSettings.engine_private``) or where the
+  worker itself sent an interrupt meanwhile; otherwise nothing can have interrupted the job.
 * img2img records ``Denoising strength`` and the mask fields in the infotext (``worker.image_input_verify``).
 """
 

@@ -20,6 +20,8 @@ from diffusers import (
     StableDiffusionPipeline,
     StableDiffusionXLPipeline,
 )
+from diffusers.utils import logging as diffusers_logging
+from transformers.utils import logging as transformers_logging
 
 from worker.registry.detect import UnsupportedCheckpoint, checkpoint_pipeline
 from worker.registry.layouts import LayoutError, inspect_diffusers_folder
@@ -69,7 +71,17 @@ class Runtime:
     cpu_offload: bool
 
     @classmethod
-    def detect(cls, force_cpu: bool = False) -> Runtime:
+    def detect(cls, force_cpu: bool = False, threads: int | None = None) -> Runtime:
+        """The best device; ``threads`` pins torch's CPU threads (byte-identical outputs need a fixed count).
+
+        Called once, before the first model load; it also silences diffusers' and transformers' progress bars
+        and warnings (the server reports through its own log).
+        """
+        diffusers_logging.disable_progress_bar()
+        diffusers_logging.set_verbosity_error()
+        transformers_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
+        if threads:
+            torch.set_num_threads(threads)
         if not force_cpu and torch.cuda.is_available():
             total = torch.cuda.get_device_properties(0).total_memory
             return cls("cuda", torch.float16, total < OFFLOAD_BELOW_BYTES)

@@ -94,6 +94,11 @@ def test_a1111_options(tmp_path: Path, fake_a1111_dir: Path) -> None:
 
     refused = print_command(tmp_path, **a1111, WORKER_EXPOSE_ENGINE="1")
     assert refused.returncode != 0 and "A1111_API_AUTH" in refused.stderr
+    # blank users or passwords are no credentials; a second ':' would stop A1111 at start
+    for blank in (" : ", "u: ", "\t:p", "u:p, : ", ":", "u:", "u:p:q"):
+        refused = print_command(tmp_path, **a1111, WORKER_EXPOSE_ENGINE="1", A1111_API_AUTH=blank)
+        assert refused.returncode != 0 and "A1111_API_AUTH" in refused.stderr, repr(blank)
+        assert "0.0.0.0" not in refused.stdout
 
     exposed = print_command(tmp_path, **a1111, WORKER_EXPOSE_ENGINE="1", A1111_API_AUTH="u:topsecret")
     assert exposed.returncode == 0, exposed.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -99,3 +100,34 @@ def test_options_roundtrip(client: httpx.Client) -> None:
     assert client.post("/options", json={"jpeg_quality": 90}).status_code == 200
     assert client.get("/options").json()["jpeg_quality"] == 90
     client.post("/options", json={"jpeg_quality": 80})
+
+
+def _another_value(value: Any) -> Any:
+    """A value of the option's own type that differs from ``value``."""
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, (int, float)):
+        return value + 1
+    if isinstance(value, list):
+        return [*value, "x"]
+    return f"{value or ''}x"
+
+
+def test_every_option_a1111_lists_is_listed_and_kept(client: httpx.Client) -> None:
+    """Issue 17: ``send_seed`` (an A1111 option) was not kept; A1111 keeps every option it lists."""
+    from diffusers_server import options
+    from tests.support.a1111_behaviour import transcript
+
+    recorded = transcript("listings")["options"]  # A1111 v1.10.1's own GET /options
+    listed = client.get("/options").json()
+    assert list(listed) == list(recorded)
+    inert = [k for k in recorded if k not in options.HONOURED | options.REFUSED_UNLESS_DEFAULT]
+    changed = {key: _another_value(listed[key]) for key in inert}
+    try:
+        assert client.post("/options", json=changed).status_code == 200
+        kept = client.get("/options").json()
+        assert {key: kept[key] for key in changed} == changed
+        assert kept["send_seed"] is False
+    finally:
+        client.post("/options", json={key: listed[key] for key in inert})
+    assert client.get("/options").json() == listed

@@ -46,6 +46,38 @@ def test_seeds_beyond_64_bits_are_400(client: httpx.Client, field: str, value: i
     assert f"{field} must be -1 (random) or" in response.json()["detail"]
 
 
+HIRES = {"enable_hr": True, "denoising_strength": 0.5, "hr_upscaler": "Latent"}
+
+
+@pytest.mark.parametrize(
+    ("fields", "named"),
+    [
+        ({"seed_resize_from_w": 1_000_000_000, "seed_resize_from_h": 1_000_000_000}, "seed_resize_from_w"),
+        ({"seed_resize_from_h": 4104}, "seed_resize_from_h"),
+        ({"width": 4104}, "width"),
+        ({"height": 12}, "height"),
+        ({"steps": 1001}, "steps"),
+        ({"batch_size": 65}, "batch_size*n_iter"),
+        ({"batch_size": 8, "n_iter": 9}, "batch_size*n_iter"),
+        ({**HIRES, "hr_scale": 1e300}, "hr_scale"),
+        ({**HIRES, "hr_resize_x": 10**12}, "hires size"),
+        ({**HIRES, "hr_second_pass_steps": 1001}, "hr_second_pass_steps"),
+    ],
+)
+def test_every_size_that_reaches_an_allocation_is_bounded(
+    client: httpx.Client, fields: dict[str, Any], named: str
+) -> None:
+    """Issue 17: seed_resize_from_w/h of 1e9 answered 500 (torch could not allocate 2.5e17 bytes)."""
+    response = post(client, **fields)
+    assert response.status_code == 400, response.text
+    assert named in response.json()["detail"]
+
+
+def test_a_seed_resize_in_range_or_off_still_generates(client: httpx.Client) -> None:
+    assert post(client, seed_resize_from_w=64, seed_resize_from_h=64).status_code == 200
+    assert post(client, seed_resize_from_w=-1, seed_resize_from_h=0).status_code == 200
+
+
 def test_the_largest_seed_of_a_batch_still_fits(client: httpx.Client) -> None:
     assert post(client, seed=2**64 - 2, batch_size=2).status_code == 200
     assert post(client, seed=2**64 - 1, batch_size=2).status_code == 400

@@ -64,12 +64,16 @@ def _wait_ready(url: str, process: subprocess.Popen[bytes], log_path: Path) -> N
         if process.poll() is not None:
             raise RuntimeError(f"engine exited with {process.returncode}:\n{log_path.read_text()[-4000:]}")
         try:
-            return httpx.get(f"{url}/sdapi/v1/sd-models", timeout=2).status_code == 200 or None
-        except httpx.HTTPError:
+            # the port opens before torch is imported; the first model load (or its failure) comes after
+            status = httpx.get(f"{url}/worker/v1/health", timeout=2).json().get("status")
+        except (httpx.HTTPError, ValueError):
             return None
+        return status in ("ready", "failed") or None
 
     try:
-        poll_until(ready, "the embedded engine answering", timeout_s=STARTUP_DEADLINE_S, interval_s=0.2)
+        poll_until(
+            ready, "the embedded engine's first model load", timeout_s=STARTUP_DEADLINE_S, interval_s=0.2
+        )
     except TimeoutError as exc:
         raise TimeoutError(f"{exc}:\n{log_path.read_text()[-4000:]}") from None
 

@@ -64,6 +64,14 @@ def test_a_bad_secret_is_named_but_never_echoed() -> None:
     assert "hunter2" not in message
 
 
+@pytest.mark.parametrize("blank", [" : ", "user: ", "\t:hunter2", "user:"])
+def test_a_blank_user_or_password_is_no_credential(blank: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        WorkerSettings.from_env({"WORKER_A1111_AUTH": blank})
+    message = str(caught.value)
+    assert "WORKER_A1111_AUTH='<secret>': must have the form user:password, both non-blank" in message
+
+
 def test_every_field_has_an_environment_name_and_docs() -> None:
     documented = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text("utf-8")
     assert set(ENV_NAMES.values()) == set(WorkerSettings.model_fields)

@@ -8,11 +8,13 @@ interrupt from outside answers 200 with a cut-short image.
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 import time
 from typing import Any
 
+import pytest
 import requests
 
 from tests.support.fake_a1111 import FakeA1111
@@ -21,8 +23,8 @@ from worker.handler import JobRunner
 from worker.settings import WorkerSettings
 
 
-def make_runner(fake: FakeA1111) -> JobRunner:
-    settings = WorkerSettings.model_validate({"a1111_url": fake.url, "job_timeout_s": 20})
+def make_runner(fake: FakeA1111, **deployment: Any) -> JobRunner:
+    settings = WorkerSettings.model_validate({"a1111_url": fake.url, "job_timeout_s": 20, **deployment})
     return JobRunner(settings, A1111Client(fake.url, connect_timeout_s=1, request_timeout_s=5))
 
 
@@ -101,20 +103,58 @@ def test_a_lora_the_engine_skips_is_an_engine_error(fake_a1111: FakeA1111) -> No
     assert "LoRA 'pixel_art' was not applied" in out["error"]
 
 
-def test_an_interrupt_from_outside_cancels_the_job(fake_a1111: FakeA1111) -> None:
-    """Issue 9 #4: A1111 answers 200 with a cut-short image; the job used to come back COMPLETED."""
-    fake_a1111.txt2img_delay = 10
-    runner = make_runner(fake_a1111)
+#: deployments where someone other than the worker can interrupt A1111: the worker asks /progress after a job
+SHARED_ENGINES = [
+    {},  # WORKER_ENGINE=auto: the worker does not know who else calls the engine
+    {"engine": "a1111", "expose_engine": True},  # WORKER_EXPOSE_ENGINE=1
+    {"engine": "external"},
+]
+
+
+def _interrupted_while_running(fake: FakeA1111, runner: JobRunner, interrupt: Any) -> dict[str, Any]:
+    """The job's output when ``interrupt()`` is called while A1111 generates it."""
+    fake.txt2img_delay = 10
     result: dict[str, Any] = {}
     job = threading.Thread(target=lambda: result.update(out=runner.run({"id": "1", "input": PLAIN})))
     job.start()
     deadline = time.monotonic() + 10
-    while not fake_a1111._running and time.monotonic() < deadline:
+    while not fake._running and time.monotonic() < deadline:
         time.sleep(0.02)
-    requests.post(f"{fake_a1111.url}/sdapi/v1/interrupt", timeout=5)
+    interrupt()
     job.join(15)
+    return result
+
+
+@pytest.mark.parametrize("deployment", SHARED_ENGINES)
+def test_an_interrupt_from_outside_cancels_the_job(fake_a1111: FakeA1111, deployment: dict[str, Any]) -> None:
+    """Issue 9 #4: A1111 answers 200 with a cut-short image; the job used to come back COMPLETED."""
+    runner = make_runner(fake_a1111, **deployment)
+    outside = functools.partial(requests.post, f"{fake_a1111.url}/sdapi/v1/interrupt", timeout=5)
+    result = _interrupted_while_running(fake_a1111, runner, outside)
     assert result["out"]["error"].startswith("cancelled: the engine's generation was interrupted")
     assert "images" not in result["out"]
     # the next job runs normally: A1111 clears the flag when a job begins
     fake_a1111.txt2img_delay = 0
     assert "error" not in runner.run({"id": "2", "input": PLAIN})
+    assert fake_a1111.requests_to("progress")  # asked after each job
+
+
+def test_a_private_engine_is_not_asked_about_interrupts(fake_a1111: FakeA1111) -> None:
+    """Issue 17: start.sh's own A1111 on the loopback can be interrupted by the worker alone: no /progress."""
+    runner = make_runner(fake_a1111, engine="a1111")
+    assert "error" not in runner.run({"id": "1", "input": PLAIN})
+    assert "error" not in runner.run({"id": "2", "input": PLAIN})
+    assert fake_a1111.requests_to("progress") == []
+    shared = make_runner(fake_a1111, engine="a1111", expose_engine=True)
+    assert "error" not in shared.run({"id": "3", "input": PLAIN})
+    assert len(fake_a1111.requests_to("progress")) == 1
+
+
+def test_an_interrupt_the_worker_sent_during_a_job_on_a_private_engine_cancels_it(
+    fake_a1111: FakeA1111,
+) -> None:
+    """E.g. another job's timeout landing on this one: the worker knows it interrupted, so it asks."""
+    runner = make_runner(fake_a1111, engine="a1111")
+    result = _interrupted_while_running(fake_a1111, runner, runner.engine.interrupt)
+    assert result["out"]["error"].startswith("cancelled: the engine's generation was interrupted")
+    assert len(fake_a1111.requests_to("progress")) == 1

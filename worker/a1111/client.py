@@ -78,6 +78,8 @@ class A1111Client:
         self._extensions = ExtensionCatalogCache(self._transport.get)
         self._readiness = Readiness(self._transport, self.process, self.txt2img, clock=clock)
         self._clock = clock
+        #: interrupts sent through this client: a job that saw one sent during it asks /progress what it hit
+        self.interrupts_sent = 0
 
     @classmethod
     def from_settings(cls, settings: WorkerSettings) -> A1111Client:
@@ -162,6 +164,7 @@ class A1111Client:
 
     def interrupt(self) -> bool:
         """Ask A1111 to stop the running job; best effort, never raises."""
+        self.interrupts_sent += 1
         what = self._transport.what("POST", "interrupt")
         timeout = (min(self._transport.connect_timeout_s, INTERRUPT_TIMEOUT_S), INTERRUPT_TIMEOUT_S)
         try:
