@@ -20,7 +20,6 @@ from PIL.PngImagePlugin import PngInfo
 from . import image_ops
 from .errors import RequestRefused
 from .hires import IMAGE_UPSCALERS
-from .images import encode_image
 from .schemas import ExtrasRequest
 
 
@@ -105,6 +104,8 @@ def encode(image: Image.Image, infotext: str, opts: dict[str, Any]) -> str:
     """The result as A1111's API sends it: a PNG with the ``postprocessing`` text (other formats: as the
     generated images are encoded)."""
     if str(opts["samples_format"]).lower() != "png":
+        from .images import encode_image  # torch: imported by the first use, not by the server's start
+
         return encode_image(image, infotext, opts)
     buffer = io.BytesIO()
     png = PngInfo()

@@ -120,3 +120,9 @@ def test_the_embedded_engine_uses_the_registry_but_never_the_job_path() -> None:
     loaded = loaded_by(["diffusers_server.*"], skip=("diffusers_server.__main__",))
     assert offending(loaded, JOB_PATH) == []
     assert "worker.registry.safetensors_header" in loaded  # the engine shares the registry's file rules
+
+
+def test_the_embedded_engine_opens_its_port_before_torch_is_imported() -> None:
+    """The server's app loads neither torch nor diffusers: the first model load does (docs/performance.md)."""
+    pytest.importorskip("torch")
+    assert offending(loaded_by(["diffusers_server.app"]), TORCH) == []
