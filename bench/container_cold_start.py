@@ -31,6 +31,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
 from a1111_cold_start import PHASES, TIMELINE, _answers, one_run  # noqa: E402
 
+from bench.common import add_smoke_flag, results_file, skip_smoke  # noqa: E402
 from tests.support.podman import CPU_ENV, VOLUME, podman, podman_env  # noqa: E402
 from tests.support.real_a1111 import a1111_dir, free_port, place_model_file  # noqa: E402
 
@@ -96,16 +97,23 @@ def container_run(image: str, models: Path, checkpoint: str) -> dict[str, float]
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--image", default="localhost/a1111-worker:test")
-    parser.add_argument("--models", type=Path, required=True, help="volume-layout folder")
+    parser.add_argument("--models", type=Path, help="volume-layout folder (required unless --smoke)")
     parser.add_argument("--checkpoint", default="rand_sd15", help="WORKER_DEFAULT_CHECKPOINT")
     parser.add_argument("--runs", type=int, default=2, help="runs of each, alternating")
     parser.add_argument("--hf-home", type=Path, default=None, help="the host A1111's offline HF cache")
+    add_smoke_flag(parser)
     args = parser.parse_args()
     install = a1111_dir()
-    if install is None:
-        parser.error(
-            "set A1111_DIR (and A1111_PYTHON) for the start without a container; see docs/testing.md"
+    if install is None or args.models is None:
+        reason = (
+            "set A1111_DIR (and A1111_PYTHON) for the start without a container, and --models (a volume with "
+            "a checkpoint); see docs/testing.md"
         )
+        if args.smoke:
+            return skip_smoke(reason)
+        parser.error(reason)
+    if args.smoke:
+        args.runs = 1
     results: dict[str, list[dict[str, float]]] = {"container": [], "no_container": []}
     for _ in range(args.runs):
         results["container"].append(container_run(args.image, args.models.resolve(), args.checkpoint))
@@ -121,7 +129,7 @@ def main() -> int:
     print("\nsetting | " + " | ".join(PHASES) + "  (seconds since podman run / start.sh, medians)")
     for setting, row in medians.items():
         print(f"{setting} | " + " | ".join(str(row[phase]) for phase in PHASES))
-    out = ROOT / "bench" / "results" / "container_cold_start.json"
+    out = results_file("container_cold_start.json", args.smoke)
     out.parent.mkdir(parents=True, exist_ok=True)
     record = {
         "image": args.image,

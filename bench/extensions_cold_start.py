@@ -26,6 +26,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import add_smoke_flag, results_file, skip_smoke  # noqa: E402
 from tests.support.real_a1111 import a1111_dir, launched, volume_with_tiny_models  # noqa: E402
 from tests.support.real_a1111_extensions import extension_env  # noqa: E402
 
@@ -57,11 +58,17 @@ def one_run(install: Path, ext_dir: Path, with_extensions: bool) -> dict[str, An
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
+    add_smoke_flag(parser)
     args = parser.parse_args()
     install = a1111_dir()
     ext = Path(os.environ.get("A1111_EXT_DIR", "")).expanduser()
     if install is None or not (ext / "venv").is_dir():
-        parser.error("set A1111_DIR and A1111_EXT_DIR (scripts/setup_a1111_extensions.sh)")
+        reason = "set A1111_DIR and A1111_EXT_DIR (scripts/setup_a1111_extensions.sh)"
+        if args.smoke:
+            return skip_smoke(reason)
+        parser.error(reason)
+    if args.smoke:
+        args.rounds = 1
     runs = [one_run(install, ext, flag) for _ in range(args.rounds) for flag in (False, True)]
     print(f"{'round':>5} {'extensions':>10} {'ready_s':>8} {'a1111_startup_s':>16} {'load_scripts_s':>15}")
     for index, run in enumerate(runs):
@@ -74,8 +81,7 @@ def main() -> int:
         for label, flag in (("without_median_ready_s", False), ("with_median_ready_s", True))
     }
     print(summary)
-    out = ROOT / "bench" / "results" / "extensions_cold_start.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out = results_file("extensions_cold_start.json", args.smoke)
     out.write_text(json.dumps({"runs": runs, **summary}, indent=1) + "\n")
     return 0
 

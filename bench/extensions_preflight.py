@@ -31,6 +31,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import add_smoke_flag, results_file  # noqa: E402
 from worker.a1111.client import A1111Client  # noqa: E402
 from worker.handler import JobRunner  # noqa: E402
 from worker.preflight.scripts import ScriptContext, check_alwayson_scripts  # noqa: E402
@@ -96,7 +97,7 @@ def overhead(runner: JobRunner, engine: A1111Client, extra: dict[str, Any], roun
 
 
 def pure_check_us(engine: A1111Client, image: str, rounds: int) -> float:
-    context = ScriptContext(checkpoint_architecture="sd15")
+    context = ScriptContext()  # txt2img; no registry facts: the checks on the engine's lists
     engine.extensions()  # cached, as in a running worker
     started = time.perf_counter()
     for _ in range(rounds * 10):
@@ -107,7 +108,7 @@ def pure_check_us(engine: A1111Client, image: str, rounds: int) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=60)
-    parser.add_argument("--smoke", action="store_true", help="5 rounds: the bench runs; numbers are noise")
+    add_smoke_flag(parser)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     rounds = 5 if args.smoke else args.rounds
@@ -142,8 +143,7 @@ def main() -> int:
     print(f"{'measure':32} value")
     for name, value in result.items():
         print(f"{name:32} {value}")
-    out = ROOT / "bench" / "results" / "extensions_preflight.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out = results_file("extensions_preflight.json", args.smoke)
     out.write_text(json.dumps(result, indent=1) + "\n")
     return 0
 

@@ -22,7 +22,12 @@ from bench.common import SKIPPED
 ROOT = Path(__file__).resolve().parents[2]
 BENCHES = sorted(p for p in (ROOT / "bench").glob("*.py") if p.name != "common.py")
 #: benches that measure the real A1111: CI has none, so their smoke run skips (run with it: tests/a1111)
-NEEDS_A1111 = {"a1111_cold_start.py", "a1111_worker_overhead.py"}
+NEEDS_A1111 = {
+    "a1111_cold_start.py",
+    "a1111_worker_overhead.py",
+    "container_cold_start.py",  # and the built image
+    "extensions_cold_start.py",  # and the extensions' venv
+}
 #: benches of the embedded engine: they need the engine extra (torch)
 NEEDS_TORCH = {
     "convert.py",
