@@ -63,8 +63,21 @@ def test_native_img2img(runner: JobRunner) -> None:
     assert "mask_blur only apply with a mask; there is none, so A1111 ignores them" in out["warnings"]
 
 
+def test_sdxl_img2img_with_several_init_images(runner: JobRunner) -> None:
+    job = {**BASE, "checkpoint": "demo-sdxl-tiny", "width": 64, "height": 80, "denoising_strength": 0.5}
+    out = run(runner, {**job, "init_images": [INIT, ti.jpeg_b64(64, 80)]})
+    fields = succeeded(out)
+    assert [size_of(image) for image in out["images"]] == [(64, 80), (64, 80)]
+    assert out["seeds"] == [11, 12]  # one batch slot per init image
+    assert (fields["Model"], fields["Denoising strength"]) == ("demo-sdxl-tiny", "0.5")
+    assert out["models"]["checkpoint"]["architecture"] == "sdxl"
+
+
 def test_same_img2img_job_same_image(runner: JobRunner) -> None:
+    """The same job after the same request: the VAE posterior is drawn from A1111's global generator, which
+    the request before seeded (docs/decisions.md), so the first run only primes it."""
     job = {**BASE, "init_images": [INIT], "denoising_strength": 0.5}
+    run(runner, job)
     first, second = run(runner, job), run(runner, job)
     other = run(runner, {**job, "denoising_strength": 0.9})
     assert first["images"] == second["images"] != other["images"]
@@ -138,6 +151,9 @@ def test_upscale_with_lanczos(runner: JobRunner) -> None:
     envelope["payload"].update(upscaling_resize_w=80, upscaling_resize_h=40)
     out = run(runner, envelope)
     assert [size_of(image) for image in out["images"]] == [(80, 40)]  # upscaling_crop: exactly the size
+    batch = {"images": [INIT, ti.png_b64(32, 16)], "upscaler": "Nearest", "width": 80, "height": 40}
+    out = run(runner, {"upscale": batch})
+    assert [size_of(image) for image in out["images"]] == [(80, 40), (80, 40)]
 
 
 def test_unknown_upscaler_names_the_engines_list(runner: JobRunner) -> None:
