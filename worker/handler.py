@@ -190,7 +190,9 @@ class JobRunner:
         """Extras, png-info or interrogate (``worker.image_tools``): images and names checked, one call."""
         check_delivery(request.output, self.uploader)
         if request.endpoint == "interrogate":
-            check_interrogation(request.body, self.settings.models_dir)
+            check_interrogation(
+                request.body, self.settings.models_dir, engine_kind=_engine_kind(self.settings)
+            )
         request = resolve_upscalers(self.images.tool(request), self.engine)
         output = run_tool(request, self.engine, timeout_s=self.settings.job_timeout_s)
         return self._deliver(output, request.output, job_id)

@@ -7,7 +7,9 @@ a bare 500 ``could not find upscaler named ...``.
 
 Interrogation needs weights A1111 would download on first use (``modules/interrogate.py``,
 ``modules/deepbooru.py``): the worker never lets a job trigger a download, so ``interrogate`` is refused,
-naming the missing file and where it belongs, unless ``INTERROGATION_WEIGHTS`` are all on the volume.
+naming the missing file and where it belongs, unless ``INTERROGATION_WEIGHTS`` are all on the volume. The
+embedded engine has no interrogator at all (no ``/sdapi/v1/interrogate`` route): refused there whatever the
+volume holds, and an engine answering a tool's route with a bare 404 is reported as lacking that route.
 """
 
 from __future__ import annotations
@@ -34,7 +36,19 @@ def missing_interrogation_weights(model: str, models_dir: Path) -> list[str]:
     return [name for name in INTERROGATION_WEIGHTS[model] if not (models_dir / name).is_file()]
 
 
-def check_interrogation(body: dict[str, Any], models_dir: Path) -> None:
+#: why an engine may lack a tool's route, and what serves it instead
+_MISSING_ROUTE_HINTS: dict[str, str] = {
+    "interrogate": (
+        "the embedded engine has no interrogator (CLIP, DeepBooru); interrogation needs A1111 "
+        "(WORKER_ENGINE=a1111)"
+    ),
+}
+
+
+def check_interrogation(body: dict[str, Any], models_dir: Path, *, engine_kind: str) -> None:
+    """Refuse an interrogation the engine cannot do: none on the embedded engine, none without weights."""
+    if engine_kind == "embedded":
+        raise InputInvalid(f"interrogate is not served here: {_MISSING_ROUTE_HINTS['interrogate']}")
     model = str(body.get("model") or "clip")
     missing = missing_interrogation_weights(model, models_dir)
     if missing:
@@ -62,9 +76,22 @@ def resolve_upscalers(request: ImageToolRequest, engine: A1111Client) -> ImageTo
     return replace(request, body=body)
 
 
+def _call_tool(request: ImageToolRequest, engine: A1111Client, timeout_s: float) -> dict[str, Any]:
+    """The engine's answer; a route it lacks (FastAPI's bare 404) is said so, not as a bad request."""
+    try:
+        return engine.call_image_tool(request.endpoint, request.body, timeout_s=timeout_s)
+    except InputInvalid as exc:
+        if exc.details.get("status") != 404 or exc.details.get("detail") != "Not Found":
+            raise
+        hint = _MISSING_ROUTE_HINTS.get(request.endpoint, "this engine does not have it")
+        raise InputInvalid(
+            f"the engine has no /sdapi/v1/{request.endpoint} route (HTTP 404): {hint}", details=exc.details
+        ) from None
+
+
 def run_tool(request: ImageToolRequest, engine: A1111Client, *, timeout_s: float) -> dict[str, Any]:
     """Call the engine and shape its answer: images as ``images`` (like a generation), facts as they are."""
-    response = engine.call_image_tool(request.endpoint, request.body, timeout_s=timeout_s)
+    response = _call_tool(request, engine, timeout_s)
     if request.endpoint == "interrogate" and response.get("caption") == "<error>":
         # A1111 catches the interrogator's exception, logs it and answers 200 with this caption
         raise EngineFailed(

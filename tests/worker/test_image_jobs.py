@@ -21,6 +21,7 @@ from tests.support.fixtures import load_json
 from tests.support.model_server import ModelServer, model_server
 from worker.a1111.client import A1111Client
 from worker.handler import JobRunner
+from worker.image_tools import INTERROGATION_WEIGHTS
 from worker.settings import WorkerSettings
 
 __all__ = ["model_server"]  # the fixture
@@ -224,3 +225,33 @@ def test_interrogation_is_refused_without_its_weights(fake: FakeA1111, tmp_path:
     # The recorded A1111 has no real weights: it answers 200 with the caption "<error>", which is a failure.
     assert out["error"].startswith("engine_error: the engine could not interrogate the image")
     assert len(sent(fake, "interrogate")) == 1
+
+
+def test_an_engine_without_an_interrogator(fake: FakeA1111, tmp_path: Path) -> None:
+    """The embedded engine has no /interrogate: refused before any call when the worker knows it is in front of
+    it, else from the engine's bare 404; A1111's own 404 (a model it does not know) still reads as A1111's."""
+    for name in INTERROGATION_WEIGHTS["clip"]:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"weights")
+    job = {"interrogate": {"image": INIT}}
+    out = run(fake, job, models_dir=tmp_path, engine="embedded")
+    assert out["error"] == (
+        "input_invalid: interrogate is not served here: the embedded engine has no interrogator (CLIP, "
+        "DeepBooru); interrogation needs A1111 (WORKER_ENGINE=a1111)"
+    )
+    assert sent(fake, "interrogate") == []
+    fake.set_fault("interrogate", status=404, body={"detail": "Not Found"}, times=1)
+    out = run(fake, job, models_dir=tmp_path)
+    assert out["error"].startswith(
+        "input_invalid: the engine has no /sdapi/v1/interrogate route (HTTP 404): "
+    )
+    assert out["error"].endswith(
+        "the embedded engine has no interrogator (CLIP, DeepBooru); interrogation "
+        "needs A1111 (WORKER_ENGINE=a1111)"
+    )
+    fake.set_fault("interrogate", status=404, body={"detail": "Model not found"}, times=1)
+    out = run(fake, job, models_dir=tmp_path)
+    assert (
+        out["error"]
+        == "input_invalid: A1111 rejected POST /sdapi/v1/interrogate with HTTP 404: Model not found"
+    )
