@@ -155,7 +155,14 @@ def test_list_shows_each_kind_with_hashes_architecture_and_why_a_file_is_unusabl
     assert "error" not in out, out
     listing = out["registry"]
     assert listing["engine"] == "a1111"
-    assert listing["counts"] == {"checkpoint": 1, "lora": 2, "embedding": 0, "vae": 1}
+    assert listing["counts"] == {
+        "checkpoint": 1,
+        "lora": 2,
+        "embedding": 0,
+        "vae": 1,
+        "controlnet": 0,
+        "adetailer": 0,
+    }
     (checkpoint,) = listing["models"]["checkpoint"]
     body = (setup.models_dir / "checkpoints" / "base.safetensors").read_bytes()
     assert checkpoint["sha256"] == sha(body) and checkpoint["short_hash"] == sha(body)[:10]
@@ -511,7 +518,10 @@ def hf_folder_tree(
             item["lfs"] = {"oid": sha(body), "size": len(body)}
         item["oid"] = (lie or {}).get(path, item["oid"])
         items.append(item)
-        setup.server.add(f"/hf/{repo}/resolve/main/{path}", body)
+        text = "text/plain; charset=utf-8"  # as Hugging Face serves a file stored in git
+        setup.server.add(
+            f"/hf/{repo}/resolve/main/{path}", body, **({} if "lfs" in item else {"content_type": text})
+        )
     setup.server.add_json(f"/hf/api/models/{repo}/tree/main" + (f"/{under}" if under else ""), items)
     return files
 
@@ -577,3 +587,25 @@ def test_a_peft_lora_folder_syncs_whole_into_loras(setup: Setup, tmp_path: Path)
     assert sorted(p.name for p in synced.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
     listing = setup.run({"registry": {"action": "list", "kind": "lora"}})["registry"]
     assert [m["file_name"] for m in listing["models"]["lora"]] == ["style-v2"]
+
+
+def test_a_folder_sync_cancelled_after_some_files_leaves_nothing_under_its_name(
+    setup: Setup, tmp_path: Path
+) -> None:
+    source = write_pipeline_skeleton(tmp_path / "repo")
+    hf_folder_tree(setup, "owner/finetune", source)
+    runner = setup.runner()
+    seen: list[str] = []
+
+    def cancel_at_the_third_file(job: Any, update: dict[str, Any]) -> None:
+        seen.append(update["registry"]["file"])
+        if len(set(seen)) >= 3:
+            runner.cancelled.set()
+
+    runner.progress_sink = cancel_at_the_third_file
+    job = {"registry": {"action": "sync", "repo": "owner/finetune", "dest": "checkpoints"}}
+    out = runner.run({"id": "c", "input": job})
+    assert isinstance(out, dict)
+    assert out["error"].startswith("cancelled: registry sync cancelled; nothing was done"), out
+    assert len(set(seen)) == 3  # it had begun the folder
+    assert list((setup.models_dir / "checkpoints").iterdir()) == []

@@ -64,6 +64,8 @@ class DownloadRequest:
     expected_size: int | None = None  # exact byte count, when known
     approx_size: int | None = None  # for space checks only (Civitai's sizeKB)
     allowed_suffixes: tuple[str, ...] = (".safetensors",)
+    #: a config file (json, txt) is text: a text Content-Type is then no sign of an error page
+    text_expected: bool = False
 
 
 @dataclass(frozen=True)
@@ -334,7 +336,7 @@ class Downloader:
     def _check_headers(self, transfer: _Transfer, resp: requests.Response) -> None:
         req = transfer.req
         ctype = resp.headers.get("Content-Type", "").lower()
-        if ctype.startswith(_TEXT_TYPES):
+        if ctype.startswith(_TEXT_TYPES) and not req.text_expected:
             raise DownloadFailed(
                 f"{public_url(req.url)} answered with {ctype.split(';')[0]} instead of a model file "
                 "(an error or login page?)"

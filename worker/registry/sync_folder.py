@@ -188,6 +188,7 @@ class FolderSync:
             expected_sha256=repo_file.sha256,
             expected_size=repo_file.size,
             allowed_suffixes=SAFETENSORS_EXT if weights else (".json", ".txt"),
+            text_expected=not weights,
         )
         got = fetcher.downloader.fetch(request, progress=on_bytes)
         if repo_file.sha256 is None and repo_file.git_oid is not None:
