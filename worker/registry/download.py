@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 TransferProgress = Callable[[int, int | None], None]
 
 CHUNK_BYTES = 4 * 1024 * 1024
+#: written bytes between two writeback starts (``_start_writeback``)
+WRITEBACK_BYTES = 64 * 1024 * 1024
 MAX_REDIRECTS = 10
 #: kept free on the volume beyond the file itself (registry writes, A1111 caches)
 DISK_MARGIN_BYTES = 64 * 1024 * 1024
@@ -361,6 +363,7 @@ class Downloader:
             if fh.tell() != transfer.offset:  # never append after bytes we did not hash
                 fh.truncate(transfer.offset)
                 fh.seek(transfer.offset)
+            flushed = transfer.offset
             while chunk := self._read(transfer, resp, fh):
                 hashed = hashing.submit(transfer.hasher.update, chunk)
                 try:
@@ -368,6 +371,8 @@ class Downloader:
                 finally:
                     hashed.result()
                 transfer.offset += len(chunk)
+                if transfer.offset - flushed >= WRITEBACK_BYTES:
+                    flushed = _start_writeback(fh, flushed, transfer.offset)
                 if transfer.bar is not None:
                     transfer.bar.update(len(chunk))
                 if transfer.on_progress is not None:
@@ -462,6 +467,17 @@ class Downloader:
             file=sys.stderr,
             leave=False,
         )
+
+
+def _start_writeback(fh: Any, start: int, end: int) -> int:
+    """Have the kernel start writing ``start..end`` to disk now (``POSIX_FADV_DONTNEED`` starts writeback of
+    dirty pages without waiting, and drops the clean ones), so the fsync before the rename finds little left
+    and a multi-GB download does not flood the page cache; returns ``end``."""
+    fh.flush()
+    if hasattr(os, "posix_fadvise"):
+        with contextlib.suppress(OSError):
+            os.posix_fadvise(fh.fileno(), start, end - start, os.POSIX_FADV_DONTNEED)
+    return end
 
 
 def _int(value: str | None) -> int | None:
