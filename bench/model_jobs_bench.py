@@ -168,6 +168,7 @@ def bench_pull(root: Path, size: int, rounds: int, engine_url: str) -> dict[str,
         "best_s": best,
         "job_MBps": size / best["job"] / 1e6,
         "curl_MBps": size / best["curl"] / 1e6,
+        "curl_sync_MBps": size / best["curl_sync"] / 1e6,
         "ratio_vs_curl": per_round["curl"],
         "ratio_vs_curl_sync": per_round["curl_sync"],
     }
@@ -215,24 +216,35 @@ def main() -> int:
     engine = ThreadingHTTPServer(("127.0.0.1", 0), QuietEngine)
     threading.Thread(target=engine.serve_forever, daemon=True).start()
     engine_url = f"http://127.0.0.1:{engine.server_address[1]}"
+    load_before = [round(v, 2) for v in os.getloadavg()]
     try:
         results = {
             "pull": bench_pull(root, size, rounds, engine_url),
             "list": bench_list(root, files, engine_url),
             "cpu_count": os.cpu_count(),
             "smoke": args.smoke,
+            "load_before": load_before,
+            "load_after": [round(v, 2) for v in os.getloadavg()],
         }
     finally:
         engine.shutdown()
         shutil.rmtree(root, ignore_errors=True)
     p, li = results["pull"], results["list"]
+    mb = f"{size // 2**20} MB"
     rows = [
         (
-            f"pull job {size // 2**20} MB",
+            f"pull job {mb}",
             f"{p['job_MBps']:.0f} MB/s",
-            f"curl {p['curl_MBps']:.0f} MB/s; curl+sync {p['best_s']['curl_sync']:.2f}s",
-            f"{p['ratio_vs_curl']:.2f} / {p['ratio_vs_curl_sync']:.2f}",
+            f"curl to disk {p['curl_MBps']:.0f} MB/s",
+            f"{p['ratio_vs_curl']:.2f}",
             ">= 0.9",
+        ),
+        (
+            f"pull job {mb}",
+            f"{p['job_MBps']:.0f} MB/s",
+            f"curl + sync {p['curl_sync_MBps']:.0f} MB/s",
+            f"{p['ratio_vs_curl_sync']:.2f}",
+            "-",
         ),
         (
             f"list job {files} files",
@@ -242,10 +254,14 @@ def main() -> int:
             "< 50 ms",
         ),
     ]
-    print(f"{'measure':<22}{'ours':>12}  {'reference':<44}{'ratio':>12}  target")
+    print(f"{'measure':<22}{'ours':>12}  {'reference':<34}{'job/ref':>8}  target")
     for name, ours, ref, ratio, target in rows:
-        print(f"{name:<22}{ours:>12}  {ref:<44}{ratio:>12}  {target}")
-    print("ratio: curl time / job time, median over rounds (vs curl alone / vs curl + sync)")
+        print(f"{name:<22}{ours:>12}  {ref:<34}{ratio:>8}  {target}")
+    print(
+        "job/ref = job throughput / reference throughput (= reference seconds / job seconds for the same "
+        "bytes), median of the per-round ratios; above 1 the job is faster. MB/s from each one's best round."
+    )
+    print(f"load average (1, 5, 15 min) before {results['load_before']}, after {results['load_after']}")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2))
     print(f"wrote {RESULTS}")

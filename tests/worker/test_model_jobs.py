@@ -17,7 +17,7 @@ import pytest
 
 from tests.registry.conftest import catalogue_doc, registry_kwargs
 from tests.registry.fixtures import model_bytes, raw_safetensors, write_model
-from tests.registry.training_fixtures import lora_tensors, write_lora
+from tests.registry.training_fixtures import lora_tensors, write_lora, write_pipeline_skeleton
 from tests.support.fake_a1111 import FakeA1111
 from tests.support.fixtures import job_fixture, job_names
 from tests.support.model_server import ModelServer, model_server  # noqa: F401  (fixture)
@@ -25,7 +25,7 @@ from tests.support.polling import poll_until
 from worker import handler as handler_module
 from worker.a1111.client import A1111Client
 from worker.handler import JobRunner, async_handler, set_runner
-from worker.model_job_types import ModelJobRequest
+from worker.model_job_types import ListAction, ModelJobRequest
 from worker.registry.jobs import RegistryJobs
 from worker.registry.registry import ModelRegistry
 from worker.schema import parse_job_input
@@ -492,3 +492,120 @@ def test_convert_turns_a_training_output_into_what_a1111_reads(setup: Setup) -> 
     assert out["refreshed"] == ["loras"]
     again = setup.run({"registry": {"action": "convert", "src": "loras/run"}})
     assert again["registry"]["conversions"][0]["status"] == "reused" and again["refreshed"] == []
+
+
+# ---- model folders (diffusers, PEFT) synced whole ---------------------------------------------------
+
+
+def git_oid(body: bytes) -> str:
+    return hashlib.sha1(b"blob %d\0" % len(body) + body).hexdigest()
+
+
+def hf_folder_tree(
+    setup: Setup, repo: str, folder: Path, *, under: str = "", lie: dict[str, str] | None = None
+) -> dict[str, bytes]:
+    """Serve the files of ``folder`` below ``under`` as Hugging Face does: weights in LFS (sha256), the rest
+    in git (a blob sha1 only); returns them by repository path."""
+    files = {
+        (f"{under}/" if under else "") + p.relative_to(folder).as_posix(): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+    items: list[dict[str, Any]] = []
+    for path, body in files.items():
+        item: dict[str, Any] = {"type": "file", "path": path, "size": len(body), "oid": git_oid(body)}
+        if path.endswith(".safetensors"):
+            item["lfs"] = {"oid": sha(body), "size": len(body)}
+        item["oid"] = (lie or {}).get(path, item["oid"])
+        items.append(item)
+        text = "text/plain; charset=utf-8"  # as Hugging Face serves a file stored in git
+        setup.server.add(
+            f"/hf/{repo}/resolve/main/{path}", body, **({} if "lfs" in item else {"content_type": text})
+        )
+    setup.server.add_json(f"/hf/api/models/{repo}/tree/main" + (f"/{under}" if under else ""), items)
+    return files
+
+
+def test_a_diffusers_repository_syncs_as_one_folder_that_list_then_reports(
+    setup: Setup, tmp_path: Path
+) -> None:
+    source = write_pipeline_skeleton(tmp_path / "repo")
+    (source / "README.md").write_text("# a fine-tune")
+    (source / "unet" / "train.py").write_text("import os")
+    files = hf_folder_tree(setup, "owner/finetune", source)
+    out = setup.run({"registry": {"action": "sync", "repo": "owner/finetune", "dest": "checkpoints"}})
+    assert "error" not in out, out
+    assert out["registry"]["downloaded"] == ["checkpoints/finetune"]
+    skipped = {s["file"] for s in out["registry"]["skipped"]}
+    assert skipped == {"README.md", "unet/train.py"}
+    synced = setup.models_dir / "checkpoints" / "finetune"
+    for path, body in files.items():
+        assert (synced / path).exists() == (path not in skipped)
+        assert path in skipped or (synced / path).read_bytes() == body
+    assert [p.name for p in (setup.models_dir / "checkpoints").iterdir()] == [
+        "finetune"
+    ]  # no hidden leftovers
+    assert out["refreshed"] == ["checkpoints"]
+
+    listing = setup.run({"registry": {"action": "list", "kind": "checkpoint"}})["registry"]
+    (entry,) = listing["models"]["checkpoint"]
+    assert entry["file_name"] == "finetune" and entry["format"] == "diffusers"
+    assert entry["architecture"] == "sd15" and entry["usable_by"] == ["embedded"]
+    embedded = RegistryJobs(
+        ModelRegistry(**registry_kwargs(setup.models_dir, setup.server, None)), engine="embedded"
+    )
+    (usable,) = embedded.run(
+        ListAction(action="list", kind="checkpoint"), report=lambda u: None, cancelled=lambda: False
+    ).output["models"]["checkpoint"]
+    assert usable["usable"] is True and usable["reason"] is None
+
+    again = setup.run({"registry": {"action": "sync", "repo": "owner/finetune", "dest": "checkpoints"}})
+    assert again["registry"]["present"] == ["checkpoints/finetune"] and again["registry"]["downloaded"] == []
+
+
+def test_a_folder_whose_config_fails_its_git_sha1_leaves_nothing_under_its_name(
+    setup: Setup, tmp_path: Path
+) -> None:
+    source = write_pipeline_skeleton(tmp_path / "repo")
+    hf_folder_tree(setup, "owner/finetune", source, lie={"vae/config.json": "0" * 40})
+    out = setup.run({"registry": {"action": "sync", "repo": "owner/finetune", "dest": "checkpoints"}})
+    assert out["error"].startswith("download_failed: vae/config.json: git blob sha1 mismatch"), out
+    assert "sync stopped at checkpoints/finetune; nothing was done" in out["error"]
+    assert list((setup.models_dir / "checkpoints").iterdir()) == []  # neither the folder nor its hidden copy
+    assert setup.refreshed() == []
+
+
+def test_a_peft_lora_folder_syncs_whole_into_loras(setup: Setup, tmp_path: Path) -> None:
+    source = tmp_path / "repo"
+    write_lora(source / "adapter_model.safetensors", lora_tensors(layout="peft"))
+    (source / "adapter_config.json").write_text(json.dumps({"r": 4, "base_model_name_or_path": "sd15"}))
+    hf_folder_tree(setup, "owner/styles", source, under="style-v2")
+    out = setup.run({"registry": {"action": "sync", "repo": "owner/styles", "folder": "style-v2"}})
+    assert "error" not in out, out
+    assert out["registry"]["downloaded"] == ["loras/style-v2"]
+    synced = setup.models_dir / "loras" / "style-v2"
+    assert sorted(p.name for p in synced.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+    listing = setup.run({"registry": {"action": "list", "kind": "lora"}})["registry"]
+    assert [m["file_name"] for m in listing["models"]["lora"]] == ["style-v2"]
+
+
+def test_a_folder_sync_cancelled_after_some_files_leaves_nothing_under_its_name(
+    setup: Setup, tmp_path: Path
+) -> None:
+    source = write_pipeline_skeleton(tmp_path / "repo")
+    hf_folder_tree(setup, "owner/finetune", source)
+    runner = setup.runner()
+    seen: list[str] = []
+
+    def cancel_at_the_third_file(job: Any, update: dict[str, Any]) -> None:
+        seen.append(update["registry"]["file"])
+        if len(set(seen)) >= 3:
+            runner.cancelled.set()
+
+    runner.progress_sink = cancel_at_the_third_file
+    job = {"registry": {"action": "sync", "repo": "owner/finetune", "dest": "checkpoints"}}
+    out = runner.run({"id": "c", "input": job})
+    assert isinstance(out, dict)
+    assert out["error"].startswith("cancelled: registry sync cancelled; nothing was done"), out
+    assert len(set(seen)) == 3  # it had begun the folder
+    assert list((setup.models_dir / "checkpoints").iterdir()) == []

@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 TransferProgress = Callable[[int, int | None], None]
 
 CHUNK_BYTES = 4 * 1024 * 1024
+#: written bytes between two writeback starts (``_start_writeback``)
+WRITEBACK_BYTES = 64 * 1024 * 1024
 MAX_REDIRECTS = 10
 #: kept free on the volume beyond the file itself (registry writes, A1111 caches)
 DISK_MARGIN_BYTES = 64 * 1024 * 1024
@@ -64,6 +66,8 @@ class DownloadRequest:
     expected_size: int | None = None  # exact byte count, when known
     approx_size: int | None = None  # for space checks only (Civitai's sizeKB)
     allowed_suffixes: tuple[str, ...] = (".safetensors",)
+    #: a config file (json, txt) is text: a text Content-Type is then no sign of an error page
+    text_expected: bool = False
 
 
 @dataclass(frozen=True)
@@ -334,7 +338,7 @@ class Downloader:
     def _check_headers(self, transfer: _Transfer, resp: requests.Response) -> None:
         req = transfer.req
         ctype = resp.headers.get("Content-Type", "").lower()
-        if ctype.startswith(_TEXT_TYPES):
+        if ctype.startswith(_TEXT_TYPES) and not req.text_expected:
             raise DownloadFailed(
                 f"{public_url(req.url)} answered with {ctype.split(';')[0]} instead of a model file "
                 "(an error or login page?)"
@@ -359,6 +363,7 @@ class Downloader:
             if fh.tell() != transfer.offset:  # never append after bytes we did not hash
                 fh.truncate(transfer.offset)
                 fh.seek(transfer.offset)
+            flushed = transfer.offset
             while chunk := self._read(transfer, resp, fh):
                 hashed = hashing.submit(transfer.hasher.update, chunk)
                 try:
@@ -366,6 +371,8 @@ class Downloader:
                 finally:
                     hashed.result()
                 transfer.offset += len(chunk)
+                if transfer.offset - flushed >= WRITEBACK_BYTES:
+                    flushed = _start_writeback(fh, flushed, transfer.offset)
                 if transfer.bar is not None:
                     transfer.bar.update(len(chunk))
                 if transfer.on_progress is not None:
@@ -460,6 +467,17 @@ class Downloader:
             file=sys.stderr,
             leave=False,
         )
+
+
+def _start_writeback(fh: Any, start: int, end: int) -> int:
+    """Have the kernel start writing ``start..end`` to disk now (``POSIX_FADV_DONTNEED`` starts writeback of
+    dirty pages without waiting, and drops the clean ones), so the fsync before the rename finds little left
+    and a multi-GB download does not flood the page cache; returns ``end``."""
+    fh.flush()
+    if hasattr(os, "posix_fadvise"):
+        with contextlib.suppress(OSError):
+            os.posix_fadvise(fh.fileno(), start, end - start, os.POSIX_FADV_DONTNEED)
+    return end
 
 
 def _int(value: str | None) -> int | None:

@@ -2,7 +2,8 @@
 
 ``GET {hf_base}/api/models/{repo}/tree/{revision}[/{folder}]?recursive=true``, following the ``Link: <…>;
 rel="next"`` pages; the same host allowlist and token rules as every download (``url_policy``). Each LFS
-file's ``lfs.oid`` is its sha256: a sync verifies every file against it.
+file's ``lfs.oid`` is its sha256: a sync verifies every file against it; a small file stored in git has
+only its git blob sha1 (``oid``), which verifies the config files of a model folder.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ class RepoFile:
     path: str  # relative to the repository root
     size: int | None
     sha256: str | None  # the LFS oid; None for a file stored in git itself
+    git_oid: str | None = None  # the git blob sha1 (``oid``): what verifies a small file stored in git
 
 
 def list_repo_files(
@@ -98,4 +100,5 @@ def _repo_file(item: dict[str, Any]) -> RepoFile:
         path=str(item.get("path") or ""),
         size=int(size) if isinstance(size, int) else None,
         sha256=oid if re.fullmatch(r"[0-9a-f]{64}", oid) else None,
+        git_oid=blob if re.fullmatch(r"[0-9a-f]{40}", blob := str(item.get("oid") or "").lower()) else None,
     )

@@ -39,6 +39,14 @@ from worker.registry.model_fetch import UNVERIFIED
 from worker.registry.models import HuggingFaceSource, LiveEntry, entry_key
 from worker.registry.names import safe_relative_name
 from worker.registry.registry import ModelRegistry
+from worker.registry.sync_folder import (
+    FolderPlan,
+    FolderSync,
+    config_refusal,
+    folder_of,
+    model_folders,
+    place_folder,
+)
 from worker.registry.volume import KIND_DIRS, MODEL_EXT, PICKLE_EXT, SAFETENSORS_EXT
 from worker.url_policy import TokenRule
 
@@ -348,11 +356,16 @@ class RegistryJobs:
             allowed_hosts=registry.allowed_hosts,
             timeout_s=registry.timeout_s,
         )
+        folders, files, folder_skips = self._folder_plans(action, target, files)
         planned, skipped = self._sync_plan(action, target, files)
-        progress.files_total = len(planned)
-        progress.bytes_total = sum(f.size or 0 for _, _, f in planned)
+        skipped = folder_skips + skipped
+        progress.files_total = len(planned) + len(folders)
+        progress.bytes_total = sum(f.size or 0 for _, _, f in planned) + sum(
+            f.size or 0 for plan in folders for _, f in plan.files
+        )
         downloaded: list[str] = []
         present: list[str] = []
+        self._sync_folders(registry, action, folders, progress, (downloaded, present))
         for kind, name, repo_file in planned:
             path = f"{KIND_DIRS[kind]}/{name}"
             try:
@@ -371,10 +384,61 @@ class RegistryJobs:
             "skipped": skipped[:MAX_LISTED_SKIPS],
             "skipped_count": len(skipped),
         }
-        changed = tuple(
-            sorted({kind for kind, name, _ in planned if f"{KIND_DIRS[kind]}/{name}" in downloaded})
-        )
+        places = [(kind, f"{KIND_DIRS[kind]}/{name}") for kind, name, _ in planned]
+        places += [(plan.kind, plan.path) for plan in folders]
+        changed = tuple(sorted({kind for kind, path in places if path in downloaded}))
         return ModelJobOutcome(output, changed=changed)
+
+    def _folder_plans(
+        self, action: SyncAction, target: VolumeTarget, files: list[RepoFile]
+    ) -> tuple[list[FolderPlan], list[RepoFile], list[dict[str, str]]]:
+        """The repository's model folders (diffusers, PEFT), each synced whole; the files outside them; and
+        the files of a model folder that are not synced, with why."""
+        prefix = (action.folder or "").strip("/")
+        rels = {f.path: f.path[len(prefix) + 1 :] if prefix else f.path for f in files}
+        default_name = (prefix or action.repo).rsplit("/", 1)[-1]
+        plans: list[FolderPlan] = []
+        skipped: list[dict[str, str]] = []
+        taken: set[str] = set()
+        for folder in model_folders(list(rels.values())):
+            members: list[tuple[str, RepoFile]] = []
+            for repo_file in files:
+                inner = folder_of(rels[repo_file.path], folder)
+                if inner is None:
+                    continue
+                taken.add(repo_file.path)
+                why = _member_refusal(action.include, inner, repo_file)
+                if why is None:
+                    members.append((inner, repo_file))
+                else:
+                    skipped.append({"file": repo_file.path, "reason": why})
+            try:
+                kind, name = place_folder(target, folder, default_name)
+            except InputInvalid as exc:
+                skipped.append({"file": folder.root or prefix or action.repo, "reason": exc.message})
+                continue
+            if any(inner.lower().endswith(SAFETENSORS_EXT) for inner, _ in members):
+                plans.append(FolderPlan(kind, name, tuple(members)))
+        return plans, [f for f in files if f.path not in taken], skipped
+
+    def _sync_folders(
+        self,
+        registry: ModelRegistry,
+        action: SyncAction,
+        folders: list[FolderPlan],
+        progress: JobProgress,
+        into: tuple[list[str], list[str]],
+    ) -> None:
+        """Each model folder whole, under a hidden name until complete (``sync_folder``)."""
+        syncer = FolderSync(registry, repo=action.repo, revision=action.revision)
+        for plan in folders:
+            try:
+                progress.check()
+                status = syncer.sync(plan, progress.transfer)
+            except WorkerError as exc:
+                raise _stopped(exc, progress, plan.path) from None
+            into[0 if status else 1].append(plan.path)
+            progress.finished(plan.path, sum(f.size or 0 for _, f in plan.files))
 
     def _sync_plan(
         self, action: SyncAction, target: VolumeTarget, files: list[RepoFile]
@@ -555,6 +619,22 @@ def _kind_for(kind: ModelType | None, target: VolumeTarget | None, dest: str | N
     if kind is not None and kind != target.kind:
         raise InputInvalid(f"kind {kind!r} disagrees with {dest!r}, which is in the {target.kind} folder")
     return target.kind
+
+
+def _member_refusal(include: list[str], inner: str, repo_file: RepoFile) -> str | None:
+    """Why a file of a model folder is not synced (weights: not picked by ``include``), or None."""
+    try:
+        safe_relative_name(inner, what="synced file name")
+    except InputInvalid as exc:
+        return exc.message
+    if not inner.lower().endswith(SAFETENSORS_EXT):
+        return config_refusal(inner, repo_file)
+    base = inner.rsplit("/", 1)[-1]
+    if not any(fnmatch.fnmatch(inner, p) or fnmatch.fnmatch(base, p) for p in include):
+        return "weights not picked by include"
+    if repo_file.sha256 is None and repo_file.git_oid is None:
+        return "the repository lists no sha256 or git oid to verify it with"
+    return None
 
 
 def _dest_name(target: VolumeTarget | None, ref: str, is_url: bool) -> str | None:
