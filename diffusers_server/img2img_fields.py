@@ -2,7 +2,9 @@
 
 ``StableDiffusionImg2ImgProcessingAPI`` (``StableDiffusionProcessingImg2Img`` in the real A1111's
 ``/openapi.json``, read 2026-12-06): the embedded engine's ``Img2ImgRequest`` is held to it by
-tests/engine/test_img2img.py. The worker's own copy (``worker/a1111/``) should become this one list.
+tests/engine/test_img2img.py. The engine may not import the worker's job path
+(``worker/a1111/img2img_fields.py``, docs/architecture.md), so this copy is held equal to that one by
+tests/unit/test_image_contracts.py.
 """
 
 from __future__ import annotations

@@ -50,3 +50,10 @@ def test_the_job_schemas_accept_every_a1111_field() -> None:
 
 def test_the_fake_a1111_uses_the_same_defaults() -> None:
     assert parameter_defaults("img2img") == IMG2IMG_FIELDS
+
+
+def test_the_embedded_engine_lists_the_same_img2img_fields_and_defaults() -> None:
+    """The engine keeps its own copy (it may not import the worker's job path): it must stay this one."""
+    from diffusers_server.img2img_fields import IMG2IMG_FIELDS as ENGINE_FIELDS
+
+    assert list(ENGINE_FIELDS.items()) == list(IMG2IMG_FIELDS.items())
