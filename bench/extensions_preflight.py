@@ -21,10 +21,8 @@ import io
 import json
 import logging
 import statistics
-import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.common import add_smoke_flag, results_file  # noqa: E402
+from bench.worker_overhead import set_fake_data, start_fake_engine  # noqa: E402
 from worker.a1111.client import A1111Client  # noqa: E402
 from worker.handler import JobRunner  # noqa: E402
 from worker.preflight.scripts import ScriptContext, check_alwayson_scripts  # noqa: E402
@@ -57,25 +56,6 @@ def scripts(image: str) -> dict[str, Any]:
         "controlnet": {"args": [unit, {**unit, "module": "invert", "weight": 0.5}]},
         "ADetailer": {"args": [True, False, {"ad_model": "face_always.pt", "ad_confidence": 0.3}]},
     }
-
-
-def start_fake_engine() -> tuple[subprocess.Popen[str], str]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "tests.support.fake_a1111", "--port", "0", "--png-size", "512"],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert process.stdout is not None
-    return process, process.stdout.readline().strip().rsplit(" ", 1)[-1]
-
-
-def set_fake_data(url: str, data: dict[str, Any]) -> None:
-    request = urllib.request.Request(
-        f"{url}/__fake__/data", data=json.dumps(data).encode(), headers={"Content-Type": "application/json"}
-    )
-    with urllib.request.urlopen(request, timeout=30) as response:
-        response.read()
 
 
 def overhead(runner: JobRunner, engine: A1111Client, extra: dict[str, Any], rounds: int) -> list[float]:
