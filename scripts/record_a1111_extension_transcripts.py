@@ -38,6 +38,7 @@ from tests.support.real_a1111_extensions import (  # noqa: E402
     CONTROLNET,
     DETECTOR_ALWAYS,
     DETECTOR_NONE,
+    control_image,
     extension_dirs,
     extension_env,
     prepared,
@@ -56,17 +57,6 @@ BASE: dict[str, Any] = {
 IMAGE = "$CONTROL_IMAGE"
 RECORDED_WITH = "A1111 v1.10.1, sd-webui-controlnet 56cec5b2, adetailer v25.3.0; start.sh, CPU"
 IMG2IMG: dict[str, Any] = {"init_images": [IMAGE], "denoising_strength": 0.5}
-
-
-def control_image() -> str:
-    """A 64x64 PNG with edges (a white disc on black): canny finds its outline."""
-    from PIL import Image, ImageDraw
-
-    image = Image.new("RGB", (64, 64), "black")
-    ImageDraw.Draw(image).ellipse((14, 10, 50, 54), fill="white")
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return base64.b64encode(buffer.getvalue()).decode()
 
 
 def unit(**changes: Any) -> dict[str, Any]:

@@ -8,8 +8,6 @@ dir and the models on the volume, so the folder layout start.sh gives the extens
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +22,7 @@ from tests.support.real_a1111_extensions import (
     CONTROLNET,
     DETECTOR_ALWAYS,
     DETECTOR_NONE,
+    control_image,
     extension_dirs,
     extension_env,
     prepared,
@@ -38,16 +37,6 @@ pytestmark = pytest.mark.skipif(
 )
 
 JOB: dict[str, Any] = {"prompt": "a portrait", "steps": 2, "width": 64, "height": 64, "seed": 3}
-
-
-def control_image() -> str:
-    from PIL import Image, ImageDraw
-
-    image = Image.new("RGB", (64, 64), "black")
-    ImageDraw.Draw(image).ellipse((14, 10, 50, 54), fill="white")
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return base64.b64encode(buffer.getvalue()).decode()
 
 
 def unit(**changes: Any) -> dict[str, Any]:

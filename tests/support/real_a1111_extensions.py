@@ -10,6 +10,8 @@ Configured by the environment (docs/testing.md), besides ``A1111_DIR`` (``tests.
 
 from __future__ import annotations
 
+import base64
+import io
 import os
 from pathlib import Path
 
@@ -61,3 +63,14 @@ def extension_env(install: Path, ext_dir: Path, tmp: Path, models: Path) -> dict
         HF_HOME=str(ext_dir / "hf_home"),
     )
     return env
+
+
+def control_image() -> str:
+    """A 64x64 PNG with edges (a white disc on black): canny finds its outline."""
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (64, 64), "black")
+    ImageDraw.Draw(image).ellipse((14, 10, 50, 54), fill="white")
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
