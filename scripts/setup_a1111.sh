@@ -40,30 +40,8 @@ REPOSITORIES=(
 	"BLIP|salesforce/BLIP|48211a1594f1321b00f14c9f7a5b4813144b2fb9|repositories/BLIP"
 )
 
-has_commit() { # GIT_DIR_OR_WORKTREE COMMIT
-	git --git-dir="$1" rev-parse -q --verify "$2^{commit}" >/dev/null 2>&1 ||
-		git -C "$1" rev-parse -q --verify "$2^{commit}" >/dev/null 2>&1
-}
-
-# A git repository holding COMMIT: from A1111_SOURCES when it has one, else a bare clone from GitHub.
-source_of() { # NAME OWNER/REPO COMMIT
-	local name="$1" slug="$2" commit="$3" candidate
-	if [[ -n "$SOURCES" ]]; then
-		for candidate in "$SOURCES/${slug/\//+}/repo" "$SOURCES/${slug/\//+}" "$SOURCES/$name" "$SOURCES"/*+"$name"/repo; do
-			if [[ -e "$candidate" ]] && has_commit "$candidate" "$commit"; then
-				echo "$candidate"
-				return
-			fi
-		done
-	fi
-	candidate="$DEST/sources/${slug/\//+}.git"
-	if [[ ! -d "$candidate" ]]; then
-		log "cloning https://github.com/$slug"
-		git clone -q --bare "https://github.com/$slug.git" "$candidate" >&2
-	fi
-	has_commit "$candidate" "$commit" || die "$slug has no commit $commit"
-	echo "$candidate"
-}
+# shellcheck source=scripts/git_sources.sh
+source "$HERE/git_sources.sh" # has_commit, source_of
 
 # 1. A1111 and its repositories, each at its pinned commit (a marker file records what was extracted).
 for entry in "${REPOSITORIES[@]}"; do

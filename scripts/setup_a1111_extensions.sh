@@ -56,29 +56,8 @@ EXTENSION_REQUIREMENTS=(
 A1111_CONSTRAINTS=("torch==2.1.2" "torchvision==0.16.2" "numpy==1.26.2" "Pillow==9.5.0" "transformers==4.30.2"
 	"fastapi==0.94.0" "gradio==3.41.2" "pydantic<2")
 
-has_commit() { # GIT_DIR_OR_WORKTREE COMMIT
-	git --git-dir="$1" rev-parse -q --verify "$2^{commit}" >/dev/null 2>&1 ||
-		git -C "$1" rev-parse -q --verify "$2^{commit}" >/dev/null 2>&1
-}
-
-source_of() { # NAME OWNER/REPO COMMIT: a git repository holding COMMIT (A1111_SOURCES first, else GitHub)
-	local name="$1" slug="$2" commit="$3" candidate
-	if [[ -n "$SOURCES" ]]; then
-		for candidate in "$SOURCES/${slug/\//+}/repo" "$SOURCES/${slug/\//+}" "$SOURCES/$name"; do
-			if [[ -e "$candidate" ]] && has_commit "$candidate" "$commit"; then
-				echo "$candidate"
-				return
-			fi
-		done
-	fi
-	candidate="$DEST/sources/${slug/\//+}.git"
-	if [[ ! -d "$candidate" ]]; then
-		log "cloning https://github.com/$slug"
-		git clone -q --bare "https://github.com/$slug.git" "$candidate" >&2
-	fi
-	has_commit "$candidate" "$commit" || die "$slug has no commit $commit"
-	echo "$candidate"
-}
+# shellcheck source=scripts/git_sources.sh
+source "$HERE/git_sources.sh" # has_commit, source_of
 
 # 1. A1111 itself (setup_a1111.sh; a second run of it only checks).
 if [[ ! -f "$WEBUI/launch.py" ]]; then

