@@ -172,6 +172,11 @@ class WorkerSettings(BaseModel):
         return self.engine in ("a1111", "embedded") and not self.expose_engine
 
     @property
+    def engine_name(self) -> str:
+        """Who answers, as error messages name it: ``A1111`` unless the embedded engine was chosen."""
+        return "the embedded engine" if self.engine == "embedded" else "A1111"
+
+    @property
     def upload_configured(self) -> bool:
         return self.bucket_endpoint_url is not None
 

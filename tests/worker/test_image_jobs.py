@@ -33,8 +33,8 @@ BASE: dict[str, Any] = {"prompt": "a lighthouse", "steps": 2, "width": 64, "heig
 
 def run(fake: FakeA1111, job_input: dict[str, Any], **overrides: Any) -> Any:
     settings = WorkerSettings.model_validate({"a1111_url": fake.url, "job_timeout_s": 5, **overrides})
-    runner = JobRunner(settings, A1111Client(fake.url, connect_timeout_s=1, request_timeout_s=5))
-    return runner.run({"id": "job-1", "input": job_input})
+    client = A1111Client(fake.url, connect_timeout_s=1, request_timeout_s=5, engine_name=settings.engine_name)
+    return JobRunner(settings, client).run({"id": "job-1", "input": job_input})
 
 
 def sent(fake: FakeA1111, endpoint: str) -> list[dict[str, Any]]:
@@ -192,6 +192,18 @@ def test_upscale_native_and_envelope(fake: FakeA1111) -> None:
     }
     out = run(fake, envelope)
     assert [size_of(image) for image in out["images"]] == [(128, 128), (64, 32)]
+
+
+@pytest.mark.parametrize(
+    ("engine", "who"), [("a1111", "A1111"), ("embedded", "the embedded engine"), ("external", "A1111")]
+)
+def test_an_engine_refusal_names_the_engine_that_refused(fake: FakeA1111, engine: str, who: str) -> None:
+    fake.set_fault("extra-single-image", status=400, body={"detail": "upscaling_resize: too large"}, times=1)
+    out = run(fake, {"upscale": {"image": INIT, "upscaler": "lanczos", "scale": 2}}, engine=engine)
+    assert out["error"] == (
+        f"input_invalid: {who} rejected POST /sdapi/v1/extra-single-image with HTTP 400: "
+        "upscaling_resize: too large"
+    )
 
 
 def test_an_unknown_upscaler_is_refused_with_the_valid_names(fake: FakeA1111) -> None:

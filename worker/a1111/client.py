@@ -26,7 +26,7 @@ from worker.a1111.extensions import ExtensionCatalog, ExtensionCatalogCache
 from worker.a1111.process import EngineProcess
 from worker.a1111.progress import GenerationProgress, parse_progress
 from worker.a1111.readiness import Readiness
-from worker.a1111.responses import decode, summarise_body
+from worker.a1111.responses import summarise_body
 from worker.a1111.transport import Transport, transport_reason
 from worker.clock import SYSTEM_CLOCK, Clock
 from worker.errors import EngineFailed, InputInvalid, JobTimeout
@@ -63,6 +63,7 @@ class A1111Client:
         pid_file: Path | None = None,
         session: requests.Session | None = None,
         clock: Clock = SYSTEM_CLOCK,
+        engine_name: str = "A1111",
     ) -> None:
         self.process = EngineProcess(pid_file)
         self._transport = Transport(
@@ -73,6 +74,7 @@ class A1111Client:
             process=self.process,
             session=session,
             clock=clock,
+            engine_name=engine_name,
         )
         self._catalog = CatalogCache(self._transport.get, clock=clock)
         self._extensions = ExtensionCatalogCache(self._transport.get)
@@ -94,6 +96,7 @@ class A1111Client:
             request_timeout_s=settings.request_timeout_s,
             auth=auth,
             pid_file=settings.engine_pid_file,
+            engine_name=settings.engine_name,
         )
 
     def close(self) -> None:
@@ -148,14 +151,16 @@ class A1111Client:
         except requests.ReadTimeout:
             interrupted = self.interrupt()
             raise JobTimeout(
-                f"A1111 did not finish {endpoint} within {timeout_s:g} s"
+                f"{self._transport.engine_name} did not finish {endpoint} within {timeout_s:g} s"
                 + ("; the job was interrupted" if interrupted else "; interrupting it failed"),
                 details={"timeout_s": timeout_s, "interrupted": interrupted},
             ) from None
-        result = decode(what, "POST", endpoint, response)
+        result = self._transport.decode("POST", endpoint, response)
         log.info("%s -> %d in %.2f s", what, response.status_code, self._clock.monotonic() - started)
         if not isinstance(result, dict):
-            raise EngineFailed(f"A1111 answered {what} with a {type(result).__name__}, not an object")
+            raise EngineFailed(
+                f"{self._transport.engine_name} answered {what} with a {type(result).__name__}, not an object"
+            )
         return result
 
     def progress(self) -> GenerationProgress:
@@ -186,12 +191,13 @@ class A1111Client:
             )
         except requests.ReadTimeout:
             raise JobTimeout(
-                f"A1111 did not apply options {sorted(options)} within {timeout_s:g} s",
+                f"{self._transport.engine_name} did not apply options {sorted(options)} "
+                f"within {timeout_s:g} s",
                 details={"timeout_s": timeout_s},
             ) from None
         finally:
             self._catalog.invalidate()
-        decode(self._transport.what("POST", "options"), "POST", "options", response)
+        self._transport.decode("POST", "options", response)
 
     # -- the engine's lists ------------------------------------------------------------------------
 
@@ -233,4 +239,4 @@ class A1111Client:
             raise self._transport.wedged(what, self._transport.request_timeout_s) from None
         finally:
             self._catalog.invalidate()
-        return decode(what, "POST", name, response)
+        return self._transport.decode("POST", name, response)

@@ -84,8 +84,13 @@ def is_oom(body: str) -> bool:
     return any(marker in lowered for marker in _OOM_MARKERS)
 
 
-def decode(what: str, method: str, endpoint: str, response: requests.Response) -> Any:
-    """The JSON body of a 2xx answer to ``what`` (``"POST /sdapi/v1/txt2img"``), or the typed error."""
+def decode(
+    what: str, method: str, endpoint: str, response: requests.Response, *, engine: str = "A1111"
+) -> Any:
+    """The JSON body of a 2xx answer to ``what`` (``"POST /sdapi/v1/txt2img"``), or the typed error.
+
+    ``engine`` names the server in messages (``A1111``, ``the embedded engine``): who refused.
+    """
     status = response.status_code
     details: dict[str, Any] = {"endpoint": endpoint, "status": status}
     if 200 <= status < 300:
@@ -93,7 +98,7 @@ def decode(what: str, method: str, endpoint: str, response: requests.Response) -
             return response.json()
         except ValueError:
             raise EngineFailed(
-                f"A1111 answered {what} with HTTP {status} but the body is not JSON: "
+                f"{engine} answered {what} with HTTP {status} but the body is not JSON: "
                 f"{truncate(response.text)}",
                 details=details,
             ) from None
@@ -103,15 +108,16 @@ def decode(what: str, method: str, endpoint: str, response: requests.Response) -
     if status in (401, 403):
         # Not the user's fault: the worker's credentials (WORKER_A1111_AUTH) do not match --api-auth.
         raise EngineFailed(
-            f"A1111 refused {what} with HTTP {status} ({summary}); check WORKER_A1111_AUTH", details=details
+            f"{engine} refused {what} with HTTP {status} ({summary}); check WORKER_A1111_AUTH",
+            details=details,
         )
     if status == 422:
-        raise InputInvalid(f"A1111 rejected the request: {summary}", details=details)
+        raise InputInvalid(f"{engine} rejected the request: {summary}", details=details)
     gone = _vanished_model(method, status, text, summary)
     if gone is not None:
         raise ModelNotFound(f"{gone} (on {what}); the job can be retried", details=details)
     if 400 <= status < 500:
-        raise InputInvalid(f"A1111 rejected {what} with HTTP {status}: {summary}", details=details)
+        raise InputInvalid(f"{engine} rejected {what} with HTTP {status}: {summary}", details=details)
     if status >= 500 and is_oom(text):
-        raise OutOfMemory(f"A1111 ran out of GPU memory on {what}: {summary}", details=details)
-    raise EngineFailed(f"A1111 answered {what} with HTTP {status}: {summary}", details=details)
+        raise OutOfMemory(f"{engine} ran out of GPU memory on {what}: {summary}", details=details)
+    raise EngineFailed(f"{engine} answered {what} with HTTP {status}: {summary}", details=details)

@@ -114,8 +114,10 @@ class Transport:
         process: EngineProcess,
         session: requests.Session | None = None,
         clock: Clock = SYSTEM_CLOCK,
+        engine_name: str = "A1111",
     ) -> None:
         self._base = str(base_url).rstrip("/")
+        self.engine_name = engine_name
         self.public_base = public_url(self._base)
         self.connect_timeout_s = connect_timeout_s
         self.request_timeout_s = request_timeout_s
@@ -155,11 +157,16 @@ class Transport:
             )
         except requests.ReadTimeout:
             raise self.wedged(self.what("GET", endpoint), self.request_timeout_s) from None
-        return decode(self.what("GET", endpoint), "GET", endpoint, response)
+        return self.decode("GET", endpoint, response)
 
-    @staticmethod
-    def wedged(what: str, timeout_s: float) -> EngineUnavailable:
-        return EngineUnavailable(f"A1111 did not answer {what} within {timeout_s:g} s; the engine is wedged")
+    def decode(self, method: str, endpoint: str, response: requests.Response) -> Any:
+        """``worker.a1111.responses.decode``, naming this engine in its errors."""
+        return decode(self.what(method, endpoint), method, endpoint, response, engine=self.engine_name)
+
+    def wedged(self, what: str, timeout_s: float) -> EngineUnavailable:
+        return EngineUnavailable(
+            f"{self.engine_name} did not answer {what} within {timeout_s:g} s; the engine is wedged"
+        )
 
     def _send_once(
         self,
@@ -259,11 +266,12 @@ class Transport:
                 raise self._process.dead_error() from exc
             reason = transport_reason(exc)
             raise EngineUnavailable(
-                f"A1111 at {self.public_base} failed on {what}: {reason}",
+                f"{self.engine_name} at {self.public_base} failed on {what}: {reason}",
                 details={"endpoint": endpoint, "reason": reason},
             ) from exc
         except requests.RequestException as exc:
             raise EngineFailed(
-                f"A1111 request {what} failed: {transport_reason(exc)}", details={"endpoint": endpoint}
+                f"{self.engine_name} request {what} failed: {transport_reason(exc)}",
+                details={"endpoint": endpoint},
             ) from exc
         return response
