@@ -193,7 +193,8 @@ class JobRunner:
             check_interrogation(
                 request.body, self.settings.models_dir, engine_kind=_engine_kind(self.settings)
             )
-        request = resolve_upscalers(self.images.tool(request), self.engine)
+        embedded = _engine_kind(self.settings) == "embedded"
+        request = resolve_upscalers(self.images.tool(request), self.engine, self.provider, embedded=embedded)
         output = run_tool(request, self.engine, timeout_s=self.settings.job_timeout_s)
         return self._deliver(output, request.output, job_id)
 

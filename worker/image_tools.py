@@ -21,8 +21,10 @@ from typing import Any
 from worker.a1111.client import A1111Client
 from worker.errors import EngineFailed, InputInvalid, ModelNotFound
 from worker.image_jobs import ImageToolRequest
+from worker.model_types import ModelProvider
 from worker.output.images import convert_images
-from worker.preflight.matching import match_name, not_found
+from worker.preflight.matching import match_name
+from worker.preflight.upscalers import resolve_upscaler
 
 #: model → files (relative to the models folder) A1111 loads for it, none of which a job may download
 INTERROGATION_WEIGHTS: dict[str, tuple[str, ...]] = {
@@ -59,20 +61,19 @@ def check_interrogation(body: dict[str, Any], models_dir: Path, *, engine_kind: 
         )
 
 
-def resolve_upscalers(request: ImageToolRequest, engine: A1111Client) -> ImageToolRequest:
-    """The request with each upscaler spelled as the engine lists it; an unknown one is refused."""
+def resolve_upscalers(
+    request: ImageToolRequest, engine: A1111Client, provider: ModelProvider | None, *, embedded: bool
+) -> ImageToolRequest:
+    """The request with each upscaler spelled as the engine lists it (``worker.preflight.upscalers``)."""
     body = dict(request.body)
     for field in _UPSCALER_FIELDS:
         name = body.get(field)
         if name is None:
             continue
-        found = match_name(str(name), engine.catalog().image_upscalers)
-        if found is None:
-            found = match_name(str(name), engine.catalog(refresh=True).image_upscalers)
-        if found is None:
-            choices = list(engine.catalog().image_upscalers)
-            raise InputInvalid(f"{not_found(field, str(name), choices)}; valid: {', '.join(choices)}")
-        body[field] = found
+        catalog = engine.catalog()
+        if match_name(str(name), catalog.image_upscalers) is None:
+            catalog = engine.catalog(refresh=True)
+        body[field] = resolve_upscaler(field, str(name), catalog, provider, embedded=embedded)
     return replace(request, body=body)
 
 
