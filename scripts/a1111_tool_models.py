@@ -1,4 +1,5 @@
-"""Build random-weight models for A1111's extras and interrogation, locally and deterministically (no download).
+"""Build random-weight models for A1111's extras and interrogation, locally and deterministically (no
+download).
 
 Run it with the Python of the A1111 install (it has torch and spandrel; the DeepBooru model class is imported
 from A1111's own ``modules/deepbooru_model.py``, never copied)::
@@ -12,8 +13,9 @@ writes
   spandrel as any ESRGAN.
 * ``DEST/torch_deepdanbooru/model-resnet_custom_v3.pt``: A1111's ``DeepDanbooruModel`` with seeded random
   weights in fp16 and a made-up tag list; its last convolution is set so that the tags ``lighthouse``
-  and ``ocean_view`` always score above 0.5 and ``not_this_one`` below (its input is a ReLU's, never negative),
-  so A1111 answers the caption ``lighthouse, ocean view`` (its defaults sort tags and write spaces).
+  and ``ocean_view`` always score above 0.5 and ``not_this_one`` below (its input is a ReLU's, never
+  negative), so A1111 answers the caption ``lighthouse, ocean view`` (by default it sorts the tags and
+  writes spaces).
 """
 
 from __future__ import annotations
@@ -67,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("dest", type=Path)
-    parser.add_argument("--webui", type=Path, required=True, help="the A1111 checkout (for its DeepBooru class)")
+    parser.add_argument("--webui", type=Path, required=True, help="the A1111 checkout (its DeepBooru class)")
     args = parser.parse_args(argv)
     for path in (build_esrgan(args.dest), build_deepbooru(args.dest, args.webui)):
         log.info("wrote %s (%d bytes)", path, path.stat().st_size)
