@@ -213,17 +213,20 @@ prepare_extension_folders() {
 #                "DAT x4") find their file instead of downloading it. Listed once, at start.
 #   interrogate  CLIP: --clip-models-path (ViT-L-14.pt); BLIP and DeepBooru read only <models>/BLIP and
 #                <models>/torch_deepdanbooru, linked to the volume's folders unless the image baked its own
+#   restore_faces --codeformer-models-path, --gfpgan-models-path (facexlib's detector and parser go there too)
 tool_model_args() {
 	engine_cmd+=(--esrgan-models-path "$WORKER_MODELS_DIR/upscalers"
 		--realesrgan-models-path "$WORKER_MODELS_DIR/upscalers/RealESRGAN"
 		--swinir-models-path "$WORKER_MODELS_DIR/upscalers/SwinIR"
 		--dat-models-path "$WORKER_MODELS_DIR/upscalers/DAT"
-		--clip-models-path "$WORKER_MODELS_DIR/CLIP")
+		--clip-models-path "$WORKER_MODELS_DIR/CLIP"
+		--codeformer-models-path "$WORKER_MODELS_DIR/Codeformer" --gfpgan-models-path "$WORKER_MODELS_DIR/GFPGAN")
 }
 
 prepare_tool_folders() {
 	local folder own
-	mkdir -p "$WORKER_MODELS_DIR"/upscalers/{RealESRGAN,SwinIR,DAT} "$WORKER_MODELS_DIR/CLIP" "$A1111_OWN_MODELS_DIR"
+	mkdir -p "$WORKER_MODELS_DIR"/upscalers/{RealESRGAN,SwinIR,DAT} "$WORKER_MODELS_DIR"/{CLIP,Codeformer,GFPGAN} \
+		"$A1111_OWN_MODELS_DIR"
 	for folder in BLIP torch_deepdanbooru; do
 		own="$A1111_OWN_MODELS_DIR/$folder"
 		mkdir -p "$WORKER_MODELS_DIR/$folder"

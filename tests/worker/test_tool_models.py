@@ -169,3 +169,38 @@ def test_deepbooru_is_served_when_its_weights_are_on_the_volume(fake: FakeA1111,
     put(tmp_path, DEEPBOORU_FILE)
     out = run(fake, tmp_path, job)
     assert out == {"caption": DEEPBOORU_CAPTION}
+
+
+def sent_generations(fake: FakeA1111) -> list[Any]:
+    return [r.body for r in fake.requests_to("txt2img", "POST") + fake.requests_to("img2img", "POST")]
+
+
+def test_restore_faces_needs_the_restorer_weights_on_the_volume(fake: FakeA1111, tmp_path: Path) -> None:
+    job = {"prompt": "a face", "steps": 2, "width": 64, "height": 64, "restore_faces": True}
+    out = run(fake, tmp_path, job)
+    assert out["error"] == (
+        "model_not_found: restore_faces with CodeFormer needs Codeformer/codeformer-v0.1.0.pth, "
+        f"GFPGAN/detection_Resnet50_Final.pth, GFPGAN/parsing_parsenet.pth in {tmp_path}, which is not there; "
+        "A1111 would try to download it now and, failing, return the images unrestored: put the file(s) on the "
+        "volume"
+    )
+    for name in (
+        "Codeformer/codeformer.pth",
+        "GFPGAN/detection_Resnet50_Final.pth",
+        "GFPGAN/parsing_parsenet.pth",
+    ):
+        put(tmp_path, name)
+    gfpgan = {**job, "override_settings": {"face_restoration_model": "GFPGAN"}}
+    out = run(fake, tmp_path, gfpgan)
+    assert out["error"].startswith(
+        "model_not_found: restore_faces with GFPGAN needs GFPGAN/GFPGANv1.4.pth in "
+    ), out
+    out = run(fake, tmp_path, {**job, "override_settings": {"face_restoration_model": "RestoreFormer"}})
+    assert out["error"].startswith("input_invalid: restore_faces with face_restoration_model 'RestoreFormer'")
+    assert sent_generations(fake) == []
+    out = run(fake, tmp_path, job)
+    assert "error" not in out, out
+    (payload,) = sent_generations(fake)
+    assert payload["restore_faces"] is True
+    put(tmp_path, "GFPGAN/GFPGANv1.4.pth")
+    assert "error" not in run(fake, tmp_path, gfpgan)
