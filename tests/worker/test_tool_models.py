@@ -204,3 +204,14 @@ def test_restore_faces_needs_the_restorer_weights_on_the_volume(fake: FakeA1111,
     assert payload["restore_faces"] is True
     put(tmp_path, "GFPGAN/GFPGANv1.4.pth")
     assert "error" not in run(fake, tmp_path, gfpgan)
+
+
+def test_a_hires_upscaler_a1111_would_download_is_refused_too(fake: FakeA1111, tmp_path: Path) -> None:
+    job = {"prompt": "a", "steps": 2, "width": 64, "height": 64, "hires": {"denoising_strength": 0.5}}
+    out = run(fake, tmp_path, {**job, "hires": {**job["hires"], "upscaler": "R-ESRGAN 4x+"}})
+    assert out["error"].startswith("model_not_found: hires upscaler 'R-ESRGAN 4x+' is an A1111 built-in"), out
+    assert sent_generations(fake) == []
+    put(tmp_path, ESRGAN_FILE)
+    out = run(fake, tmp_path, {**job, "hires": {**job["hires"], "upscaler": ESRGAN}}, allow_pickle=True)
+    assert "error" not in out, out
+    assert sent_generations(fake)[0]["hr_upscaler"] == ESRGAN

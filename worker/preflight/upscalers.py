@@ -39,10 +39,17 @@ def resolve_upscaler(
     if found is None:
         _refuse_unlisted(field, name, choices, provider, embedded=embedded)
     assert found is not None
-    if provider is not None:
-        provider.describe("upscaler", found)  # a volume file must be usable (raises naming why)
-    _check_not_downloaded(field, found, engine_catalog.upscaler_paths.get(found), provider)
+    check_upscaler_weights(field, found, engine_catalog, provider)
     return found
+
+
+def check_upscaler_weights(
+    field: str, name: str, engine_catalog: EngineCatalog, provider: ModelProvider | None
+) -> None:
+    """A listed upscaler's weights: a volume file must be usable, a built-in must not be downloaded now."""
+    if provider is not None:
+        provider.describe("upscaler", name)  # raises naming why a volume file is unusable
+    _check_not_downloaded(field, name, engine_catalog.upscaler_paths.get(name), provider)
 
 
 def _refuse_unlisted(
