@@ -86,3 +86,18 @@ def test_pth_upscalers_with_allow_pickle_are_found_by_stem_and_by_path(models_di
     found = registry.describe("upscaler", "RealESRGAN/RealESRGAN_x4plus.pth")
     assert found is not None and found.file_name == "RealESRGAN/RealESRGAN_x4plus.pth"
     assert registry.describe("upscaler", "DAT/DAT_x4.pth") is None
+
+
+def test_allowing_pickles_later_makes_a_scanned_pth_usable(models_dir, make_registry, hasher) -> None:
+    """A registry written while pickles were refused is judged again once WORKER_ALLOW_PICKLE is set."""
+    write_pickle(models_dir / "upscalers" / "4x-UltraSharp.pth")
+    assert not make_registry().entries()[0].usable
+    hashed = len(hasher.calls)
+    allowed = make_registry(allow_pickle=True)
+    allowed.scan()  # as the worker's start-up scan does
+    facts = allowed.describe("upscaler", "4x-UltraSharp")
+    assert facts is not None and facts.sha256 is not None
+    assert len(hasher.calls) == hashed  # its hashes are kept, not computed again
+    refused = make_registry()
+    refused.scan()
+    assert not refused.entries()[0].usable

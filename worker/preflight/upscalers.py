@@ -10,6 +10,7 @@ worker refuses such a name unless the file is on the volume where A1111 looks fo
 from __future__ import annotations
 
 from pathlib import PurePosixPath
+from typing import NoReturn
 
 from worker.a1111.catalog import EngineCatalog
 from worker.errors import InputInvalid, ModelNotFound
@@ -38,7 +39,6 @@ def resolve_upscaler(
     found = match_name(name, choices)
     if found is None:
         _refuse_unlisted(field, name, choices, provider, embedded=embedded)
-    assert found is not None
     check_upscaler_weights(field, found, engine_catalog, provider)
     return found
 
@@ -54,7 +54,7 @@ def check_upscaler_weights(
 
 def _refuse_unlisted(
     field: str, name: str, choices: list[str], provider: ModelProvider | None, *, embedded: bool
-) -> None:
+) -> NoReturn:
     listed = f"valid: {', '.join(choices)}"
     facts = provider.describe("upscaler", name) if provider is not None else None
     if facts is None:
