@@ -195,9 +195,10 @@ def test_interrogation_is_refused_on_the_embedded_engine(
         runner = make_runner(embedded_engine.url, volume, tmp_path, engine=engine_kind)
         refusals[engine_kind] = run(runner, {"interrogate": {"image": INIT, "model": model}})["error"]
     assert refusals["embedded"].startswith("input_invalid: interrogate is not served here: "), refusals
-    assert refusals.get(
-        "auto", "input_invalid: the engine has no /sdapi/v1/interrogate route (HTTP 404)"
-    ).startswith("input_invalid: the engine has no /sdapi/v1/interrogate route (HTTP 404)")
+    if "auto" in refusals:
+        assert refusals["auto"].startswith(
+            "input_invalid: the engine has no /sdapi/v1/interrogate route (HTTP 404)"
+        )
     for refusal in refusals.values():
         assert "the embedded engine has no interrogator" in refusal and "WORKER_ENGINE=a1111" in refusal
 
