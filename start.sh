@@ -206,6 +206,38 @@ prepare_extension_folders() {
 	fi
 }
 
+# --- upscaler and interrogation models on the volume (docs/registry.md, docs/api.md) -----------------
+# Same folder names as the registry (worker/registry/volume.py KIND_DIRS, worker/registry/upscalers.py).
+#   upscalers    --esrgan-models-path: every .pt/.pth below it, any spandrel family, listed by stem; the
+#                other families' flags point at its sub-folders, where A1111's built-in names ("R-ESRGAN 4x+",
+#                "DAT x4") find their file instead of downloading it. Listed once, at start.
+#   interrogate  CLIP: --clip-models-path (ViT-L-14.pt); BLIP and DeepBooru read only <models>/BLIP and
+#                <models>/torch_deepdanbooru, linked to the volume's folders unless the image baked its own
+#   restore_faces --codeformer-models-path, --gfpgan-models-path (facexlib's detector and parser go there too)
+tool_model_args() {
+	engine_cmd+=(--esrgan-models-path "$WORKER_MODELS_DIR/upscalers"
+		--realesrgan-models-path "$WORKER_MODELS_DIR/upscalers/RealESRGAN"
+		--swinir-models-path "$WORKER_MODELS_DIR/upscalers/SwinIR"
+		--dat-models-path "$WORKER_MODELS_DIR/upscalers/DAT"
+		--clip-models-path "$WORKER_MODELS_DIR/CLIP"
+		--codeformer-models-path "$WORKER_MODELS_DIR/Codeformer" --gfpgan-models-path "$WORKER_MODELS_DIR/GFPGAN")
+}
+
+prepare_tool_folders() {
+	local folder own
+	mkdir -p "$WORKER_MODELS_DIR"/upscalers/{RealESRGAN,SwinIR,DAT} "$WORKER_MODELS_DIR"/{CLIP,Codeformer,GFPGAN} \
+		"$A1111_OWN_MODELS_DIR"
+	for folder in BLIP torch_deepdanbooru; do
+		own="$A1111_OWN_MODELS_DIR/$folder"
+		mkdir -p "$WORKER_MODELS_DIR/$folder"
+		if [[ -L "$own" || ! -e "$own" ]]; then
+			ln -sfn "$WORKER_MODELS_DIR/$folder" "$own"
+		else
+			log "$own is baked into the image: A1111 reads it, not $WORKER_MODELS_DIR/$folder"
+		fi
+	done
+}
+
 # --- the engine command -----------------------------------------------------------------------------
 engine_cmd=()
 shown_cmd=()
@@ -224,6 +256,7 @@ if [[ "$WORKER_ENGINE" == a1111 ]]; then
 		--lyco-dir-backcompat "${BAKED_DIRS[loras]}"
 		--embeddings-dir "$WORKER_MODELS_DIR/embeddings" --vae-dir "$WORKER_MODELS_DIR/vae")
 	extension_args
+	tool_model_args
 	# The registry records every model's sha256, so A1111 need not re-hash multi-GB files on each boot.
 	[[ "$A1111_NO_HASHING" == 1 ]] && engine_cmd+=(--no-hashing)
 	shown_cmd=("${engine_cmd[@]}")
@@ -310,6 +343,7 @@ if [[ "$WORKER_ENGINE" == a1111 ]]; then
 	mkdir -p "$A1111_DATA_DIR"
 	ensure_extension
 	prepare_extension_folders
+	prepare_tool_folders
 fi
 [[ "$WORKER_ENGINE" == external ]] || prepare_models_dir
 

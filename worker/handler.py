@@ -19,6 +19,7 @@ from typing import Any
 from worker.a1111.client import A1111Client
 from worker.clock import SYSTEM_CLOCK, Clock
 from worker.errors import EngineFailed, WorkerError
+from worker.face_restoration import check_face_restoration
 from worker.image_jobs import ImageToolRequest, Img2ImgJob, parse_any_job
 from worker.image_tools import check_interrogation, resolve_upscalers, run_tool
 from worker.input_images.prepare import ImagePolicy, InputImages
@@ -143,6 +144,11 @@ class JobRunner:
             self.engine, self.provider, engine_kind=_engine_kind(self.settings), clock=self.clock
         ).resolve(job_input)
         timings["provision"] = round(preflight.provision_ms, 1)
+        if _engine_kind(self.settings) != "embedded":  # the embedded engine refuses restore_faces itself
+            options = self.engine.catalog().options
+            check_face_restoration(
+                job_input.restore_faces, job_input.override_settings, options, self.settings.models_dir
+            )
         mark("preflight", subtract=preflight.provision_ms)
 
         # 3. Translate (pure), every managed engine setting included, and generate, relaying progress.
@@ -193,7 +199,8 @@ class JobRunner:
             check_interrogation(
                 request.body, self.settings.models_dir, engine_kind=_engine_kind(self.settings)
             )
-        request = resolve_upscalers(self.images.tool(request), self.engine)
+        embedded = _engine_kind(self.settings) == "embedded"
+        request = resolve_upscalers(self.images.tool(request), self.engine, self.provider, embedded=embedded)
         output = run_tool(request, self.engine, timeout_s=self.settings.job_timeout_s)
         return self._deliver(output, request.output, job_id)
 

@@ -11,9 +11,18 @@ from typing import Literal, Protocol
 
 #: what a model file is for (its folder on the volume); not an architecture, which is ``Architecture``
 #: (which diffusers pipeline a checkpoint needs is ``worker.registry.pipeline_configs.PipelineKind``)
-#: ``controlnet`` and ``adetailer`` (YOLO detectors) are the A1111 extensions' models (docs/extensions.md)
-ModelType = Literal["checkpoint", "lora", "embedding", "vae", "controlnet", "adetailer"]
-MODEL_TYPES: tuple[ModelType, ...] = ("checkpoint", "lora", "embedding", "vae", "controlnet", "adetailer")
+#: ``controlnet`` and ``adetailer`` (YOLO detectors) are the A1111 extensions' models (docs/extensions.md);
+#: ``upscaler``: ESRGAN-family image upscalers (ESRGAN, RealESRGAN, SwinIR, DAT, HAT) for extras and hires fix
+ModelType = Literal["checkpoint", "lora", "embedding", "vae", "controlnet", "adetailer", "upscaler"]
+MODEL_TYPES: tuple[ModelType, ...] = (
+    "checkpoint",
+    "lora",
+    "embedding",
+    "vae",
+    "controlnet",
+    "adetailer",
+    "upscaler",
+)
 
 #: Architectures the registry detects; anything else is reported but refused for generation.
 Architecture = Literal["sd15", "sd2", "sdxl", "sdxl_refiner", "flux", "sd3", "unknown"]

@@ -125,6 +125,11 @@ def test_the_peer_envelope_example(runner: JobRunner, engine: Engine) -> None:
     if engine.names.vae:
         payload["override_settings"]["sd_vae"] = engine.names.vae
     payload.update(steps=2, width=64, height=80)
+    refused = run(
+        runner, job
+    )  # its restore_faces: A1111 would download CodeFormer now (tests/worker/test_tool_models)
+    assert refused["error"].startswith("model_not_found: restore_faces with CodeFormer needs "), refused
+    del payload["restore_faces"]
     fields = fields_of(run(runner, job))
     assert (fields["Sampler"], fields["Schedule type"], fields["Size"]) == ("DPM++ SDE", "Karras", "64x80")
     assert fields["Denoising strength"] == "0.55"

@@ -189,13 +189,16 @@ def test_interrogation_is_refused_on_the_embedded_engine(
         (volume / relative).parent.mkdir(parents=True, exist_ok=True)
         (volume / relative).write_bytes(b"weights")
     refusals = {}
-    for engine_kind in ("embedded", "auto"):  # told, or finding out from the engine's missing route
+    # told, or finding out from the engine's missing route (with ``auto``, this stand-in CLIP file is refused by
+    # its sha256 before any call: tests/worker/test_image_jobs.py)
+    for engine_kind in ("embedded", "auto") if model == "deepdanbooru" else ("embedded",):
         runner = make_runner(embedded_engine.url, volume, tmp_path, engine=engine_kind)
         refusals[engine_kind] = run(runner, {"interrogate": {"image": INIT, "model": model}})["error"]
     assert refusals["embedded"].startswith("input_invalid: interrogate is not served here: "), refusals
-    assert refusals["auto"].startswith(
-        "input_invalid: the engine has no /sdapi/v1/interrogate route (HTTP 404)"
-    )
+    if "auto" in refusals:
+        assert refusals["auto"].startswith(
+            "input_invalid: the engine has no /sdapi/v1/interrogate route (HTTP 404)"
+        )
     for refusal in refusals.values():
         assert "the embedded engine has no interrogator" in refusal and "WORKER_ENGINE=a1111" in refusal
 

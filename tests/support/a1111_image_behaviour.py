@@ -122,8 +122,10 @@ def _html_info(body: dict[str, Any]) -> str:
     return "<p>" + ", ".join([*parts, f"Postprocess upscaler: {params['upscaler_1']}"]) + "</p>"
 
 
-def image_tool(upscalers: list[str], endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
-    """The answer to one extras, png-info or interrogate request."""
+def image_tool(
+    upscalers: list[str], endpoint: str, body: dict[str, Any], *, captions: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """The answer to one extras, png-info or interrogate request (``captions``: interrogate's, by model)."""
     if endpoint == "extra-single-image":
         (image,) = extras(upscalers, body, [body.get("image", "")])
         return {"html_info": _html_info(body), "image": _encode(image)}
@@ -132,7 +134,7 @@ def image_tool(upscalers: list[str], endpoint: str, body: dict[str, Any]) -> dic
         return {"html_info": _html_info(body), "images": [_encode(image) for image in done]}
     if endpoint == "png-info":
         return png_info(body)
-    return interrogate(body)
+    return interrogate(body, captions or {})
 
 
 def png_info(body: dict[str, Any]) -> dict[str, Any]:
@@ -148,10 +150,13 @@ def png_info(body: dict[str, Any]) -> dict[str, Any]:
     return {"info": info, "items": texts, "parameters": {}}
 
 
-def interrogate(body: dict[str, Any]) -> dict[str, Any]:
-    """Without weights (the recorder's A1111 has none): CLIP captions ``<error>``, DeepBooru fails."""
+def interrogate(body: dict[str, Any], captions: dict[str, str]) -> dict[str, Any]:
+    """The model's caption when it has weights (``captions``); without: CLIP captions ``<error>``, DeepBooru
+    fails."""
     model = body.get("model", "clip")
     decode_image(body.get("image", ""))
+    if model in captions:
+        return {"caption": captions[model]}
     if model == "clip":
         return {"caption": "<error>"}
     if model == "deepdanbooru":

@@ -205,6 +205,8 @@ class FakeData:
         }
     )
     opts_data_keys: set[str] = field(default_factory=lambda: {"sd_model_checkpoint"})
+    #: interrogate model -> the caption its weights give (tests/fixtures/a1111/tools.json); absent: no weights
+    interrogation_captions: dict[str, str] = field(default_factory=dict)
     #: routes of installed extensions, path -> JSON (``/controlnet/model_list``...; tests/support/fake_extensions.py)
     extension_routes: dict[str, Any] = field(default_factory=dict)
 
@@ -545,7 +547,7 @@ class FakeA1111:
         """Extras, png-info, interrogate (tests/support/a1111_image_behaviour.py)."""
         upscalers = [u["name"] for u in self.data.upscalers]
         try:
-            return 200, image_tool(upscalers, name, body)
+            return 200, image_tool(upscalers, name, body, captions=self.data.interrogation_captions)
         except A1111Failure as failure:
             return failure.status, failure.body
 

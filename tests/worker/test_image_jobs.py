@@ -7,6 +7,7 @@ must fail before the engine sees anything (the fake records every request, so "n
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import json
 from pathlib import Path
@@ -19,6 +20,7 @@ from tests.support import input_images as ti
 from tests.support.fake_a1111 import FakeA1111
 from tests.support.fixtures import load_json
 from tests.support.model_server import ModelServer, model_server
+from worker import image_tools
 from worker.a1111.client import A1111Client
 from worker.handler import JobRunner
 from worker.image_tools import INTERROGATION_WEIGHTS
@@ -93,6 +95,9 @@ def test_a_plain_a1111_body_and_the_peer_envelope(fake: FakeA1111) -> None:
     peer = load_json("jobs/images/envelope_img2img.json")["input"]
     peer["payload"].update(steps=2, width=64, height=80, init_images=[ti.jpeg_b64(64, 80)])
     peer["payload"]["override_settings"] = {"sd_model_checkpoint": "demo", "sd_vae": "sdxl_vae.safetensors"}
+    out = run(fake, peer)  # its restore_faces: no CodeFormer weights on the (empty) volume, and it says so
+    assert out["error"].startswith("model_not_found: restore_faces with CodeFormer needs Codeformer/"), out
+    del peer["payload"]["restore_faces"]
     out = run(fake, peer)
     assert "error" not in out, out
     assert sent(fake, "img2img")[1]["scheduler"] == "Karras"
@@ -221,7 +226,9 @@ def test_png_info(fake: FakeA1111) -> None:
     assert out["info"] == ""
 
 
-def test_interrogation_is_refused_without_its_weights(fake: FakeA1111, tmp_path: Path) -> None:
+def test_interrogation_is_refused_without_its_weights(
+    fake: FakeA1111, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     job = {"api": {"endpoint": "/sdapi/v1/interrogate"}, "payload": {"image": INIT, "model": "deepdanbooru"}}
     out = run(fake, job, models_dir=tmp_path)
     assert out["error"] == (
@@ -234,6 +241,13 @@ def test_interrogation_is_refused_without_its_weights(fake: FakeA1111, tmp_path:
         (tmp_path / name).parent.mkdir(parents=True)
         (tmp_path / name).write_bytes(b"weights")
     out = run(fake, {"interrogate": {"image": INIT}}, models_dir=tmp_path)
+    assert out["error"].startswith(
+        "model_not_found: interrogate model 'clip' needs OpenAI's own CLIP/ViT-L-14.pt"
+    )
+    assert sent(fake, "interrogate") == []  # the clip package would re-download any other file
+    # OpenAI's file cannot be in the tests: this stand-in is taken for it
+    monkeypatch.setattr(image_tools, "CLIP_VIT_L_14_SHA256", hashlib.sha256(b"weights").hexdigest())
+    out = run(fake, {"interrogate": {"image": INIT}}, models_dir=tmp_path)
     # The recorded A1111 has no real weights: it answers 200 with the caption "<error>", which is a failure.
     assert out["error"].startswith("engine_error: the engine could not interrogate the image")
     assert len(sent(fake, "interrogate")) == 1
@@ -242,10 +256,10 @@ def test_interrogation_is_refused_without_its_weights(fake: FakeA1111, tmp_path:
 def test_an_engine_without_an_interrogator(fake: FakeA1111, tmp_path: Path) -> None:
     """The embedded engine has no /interrogate: refused before any call when the worker knows it is in front of
     it, else from the engine's bare 404; A1111's own 404 (a model it does not know) still reads as A1111's."""
-    for name in INTERROGATION_WEIGHTS["clip"]:
+    for name in INTERROGATION_WEIGHTS["deepdanbooru"]:
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_bytes(b"weights")
-    job = {"interrogate": {"image": INIT}}
+    job = {"interrogate": {"image": INIT, "model": "deepdanbooru"}}
     out = run(fake, job, models_dir=tmp_path, engine="embedded")
     assert out["error"] == (
         "input_invalid: interrogate is not served here: the embedded engine has no interrogator (CLIP, "

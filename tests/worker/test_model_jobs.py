@@ -162,6 +162,7 @@ def test_list_shows_each_kind_with_hashes_architecture_and_why_a_file_is_unusabl
         "vae": 1,
         "controlnet": 0,
         "adetailer": 0,
+        "upscaler": 0,
     }
     (checkpoint,) = listing["models"]["checkpoint"]
     body = (setup.models_dir / "checkpoints" / "base.safetensors").read_bytes()

@@ -72,6 +72,8 @@ class EngineCatalog:
     options: Mapping[str, Any] = field(default_factory=dict)  # GET /options, whole
     #: /upscalers names alone: what extras accept (latent modes only upscale a hires pass's latents)
     image_upscalers: tuple[str, ...] = ()
+    #: /upscalers name -> its ``model_path`` (a file, or the address A1111 would download it from)
+    upscaler_paths: Mapping[str, str] = field(default_factory=dict)
 
 
 def _default_scheduler(options: Any) -> str | None:
@@ -134,7 +136,9 @@ def parse_catalog(read: Callable[[str], Any]) -> EngineCatalog:
     loaded = embeddings_data.get("loaded") if isinstance(embeddings_data, dict) else None
     embeddings = tuple(str(name) for name in loaded) if isinstance(loaded, dict) else ()
     vaes = tuple(str(v["model_name"]) for v in _objects("sd-vae", read("sd-vae")))
-    image_upscalers = tuple(str(u["name"]) for u in _objects("upscalers", read("upscalers")))
+    upscaler_objects = _objects("upscalers", read("upscalers"))
+    image_upscalers = tuple(str(u["name"]) for u in upscaler_objects)
+    upscaler_paths = {str(u["name"]): str(u["model_path"]) for u in upscaler_objects if u.get("model_path")}
     upscalers = image_upscalers + tuple(
         str(u["name"]) for u in _objects("latent-upscale-modes", read("latent-upscale-modes"))
     )
@@ -151,6 +155,7 @@ def parse_catalog(read: Callable[[str], Any]) -> EngineCatalog:
         current_checkpoint=str(current) if current else None,
         options=dict(options) if isinstance(options, dict) else {},
         image_upscalers=image_upscalers,
+        upscaler_paths=upscaler_paths,
     )
 
 

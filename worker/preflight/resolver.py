@@ -34,6 +34,7 @@ from worker.preflight.matching import (
 )
 from worker.preflight.models_report import VAE_SPECIAL, models_used
 from worker.preflight.scripts import ScriptContext, check_alwayson_scripts
+from worker.preflight.upscalers import check_upscaler_weights
 from worker.schema import Txt2ImgJob
 from worker.translate import ResolvedNames, prompt_lora_tags
 
@@ -61,6 +62,7 @@ class Preflight:
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self._engine = engine
+        self._provider = provider
         self._lookup = ModelLookup(engine, provider, engine_kind=engine_kind, clock=clock)
         self._lora_renames: dict[str, str] = {}
         self._tag_renames: list[str] = []
@@ -285,4 +287,6 @@ class Preflight:
             raise InputInvalid(
                 f"{not_found('hires upscaler', ref, upscalers)}; valid: {', '.join(upscalers)}"
             )
+        if found in lookup.catalog.image_upscalers:  # A1111 would fall back to Lanczos, not fail
+            check_upscaler_weights("hires upscaler", found, lookup.catalog, self._provider)
         return found

@@ -33,6 +33,7 @@ CIVITAI_TYPES: dict[str, ModelType] = {
     "textualinversion": "embedding",
     "vae": "vae",
     "controlnet": "controlnet",
+    "upscaler": "upscaler",
 }
 
 #: Civitai "baseModel" prefix -> architecture (Pony, Illustrious and NoobAI are SDXL fine-tunes)

@@ -15,6 +15,7 @@ from typing import Literal
 from worker.model_types import Architecture, ModelType
 from worker.registry.pipeline_configs import PipelineKind
 from worker.registry.safetensors_header import TensorInfo
+from worker.registry.upscalers import FAMILY_KEYS
 
 MatchType = Literal["prefix", "contains", "key", "shape", "meta"]
 
@@ -60,6 +61,8 @@ _KIND_TABLE: tuple[tuple[ModelType, MatchType, str], ...] = (
     ("vae", "prefix", "first_stage_model.decoder."),
     ("vae", "prefix", "decoder.conv_in."),
     ("vae", "prefix", "encoder.conv_in."),
+    # ESRGAN-family upscalers, last: their generic names (``body.0.weight``) must not shadow the others
+    *(("upscaler", "key", key) for _, key in FAMILY_KEYS),
 )
 KIND_RULES: tuple[tuple[ModelType, Rule], ...] = tuple(
     (kind, Rule(kind, match, text)) for kind, match, text in _KIND_TABLE
@@ -139,6 +142,8 @@ ARCH_RULES: dict[ModelType, tuple[Rule, ...]] = {
     ),
     # YOLO detectors are pickles: never read here
     "adetailer": (),
+    # an upscaler's family is not an architecture: it goes to the entry's details (inspection)
+    "upscaler": (),
 }
 
 

@@ -22,6 +22,7 @@ from worker.registry.layouts import (
 )
 from worker.registry.models import LiveEntry
 from worker.registry.safetensors_header import HeaderError, SafetensorsHeader, read_header
+from worker.registry.upscalers import SAFETENSORS_NOT_LISTED, upscaler_family
 from worker.registry.volume import KIND_DIRS, SAFETENSORS_EXT, FoundFile
 
 log = logging.getLogger(__name__)
@@ -110,12 +111,20 @@ def _header_fields(found: FoundFile, header: SafetensorsHeader) -> dict[str, Any
             usable_by=list(facts.usable_by),
             details={"rank": facts.rank, "modules": facts.modules, "components": list(facts.components)},
         )
+    if detection.kind == "upscaler":
+        fields.update(architecture=None, usable_by=[], details={"family": upscaler_family(header.tensors)})
+        fields.update(usable=False, problem=SAFETENSORS_NOT_LISTED)
     if detection.kind is not None and detection.kind != found.kind:
         fields.update(
             usable=False,
-            problem=f"looks like a {detection.kind} but sits in the {KIND_DIRS[found.kind]}/ folder",
+            problem=f"looks like {_article(detection.kind)} {detection.kind} but sits in the "
+            f"{KIND_DIRS[found.kind]}/ folder",
         )
     return fields
+
+
+def _article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
 
 
 def _kept_metadata(metadata: dict[str, str]) -> dict[str, str]:

@@ -19,6 +19,7 @@ A1111_FOLDERS: dict[str, ModelType] = {
     "lora": "lora",
     "vae": "vae",
     "embeddings": "embedding",
+    "esrgan": "upscaler",  # any spandrel upscaler: A1111 lists upscalers/ as its ESRGAN folder
 }
 
 

@@ -42,13 +42,15 @@ def plan_scan(
     registry: LiveRegistry,
     *,
     hash_files: bool,
+    allow_pickle: bool = False,
     kinds: Iterable[ModelType] = MODEL_TYPES,
     folder_mtimes: dict[str, int] | None = None,
 ) -> tuple[list[FoundFile], list[FoundFile]]:
     """(all files, files needing inspection) — unchanged (size, mtime) files reuse their entry.
 
     A usable safetensors entry written by a schema-1 registry has no ``layout`` yet: it is inspected
-    again (its header only; ``needs_hash`` tells the caller its cached hashes still hold).
+    again (its header only; ``needs_hash`` tells the caller its cached hashes still hold). So is a pickle
+    entry judged under the other ``WORKER_ALLOW_PICKLE`` (the setting changed since).
     """
     found = list(iter_model_files(models_dir, kinds, folder_mtimes))
     todo = []
@@ -56,6 +58,7 @@ def plan_scan(
         old = registry.models.get(entry_key(f.kind, f.file_name))
         changed = old is None or old.size != f.size or old.mtime_ns != f.mtime_ns
         changed = changed or (old is not None and old.problem != f.problem and f.problem is not None)
+        changed = changed or (old is not None and old.format == "pickle" and old.usable != allow_pickle)
         unhashed = old is not None and old.sha256 is None and f.problem is None
         if changed or (hash_files and unhashed) or _predates_layouts(old):
             todo.append(f)
@@ -171,7 +174,12 @@ class Scanner:
         mtimes: dict[str, int] = {}
         try:
             found, todo = plan_scan(
-                self.models_dir, before, hash_files=hash_files, kinds=kinds, folder_mtimes=mtimes
+                self.models_dir,
+                before,
+                hash_files=hash_files,
+                allow_pickle=self.allow_pickle,
+                kinds=kinds,
+                folder_mtimes=mtimes,
             )
             fresh = {}
             for f in todo:

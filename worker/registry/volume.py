@@ -29,6 +29,9 @@ KIND_DIRS: dict[ModelType, str] = {
     # the extensions' folders (start.sh passes --controlnet-dir and links ADetailer's models folder to them)
     "controlnet": "ControlNet",
     "adetailer": "adetailer",
+    # A1111's --esrgan-models-path; its RealESRGAN/, SwinIR/ and DAT/ sub-folders are the other upscaler
+    # families' paths (start.sh; worker/registry/upscalers.py)
+    "upscaler": "upscalers",
 }
 SAFETENSORS_EXT = (".safetensors",)
 PICKLE_EXT = (".ckpt", ".pt", ".pth", ".bin")
