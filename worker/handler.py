@@ -22,6 +22,7 @@ from worker.errors import EngineFailed, WorkerError
 from worker.image_jobs import ImageToolRequest, Img2ImgJob, parse_any_job
 from worker.image_tools import check_interrogation, resolve_upscalers, run_tool
 from worker.input_images.prepare import ImagePolicy, InputImages
+from worker.input_images.script_images import check_script_images
 from worker.logs import job_context
 from worker.model_job_types import ModelJobRequest, ModelJobs
 from worker.model_jobs import run_model_job
@@ -136,6 +137,7 @@ class JobRunner:
         image_warnings: list[str] = []
         if isinstance(job_input, Img2ImgJob):  # every image checked before anything is resolved or generated
             job_input, image_warnings = self.images.img2img(job_input)
+        job_input = check_script_images(job_input, self.images.read)  # ControlNet's images, checked alike
         mark = _stopwatch(timings, "validate", started)
 
         # 2. Resolve every name against the engine's lists; provision what is missing.
