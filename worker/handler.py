@@ -29,6 +29,7 @@ from worker.model_jobs import run_model_job
 from worker.model_types import ModelProvider
 from worker.output.bucket_config import uploader_from_settings
 from worker.output.delivery import check_delivery, deliver
+from worker.output.echo import trim_echoed_images
 from worker.output.images import convert_images
 from worker.output.upload import ImageUploader
 from worker.preflight.resolver import Preflight
@@ -176,7 +177,7 @@ class JobRunner:
         ]
         output: dict[str, Any] = {
             "images": convert_images(images, job_input.output, warnings),
-            "parameters": response.get("parameters", {}),
+            "parameters": trim_echoed_images(response.get("parameters", {})),  # control images out
             "info": response.get("info", ""),
             "seeds": info.get("all_seeds") or ([info["seed"]] if "seed" in info else []),
             "models": preflight.models,
