@@ -4,8 +4,12 @@ The engine is the fake A1111 (tests/support/fake_a1111.py) in a separate process
 real A1111 with both extensions answered (tests/fixtures/a1111/extensions.json). Each round sends the same
 payload straight through ``A1111Client.txt2img`` and as a job through ``JobRunner.run``, once without
 ``alwayson_scripts`` and once with them (each unit carrying a 512x512 control image); the worker's overhead is
-handler minus direct, and the scripts' pre-flight is the difference between the two overheads. Also the pure
-check (``check_alwayson_scripts`` on the cached lists), in process.
+handler minus direct, and the scripts' cost is the difference between the two overheads. The job with the
+units runs twice: as the worker is (the control images A1111 echoes in ``parameters`` replaced by
+placeholders, ``worker.output.echo``) and with the echo kept whole (the trim patched out: the worker before
+it). The three jobs take turns, one of each per round, so the load of a shared machine shifts them alike; the
+size of each job's output is reported too. Also, in process: the pure check (``check_alwayson_scripts`` on the
+cached lists), and the answer's ``parameters`` turned into JSON with the echo kept and trimmed.
 
     python bench/extensions_preflight.py [--rounds 60] [--smoke]
 
@@ -31,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.common import add_smoke_flag, results_file  # noqa: E402
 from bench.worker_overhead import set_fake_data, start_fake_engine  # noqa: E402
+from worker import handler as handler_module  # noqa: E402
 from worker.a1111.client import A1111Client  # noqa: E402
 from worker.handler import JobRunner  # noqa: E402
 from worker.preflight.scripts import ScriptContext, check_alwayson_scripts  # noqa: E402
@@ -58,22 +63,75 @@ def scripts(image: str) -> dict[str, Any]:
     }
 
 
-def overhead(runner: JobRunner, engine: A1111Client, extra: dict[str, Any], rounds: int) -> list[float]:
-    """handler - direct, in ms, per round (after 5 warm-up rounds)."""
+def overhead(
+    runner: JobRunner,
+    engine: A1111Client,
+    extra: dict[str, Any],
+    rounds: int,
+    *,
+    trim: bool = True,
+    warmup: int = 5,
+) -> tuple[list[float], int]:
+    """(handler - direct in ms per round after the warm-up rounds, the job output's JSON size in bytes)."""
     job = {"prompt": "a portrait", "sampler_name": "Euler", "seed": 1, **extra}
     payload = {"prompt": "a portrait", "sampler_name": "Euler", "seed": 1, "send_images": True, **extra}
     result = []
-    for index in range(rounds + 5):
+    size = 0
+    kept = handler_module.trim_echoed_images
+    if not trim:
+        handler_module.trim_echoed_images = lambda parameters: parameters  # type: ignore[assignment]
+    try:
+        for index in range(rounds + warmup):
+            started = time.perf_counter()
+            engine.txt2img(payload, timeout_s=30)
+            direct = time.perf_counter() - started
+            started = time.perf_counter()
+            output = runner.run({"id": f"bench-{index}", "input": job})
+            handled = time.perf_counter() - started
+            assert isinstance(output, dict) and "error" not in output, output
+            size = len(json.dumps(output))
+            if index >= warmup:
+                result.append((handled - direct) * 1000)
+    finally:
+        handler_module.trim_echoed_images = kept  # type: ignore[assignment]
+    return result, size
+
+
+def alternating(
+    runner: JobRunner, engine: A1111Client, scripts_extra: dict[str, Any], rounds: int
+) -> dict[str, tuple[list[float], int]]:
+    """Plain, with the units (echo trimmed) and with the units (echo kept), one job of each in turn, so that
+    the load of a shared machine shifts all three alike: {variant: (overheads in ms, output bytes)}."""
+    variants: dict[str, tuple[dict[str, Any], bool]] = {
+        "plain": ({}, True),
+        "scripts": (scripts_extra, True),
+        "scripts_echo_kept": (scripts_extra, False),
+    }
+    results: dict[str, tuple[list[float], int]] = {name: ([], 0) for name in variants}
+    for extra, _trim in variants.values():
+        overhead(runner, engine, extra, 0)  # 5 warm-up rounds each
+    for _ in range(rounds):
+        for name, (extra, trim) in variants.items():
+            times, size = overhead(runner, engine, extra, 1, trim=trim, warmup=0)
+            results[name] = (results[name][0] + times, size)
+    return results
+
+
+def output_ms(engine: A1111Client, image: str, rounds: int) -> tuple[float, float]:
+    """In process, the least of ``rounds * 10`` tries (CPU only, so the minimum is the cost): the answer's
+    ``parameters`` serialized as the job output carries them (``json.dumps``, as RunPod sends it), kept whole
+    and trimmed (the trim included)."""
+    payload = {"prompt": "a portrait", "sampler_name": "Euler", "seed": 1, "alwayson_scripts": scripts(image)}
+    parameters = engine.txt2img(payload, timeout_s=30)["parameters"]
+    kept, trimmed = [], []
+    for _ in range(rounds * 10):
         started = time.perf_counter()
-        engine.txt2img(payload, timeout_s=30)
-        direct = time.perf_counter() - started
+        json.dumps(parameters)
+        kept.append(time.perf_counter() - started)
         started = time.perf_counter()
-        output = runner.run({"id": f"bench-{index}", "input": job})
-        handled = time.perf_counter() - started
-        assert isinstance(output, dict) and "error" not in output, output
-        if index >= 5:
-            result.append((handled - direct) * 1000)
-    return result
+        json.dumps(handler_module.trim_echoed_images(parameters))
+        trimmed.append(time.perf_counter() - started)
+    return min(kept) * 1000, min(trimmed) * 1000
 
 
 def pure_check_us(engine: A1111Client, image: str, rounds: int) -> float:
@@ -106,23 +164,26 @@ def main() -> int:
         settings = WorkerSettings(a1111_url=url, progress_interval_s=1.0)  # type: ignore[arg-type]
         with A1111Client(url) as engine:
             runner = JobRunner(settings, engine)
-            plain = overhead(runner, engine, {}, rounds)
-            with_scripts = overhead(runner, engine, {"alwayson_scripts": scripts(image)}, rounds)
+            measured = alternating(runner, engine, {"alwayson_scripts": scripts(image)}, rounds)
             check_us = pure_check_us(engine, image, rounds)
+            echo_kept_ms, echo_trimmed_ms = output_ms(engine, image, rounds)
     finally:
         process.terminate()
         process.wait(10)
-    result = {
-        "rounds": rounds,
-        "control_image_base64_bytes": len(image),
-        "plain_overhead_ms_median": round(statistics.median(plain), 2),
-        "scripts_overhead_ms_median": round(statistics.median(with_scripts), 2),
-        "added_by_scripts_ms_median": round(statistics.median(with_scripts) - statistics.median(plain), 2),
-        "pure_check_us": round(check_us, 1),
-    }
-    print(f"{'measure':32} value")
+    medians = {name: statistics.median(times) for name, (times, _size) in measured.items()}
+    result: dict[str, Any] = {"rounds": rounds, "control_image_base64_bytes": len(image)}
+    for name, median in medians.items():
+        result[f"{name}_overhead_ms_median"] = round(median, 2)
+    for name in ("scripts", "scripts_echo_kept"):
+        result[f"added_by_{name}_ms_median"] = round(medians[name] - medians["plain"], 2)
+    for name, (_times, size) in measured.items():
+        result[f"{name}_output_bytes"] = size
+    result["pure_check_us"] = round(check_us, 1)
+    result["parameters_to_json_echo_kept_ms"] = round(echo_kept_ms, 2)
+    result["parameters_to_json_trimmed_ms"] = round(echo_trimmed_ms, 2)
+    print(f"{'measure':40} value")
     for name, value in result.items():
-        print(f"{name:32} {value}")
+        print(f"{name:40} {value}")
     out = results_file("extensions_preflight.json", args.smoke)
     out.write_text(json.dumps(result, indent=1) + "\n")
     return 0

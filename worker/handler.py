@@ -23,12 +23,14 @@ from worker.face_restoration import check_face_restoration
 from worker.image_jobs import ImageToolRequest, Img2ImgJob, parse_any_job
 from worker.image_tools import check_interrogation, resolve_upscalers, run_tool
 from worker.input_images.prepare import ImagePolicy, InputImages
+from worker.input_images.script_images import check_script_images
 from worker.logs import job_context
 from worker.model_job_types import ModelJobRequest, ModelJobs
 from worker.model_jobs import run_model_job
 from worker.model_types import ModelProvider
 from worker.output.bucket_config import uploader_from_settings
 from worker.output.delivery import check_delivery, deliver
+from worker.output.echo import trim_echoed_images
 from worker.output.images import convert_images
 from worker.output.upload import ImageUploader
 from worker.preflight.resolver import Preflight
@@ -137,6 +139,7 @@ class JobRunner:
         image_warnings: list[str] = []
         if isinstance(job_input, Img2ImgJob):  # every image checked before anything is resolved or generated
             job_input, image_warnings = self.images.img2img(job_input)
+        job_input = check_script_images(job_input, self.images.read)  # ControlNet's images, checked alike
         mark = _stopwatch(timings, "validate", started)
 
         # 2. Resolve every name against the engine's lists; provision what is missing.
@@ -180,7 +183,7 @@ class JobRunner:
         ]
         output: dict[str, Any] = {
             "images": convert_images(images, job_input.output, warnings),
-            "parameters": response.get("parameters", {}),
+            "parameters": trim_echoed_images(response.get("parameters", {})),  # control images out
             "info": response.get("info", ""),
             "seeds": info.get("all_seeds") or ([info["seed"]] if "seed" in info else []),
             "models": preflight.models,

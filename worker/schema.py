@@ -33,7 +33,9 @@ from worker.a1111.endpoints import (
     listing_method,
 )
 from worker.errors import InputInvalid, excerpt
+from worker.extension_units import MAX_UNITS, ADetailerUnit, ControlNetUnit
 from worker.model_job_types import PEER_ENDPOINTS, ModelJobRequest, RegistryJobInput, peer_action
+from worker.translate_extensions import with_native_units
 
 OutputFormat = Literal["png", "jpeg", "webp"]
 Delivery = Literal["auto", "inline", "url"]
@@ -132,6 +134,8 @@ class Txt2ImgJob(_Strict):
     clip_skip: int | None = Field(None, ge=1, le=12)
     hires: HiresOptions | None = None
     output: OutputOptions = Field(default_factory=OutputOptions)
+    controlnet: list[ControlNetUnit] | None = Field(None, min_length=1, max_length=MAX_UNITS)
+    adetailer: list[ADetailerUnit] | None = Field(None, min_length=1, max_length=MAX_UNITS)
 
     # --- other spellings of native fields --------------------------------------------------
     sampler_name: str | None = Field(None, min_length=1, max_length=MAX_NAME)
@@ -219,6 +223,15 @@ class Txt2ImgJob(_Strict):
                     f"conflicting values for {native}: {native}={excerpt(given)} and "
                     f"override_settings.{key}={excerpt(override)}; give one of them"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _native_extension_units(self) -> Txt2ImgJob:
+        """``controlnet``/``adetailer`` become ``alwayson_scripts`` entries (worker.translate_extensions)."""
+        scripts = with_native_units(self.alwayson_scripts, self.controlnet, self.adetailer)
+        if scripts is not None:
+            object.__setattr__(self, "alwayson_scripts", scripts)
+            self.model_fields_set.add("alwayson_scripts")
         return self
 
     @model_validator(mode="after")
@@ -383,6 +396,8 @@ NATIVE_FIELDS: frozenset[str] = frozenset(
         "clip_skip",
         "hires",
         "output",
+        "controlnet",
+        "adetailer",
     }
 )
 

@@ -37,6 +37,8 @@ NATIVE_ONLY = {
     "output",
     "num_inference_steps",
     "guidance_scale",
+    "controlnet",
+    "adetailer",
 }
 
 

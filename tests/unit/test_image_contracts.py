@@ -12,7 +12,7 @@ from worker.a1111.img2img_fields import EXTRAS_FIELDS, IMG2IMG_FIELDS
 from worker.image_jobs import ExtrasBatchImages, ExtrasSingleImage, Img2ImgJob, Interrogate, PngInfo
 
 NATIVE_ONLY = {"checkpoint", "loras", "vae", "sampler", "clip_skip", "hires", "output"}
-NATIVE_ONLY |= {"num_inference_steps", "guidance_scale"}
+NATIVE_ONLY |= {"num_inference_steps", "guidance_scale", "controlnet", "adetailer"}
 
 
 def test_the_field_list_is_the_real_a1111s() -> None:

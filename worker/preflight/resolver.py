@@ -37,6 +37,7 @@ from worker.preflight.scripts import ScriptContext, check_alwayson_scripts
 from worker.preflight.upscalers import check_upscaler_weights
 from worker.schema import Txt2ImgJob
 from worker.translate import ResolvedNames, prompt_lora_tags
+from worker.translate_extensions import native_location
 
 DEFAULT_SAMPLER = "Euler"  # what A1111's API uses when no sampler is sent (sampler_index default)
 
@@ -114,6 +115,9 @@ class Preflight:
             endpoint="img2img" if getattr(job, "init_images", None) else "txt2img",
             checkpoint=self._known("checkpoint", checkpoint_file(running)) if running else None,
             controlnet_facts=lambda name: self._known("controlnet", name),
+            label=lambda where: native_location(
+                where, controlnet=job.controlnet is not None, adetailer=job.adetailer is not None
+            ),
         )
         return check_alwayson_scripts(job.alwayson_scripts, self._engine, context)
 

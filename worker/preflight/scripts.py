@@ -35,11 +35,13 @@ class ScriptLists(Protocol):
 @dataclass(frozen=True)
 class ScriptContext:
     """What the job runs on: the endpoint (``txt2img``/``img2img``) and the checkpoint's facts;
-    ``controlnet_facts`` is what the registry knows of a ControlNet by name (None: nothing)."""
+    ``controlnet_facts`` is what the registry knows of a ControlNet by name (None: nothing); ``label`` names
+    a location as the caller wrote it (``controlnet[0].model`` for a native unit: translate_extensions)."""
 
     endpoint: str = "txt2img"
     checkpoint: ModelFacts | None = None
     controlnet_facts: Callable[[str], ModelFacts | None] = lambda _name: None
+    label: Callable[[str], str] = lambda where: where
 
 
 def check_alwayson_scripts(
@@ -77,16 +79,19 @@ class _Checker:
         self._catalog = self._engine.extensions(refresh=True)
         return True
 
+    def _at(self, where: str, field: str = "") -> str:
+        return self._context.label(f"{where}.{field}" if field else where)
+
     def script(self, name: str, entry: Any) -> None:
         where = f"alwayson_scripts.{name}"
         if not isinstance(entry, dict) or not isinstance(entry.get(ARGS, []), list):
-            raise InputInvalid(f'{where} must be an object {{"args": [...]}}, got {excerpt(entry)}')
+            raise InputInvalid(f'{self._at(where)} must be an object {{"args": [...]}}, got {excerpt(entry)}')
         available = self._catalog.script_names(self._context.endpoint)
         if key(name) not in available:
             close = nearest(name, available)
             hint = f"nearest: {', '.join(close)}" if close else f"it has: {', '.join(available) or 'none'}"
             raise InputInvalid(
-                f"{where}: this A1111 has no {self._context.endpoint} script {name!r} "
+                f"{self._at(where)}: this A1111 has no {self._context.endpoint} script {name!r} "
                 f"(extension not installed?); {hint}",
                 details={"script": name, "available": list(available)},
             )
@@ -102,7 +107,7 @@ class _Checker:
     def _controlnet_unit(self, where: str, unit: Any) -> None:
         if not isinstance(unit, dict):
             raise InputInvalid(
-                f"{where}: ControlNet units are objects "
+                f"{self._at(where)}: ControlNet units are objects "
                 '({"enabled", "module", "model", "image", "weight", ...}); '
                 f"got {type(unit).__name__} {excerpt(unit)}, which this ControlNet version ignores"
             )
@@ -112,14 +117,16 @@ class _Checker:
         modules = self._catalog.controlnet_modules or ()
         if module not in modules:
             raise InputInvalid(
-                f"{where}.module: {not_found('ControlNet preprocessor', module, list(modules))}"
+                f"{self._at(where, 'module')}: {not_found('ControlNet preprocessor', module, list(modules))}"
             )
         model = str(unit.get("model") or NO_MODEL)
         title = self._controlnet_model(where, model)
         self._compatible(where, title)
         if self._context.endpoint == "txt2img" and not (unit.get("image") or unit.get("input_image")):
             # img2img falls back to the init image; txt2img has none, and ControlNet skips the unit (recorded)
-            raise InputInvalid(f"{where}.image: a txt2img ControlNet unit needs a control image (base64)")
+            raise InputInvalid(
+                f"{self._at(where, 'image')}: a txt2img ControlNet unit needs a control image (base64)"
+            )
 
     def _controlnet_model(self, where: str, model: str) -> str:
         found = _controlnet_title(model, self._catalog.controlnet_models or ())
@@ -128,7 +135,8 @@ class _Checker:
         titles = [t for t in self._catalog.controlnet_models or () if t != NO_MODEL]
         if found is None or found == NO_MODEL:
             message = not_found("ControlNet model", model, titles)
-            raise ModelNotFound(f"{where}.model: {message}", details={"unit": where, "available": titles})
+            details = {"unit": self._at(where), "available": titles}
+            raise ModelNotFound(f"{self._at(where, 'model')}: {message}", details=details)
         return found
 
     def _compatible(self, where: str, title: str) -> None:
@@ -139,8 +147,8 @@ class _Checker:
         try:
             check_compatible(checkpoint, [facts])
         except ModelIncompatible as exc:
-            details = {**exc.details, "unit": where}
-            raise ModelIncompatible(f"{where}.model: {exc.message}", details=details) from exc
+            details = {**exc.details, "unit": self._at(where)}
+            raise ModelIncompatible(f"{self._at(where, 'model')}: {exc.message}", details=details) from exc
 
     # -- ADetailer ----------------------------------------------------------------------------------
 
@@ -181,8 +189,9 @@ class _Checker:
         if str(model) not in models:
             message = not_found("ADetailer model", str(model), list(models))
             raise ModelNotFound(
-                f"{where}.ad_model: {message} (ADetailer lists the detectors present when A1111 started)",
-                details={"unit": where, "available": list(models)},
+                f"{self._at(where, 'ad_model')}: {message} "
+                "(ADetailer lists the detectors present when A1111 started)",
+                details={"unit": self._at(where), "available": list(models)},
             )
 
     def _adetailer_fields(self, where: str, unit: dict[str, Any]) -> None:
@@ -194,9 +203,9 @@ class _Checker:
             close = nearest(unknown[0], fields or ())
             hint = f"; nearest: {', '.join(close)}" if close else ""
             raise InputInvalid(
-                f"{where}.{unknown[0]}: ADetailer has no field {unknown[0]!r}{hint} "
+                f"{self._at(where, unknown[0])}: ADetailer has no field {unknown[0]!r}{hint} "
                 "(it would skip the whole unit)",
-                details={"unit": where, "unknown": unknown},
+                details={"unit": self._at(where), "unknown": unknown},
             )
 
 
