@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from . import image_ops, images
+from . import image_conditioning, image_ops, images
 from .errors import RequestRefused
 from .generation import GenerationContext, Txt2ImgRun, _Conds
 from .generation_info import RunFacts
@@ -127,6 +127,7 @@ class Inputs:
     blend: LatentBlend | None
     overlays: list[Image.Image]
     paste_to: tuple[int, int, int, int] | None
+    image_cond: torch.Tensor | None = None
 
 
 class Img2ImgRun(Txt2ImgRun):
@@ -214,20 +215,25 @@ class Img2ImgRun(Txt2ImgRun):
     def _inputs(self, facts: RunFacts) -> Inputs:
         plan, model = self.plan, self.ctx.model
         width, height = self.prepared.size
-        if int(model.pipe.unet.config.in_channels) != 4:
-            raise RequestRefused(
-                400,
-                f"checkpoint {self.ctx.info.title} is an inpainting or instruct-pix2pix model "
-                f"({model.pipe.unet.config.in_channels}-channel UNet): not supported by this engine yet",
-            )
         mask = self._mask(width, height)
         pixels, overlays = self._prepare_pixels(mask)
         latents = images.encode(model, pixels, self.ctx.global_rng)
         if plan.resize_mode == 3:
             size = (height // OPT_F, width // OPT_F)
             latents = torch.nn.functional.interpolate(latents, size=size, mode="bilinear")
-        if mask is None:
-            return Inputs(latents, None, [], None)
+        blend, paste_to = None, None
+        if mask is not None:
+            latents, blend = self._masked_latents(latents, mask, facts)
+            x, y = (mask.crop[0], mask.crop[1]) if mask.crop else (0, 0)
+            paste_to = (x, y, mask.crop[2] - x, mask.crop[3] - y) if mask.crop else None
+        image_cond = self._image_conditioning(pixels, latents, mask)
+        return Inputs(latents, blend, overlays, paste_to, image_cond)
+
+    def _masked_latents(
+        self, latents: torch.Tensor, mask: _Mask, facts: RunFacts
+    ) -> tuple[torch.Tensor, LatentBlend]:
+        """The latent mask (bicubic to the latent size, rounded) and the latent fill modes."""
+        plan = self.plan
         small = mask.latent.convert("RGB").resize(
             (latents.shape[3], latents.shape[2]), resample=Image.Resampling.BICUBIC
         )
@@ -248,9 +254,32 @@ class Img2ImgRun(Txt2ImgRun):
             latents = latents * blend_mask + noise.next() * nmask
         elif plan.fill == 3:
             latents = latents * blend_mask
-        x, y = (mask.crop[0], mask.crop[1]) if mask.crop else (0, 0)
-        paste_to = (x, y, mask.crop[2] - x, mask.crop[3] - y) if mask.crop else None
-        return Inputs(latents, LatentBlend(latents, blend_mask, nmask), overlays, paste_to)
+        return latents, LatentBlend(latents, blend_mask, nmask)
+
+    def _image_conditioning(
+        self, pixels: list[Image.Image], latents: torch.Tensor, mask: _Mask | None
+    ) -> torch.Tensor | None:
+        """An inpainting checkpoint's mask and masked-image latents (A1111: the last step of ``init``)."""
+        model = self.ctx.model
+        if not image_conditioning.is_inpainting(model):
+            return None
+        source = image_conditioning.pixels_tensor(pixels)
+        latent_size = (int(latents.shape[2]), int(latents.shape[3]))
+        if source.shape[-2] // OPT_F != latent_size[0] or source.shape[-1] // OPT_F != latent_size[1]:
+            raise RequestRefused(
+                400,
+                f"resize_mode 3 with the inpainting checkpoint {self.ctx.info.title} needs an init image of "
+                f"the output size ({self.prepared.size[0]}x{self.prepared.size[1]}); A1111 fails on it",
+            )
+        return image_conditioning.inpainting(
+            model,
+            source,
+            latent_size,
+            None if mask is None else mask.latent,
+            self.plan.round_mask,
+            float(self.ctx.opts["inpainting_mask_weight"]),
+            self.ctx.global_rng,
+        )
 
     # ---- A1111's sample, per batch ----
 
@@ -270,6 +299,9 @@ class Img2ImgRun(Txt2ImgRun):
             self.sampler, conds.first, guidance, seeds, self._noise(it, facts, shape), prepared.size[::-1]
         )
         one_pass.blend = inputs.blend
+        image_cond = inputs.image_cond
+        if image_cond is not None:
+            one_pass.image_cond = lambda: image_cond
         try:
             latents = run.img2img(one_pass, inputs.latents, schedule, self._noise_multiplier())
         except SamplingError as exc:

@@ -12,7 +12,7 @@ prompt, and combines them with their weights times the CFG scale.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -27,13 +27,19 @@ class Interrupted(Exception):
 
 @dataclass(frozen=True)
 class CondBatch:
-    """A stack of encodings for one model call: context ``[B, tokens, width]``, pooled ``[B, width]``."""
+    """A stack of encodings for one model call: context ``[B, tokens, width]``, pooled ``[B, width]``, and
+    for an inpainting UNet each row's image conditioning ``[B, 5, h, w]`` (A1111's ``c_concat``)."""
 
     context: torch.Tensor
     pooled: torch.Tensor | None
+    image: torch.Tensor | None = None
 
     def rows(self, a: int, b: int) -> CondBatch:
-        return CondBatch(self.context[a:b], None if self.pooled is None else self.pooled[a:b])
+        return CondBatch(
+            self.context[a:b],
+            None if self.pooled is None else self.pooled[a:b],
+            None if self.image is None else self.image[a:b],
+        )
 
 
 def stack_conds(conds: list[Cond]) -> CondBatch:
@@ -93,6 +99,8 @@ class UNetModel:
             assert cond.pooled is not None, "SDXL conditioning needs the pooled text embedding"
             ids = torch.tensor([self.time_ids], dtype=dtype, device=x.device).repeat(x.shape[0], 1)
             kwargs["added_cond_kwargs"] = {"text_embeds": cond.pooled.to(x.device, dtype), "time_ids": ids}
+        if cond.image is not None:  # an inpainting UNet: mask and masked-image latents after the latents
+            x = torch.cat([x, cond.image.to(x.device, x.dtype)], dim=1)
         out = self.unet(
             x.to(dtype),
             t.to(x.device),
@@ -200,6 +208,8 @@ class CFGDenoiser:
         # for the timestep samplers into every model input (``mask_before_denoising``).
         self.blend: LatentBlend | None = None
         self.blend_before = False
+        #: an inpainting UNet's image conditioning, one row per image (the negative gets the same rows)
+        self.image_cond: torch.Tensor | None = None
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         if self.should_stop():
@@ -252,7 +262,13 @@ class CFGDenoiser:
                 conds.append(schedule.at(self.step))
             conds_list.append(entry)
         uncond = stack_conds([neg.at(self.step) for neg in self.conds.negative])
-        return stack_conds(conds), uncond, conds_list
+        tensor = stack_conds(conds)
+        if self.image_cond is not None:
+            image = self.image_cond
+            rows = [image[i] for i, entry in enumerate(conds_list) for _ in entry]
+            tensor = replace(tensor, image=torch.stack(rows))
+            uncond = replace(uncond, image=image)
+        return tensor, uncond, conds_list
 
     def _skips_uncond(self, sigma: torch.Tensor) -> bool:
         """A1111's "Skip Early CFG" and negative-guidance minimum sigma (NGMS): no negative this step."""
@@ -304,4 +320,5 @@ class CFGDenoiser:
 
 def _cat(a: CondBatch, b: CondBatch) -> CondBatch:
     pooled = None if a.pooled is None or b.pooled is None else torch.cat([a.pooled, b.pooled])
-    return CondBatch(torch.cat([a.context, b.context]), pooled)
+    image = None if a.image is None or b.image is None else torch.cat([a.image, b.image])
+    return CondBatch(torch.cat([a.context, b.context]), pooled, image)
