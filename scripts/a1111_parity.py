@@ -13,6 +13,9 @@ Euler and DPM++ 2M, and the feature cells (batch, VAE, LoRA, embedding, clip ski
 prompt editing, alternation, hires fix, variation seeds, ENSD, tiling...); ``--matrix grid`` is every sampler
 x every schedule type; ``--matrix golden`` is the set the CI goldens pin (``scripts/record_goldens.py``);
 ``--matrix sdxl`` a few samplers and features for a full-size SDXL file (``--lora rand_lora_xl``).
+``--matrix sdxl-img2img`` img2img and inpainting on that SDXL file; ``--matrix inpainting-model`` an
+inpainting (9-channel) checkpoint's cells (``scripts/make_inpainting_checkpoint.py``); both are recorded by
+``record_goldens.py``.
 ``compare`` prints a table, writes ``bench/results/parity.json``
 and, with ``--markdown``, the sampler x schedule table for docs/engine.md. Stdlib + the engine's own
 dependencies; nothing is downloaded.
@@ -40,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 from scripts import a1111_img2img_cells  # noqa: E402 - after the sys.path line
 
 log = logging.getLogger("parity")
-IMAGE_MATRICES = ("img2img", "img2img-grid")
+IMAGE_MATRICES = ("img2img", "img2img-grid", "sdxl-img2img", "inpainting-model")
 
 SAMPLERS = (
     "DPM++ 2M", "DPM++ SDE", "DPM++ 2M SDE", "DPM++ 2M SDE Heun", "DPM++ 2S a", "DPM++ 3M SDE", "Euler a",
@@ -210,6 +213,10 @@ def requests_for(
         return [*cells.img2img_requests(), *cells.inpaint_requests(), *cells.extras_requests()]
     if matrix == "img2img-grid":
         return list(a1111_img2img_cells.grid_requests())
+    if matrix == "sdxl-img2img":
+        return list(a1111_img2img_cells.sdxl_requests())
+    if matrix == "inpainting-model":
+        return list(a1111_img2img_cells.inpainting_model_requests())
     return list(table_requests(lora, vae, embedding))
 
 
