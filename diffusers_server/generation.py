@@ -106,6 +106,11 @@ class _PromptEncoder:
 class Txt2ImgRun:
     """Runs a prepared request on the loaded model and builds A1111's txt2img response."""
 
+    #: whether the run starts from init images (instruct-pix2pix checkpoints need them)
+    from_images = False
+    #: instruct-pix2pix's image guidance (img2img only; "Image CFG scale" in the infotext)
+    image_cfg_scale: float | None = None
+
     def __init__(self, prepared: PreparedRequest, ctx: GenerationContext):
         self.prepared, self.ctx = prepared, ctx
         req, opts = prepared.req, ctx.opts
@@ -136,6 +141,7 @@ class Txt2ImgRun:
                 ctx.opts, prepared, ctx.inventory.hashes, ctx.inventory.embedding_files, conds.embeddings
             ),
             inpainting_conditioning=image_conditioning.is_inpainting(ctx.model),
+            image_cfg_scale=self.image_cfg_scale,
         )
         params = infotext_params(facts, ctx.opts, self.sampling)
         encoded: list[str] = []
@@ -176,10 +182,10 @@ class Txt2ImgRun:
             )
 
     def _check_unet_inputs(self) -> None:
-        """instruct-pix2pix is refused; so is the hires fix on an inpainting checkpoint (A1111 conditions its
-        second pass on the first pass's size; not followed here)."""
+        """instruct-pix2pix is refused outside img2img; so is the hires fix on an inpainting checkpoint (A1111
+        conditions its second pass on the first pass's size; not followed here)."""
         model, info = self.ctx.model, self.ctx.info
-        image_conditioning.check_supported(model, info.title)
+        image_conditioning.check_supported(model, info.title, self.from_images)
         if self.prepared.hires is not None and image_conditioning.is_inpainting(model):
             raise RequestRefused(
                 400,

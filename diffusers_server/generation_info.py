@@ -119,6 +119,8 @@ class RunFacts:
     network_hashes: dict[str, Any]
     #: an inpainting checkpoint: its image conditioning is used (A1111's ``is_using_inpainting_conditioning``)
     inpainting_conditioning: bool = False
+    #: instruct-pix2pix's ``image_cfg_scale`` (None for every other checkpoint, as A1111 drops it)
+    image_cfg_scale: float | None = None
 
     @property
     def hires_params(self) -> dict[str, Any]:
@@ -168,6 +170,7 @@ def infotext_params(facts: RunFacts, opts: dict[str, Any], sampling: run.Samplin
         "Sampler": facts.sampler.sampler.name,
         "Schedule type": facts.sampler.schedule.label,
         "CFG scale": req.cfg_scale if req.cfg_scale is not None else 7.0,
+        "Image CFG scale": facts.image_cfg_scale,
         "Seed": None,
         "Size": f"{width}x{height}",
         "Model hash": info.shorthash if opts["add_model_hash_to_info"] else None,

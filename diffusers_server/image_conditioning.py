@@ -12,8 +12,10 @@ the prompt and the negative alike (``c_concat``):
 * img2img without a mask: the mask is all ones (the image then contributes nothing at weight 1);
 * txt2img: a mid-grey image fully masked, encoded after the first noise draw (``txt2img_image_conditioning``).
 
-instruct-pix2pix (8-channel) checkpoints condition on the unmasked image's latents with a separate image
-guidance scale; this engine refuses them (:func:`check_supported`).
+instruct-pix2pix (8-channel) checkpoints see 4 more: the init image's latents, the mean of the VAE posterior
+(``edit_image_conditioning``, no sampling, no scaling), for img2img only (A1111's txt2img fails on them). With
+``image_cfg_scale`` set and not 1 A1111 guides with three predictions (``combine_denoised_for_edit_model``:
+prompt + image, negative + image, negative + zeros; ``sampling.denoiser.CFGDenoiser``).
 """
 
 from __future__ import annotations
@@ -37,17 +39,37 @@ def is_inpainting(model: LoadedModel) -> bool:
     return unet_channels(model) == INPAINTING
 
 
-def check_supported(model: LoadedModel, title: str) -> None:
-    """400 for a UNet whose extra input channels this engine does not fill (instruct-pix2pix, others)."""
+def is_edit(model: LoadedModel) -> bool:
+    """An instruct-pix2pix checkpoint (A1111's ``cond_stage_key == "edit"``)."""
+    return unet_channels(model) == PIX2PIX
+
+
+def check_supported(model: LoadedModel, title: str, img2img: bool) -> None:
+    """400 for a UNet whose extra input channels this engine does not fill here: another width, or an
+    instruct-pix2pix checkpoint outside img2img (A1111's txt2img gives it the inpainting conditioning and
+    fails)."""
     channels = unet_channels(model)
-    if channels in (PLAIN, INPAINTING):
+    if channels in (PLAIN, INPAINTING) or (channels == PIX2PIX and img2img):
         return
-    kind = "an instruct-pix2pix" if channels == PIX2PIX else f"a {channels}-channel"
+    if channels == PIX2PIX:
+        raise RequestRefused(
+            400,
+            f"checkpoint {title} is an instruct-pix2pix model (8-channel UNet): it edits an init image; "
+            "send the request to /img2img (A1111's txt2img fails on it)",
+        )
     raise RequestRefused(
         400,
-        f"checkpoint {title} is {kind} model ({channels}-channel UNet): its image conditioning is not "
-        "supported by this engine yet (plain and inpainting checkpoints are)",
+        f"checkpoint {title} has a {channels}-channel UNet: only plain (4), instruct-pix2pix (8) and "
+        "inpainting (9) checkpoints are supported",
     )
+
+
+def edit(model: LoadedModel, source: torch.Tensor) -> torch.Tensor:
+    """A1111's ``edit_image_conditioning``: the VAE posterior's mean of the processing images (-1..1)."""
+    vae = model.pipe.vae
+    with torch.inference_mode():
+        mean = vae.encode(source.to(vae.device, vae.dtype)).latent_dist.mean
+    return torch.as_tensor(mean).float()
 
 
 def pixels_tensor(pictures: list[Image.Image]) -> torch.Tensor:

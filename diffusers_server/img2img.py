@@ -105,8 +105,6 @@ def plan(req: Img2ImgRequest) -> Img2ImgPlan:
         round_mask=req.mask_round is not False,
         noise_multiplier=multiplier,
     )
-    if req.image_cfg_scale is not None:
-        result.warnings.append("image_cfg_scale: applies to instruct-pix2pix checkpoints only; not used")
     return result
 
 
@@ -133,6 +131,8 @@ class Inputs:
 class Img2ImgRun(Txt2ImgRun):
     """txt2img's run with the first pass replaced by A1111's img2img ``init`` and ``sample``."""
 
+    from_images = True
+
     def __init__(
         self, prepared: PreparedRequest, ctx: GenerationContext, plan: Img2ImgPlan, req: Img2ImgRequest
     ):
@@ -141,6 +141,12 @@ class Img2ImgRun(Txt2ImgRun):
         if len(plan.init_images) > 1:
             self.batch = len(plan.init_images)  # A1111 sets batch_size to the number of images
         self.inputs: Inputs | None = None
+        #: A1111 keeps ``image_cfg_scale`` for instruct-pix2pix checkpoints only
+        self.image_cfg_scale = req.image_cfg_scale if image_conditioning.is_edit(ctx.model) else None
+        if req.image_cfg_scale is not None and self.image_cfg_scale is None:
+            prepared.warnings.append(
+                "image_cfg_scale: applies to instruct-pix2pix checkpoints only; not used"
+            )
         prepared.img2img_params = self._params()
 
     def parameters(self) -> dict[str, Any]:
@@ -259,18 +265,23 @@ class Img2ImgRun(Txt2ImgRun):
     def _image_conditioning(
         self, pixels: list[Image.Image], latents: torch.Tensor, mask: _Mask | None
     ) -> torch.Tensor | None:
-        """An inpainting checkpoint's mask and masked-image latents (A1111: the last step of ``init``)."""
+        """An inpainting checkpoint's mask and masked-image latents, an instruct-pix2pix one's image latents
+        (A1111: the last step of ``init``)."""
         model = self.ctx.model
-        if not image_conditioning.is_inpainting(model):
+        edit = image_conditioning.is_edit(model)
+        if not edit and not image_conditioning.is_inpainting(model):
             return None
         source = image_conditioning.pixels_tensor(pixels)
         latent_size = (int(latents.shape[2]), int(latents.shape[3]))
         if source.shape[-2] // OPT_F != latent_size[0] or source.shape[-1] // OPT_F != latent_size[1]:
             raise RequestRefused(
                 400,
-                f"resize_mode 3 with the inpainting checkpoint {self.ctx.info.title} needs an init image of "
-                f"the output size ({self.prepared.size[0]}x{self.prepared.size[1]}); A1111 fails on it",
+                f"resize_mode 3 with the checkpoint {self.ctx.info.title} "
+                f"({image_conditioning.unet_channels(model)}-channel UNet) needs an init image of the output "
+                f"size ({self.prepared.size[0]}x{self.prepared.size[1]}); A1111 fails on it",
             )
+        if edit:
+            return image_conditioning.edit(model, source)
         return image_conditioning.inpainting(
             model,
             source,
@@ -302,6 +313,7 @@ class Img2ImgRun(Txt2ImgRun):
         image_cond = inputs.image_cond
         if image_cond is not None:
             one_pass.image_cond = lambda: image_cond
+        one_pass.image_cfg_scale = self.image_cfg_scale
         try:
             latents = run.img2img(one_pass, inputs.latents, schedule, self._noise_multiplier())
         except SamplingError as exc:

@@ -254,6 +254,21 @@ def inpainting_model_requests() -> Iterator[tuple[str, dict[str, Any]]]:
     yield "txt2img|9ch txt2img", {k: v for k, v in BASE.items() if k != "denoising_strength"} | {"steps": 4}
 
 
+def pix2pix_model_requests() -> Iterator[tuple[str, dict[str, Any]]]:
+    """An instruct-pix2pix (8-channel) checkpoint: the image guidance, none, and with a mask."""
+    photo = {**BASE, "steps": 4, "init_images": ["@in-photo-64x64.png"], "denoising_strength": 0.75}
+    yield "img2img|8ch image_cfg_scale 1.5", {**photo, "image_cfg_scale": 1.5}
+    yield (
+        "img2img|8ch image_cfg_scale 3 Euler a",
+        {**photo, "image_cfg_scale": 3.0, "sampler_name": "Euler a"},
+    )
+    yield "img2img|8ch no image_cfg_scale", photo
+    yield (
+        "inpaint|8ch whole picture, image_cfg_scale 1.5",
+        {**photo, "image_cfg_scale": 1.5, "mask": "@in-mask-rect-64x64.png", "inpaint_full_res": False},
+    )
+
+
 def extras_requests() -> Iterator[tuple[str, dict[str, Any]]]:
     """``/extra-single-image`` with the built-in upscalers."""
     photo = {"image": "@in-photo-64x64.png"}

@@ -14,8 +14,8 @@ prompt editing, alternation, hires fix, variation seeds, ENSD, tiling...); ``--m
 x every schedule type; ``--matrix golden`` is the set the CI goldens pin (``scripts/record_goldens.py``);
 ``--matrix sdxl`` a few samplers and features for a full-size SDXL file (``--lora rand_lora_xl``).
 ``--matrix sdxl-img2img`` img2img and inpainting on that SDXL file; ``--matrix inpainting-model`` an
-inpainting (9-channel) checkpoint's cells (``scripts/make_inpainting_checkpoint.py``); both are recorded by
-``record_goldens.py``.
+inpainting (9-channel) checkpoint's cells (``scripts/make_inpainting_checkpoint.py``),
+``--matrix pix2pix-model`` an instruct-pix2pix (8-channel) one's; all are recorded by ``record_goldens.py``.
 ``compare`` prints a table, writes ``bench/results/parity.json``
 and, with ``--markdown``, the sampler x schedule table for docs/engine.md. Stdlib + the engine's own
 dependencies; nothing is downloaded.
@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 from scripts import a1111_img2img_cells  # noqa: E402 - after the sys.path line
 
 log = logging.getLogger("parity")
-IMAGE_MATRICES = ("img2img", "img2img-grid", "sdxl-img2img", "inpainting-model")
+IMAGE_MATRICES = ("img2img", "img2img-grid", "sdxl-img2img", "inpainting-model", "pix2pix-model")
 
 SAMPLERS = (
     "DPM++ 2M", "DPM++ SDE", "DPM++ 2M SDE", "DPM++ 2M SDE Heun", "DPM++ 2S a", "DPM++ 3M SDE", "Euler a",
@@ -217,6 +217,8 @@ def requests_for(
         return list(a1111_img2img_cells.sdxl_requests())
     if matrix == "inpainting-model":
         return list(a1111_img2img_cells.inpainting_model_requests())
+    if matrix == "pix2pix-model":
+        return list(a1111_img2img_cells.pix2pix_model_requests())
     return list(table_requests(lora, vae, embedding))
 
 

@@ -50,7 +50,7 @@ GOLDEN_DIR = ROOT / "tests" / "fixtures" / "golden"
 IMG2IMG_DIR = ROOT / "tests" / "fixtures" / "golden-img2img"
 log = logging.getLogger("record_goldens")
 #: matrices for full-size checkpoints: recorded for docs/engine.md's tables, never as CI fixtures
-FULL_SIZE_MATRICES = ("sdxl-img2img", "inpainting-model")
+FULL_SIZE_MATRICES = ("sdxl-img2img", "inpainting-model", "pix2pix-model")
 
 
 def main() -> None:

@@ -19,6 +19,7 @@ import torch
 
 from ..cond_schedule import BatchConds, Cond
 from .schedules import DiscreteSchedule, LCMSchedule
+from .timestep_samplers import SamplingError
 
 
 class Interrupted(Exception):
@@ -210,6 +211,8 @@ class CFGDenoiser:
         self.blend_before = False
         #: an inpainting UNet's image conditioning, one row per image (the negative gets the same rows)
         self.image_cond: torch.Tensor | None = None
+        #: instruct-pix2pix with an image CFG scale other than 1: A1111's three-way guidance (is_edit_model)
+        self.image_cfg_scale: float | None = None
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         if self.should_stop():
@@ -219,9 +222,11 @@ class CFGDenoiser:
         batch = x.shape[0]
         tensor, uncond, conds_list = self._conds_now()
         repeats = [len(c) for c in conds_list]
-        x_in = torch.cat([torch.stack([x[i] for _ in range(n)]) for i, n in enumerate(repeats)] + [x])
+        negatives = [x, x] if self.image_cfg_scale is not None else [x]
+        x_in = torch.cat([torch.stack([x[i] for _ in range(n)]) for i, n in enumerate(repeats)] + negatives)
         sigma_in = torch.cat(
-            [torch.stack([sigma[i] for _ in range(n)]) for i, n in enumerate(repeats)] + [sigma]
+            [torch.stack([sigma[i] for _ in range(n)]) for i, n in enumerate(repeats)]
+            + [sigma] * len(negatives)
         )
         skip_uncond = self._skips_uncond(sigma)
         if skip_uncond:
@@ -233,11 +238,7 @@ class CFGDenoiser:
         if self.keep_last_uncond:
             self.last_uncond = torch.clone(x_out[-batch:])
         scale = 1.0 if skip_uncond else self.cond_scale * self.cond_scale_multiplier
-        denoised_uncond = x_out[-batch:]
-        denoised = torch.clone(denoised_uncond)
-        for i, entry in enumerate(conds_list):
-            for cond_index, weight in entry:
-                denoised[i] += (x_out[cond_index] - denoised_uncond[i]) * (weight * scale)
+        denoised = self._combine(x_out, conds_list, batch, scale)
         if self.blend is not None and not self.blend_before:
             denoised = self.blend(denoised)
         first_out = torch.cat([x_out[i : i + 1] for i in first_of_image])
@@ -248,6 +249,25 @@ class CFGDenoiser:
                 torch.cat([x_in[i : i + 1] for i in first_of_image]), first_out, sigma
             )
         self.step += 1
+        return denoised
+
+    def _combine(
+        self, x_out: torch.Tensor, conds_list: list[list[tuple[int, float]]], batch: int, scale: float
+    ) -> torch.Tensor:
+        """A1111's ``combine_denoised`` (every prompt part against the negative, by its weight), or for
+        instruct-pix2pix ``combine_denoised_for_edit_model``: prompt vs image, image vs nothing."""
+        if self.image_cfg_scale is not None:
+            out_cond, out_img_cond, out_uncond = x_out.chunk(3)
+            return (
+                out_uncond
+                + scale * (out_cond - out_img_cond)
+                + self.image_cfg_scale * (out_img_cond - out_uncond)
+            )
+        denoised_uncond = x_out[-batch:]
+        denoised = torch.clone(denoised_uncond)
+        for i, entry in enumerate(conds_list):
+            for cond_index, weight in entry:
+                denoised[i] += (x_out[cond_index] - denoised_uncond[i]) * (weight * scale)
         return denoised
 
     def _conds_now(self) -> tuple[CondBatch, CondBatch, list[list[tuple[int, float]]]]:
@@ -268,7 +288,26 @@ class CFGDenoiser:
             rows = [image[i] for i, entry in enumerate(conds_list) for _ in entry]
             tensor = replace(tensor, image=torch.stack(rows))
             uncond = replace(uncond, image=image)
+            if self.image_cfg_scale is not None:  # instruct-pix2pix: the negative again, on no image
+                self._check_edit(tensor, uncond, conds_list)
+                uncond = _cat(uncond, replace(uncond, image=torch.zeros_like(image)))
         return tensor, uncond, conds_list
+
+    def _check_edit(
+        self, tensor: CondBatch, uncond: CondBatch, conds_list: list[list[tuple[int, float]]]
+    ) -> None:
+        """What A1111's three-way guidance cannot run (it asserts, or mixes up the rows)."""
+        if any(len(entry) != 1 for entry in conds_list):
+            raise SamplingError(
+                "AND is not supported for an instruct-pix2pix checkpoint unless image_cfg_scale is 1"
+            )
+        if tensor.context.shape[1] != uncond.context.shape[1]:
+            raise SamplingError(
+                "an instruct-pix2pix checkpoint with image_cfg_scale needs the prompt and the negative "
+                "prompt in the same number of 75-token chunks"
+            )
+        if self.options.skip_early_cond != 0.0:
+            raise SamplingError("skip_early_cond is not supported for an instruct-pix2pix checkpoint")
 
     def _skips_uncond(self, sigma: torch.Tensor) -> bool:
         """A1111's "Skip Early CFG" and negative-guidance minimum sigma (NGMS): no negative this step."""
@@ -280,6 +319,7 @@ class CFGDenoiser:
             (self.step % 2 or opts.s_min_uncond_all)
             and opts.s_min_uncond > 0
             and float(sigma[0]) < opts.s_min_uncond
+            and self.image_cfg_scale is None
         ):
             opts.extra_params["NGMS"] = opts.s_min_uncond
             if opts.s_min_uncond_all:

@@ -1,7 +1,7 @@
-"""Inpainting (9-channel) checkpoints in the embedded engine, and the instruct-pix2pix (8-channel) refusal.
+"""Inpainting (9-channel) and instruct-pix2pix (8-channel) checkpoints in the embedded engine.
 
 The tiny demo SD1.5 widened by scripts/make_inpainting_checkpoint.py (the same script writes the full-size
-checkpoint whose A1111 parity docs/engine.md reports): img2img with and without a mask and txt2img run with
+checkpoints whose A1111 parity docs/engine.md reports): img2img with and without a mask and txt2img run with
 A1111's image conditioning; what the engine cannot do is refused naming the field or the checkpoint.
 """
 
@@ -28,6 +28,14 @@ INPAINTING, PIX2PIX = "demo-sd15-inpainting-tiny", "demo-sd15-pix2pix-tiny"
 PHOTO = cells.png_base64(cells.inputs()["in-photo-64x64.png"])
 MASK = cells.png_base64(cells.inputs()["in-mask-rect-64x64.png"])
 WIDE = cells.png_base64(cells.inputs()["in-wide-96x48.png"])
+EDIT = {
+    **SMALL,
+    "seed": 7,
+    "init_images": [PHOTO],
+    "denoising_strength": 0.75,
+    "image_cfg_scale": 1.5,
+    "override_settings": {"sd_model_checkpoint": PIX2PIX},
+}
 INPAINT = {
     **SMALL,
     "seed": 7,
@@ -124,10 +132,10 @@ def test_txt2img_on_an_inpainting_checkpoint_is_a_fully_masked_grey_image(client
         ("/txt2img", {**SMALL, "enable_hr": True, "hr_scale": 1.5}, "enable_hr"),
         ("/img2img", {**INPAINT, "mask": None, "init_images": [WIDE], "resize_mode": 3}, "resize_mode 3"),
         ("/img2img", {**INPAINT, "latent_mask": MASK}, "latent_mask"),
-        ("/img2img", {**INPAINT, "override_settings": {"sd_model_checkpoint": PIX2PIX}}, PIX2PIX),
-        ("/txt2img", {**SMALL, "override_settings": {"sd_model_checkpoint": PIX2PIX}}, "instruct-pix2pix"),
+        ("/txt2img", {**SMALL, "override_settings": {"sd_model_checkpoint": PIX2PIX}}, PIX2PIX),
+        ("/img2img", {**EDIT, "prompt": "a fox AND a cat"}, "AND"),
     ],
-    ids=["hires fix", "latent resize of another size", "latent_mask", "pix2pix img2img", "pix2pix txt2img"],
+    ids=["hires fix", "latent resize of another size", "latent_mask", "pix2pix txt2img", "pix2pix AND"],
 )
 def test_what_it_cannot_do_is_refused_naming_the_field_or_checkpoint(
     client: httpx.Client, path: str, body: dict[str, Any], named: str
@@ -135,3 +143,23 @@ def test_what_it_cannot_do_is_refused_naming_the_field_or_checkpoint(
     response = client.post(path, json=body)
     assert response.status_code == 400, response.text
     assert named in response.json()["detail"]
+
+
+def test_instruct_pix2pix_edits_the_init_image_with_its_image_guidance(client: httpx.Client) -> None:
+    body = post(client, "/img2img", EDIT)
+    text = body["info"]["infotexts"][0]
+    assert "CFG scale: 7.0, Image CFG scale: 1.5, Seed: 7" in text and body["info"]["warnings"] == []
+    assert body["info"]["is_using_inpainting_conditioning"] is False
+    # the image guidance weighs the image-conditioned prediction: another scale, other pixels
+    other = post(client, "/img2img", {**EDIT, "image_cfg_scale": 3.0})
+    assert np.abs(pixels(other) - pixels(body)).max() > 8
+    # without image_cfg_scale (or at 1) the image conditions both predictions, as in A1111
+    plain = post(client, "/img2img", {**EDIT, "image_cfg_scale": None})
+    assert "Image CFG scale" not in plain["info"]["infotexts"][0]
+    assert (pixels(post(client, "/img2img", {**EDIT, "image_cfg_scale": 1.0})) == pixels(plain)).all()
+
+
+def test_image_cfg_scale_on_another_checkpoint_is_ignored_with_a_warning(client: httpx.Client) -> None:
+    body = post(client, "/img2img", {**INPAINT, "image_cfg_scale": 1.5})
+    assert "Image CFG scale" not in body["info"]["infotexts"][0]
+    assert any("image_cfg_scale" in w for w in body["info"]["warnings"])
