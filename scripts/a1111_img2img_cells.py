@@ -30,6 +30,9 @@ PRIMER: dict[str, Any] = {
     "sampler_name": "Euler",
     "scheduler": "Automatic",
 }
+#: instruct-pix2pix checkpoints cannot run txt2img (A1111 fails): a one-step img2img seeds the generator the
+#: same way (its noise draw re-seeds it; pix2pix's conditioning takes the posterior's mean, no draw)
+EDIT_PRIMER: dict[str, Any] = {**PRIMER, "init_images": ["@in-photo-64x64.png"], "denoising_strength": 0.5}
 BASE: dict[str, Any] = {
     "prompt": "a red fox in the snow",
     "negative_prompt": "blurry",
@@ -311,6 +314,11 @@ def extras_requests() -> Iterator[tuple[str, dict[str, Any]]]:
         "extras|wide Nearest x2.5",
         {"image": "@in-wide-96x48.png", "upscaler_1": "Nearest", "upscaling_resize": 2.5},
     )
+
+
+def primer(cell: str) -> tuple[str, dict[str, Any]]:
+    """The request sent before an img2img cell, and its path: :data:`EDIT_PRIMER` for the pix2pix cells."""
+    return ("img2img", EDIT_PRIMER) if "|8ch " in cell else ("txt2img", PRIMER)
 
 
 def endpoint(cell: str) -> str:

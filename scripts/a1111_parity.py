@@ -266,7 +266,8 @@ def record(
         overridden = payload.get("override_settings") or {}
         path = cells.endpoint(cell)
         if path == "img2img":  # see a1111_img2img_cells: the posterior noise's generator
-            _post(f"{url}/sdapi/v1/txt2img", cells.PRIMER, timeout)
+            primer_path, primer = cells.primer(cell)
+            _post(f"{url}/sdapi/v1/{primer_path}", cells.resolve(primer, out), timeout)
         body = {**cells.resolve(payload, out), "override_settings_restore_afterwards": True}
         try:
             result = _post(f"{url}/sdapi/v1/{path}", body, timeout)
@@ -340,7 +341,11 @@ def _run_cell(engine: Any, cell: str, entry: dict[str, Any], recorded: Path) -> 
     if path == "txt2img":
         return engine.txt2img(Txt2ImgRequest(**payload))  # type: ignore[no-any-return]
     if path == "img2img":
-        engine.txt2img(Txt2ImgRequest(**cells.PRIMER))
+        primer_path, primer = cells.primer(cell)
+        if primer_path == "txt2img":
+            engine.txt2img(Txt2ImgRequest(**primer))
+        else:
+            engine.img2img(Img2ImgRequest(**cells.resolve(primer, recorded)))
         return engine.img2img(Img2ImgRequest(**payload))  # type: ignore[no-any-return]
     from diffusers_server.schemas import ExtrasSingleRequest
 
