@@ -29,7 +29,8 @@ class Interrupted(Exception):
 @dataclass(frozen=True)
 class CondBatch:
     """A stack of encodings for one model call: context ``[B, tokens, width]``, pooled ``[B, width]``, and
-    for an inpainting UNet each row's image conditioning ``[B, 5, h, w]`` (A1111's ``c_concat``)."""
+    each row's image conditioning (A1111's ``c_concat``: ``[B, 5, h, w]`` for an inpainting UNet, 4 channels
+    for instruct-pix2pix)."""
 
     context: torch.Tensor
     pooled: torch.Tensor | None
@@ -100,7 +101,7 @@ class UNetModel:
             assert cond.pooled is not None, "SDXL conditioning needs the pooled text embedding"
             ids = torch.tensor([self.time_ids], dtype=dtype, device=x.device).repeat(x.shape[0], 1)
             kwargs["added_cond_kwargs"] = {"text_embeds": cond.pooled.to(x.device, dtype), "time_ids": ids}
-        if cond.image is not None:  # an inpainting UNet: mask and masked-image latents after the latents
+        if cond.image is not None:  # inpainting / instruct-pix2pix: the image conditioning after the latents
             x = torch.cat([x, cond.image.to(x.device, x.dtype)], dim=1)
         out = self.unet(
             x.to(dtype),
@@ -209,7 +210,7 @@ class CFGDenoiser:
         # for the timestep samplers into every model input (``mask_before_denoising``).
         self.blend: LatentBlend | None = None
         self.blend_before = False
-        #: an inpainting UNet's image conditioning, one row per image (the negative gets the same rows)
+        #: inpainting / instruct-pix2pix image conditioning, one row per image (the negative gets the same)
         self.image_cond: torch.Tensor | None = None
         #: instruct-pix2pix with an image CFG scale other than 1: A1111's three-way guidance (is_edit_model)
         self.image_cfg_scale: float | None = None
