@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from . import hires, images, infotext
+from . import hires, image_conditioning, images, infotext
 from .cond_schedule import BatchConds
 from .conditioning import EncodeSettings, build_conds
 from .errors import RequestRefused
@@ -106,6 +106,11 @@ class _PromptEncoder:
 class Txt2ImgRun:
     """Runs a prepared request on the loaded model and builds A1111's txt2img response."""
 
+    #: whether the run starts from init images (instruct-pix2pix checkpoints need them)
+    from_images = False
+    #: instruct-pix2pix's image guidance (img2img only; "Image CFG scale" in the infotext)
+    image_cfg_scale: float | None = None
+
     def __init__(self, prepared: PreparedRequest, ctx: GenerationContext):
         self.prepared, self.ctx = prepared, ctx
         req, opts = prepared.req, ctx.opts
@@ -118,6 +123,7 @@ class Txt2ImgRun:
     def execute(self) -> dict[str, Any]:
         ctx, prepared = self.ctx, self.prepared
         self._check_hires_checkpoint()
+        self._check_unet_inputs()
         conds = self._encode_prompts()
         vae_path = ctx.model.vae_path
         tiling = bool(ctx.opts["tiling"]) if prepared.req.tiling is None else bool(prepared.req.tiling)
@@ -134,6 +140,8 @@ class Txt2ImgRun:
             network_hashes=network_hashes(
                 ctx.opts, prepared, ctx.inventory.hashes, ctx.inventory.embedding_files, conds.embeddings
             ),
+            inpainting_conditioning=image_conditioning.is_inpainting(ctx.model),
+            image_cfg_scale=self.image_cfg_scale,
         )
         params = infotext_params(facts, ctx.opts, self.sampling)
         encoded: list[str] = []
@@ -173,6 +181,18 @@ class Txt2ImgRun:
                 f"use null or {hires.SAME_CHECKPOINT!r}",
             )
 
+    def _check_unet_inputs(self) -> None:
+        """instruct-pix2pix is refused outside img2img; so is the hires fix on an inpainting checkpoint (A1111
+        conditions its second pass on the first pass's size; not followed here)."""
+        model, info = self.ctx.model, self.ctx.info
+        image_conditioning.check_supported(model, info.title, self.from_images)
+        if self.prepared.hires is not None and image_conditioning.is_inpainting(model):
+            raise RequestRefused(
+                400,
+                f"enable_hr with the inpainting checkpoint {info.title} (9-channel UNet) is not supported "
+                "by this engine; send enable_hr false or use a plain checkpoint",
+            )
+
     # ---- prompts ----
 
     def _encode_prompts(self) -> _Conds:
@@ -205,15 +225,18 @@ class Txt2ImgRun:
             return self._noise(it, facts, shape)
 
         width, height = prepared.size
-        unet = self.ctx.model.pipe.unet
+        model = self.ctx.model
         first_pass = self._pass(
             self.sampler,
             conds.first,
             guidance,
             seeds,
-            noise_for((int(unet.config.in_channels), height // 8, width // 8)),
+            noise_for((int(model.pipe.unet.config.out_channels), height // 8, width // 8)),
             (height, width),
         )
+        if image_conditioning.is_inpainting(model):
+            rng, size = self.ctx.global_rng, (width, height)
+            first_pass.image_cond = lambda: image_conditioning.txt2img(model, len(seeds), size, rng)
         try:
             latents = run.txt2img(first_pass, prepared.steps)
             if prepared.hires is not None and conds.hires is not None:

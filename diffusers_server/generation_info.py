@@ -117,6 +117,10 @@ class RunFacts:
     ensd: int
     #: "Lora hashes" / "TI hashes" (when the options ask for them)
     network_hashes: dict[str, Any]
+    #: an inpainting checkpoint: its image conditioning is used (A1111's ``is_using_inpainting_conditioning``)
+    inpainting_conditioning: bool = False
+    #: instruct-pix2pix's ``image_cfg_scale`` (None for every other checkpoint, as A1111 drops it)
+    image_cfg_scale: float | None = None
 
     @property
     def hires_params(self) -> dict[str, Any]:
@@ -166,6 +170,7 @@ def infotext_params(facts: RunFacts, opts: dict[str, Any], sampling: run.Samplin
         "Sampler": facts.sampler.sampler.name,
         "Schedule type": facts.sampler.schedule.label,
         "CFG scale": req.cfg_scale if req.cfg_scale is not None else 7.0,
+        "Image CFG scale": facts.image_cfg_scale,
         "Seed": None,
         "Size": f"{width}x{height}",
         "Model hash": info.shorthash if opts["add_model_hash_to_info"] else None,
@@ -178,6 +183,7 @@ def infotext_params(facts: RunFacts, opts: dict[str, Any], sampling: run.Samplin
             f"{seeds.resize_w}x{seeds.resize_h}" if seeds.resize_w > 0 and seeds.resize_h > 0 else None
         ),
         "Denoising strength": hr_extra.get("Denoising strength"),
+        "Conditional mask weight": opts["inpainting_mask_weight"] if facts.inpainting_conditioning else None,
         "Clip skip": facts.clip_stop if facts.clip_stop > 1 else None,
         "ENSD": facts.ensd if facts.ensd != 0 and uses_ensd(facts.sampler, sampling) else None,
         "RNG": opts["randn_source"] if opts["randn_source"] != "GPU" else None,
@@ -250,7 +256,7 @@ def info_json(
         "styles": req.styles or [],
         "job_timestamp": job_timestamp,
         "clip_skip": facts.clip_stop,
-        "is_using_inpainting_conditioning": False,
+        "is_using_inpainting_conditioning": facts.inpainting_conditioning,
         "version": VERSION_TEXT,
         "interrupted": interrupted,
         "warnings": facts.prepared.warnings,

@@ -47,10 +47,22 @@ def encode(model: LoadedModel, images: list[Image.Image], generator: torch.Gener
     for image in images:
         array = np.moveaxis(np.array(image).astype(np.float32) / 255.0, 2, 0)
         pixels = torch.from_numpy(array)[None].to(vae.device, vae.dtype) * 2 - 1
-        dist = vae.encode(pixels).latent_dist
-        eps = torch.randn(dist.mean.shape, generator=generator).to(dist.mean.device, dist.mean.dtype)
-        latents.append((dist.mean + dist.std * eps) * vae.config.scaling_factor)
+        latents.append(_sample_latents(vae, pixels, generator))
     return torch.cat(latents).float()
+
+
+def encode_batch(model: LoadedModel, pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """A1111's ``get_first_stage_encoding(encode_first_stage(x))`` of a ``[B, 3, H, W]`` batch in -1..1 in
+    one VAE call and one posterior draw (the inpainting conditioning encodes so)."""
+    vae = model.pipe.vae
+    return _sample_latents(vae, pixels.to(vae.device, vae.dtype), generator).float()
+
+
+def _sample_latents(vae: Any, pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """The VAE posterior sampled from ``generator`` on the CPU, scaled to the UNet's latent space."""
+    dist = vae.encode(pixels).latent_dist
+    eps = torch.randn(dist.mean.shape, generator=generator).to(dist.mean.device, dist.mean.dtype)
+    return torch.as_tensor((dist.mean + dist.std * eps) * vae.config.scaling_factor)
 
 
 @contextlib.contextmanager

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from . import image_ops, images
+from . import image_conditioning, image_ops, images
 from .errors import RequestRefused
 from .generation import GenerationContext, Txt2ImgRun, _Conds
 from .generation_info import RunFacts
@@ -105,8 +105,6 @@ def plan(req: Img2ImgRequest) -> Img2ImgPlan:
         round_mask=req.mask_round is not False,
         noise_multiplier=multiplier,
     )
-    if req.image_cfg_scale is not None:
-        result.warnings.append("image_cfg_scale: applies to instruct-pix2pix checkpoints only; not used")
     return result
 
 
@@ -127,10 +125,13 @@ class Inputs:
     blend: LatentBlend | None
     overlays: list[Image.Image]
     paste_to: tuple[int, int, int, int] | None
+    image_cond: torch.Tensor | None = None
 
 
 class Img2ImgRun(Txt2ImgRun):
     """txt2img's run with the first pass replaced by A1111's img2img ``init`` and ``sample``."""
+
+    from_images = True
 
     def __init__(
         self, prepared: PreparedRequest, ctx: GenerationContext, plan: Img2ImgPlan, req: Img2ImgRequest
@@ -140,6 +141,12 @@ class Img2ImgRun(Txt2ImgRun):
         if len(plan.init_images) > 1:
             self.batch = len(plan.init_images)  # A1111 sets batch_size to the number of images
         self.inputs: Inputs | None = None
+        #: A1111 keeps ``image_cfg_scale`` for instruct-pix2pix checkpoints only
+        self.image_cfg_scale = req.image_cfg_scale if image_conditioning.is_edit(ctx.model) else None
+        if req.image_cfg_scale is not None and self.image_cfg_scale is None:
+            prepared.warnings.append(
+                "image_cfg_scale: applies to instruct-pix2pix checkpoints only; not used"
+            )
         prepared.img2img_params = self._params()
 
     def parameters(self) -> dict[str, Any]:
@@ -214,20 +221,25 @@ class Img2ImgRun(Txt2ImgRun):
     def _inputs(self, facts: RunFacts) -> Inputs:
         plan, model = self.plan, self.ctx.model
         width, height = self.prepared.size
-        if int(model.pipe.unet.config.in_channels) != 4:
-            raise RequestRefused(
-                400,
-                f"checkpoint {self.ctx.info.title} is an inpainting or instruct-pix2pix model "
-                f"({model.pipe.unet.config.in_channels}-channel UNet): not supported by this engine yet",
-            )
         mask = self._mask(width, height)
         pixels, overlays = self._prepare_pixels(mask)
         latents = images.encode(model, pixels, self.ctx.global_rng)
         if plan.resize_mode == 3:
             size = (height // OPT_F, width // OPT_F)
             latents = torch.nn.functional.interpolate(latents, size=size, mode="bilinear")
-        if mask is None:
-            return Inputs(latents, None, [], None)
+        blend, paste_to = None, None
+        if mask is not None:
+            latents, blend = self._masked_latents(latents, mask, facts)
+            x, y = (mask.crop[0], mask.crop[1]) if mask.crop else (0, 0)
+            paste_to = (x, y, mask.crop[2] - x, mask.crop[3] - y) if mask.crop else None
+        image_cond = self._image_conditioning(pixels, latents, mask)
+        return Inputs(latents, blend, overlays, paste_to, image_cond)
+
+    def _masked_latents(
+        self, latents: torch.Tensor, mask: _Mask, facts: RunFacts
+    ) -> tuple[torch.Tensor, LatentBlend]:
+        """The latent mask (bicubic to the latent size, rounded) and the latent fill modes."""
+        plan = self.plan
         small = mask.latent.convert("RGB").resize(
             (latents.shape[3], latents.shape[2]), resample=Image.Resampling.BICUBIC
         )
@@ -248,9 +260,37 @@ class Img2ImgRun(Txt2ImgRun):
             latents = latents * blend_mask + noise.next() * nmask
         elif plan.fill == 3:
             latents = latents * blend_mask
-        x, y = (mask.crop[0], mask.crop[1]) if mask.crop else (0, 0)
-        paste_to = (x, y, mask.crop[2] - x, mask.crop[3] - y) if mask.crop else None
-        return Inputs(latents, LatentBlend(latents, blend_mask, nmask), overlays, paste_to)
+        return latents, LatentBlend(latents, blend_mask, nmask)
+
+    def _image_conditioning(
+        self, pixels: list[Image.Image], latents: torch.Tensor, mask: _Mask | None
+    ) -> torch.Tensor | None:
+        """An inpainting checkpoint's mask and masked-image latents, an instruct-pix2pix one's image latents
+        (A1111: the last step of ``init``)."""
+        model = self.ctx.model
+        edit = image_conditioning.is_edit(model)
+        if not edit and not image_conditioning.is_inpainting(model):
+            return None
+        source = image_conditioning.pixels_tensor(pixels)
+        latent_size = (int(latents.shape[2]), int(latents.shape[3]))
+        if source.shape[-2] // OPT_F != latent_size[0] or source.shape[-1] // OPT_F != latent_size[1]:
+            raise RequestRefused(
+                400,
+                f"resize_mode 3 with the checkpoint {self.ctx.info.title} "
+                f"({image_conditioning.unet_channels(model)}-channel UNet) needs an init image of the output "
+                f"size ({self.prepared.size[0]}x{self.prepared.size[1]}); A1111 fails on it",
+            )
+        if edit:
+            return image_conditioning.edit(model, source)
+        return image_conditioning.inpainting(
+            model,
+            source,
+            latent_size,
+            None if mask is None else mask.latent,
+            self.plan.round_mask,
+            float(self.ctx.opts["inpainting_mask_weight"]),
+            self.ctx.global_rng,
+        )
 
     # ---- A1111's sample, per batch ----
 
@@ -270,6 +310,10 @@ class Img2ImgRun(Txt2ImgRun):
             self.sampler, conds.first, guidance, seeds, self._noise(it, facts, shape), prepared.size[::-1]
         )
         one_pass.blend = inputs.blend
+        image_cond = inputs.image_cond
+        if image_cond is not None:
+            one_pass.image_cond = lambda: image_cond
+        one_pass.image_cfg_scale = self.image_cfg_scale
         try:
             latents = run.img2img(one_pass, inputs.latents, schedule, self._noise_multiplier())
         except SamplingError as exc:

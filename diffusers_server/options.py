@@ -65,6 +65,7 @@ HONOURED = frozenset(
         "initial_noise_multiplier",
         "img2img_background_color",
         "overlay_inpaint",
+        "inpainting_mask_weight",
     }
 )
 # Non-default values of these would change the image in A1111; this engine cannot follow, so it refuses them.

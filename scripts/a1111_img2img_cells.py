@@ -30,6 +30,9 @@ PRIMER: dict[str, Any] = {
     "sampler_name": "Euler",
     "scheduler": "Automatic",
 }
+#: instruct-pix2pix checkpoints cannot run txt2img (A1111 fails): a one-step img2img seeds the generator the
+#: same way (its noise draw re-seeds it; pix2pix's conditioning takes the posterior's mean, no draw)
+EDIT_PRIMER: dict[str, Any] = {**PRIMER, "init_images": ["@in-photo-64x64.png"], "denoising_strength": 0.5}
 BASE: dict[str, Any] = {
     "prompt": "a red fox in the snow",
     "negative_prompt": "blurry",
@@ -210,6 +213,65 @@ def grid_requests() -> Iterator[tuple[str, dict[str, Any]]]:
         )
 
 
+def sdxl_requests() -> Iterator[tuple[str, dict[str, Any]]]:
+    """Full-size SDXL (tens of seconds a cell on a CPU): plain img2img, two resize modes, two inpaintings."""
+    photo = {**BASE, "steps": 4, "init_images": ["@in-photo-64x64.png"]}
+    wide = ["@in-wide-96x48.png"]
+    yield "img2img|SDXL DPM++ 2M Karras 0.6", photo
+    yield "img2img|SDXL strength 0.3", {**photo, "denoising_strength": 0.3}
+    yield "img2img|SDXL resize 0 wide", {**photo, "denoising_strength": 0.3, "init_images": wide}
+    yield (
+        "img2img|SDXL resize 1 wide",
+        {**photo, "denoising_strength": 0.3, "init_images": wide, "resize_mode": 1},
+    )
+    yield "img2img|SDXL Euler a", {**photo, "sampler_name": "Euler a", "scheduler": "Automatic"}
+    masked = {**photo, "mask": "@in-mask-rect-64x64.png"}
+    yield "inpaint|SDXL whole picture, fill", {**masked, "inpaint_full_res": False}
+    yield (
+        "inpaint|SDXL only masked padding 8, original",
+        {**masked, "inpaint_full_res_padding": 8, "inpainting_fill": 1},
+    )
+    yield (
+        "inpaint|SDXL DDIM whole picture, original",
+        {**masked, "inpaint_full_res": False, "inpainting_fill": 1, "sampler_name": "DDIM"},
+    )
+
+
+def inpainting_model_requests() -> Iterator[tuple[str, dict[str, Any]]]:
+    """An inpainting (9-channel) checkpoint: A1111's image conditioning with a mask, without one, and in
+    txt2img (a grey image, fully masked)."""
+    photo = {**BASE, "steps": 4, "init_images": ["@in-photo-64x64.png"]}
+    masked = {**photo, "mask": "@in-mask-rect-64x64.png", "denoising_strength": 0.75}
+    whole = {**masked, "inpaint_full_res": False}
+    yield "inpaint|9ch whole picture, fill", whole
+    yield "inpaint|9ch whole picture, original", {**whole, "inpainting_fill": 1}
+    yield "inpaint|9ch whole picture, latent noise", {**whole, "inpainting_fill": 2}
+    yield "inpaint|9ch only masked padding 8", {**masked, "inpaint_full_res_padding": 8}
+    yield "inpaint|9ch invert, no blur", {**whole, "inpainting_mask_invert": 1, "mask_blur": 0}
+    yield "inpaint|9ch DDIM", {**whole, "sampler_name": "DDIM", "scheduler": "Automatic"}
+    yield (
+        "inpaint|9ch Euler a batch of 2",
+        {**whole, "sampler_name": "Euler a", "scheduler": "Automatic", "batch_size": 2},
+    )
+    yield "img2img|9ch no mask", photo
+    yield "txt2img|9ch txt2img", {k: v for k, v in BASE.items() if k != "denoising_strength"} | {"steps": 4}
+
+
+def pix2pix_model_requests() -> Iterator[tuple[str, dict[str, Any]]]:
+    """An instruct-pix2pix (8-channel) checkpoint: the image guidance, none, and with a mask."""
+    photo = {**BASE, "steps": 4, "init_images": ["@in-photo-64x64.png"], "denoising_strength": 0.75}
+    yield "img2img|8ch image_cfg_scale 1.5", {**photo, "image_cfg_scale": 1.5}
+    yield (
+        "img2img|8ch image_cfg_scale 3 Euler a",
+        {**photo, "image_cfg_scale": 3.0, "sampler_name": "Euler a"},
+    )
+    yield "img2img|8ch no image_cfg_scale", photo
+    yield (
+        "inpaint|8ch whole picture, image_cfg_scale 1.5",
+        {**photo, "image_cfg_scale": 1.5, "mask": "@in-mask-rect-64x64.png", "inpaint_full_res": False},
+    )
+
+
 def extras_requests() -> Iterator[tuple[str, dict[str, Any]]]:
     """``/extra-single-image`` with the built-in upscalers."""
     photo = {"image": "@in-photo-64x64.png"}
@@ -252,6 +314,11 @@ def extras_requests() -> Iterator[tuple[str, dict[str, Any]]]:
         "extras|wide Nearest x2.5",
         {"image": "@in-wide-96x48.png", "upscaler_1": "Nearest", "upscaling_resize": 2.5},
     )
+
+
+def primer(cell: str) -> tuple[str, dict[str, Any]]:
+    """The request sent before an img2img cell, and its path: :data:`EDIT_PRIMER` for the pix2pix cells."""
+    return ("img2img", EDIT_PRIMER) if "|8ch " in cell else ("txt2img", PRIMER)
 
 
 def endpoint(cell: str) -> str:

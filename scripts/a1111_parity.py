@@ -13,6 +13,9 @@ Euler and DPM++ 2M, and the feature cells (batch, VAE, LoRA, embedding, clip ski
 prompt editing, alternation, hires fix, variation seeds, ENSD, tiling...); ``--matrix grid`` is every sampler
 x every schedule type; ``--matrix golden`` is the set the CI goldens pin (``scripts/record_goldens.py``);
 ``--matrix sdxl`` a few samplers and features for a full-size SDXL file (``--lora rand_lora_xl``).
+``--matrix sdxl-img2img`` img2img and inpainting on that SDXL file; ``--matrix inpainting-model`` an
+inpainting (9-channel) checkpoint's cells (``scripts/make_inpainting_checkpoint.py``),
+``--matrix pix2pix-model`` an instruct-pix2pix (8-channel) one's; all are recorded by ``record_goldens.py``.
 ``compare`` prints a table, writes ``bench/results/parity.json``
 and, with ``--markdown``, the sampler x schedule table for docs/engine.md. Stdlib + the engine's own
 dependencies; nothing is downloaded.
@@ -40,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 from scripts import a1111_img2img_cells  # noqa: E402 - after the sys.path line
 
 log = logging.getLogger("parity")
-IMAGE_MATRICES = ("img2img", "img2img-grid")
+IMAGE_MATRICES = ("img2img", "img2img-grid", "sdxl-img2img", "inpainting-model", "pix2pix-model")
 
 SAMPLERS = (
     "DPM++ 2M", "DPM++ SDE", "DPM++ 2M SDE", "DPM++ 2M SDE Heun", "DPM++ 2S a", "DPM++ 3M SDE", "Euler a",
@@ -210,6 +213,12 @@ def requests_for(
         return [*cells.img2img_requests(), *cells.inpaint_requests(), *cells.extras_requests()]
     if matrix == "img2img-grid":
         return list(a1111_img2img_cells.grid_requests())
+    if matrix == "sdxl-img2img":
+        return list(a1111_img2img_cells.sdxl_requests())
+    if matrix == "inpainting-model":
+        return list(a1111_img2img_cells.inpainting_model_requests())
+    if matrix == "pix2pix-model":
+        return list(a1111_img2img_cells.pix2pix_model_requests())
     return list(table_requests(lora, vae, embedding))
 
 
@@ -257,7 +266,8 @@ def record(
         overridden = payload.get("override_settings") or {}
         path = cells.endpoint(cell)
         if path == "img2img":  # see a1111_img2img_cells: the posterior noise's generator
-            _post(f"{url}/sdapi/v1/txt2img", cells.PRIMER, timeout)
+            primer_path, primer = cells.primer(cell)
+            _post(f"{url}/sdapi/v1/{primer_path}", cells.resolve(primer, out), timeout)
         body = {**cells.resolve(payload, out), "override_settings_restore_afterwards": True}
         try:
             result = _post(f"{url}/sdapi/v1/{path}", body, timeout)
@@ -331,7 +341,11 @@ def _run_cell(engine: Any, cell: str, entry: dict[str, Any], recorded: Path) -> 
     if path == "txt2img":
         return engine.txt2img(Txt2ImgRequest(**payload))  # type: ignore[no-any-return]
     if path == "img2img":
-        engine.txt2img(Txt2ImgRequest(**cells.PRIMER))
+        primer_path, primer = cells.primer(cell)
+        if primer_path == "txt2img":
+            engine.txt2img(Txt2ImgRequest(**primer))
+        else:
+            engine.img2img(Img2ImgRequest(**cells.resolve(primer, recorded)))
         return engine.img2img(Img2ImgRequest(**payload))  # type: ignore[no-any-return]
     from diffusers_server.schemas import ExtrasSingleRequest
 

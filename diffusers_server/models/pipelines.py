@@ -23,7 +23,7 @@ from diffusers import (
 from diffusers.utils import logging as diffusers_logging
 from transformers.utils import logging as transformers_logging
 
-from worker.registry.detect import UnsupportedCheckpoint, checkpoint_pipeline
+from worker.registry.detect import UnsupportedCheckpoint, checkpoint_pipeline, unet_in_channels
 from worker.registry.layouts import LayoutError, inspect_diffusers_folder
 from worker.registry.pipeline_configs import CONFIG_METADATA_KEY, REAL_CONFIGS, PipelineKind
 from worker.registry.safetensors_header import HeaderError, SafetensorsHeader, read_header
@@ -123,6 +123,10 @@ def _describe(header: SafetensorsHeader, name: str) -> tuple[PipelineKind, dict[
     configs = (
         json.loads(metadata[CONFIG_METADATA_KEY]) if CONFIG_METADATA_KEY in metadata else REAL_CONFIGS[kind]
     )
+    # an inpainting (9) or instruct-pix2pix (8) UNet has the same architecture but a wider first convolution
+    channels = unet_in_channels(header.tensors)
+    if channels is not None and channels != configs["unet"].get("in_channels"):
+        configs = {**configs, "unet": {**configs["unet"], "in_channels": channels}}
     return kind, configs, vocab_size
 
 

@@ -12,13 +12,14 @@ prompt, and combines them with their weights times the CFG scale.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 
 from ..cond_schedule import BatchConds, Cond
 from .schedules import DiscreteSchedule, LCMSchedule
+from .timestep_samplers import SamplingError
 
 
 class Interrupted(Exception):
@@ -27,13 +28,20 @@ class Interrupted(Exception):
 
 @dataclass(frozen=True)
 class CondBatch:
-    """A stack of encodings for one model call: context ``[B, tokens, width]``, pooled ``[B, width]``."""
+    """A stack of encodings for one model call: context ``[B, tokens, width]``, pooled ``[B, width]``, and
+    each row's image conditioning (A1111's ``c_concat``: ``[B, 5, h, w]`` for an inpainting UNet, 4 channels
+    for instruct-pix2pix)."""
 
     context: torch.Tensor
     pooled: torch.Tensor | None
+    image: torch.Tensor | None = None
 
     def rows(self, a: int, b: int) -> CondBatch:
-        return CondBatch(self.context[a:b], None if self.pooled is None else self.pooled[a:b])
+        return CondBatch(
+            self.context[a:b],
+            None if self.pooled is None else self.pooled[a:b],
+            None if self.image is None else self.image[a:b],
+        )
 
 
 def stack_conds(conds: list[Cond]) -> CondBatch:
@@ -93,6 +101,8 @@ class UNetModel:
             assert cond.pooled is not None, "SDXL conditioning needs the pooled text embedding"
             ids = torch.tensor([self.time_ids], dtype=dtype, device=x.device).repeat(x.shape[0], 1)
             kwargs["added_cond_kwargs"] = {"text_embeds": cond.pooled.to(x.device, dtype), "time_ids": ids}
+        if cond.image is not None:  # inpainting / instruct-pix2pix: the image conditioning after the latents
+            x = torch.cat([x, cond.image.to(x.device, x.dtype)], dim=1)
         out = self.unet(
             x.to(dtype),
             t.to(x.device),
@@ -200,6 +210,10 @@ class CFGDenoiser:
         # for the timestep samplers into every model input (``mask_before_denoising``).
         self.blend: LatentBlend | None = None
         self.blend_before = False
+        #: inpainting / instruct-pix2pix image conditioning, one row per image (the negative gets the same)
+        self.image_cond: torch.Tensor | None = None
+        #: instruct-pix2pix with an image CFG scale other than 1: A1111's three-way guidance (is_edit_model)
+        self.image_cfg_scale: float | None = None
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         if self.should_stop():
@@ -209,9 +223,11 @@ class CFGDenoiser:
         batch = x.shape[0]
         tensor, uncond, conds_list = self._conds_now()
         repeats = [len(c) for c in conds_list]
-        x_in = torch.cat([torch.stack([x[i] for _ in range(n)]) for i, n in enumerate(repeats)] + [x])
+        negatives = [x, x] if self.image_cfg_scale is not None else [x]
+        x_in = torch.cat([torch.stack([x[i] for _ in range(n)]) for i, n in enumerate(repeats)] + negatives)
         sigma_in = torch.cat(
-            [torch.stack([sigma[i] for _ in range(n)]) for i, n in enumerate(repeats)] + [sigma]
+            [torch.stack([sigma[i] for _ in range(n)]) for i, n in enumerate(repeats)]
+            + [sigma] * len(negatives)
         )
         skip_uncond = self._skips_uncond(sigma)
         if skip_uncond:
@@ -223,11 +239,7 @@ class CFGDenoiser:
         if self.keep_last_uncond:
             self.last_uncond = torch.clone(x_out[-batch:])
         scale = 1.0 if skip_uncond else self.cond_scale * self.cond_scale_multiplier
-        denoised_uncond = x_out[-batch:]
-        denoised = torch.clone(denoised_uncond)
-        for i, entry in enumerate(conds_list):
-            for cond_index, weight in entry:
-                denoised[i] += (x_out[cond_index] - denoised_uncond[i]) * (weight * scale)
+        denoised = self._combine(x_out, conds_list, batch, scale)
         if self.blend is not None and not self.blend_before:
             denoised = self.blend(denoised)
         first_out = torch.cat([x_out[i : i + 1] for i in first_of_image])
@@ -238,6 +250,25 @@ class CFGDenoiser:
                 torch.cat([x_in[i : i + 1] for i in first_of_image]), first_out, sigma
             )
         self.step += 1
+        return denoised
+
+    def _combine(
+        self, x_out: torch.Tensor, conds_list: list[list[tuple[int, float]]], batch: int, scale: float
+    ) -> torch.Tensor:
+        """A1111's ``combine_denoised`` (every prompt part against the negative, by its weight), or for
+        instruct-pix2pix ``combine_denoised_for_edit_model``: prompt vs image, image vs nothing."""
+        if self.image_cfg_scale is not None:
+            out_cond, out_img_cond, out_uncond = x_out.chunk(3)
+            return (
+                out_uncond
+                + scale * (out_cond - out_img_cond)
+                + self.image_cfg_scale * (out_img_cond - out_uncond)
+            )
+        denoised_uncond = x_out[-batch:]
+        denoised = torch.clone(denoised_uncond)
+        for i, entry in enumerate(conds_list):
+            for cond_index, weight in entry:
+                denoised[i] += (x_out[cond_index] - denoised_uncond[i]) * (weight * scale)
         return denoised
 
     def _conds_now(self) -> tuple[CondBatch, CondBatch, list[list[tuple[int, float]]]]:
@@ -252,7 +283,32 @@ class CFGDenoiser:
                 conds.append(schedule.at(self.step))
             conds_list.append(entry)
         uncond = stack_conds([neg.at(self.step) for neg in self.conds.negative])
-        return stack_conds(conds), uncond, conds_list
+        tensor = stack_conds(conds)
+        if self.image_cond is not None:
+            image = self.image_cond
+            rows = [image[i] for i, entry in enumerate(conds_list) for _ in entry]
+            tensor = replace(tensor, image=torch.stack(rows))
+            uncond = replace(uncond, image=image)
+            if self.image_cfg_scale is not None:  # instruct-pix2pix: the negative again, on no image
+                self._check_edit(tensor, uncond, conds_list)
+                uncond = _cat(uncond, replace(uncond, image=torch.zeros_like(image)))
+        return tensor, uncond, conds_list
+
+    def _check_edit(
+        self, tensor: CondBatch, uncond: CondBatch, conds_list: list[list[tuple[int, float]]]
+    ) -> None:
+        """What A1111's three-way guidance cannot run (it asserts, or mixes up the rows)."""
+        if any(len(entry) != 1 for entry in conds_list):
+            raise SamplingError(
+                "AND is not supported for an instruct-pix2pix checkpoint unless image_cfg_scale is 1"
+            )
+        if tensor.context.shape[1] != uncond.context.shape[1]:
+            raise SamplingError(
+                "an instruct-pix2pix checkpoint with image_cfg_scale needs the prompt and the negative "
+                "prompt in the same number of 75-token chunks"
+            )
+        if self.options.skip_early_cond != 0.0:
+            raise SamplingError("skip_early_cond is not supported for an instruct-pix2pix checkpoint")
 
     def _skips_uncond(self, sigma: torch.Tensor) -> bool:
         """A1111's "Skip Early CFG" and negative-guidance minimum sigma (NGMS): no negative this step."""
@@ -264,6 +320,7 @@ class CFGDenoiser:
             (self.step % 2 or opts.s_min_uncond_all)
             and opts.s_min_uncond > 0
             and float(sigma[0]) < opts.s_min_uncond
+            and self.image_cfg_scale is None
         ):
             opts.extra_params["NGMS"] = opts.s_min_uncond
             if opts.s_min_uncond_all:
@@ -304,4 +361,5 @@ class CFGDenoiser:
 
 def _cat(a: CondBatch, b: CondBatch) -> CondBatch:
     pooled = None if a.pooled is None or b.pooled is None else torch.cat([a.pooled, b.pooled])
-    return CondBatch(torch.cat([a.context, b.context]), pooled)
+    image = None if a.image is None or b.image is None else torch.cat([a.image, b.image])
+    return CondBatch(torch.cat([a.context, b.context]), pooled, image)

@@ -70,6 +70,11 @@ class Pass:
     extra_params: dict[str, Any] = field(default_factory=dict)
     #: inpainting: after every model call the prediction outside the mask is put back (A1111's blend)
     blend: LatentBlend | None = None
+    #: an inpainting UNet's image conditioning, made after the first noise draw (A1111's order: its VAE
+    #: encode samples from the global generator that the draw re-seeds)
+    image_cond: Callable[[], torch.Tensor] | None = None
+    #: instruct-pix2pix: the request's ``image_cfg_scale`` (A1111's three-way guidance unless None or 1)
+    image_cfg_scale: float | None = None
 
 
 class _Prepared:
@@ -95,6 +100,9 @@ class _Prepared:
         total = p.sampler.sampler.total_steps(1)  # multiplier; the pass sets the real total below
         self.cfg = CFGDenoiser(inner, p.conds, p.cfg_scale, total, p.should_stop, self.guidance)
         self.cfg.blend, self.cfg.blend_before = p.blend, family == "timesteps"
+        self.cfg.image_cond = None if p.image_cond is None else p.image_cond().to(device)
+        if p.image_cfg_scale is not None and p.image_cfg_scale != 1.0:
+            self.cfg.image_cfg_scale = float(p.image_cfg_scale)
         if family == "timesteps":
             ac = p.alphas_cumprod.to(device)
 

@@ -78,3 +78,41 @@ def test_negative_of_another_length_runs_as_its_own_pass_unpadded() -> None:
     )
     assert call(den) == 1.0 + 2 * (3.0 - 1.0)
     assert [c.shape[:2] for c in probe.contexts] == [(1, 77), (1, 154)]
+
+
+class ImageProbe:
+    """Predicts, for every row, the context's mean plus 10 times the image conditioning's mean."""
+
+    def __init__(self) -> None:
+        self.images: list[torch.Tensor] = []
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, batch: CondBatch) -> torch.Tensor:
+        assert batch.image is not None and batch.image.shape[0] == x.shape[0]
+        self.images.append(batch.image.clone())
+        means = batch.context.mean(dim=(1, 2)) + 10 * batch.image.mean(dim=(1, 2, 3))
+        return means[:, None, None, None].expand(x.shape[0], *x.shape[1:]).clone()
+
+
+def image_denoiser(image_cfg_scale: float | None) -> tuple[CFGDenoiser, ImageProbe]:
+    conds = BatchConds(
+        (ComposedCond(((ScheduledCond.constant(cond(3.0)), 1.0),)),), (ScheduledCond.constant(cond(1.0)),)
+    )
+    probe = ImageProbe()
+    den = CFGDenoiser(probe, conds, 7.0, total_steps=4, should_stop=lambda: False)
+    den.image_cond, den.image_cfg_scale = torch.full((1, 4, 2, 2), 0.5), image_cfg_scale
+    return den, probe
+
+
+def test_the_image_conditioning_goes_with_the_prompt_and_the_negative_alike() -> None:
+    den, probe = image_denoiser(None)
+    # uncond (1 + 5) + 7 * (prompt (3 + 5) - uncond (1 + 5)): the image cancels out of the guidance
+    assert call(den) == 20.0
+    assert [float(row.mean()) for row in probe.images[0]] == [0.5, 0.5]
+
+
+def test_instruct_pix2pix_guidance_is_a1111s_three_way_combination() -> None:
+    den, probe = image_denoiser(1.5)
+    # rows: prompt + image (8), negative + image (6), negative + zeros (1);
+    # uncond + cfg * (cond - image) + image_cfg * (image - uncond) = 1 + 7 * 2 + 1.5 * 5
+    assert call(den) == 22.5
+    assert [float(row.mean()) for row in probe.images[0]] == [0.5, 0.5, 0.0]

@@ -5,7 +5,8 @@ plain UNet, 9 for an inpainting one (``sd-v1-5-inpainting`` style: latent, mask,
 instruct-pix2pix. A1111 runs every combination (``modules/processing.py``, ``img2img_image_conditioning``):
 
 * a mask on a plain checkpoint: the masked latents are blended back each step; no inpainting conditioning;
-* an inpainting checkpoint without a mask: conditioned on the whole init image as if nothing were masked;
+* an inpainting checkpoint without a mask: conditioned on a mask of ones (everything masked), so at the
+  default ``inpainting_mask_weight`` of 1 the init image reaches it only through the init latents;
 * ``image_cfg_scale`` is dropped unless the checkpoint is instruct-pix2pix (``cond_stage_key == "edit"``).
 """
 
@@ -34,7 +35,8 @@ def checkpoint_warnings(job: Txt2ImgJob, checkpoint: ModelFacts | None) -> list[
     if job.mask is None and channels == INPAINTING:
         warnings.append(
             f"{name} is an inpainting checkpoint (9-channel UNet) and the job has no mask: A1111 "
-            "conditions it on the whole init image, as if nothing were masked"
+            "conditions it as if everything were masked (at the default inpainting_mask_weight of 1 the init "
+            "image reaches it only through the init latents)"
         )
     if job.image_cfg_scale is not None and channels != PIX2PIX:
         warnings.append(
