@@ -1,5 +1,5 @@
 """The registry knows ESRGAN-family upscalers (``upscalers/``): safetensors by their tensor names, pickles
-listed but refused without WORKER_ALLOW_PICKLE; start.sh points A1111 at the same folders."""
+usable without WORKER_ALLOW_PICKLE (A1111 unpickles them restricted); start.sh points A1111 at the same folders."""
 
 from __future__ import annotations
 
@@ -67,20 +67,21 @@ def test_an_upscaler_in_the_checkpoints_folder_is_unusable(models_dir, make_regi
     assert "looks like an upscaler but sits in the checkpoints/ folder" in (entry.problem or "")
 
 
-def test_pth_upscalers_are_pickles_refused_without_allow_pickle(models_dir, make_registry) -> None:
+def test_pth_upscalers_are_usable_pickles_without_allow_pickle(models_dir, make_registry) -> None:
+    """Unlike a pickled checkpoint or LoRA: A1111 loads upscalers only through spandrel's restricted unpickler."""
     write_pickle(models_dir / "upscalers" / "4x-UltraSharp.pth")
+    write_pickle(models_dir / "loras" / "old.pt")
     registry = make_registry()
-    entry = registry.entries()[0]
-    assert (entry.kind, entry.file_name, entry.format) == ("upscaler", "4x-UltraSharp.pth", "pickle")
-    assert not entry.usable and "WORKER_ALLOW_PICKLE" in (entry.problem or "")
-    with pytest.raises(ModelIncompatible, match=r"4x-UltraSharp\.pth"):
-        registry.describe("upscaler", "4x-UltraSharp")
+    by_kind = {entry.kind: entry for entry in registry.entries()}
+    upscaler, lora = by_kind["upscaler"], by_kind["lora"]
+    assert (upscaler.file_name, upscaler.format, upscaler.usable) == ("4x-UltraSharp.pth", "pickle", True)
+    assert (lora.format, lora.usable) == ("pickle", False) and "WORKER_ALLOW_PICKLE" in (lora.problem or "")
 
 
-def test_pth_upscalers_with_allow_pickle_are_found_by_stem_and_by_path(models_dir, make_registry) -> None:
+def test_pth_upscalers_are_found_by_stem_and_by_path(models_dir, make_registry) -> None:
     write_pickle(models_dir / "upscalers" / "4x-UltraSharp.pth")
     write_pickle(models_dir / "upscalers" / "RealESRGAN" / "RealESRGAN_x4plus.pth")
-    registry = make_registry(allow_pickle=True)
+    registry = make_registry()
     facts = registry.describe("upscaler", "4x-UltraSharp")
     assert facts is not None and facts.kind == "upscaler" and facts.sha256 is not None
     found = registry.describe("upscaler", "RealESRGAN/RealESRGAN_x4plus.pth")
@@ -90,12 +91,12 @@ def test_pth_upscalers_with_allow_pickle_are_found_by_stem_and_by_path(models_di
 
 def test_allowing_pickles_later_makes_a_scanned_pth_usable(models_dir, make_registry, hasher) -> None:
     """A registry written while pickles were refused is judged again once WORKER_ALLOW_PICKLE is set."""
-    write_pickle(models_dir / "upscalers" / "4x-UltraSharp.pth")
+    write_pickle(models_dir / "loras" / "old.pt")
     assert not make_registry().entries()[0].usable
     hashed = len(hasher.calls)
     allowed = make_registry(allow_pickle=True)
     allowed.scan()  # as the worker's start-up scan does
-    facts = allowed.describe("upscaler", "4x-UltraSharp")
+    facts = allowed.describe("lora", "old")
     assert facts is not None and facts.sha256 is not None
     assert len(hasher.calls) == hashed  # its hashes are kept, not computed again
     refused = make_registry()

@@ -33,7 +33,7 @@ def resolve_upscaler(
         InputInvalid: not listed (with the valid names), or on the volume but the engine runs no such model.
         ModelNotFound: on the volume but not listed yet (A1111 needs a restart), or a built-in A1111 would
             download.
-        ModelIncompatible: the volume's file is unusable (a pickle without WORKER_ALLOW_PICKLE, .safetensors).
+        ModelIncompatible: the volume's file is unusable (a .safetensors upscaler, which A1111 does not list).
     """
     choices = list(engine_catalog.image_upscalers)
     found = match_name(name, choices)

@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 _KEEP_META = ("ss_output_name", "ss_base_model_version", "sshs_model_hash", "ss_sd_model_name")
 _MAX_META_CHARS = 512
 _PICKLE_REFUSED = "pickle format (.ckpt/.pt/.bin) can run code; refused unless WORKER_ALLOW_PICKLE"
+#: Kinds whose pickles A1111 only ever loads through spandrel's restricted unpickler (tensors and ordered dicts,
+#: no other globals): no code can run, so they need no WORKER_ALLOW_PICKLE. Nearly every upscaler is a ``.pth``.
+_RESTRICTED_UNPICKLE_KINDS = frozenset({"upscaler"})
 
 
 class ScanDeadline(Exception):
@@ -70,7 +73,7 @@ def inspect_file(
         addnet_offset = _inspect_safetensors(found, fields)
     else:
         fields["format"] = "pickle"
-        if not allow_pickle:
+        if not allow_pickle and found.kind not in _RESTRICTED_UNPICKLE_KINDS:
             fields.update(usable=False, problem=_PICKLE_REFUSED)
     if hasher is not None:
         _hash_file(found, fields, hasher, addnet_offset, progress, deadline)
