@@ -108,11 +108,13 @@ ENV HF_HUB_OFFLINE=1 \
 # (--build-arg ADETAILER_COMMIT=). They go to A1111_OPTIONAL_EXTENSIONS_DIR, not where A1111 loads extensions:
 # start.sh links each one there unless A1111_DISABLED_EXTENSIONS names it (docs/decisions.md). Offline,
 # GIT_SOURCES/extensions/<folder> holds each one at its commit. Their git history is not kept (nothing reads it).
+# ${lists} is unquoted on purpose: "-r FILE" words, none with a space.
 ARG CONTROLNET_COMMIT=56cec5b2958edf3b1807b7e7b2b1b5186dbd2f81
 ARG ADETAILER_COMMIT=36189cbea735b85fd01e98ac42002b8ce6f0e41d
 ENV A1111_OPTIONAL_EXTENSIONS_DIR=/opt/a1111-extensions
 COPY scripts/extension-requirements /tmp/extension-requirements
-RUN mkdir -p "${A1111_OPTIONAL_EXTENSIONS_DIR}" && lists=() \
+# hadolint ignore=SC2086
+RUN mkdir -p "${A1111_OPTIONAL_EXTENSIONS_DIR}" && lists="" \
     && for entry in "controlnet sd-webui-controlnet Mikubill/sd-webui-controlnet ${CONTROLNET_COMMIT}" \
         "adetailer adetailer Bing-su/adetailer ${ADETAILER_COMMIT}"; do \
         read -r key folder repository commit <<<"${entry}" && [ -n "${commit}" ] || continue; \
@@ -126,10 +128,10 @@ RUN mkdir -p "${A1111_OPTIONAL_EXTENSIONS_DIR}" && lists=() \
         fi \
         && test "$(git -C "${dest}" rev-parse HEAD)" = "${commit}" \
         && rm -rf "${dest}/.git" \
-        && lists+=(-r "/tmp/extension-requirements/${key}.txt") || exit 1; \
+        && lists="${lists} -r /tmp/extension-requirements/${key}.txt" || exit 1; \
     done \
-    && if [ "${#lists[@]}" -gt 0 ]; then \
-        venv/bin/python -m pip install -c /tmp/extension-requirements/constraints.txt "${lists[@]}"; \
+    && if [ -n "${lists}" ]; then \
+        venv/bin/python -m pip install -c /tmp/extension-requirements/constraints.txt ${lists}; \
     fi \
     && rm -rf /tmp/extension-requirements
 

@@ -77,7 +77,7 @@ def engine_command(box: Container) -> list[str]:
 
 def test_both_extensions_load_and_answer_their_routes(with_both: Container) -> None:
     for endpoint in ("txt2img", "img2img"):
-        assert {"controlnet", "adetailer"} <= set(scripts(with_both)[f"{endpoint}_script"]), endpoint
+        assert {"controlnet", "adetailer"} <= set(scripts(with_both)[endpoint]), endpoint
     assert get(with_both, "/controlnet/version") == {"version": 3}
     assert get(with_both, "/adetailer/v1/version") == {"version": "25.3.0"}
     # --ad-no-huggingface: ADetailer lists only its built-in mediapipe models and the volume's detectors
@@ -135,7 +135,7 @@ def test_a1111_disabled_extensions_leaves_an_installed_one_unloaded(
 ) -> None:
     left_out, box = one_left_out
     kept = {"controlnet", "adetailer"} - {left_out}
-    listed = set(scripts(box)["txt2img_script"])
+    listed = set(scripts(box)["txt2img"])
     assert left_out not in listed and kept <= listed, listed
     route = {"controlnet": "/controlnet/version", "adetailer": "/adetailer/v1/version"}
     assert box.curl(f"{ENGINE}{route[left_out]}", timeout=60)[0] == 404
