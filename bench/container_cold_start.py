@@ -55,7 +55,8 @@ def container_run(
 ) -> dict[str, float]:
     """Seconds from ``podman run`` to each phase of a fresh container, and A1111's own "Startup time" and its
     "load scripts" share (``a1111_startup``, ``load_scripts``) when its log has them."""
-    engine_port, api_port = free_port(engine=True), free_port(engine=True)
+    # two calls of free_port(engine=True) would give the same first free port of A1111_TEST_PORTS
+    engine_port, api_port = free_port(engine=True), free_port()
     env = {
         **CPU_ENV,
         "WORKER_MODE": "local",
