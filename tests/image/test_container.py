@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.support.podman import RECORDED_PROXY_ENV, VOLUME, Container, proxy_requests
+from tests.support.podman import VOLUME, Container, proxy_requests, start_recorded
 from tests.support.real_a1111 import free_port
 
 pytestmark = pytest.mark.timeout(3600)  # the first run builds the image
@@ -30,12 +30,7 @@ STOP_TIMEOUT_S = 10  # podman's and Docker's default
 
 @pytest.fixture(scope="module")
 def serverless(image: str, tiny_models: Path, recorder: Container) -> Iterator[Container]:
-    box = Container(
-        image,
-        env={"WORKER_MODE": "local", "WORKER_DEFAULT_CHECKPOINT": "tiny_a", **RECORDED_PROXY_ENV},
-        volumes={tiny_models: VOLUME},
-        options=["--network", f"container:{recorder.name}"],
-    ).start()
+    box = start_recorded(image, tiny_models, recorder)
     try:
         yield box
     finally:

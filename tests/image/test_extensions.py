@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from tests.image.test_container import JOB, runsync
-from tests.support.podman import RECORDED_PROXY_ENV, VOLUME, Container, podman, proxy_requests
+from tests.support.podman import VOLUME, Container, podman, proxy_requests, start_recorded
 
 pytestmark = pytest.mark.timeout(3600)
 
@@ -46,12 +46,7 @@ def volume(image: str, tiny_models: Path, tmp_path_factory: pytest.TempPathFacto
 
 @pytest.fixture(scope="module")
 def with_both(image: str, volume: Path, recorder: Container) -> Iterator[Container]:
-    box = Container(
-        image,
-        env={"WORKER_MODE": "local", "WORKER_DEFAULT_CHECKPOINT": "tiny_a", **RECORDED_PROXY_ENV},
-        volumes={volume: VOLUME},
-        options=["--network", f"container:{recorder.name}"],
-    ).start()
+    box = start_recorded(image, volume, recorder)
     try:
         box.wait_healthy(900)
         yield box

@@ -207,3 +207,14 @@ def proxy_requests(recorder: Container) -> list[str]:
     """Every request a client sent to the recording proxy."""
     assert "recorder listening" in recorder.logs()
     return [line for line in recorder.logs().splitlines() if line.startswith("PROXY-REQUEST")]
+
+
+def start_recorded(image: str, volume: Path, recorder: Container) -> Container:
+    """The image as RunPod runs it (``WORKER_MODE=local``, ``tiny_a`` pre-loaded) in the recorder's namespace:
+    no route anywhere, every client that honours the proxy variables recorded."""
+    return Container(
+        image,
+        env={"WORKER_MODE": "local", "WORKER_DEFAULT_CHECKPOINT": "tiny_a", **RECORDED_PROXY_ENV},
+        volumes={volume: VOLUME},
+        options=["--network", f"container:{recorder.name}"],
+    ).start()
