@@ -4,11 +4,17 @@
 both extensions load, answer their own routes, download nothing at start-up, ADetailer inpaints through a worker
 job with a random detector made here by the image's own Python, and a ControlNet copied onto the volume while
 A1111 runs is listed without a restart. ``A1111_DISABLED_EXTENSIONS`` leaves each one out of a second start.
+
+A ControlNet generation needs a full-size SD1.5 and ControlNet (the extension builds only full-size networks;
+A1111 then takes ~5 GB of memory): with ``A1111_EXT_MODELS`` (scripts/a1111_extension_models.py's folder, as for
+tests/a1111/test_extensions.py) a canny unit runs through a worker job too; run the suite under the shared
+big-memory lock then (docs/testing.md).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import shutil
 from collections.abc import Iterator
@@ -19,6 +25,8 @@ import pytest
 
 from tests.image.test_container import JOB, runsync
 from tests.support.podman import VOLUME, Container, podman, proxy_requests, start_recorded
+from tests.support.real_a1111 import place_model_file
+from tests.support.real_a1111_extensions import CHECKPOINT, CONTROLNET, control_image
 
 pytestmark = pytest.mark.timeout(3600)
 
@@ -141,3 +149,38 @@ def test_a1111_disabled_extensions_leaves_an_installed_one_unloaded(
         f"extension {'sd-webui-controlnet' if left_out == 'controlnet' else 'adetailer'} left out"
         in box.logs()
     )
+
+
+@pytest.fixture(scope="module")
+def full_size(image: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Container]:
+    source = Path(os.environ.get("A1111_EXT_MODELS", "/nonexistent")).expanduser()
+    if not (source / "ControlNet" / f"{CONTROLNET}.safetensors").is_file():
+        pytest.skip(
+            "a ControlNet generation needs A1111_EXT_MODELS (full-size SD1.5 and ControlNet; docs/testing.md)"
+        )
+    volume = tmp_path_factory.mktemp("full-size") / "models"
+    for kind in ("checkpoints", "ControlNet"):
+        (volume / kind).mkdir(parents=True)
+        for file in (source / kind).glob("*.safetensors"):
+            place_model_file(file, volume / kind / file.name)
+    box = Container(
+        image,
+        env={"WORKER_MODE": "local", "WORKER_DEFAULT_CHECKPOINT": CHECKPOINT},
+        volumes={volume: VOLUME},
+        options=["--network", "none"],
+    ).start()
+    try:
+        box.wait_healthy(1800)
+        yield box
+    finally:
+        box.remove()
+
+
+def test_a_controlnet_canny_unit_runs_through_a_worker_job(full_size: Container) -> None:
+    unit = {"enabled": True, "module": "canny", "model": CONTROLNET, "image": control_image()}
+    job = {**JOB, "checkpoint": CHECKPOINT, "alwayson_scripts": {"controlnet": {"args": [unit]}}}
+    done = runsync(full_size, job)
+    assert done["status"] == "COMPLETED", done
+    assert len(done["output"]["images"]) == 2  # the image, then ControlNet's detected map
+    infotext = json.loads(done["output"]["info"])["infotexts"][0]
+    assert f'ControlNet 0: "Module: canny, Model: {CONTROLNET}' in infotext, infotext
