@@ -102,6 +102,39 @@ CLIPTokenizer.from_pretrained('openai/clip-vit-large-patch14'); CLIPTextConfig.f
 ENV HF_HUB_OFFLINE=1 \
     TRANSFORMERS_OFFLINE=1
 
+# ControlNet and ADetailer (docs/extensions.md), each at its pinned commit, with the Python dependencies their
+# install.py would add at start-up, pinned in scripts/extension-requirements/ (the reference A1111's too) under
+# A1111's own pins. An empty commit leaves that extension and its dependencies out of the image
+# (--build-arg ADETAILER_COMMIT=). They go to A1111_OPTIONAL_EXTENSIONS_DIR, not where A1111 loads extensions:
+# start.sh links each one there unless A1111_DISABLED_EXTENSIONS names it (docs/decisions.md). Offline,
+# GIT_SOURCES/extensions/<folder> holds each one at its commit. Their git history is not kept (nothing reads it).
+# ${lists} is unquoted on purpose: "-r FILE" words, none with a space.
+ARG CONTROLNET_COMMIT=56cec5b2958edf3b1807b7e7b2b1b5186dbd2f81
+ARG ADETAILER_COMMIT=36189cbea735b85fd01e98ac42002b8ce6f0e41d
+ENV A1111_OPTIONAL_EXTENSIONS_DIR=/opt/a1111-extensions
+COPY scripts/extension-requirements /tmp/extension-requirements
+# hadolint ignore=SC2086
+RUN mkdir -p "${A1111_OPTIONAL_EXTENSIONS_DIR}" && lists="" \
+    && for entry in "controlnet sd-webui-controlnet Mikubill/sd-webui-controlnet ${CONTROLNET_COMMIT}" \
+        "adetailer adetailer Bing-su/adetailer ${ADETAILER_COMMIT}"; do \
+        read -r key folder repository commit <<<"${entry}" && [ -n "${commit}" ] || continue; \
+        dest="${A1111_OPTIONAL_EXTENSIONS_DIR}/${folder}"; \
+        if [ -z "${GIT_SOURCES}" ]; then \
+            git init -q "${dest}" \
+            && git -C "${dest}" fetch -q --depth 1 "https://github.com/${repository}.git" "${commit}" \
+            && git -C "${dest}" checkout -q FETCH_HEAD; \
+        else \
+            cp -a "${GIT_SOURCES}/extensions/${folder}" "${dest}"; \
+        fi \
+        && test "$(git -C "${dest}" rev-parse HEAD)" = "${commit}" \
+        && rm -rf "${dest}/.git" \
+        && lists="${lists} -r /tmp/extension-requirements/${key}.txt" || exit 1; \
+    done \
+    && if [ -n "${lists}" ]; then \
+        venv/bin/python -m pip install -c /tmp/extension-requirements/constraints.txt ${lists}; \
+    fi \
+    && rm -rf /tmp/extension-requirements
+
 # The worker in its own venv: A1111 pins pydantic 1, the worker (and runpod) need pydantic 2.
 # Its dependencies first, from pyproject.toml alone, so a change to worker/ reinstalls only the worker (seconds).
 COPY pyproject.toml README.md /opt/worker/

@@ -179,25 +179,73 @@ refuse_bind_args() {
 	done
 }
 
-# --- the extensions' model folders on the volume (docs/extensions.md) -------------------------------
-# Same folder names as the worker's registry (worker/registry/volume.py KIND_DIRS). A flag is passed only
-# when its extension is installed: A1111 refuses arguments no installed extension declares.
+# --- ControlNet and ADetailer (docs/extensions.md) ---------------------------------------------------------
+# The image installs them in A1111_OPTIONAL_EXTENSIONS_DIR; each is linked into A1111's extensions folder at start
+# unless A1111_DISABLED_EXTENSIONS names it. A1111 loads every folder there, and --disable-extra-extensions
+# would drop worker-routes too: not linking is how an installed one stays unloaded (docs/decisions.md). A data
+# dir may also hold them itself (a checkout's, as tests/a1111 links the reference's).
+# Their model folders have the worker's registry names (worker/registry/volume.py KIND_DIRS). A flag is passed
+# only when its extension is loaded: A1111 refuses arguments no loaded extension declares.
 #   ControlNet   --controlnet-dir (its models/ folder and <models>/ControlNet are scanned as well)
 #   ADetailer    reads only <models>/adetailer: linked to the volume's folder when nothing is baked there;
 #                --ad-no-huggingface, or it tries to download its default detectors at every start
+A1111_OPTIONAL_EXTENSIONS_DIR="${A1111_OPTIONAL_EXTENSIONS_DIR:-}"
+A1111_DISABLED_EXTENSIONS="${A1111_DISABLED_EXTENSIONS:-}"
+declare -A OPTIONAL_EXTENSIONS=([controlnet]=sd-webui-controlnet [adetailer]=adetailer)
+
+extension_disabled() { [[ ",${A1111_DISABLED_EXTENSIONS// /}," == *",$1,"* ]]; }
+
+check_disabled_extensions() { # every name known; none that start.sh cannot leave out
+	local names name own
+	IFS=, read -r -a names <<<"${A1111_DISABLED_EXTENSIONS// /}"
+	for name in "${names[@]}"; do
+		[[ -n "${OPTIONAL_EXTENSIONS[$name]+x}" ]] ||
+			die "A1111_DISABLED_EXTENSIONS=$A1111_DISABLED_EXTENSIONS: no extension '$name'; use a comma-separated list of: controlnet, adetailer"
+		own="$A1111_EXTENSIONS_DIR/${OPTIONAL_EXTENSIONS[$name]}"
+		if [[ -d "$own" && ! -L "$own" ]]; then
+			die "A1111_DISABLED_EXTENSIONS names $name but $own is a folder of its own (not a link start.sh made): A1111 would load it; remove it from there"
+		fi
+	done
+}
+
+extension_loaded() { # NAME: A1111 will load it at this start
+	local folder="${OPTIONAL_EXTENSIONS[$1]}"
+	extension_disabled "$1" && return 1
+	[[ -d "$A1111_EXTENSIONS_DIR/$folder" ]] ||
+		[[ -n "$A1111_OPTIONAL_EXTENSIONS_DIR" && -d "$A1111_OPTIONAL_EXTENSIONS_DIR/$folder" ]]
+}
+
+link_optional_extensions() {
+	local name folder link
+	for name in "${!OPTIONAL_EXTENSIONS[@]}"; do
+		folder="${OPTIONAL_EXTENSIONS[$name]}"
+		link="$A1111_EXTENSIONS_DIR/$folder"
+		if extension_disabled "$name"; then
+			if [[ -L "$link" ]]; then rm -f "$link"; fi
+			log "extension $folder left out (A1111_DISABLED_EXTENSIONS)"
+		elif [[ -n "$A1111_OPTIONAL_EXTENSIONS_DIR" && -d "$A1111_OPTIONAL_EXTENSIONS_DIR/$folder" ]] &&
+			[[ -L "$link" || ! -e "$link" ]]; then
+			mkdir -p "$A1111_EXTENSIONS_DIR"
+			ln -sfn "$A1111_OPTIONAL_EXTENSIONS_DIR/$folder" "$link"
+		fi
+	done
+}
+
 extension_args() {
-	if [[ -d "$A1111_EXTENSIONS_DIR/sd-webui-controlnet" ]]; then
+	check_disabled_extensions
+	if extension_loaded controlnet; then
 		engine_cmd+=(--controlnet-dir "$WORKER_MODELS_DIR/ControlNet")
 	fi
-	if [[ -d "$A1111_EXTENSIONS_DIR/adetailer" ]]; then
+	if extension_loaded adetailer; then
 		engine_cmd+=(--ad-no-huggingface)
 	fi
 }
 
 prepare_extension_folders() {
 	local own="$A1111_OWN_MODELS_DIR/adetailer"
-	[[ -d "$A1111_EXTENSIONS_DIR/sd-webui-controlnet" ]] && mkdir -p "$WORKER_MODELS_DIR/ControlNet"
-	[[ -d "$A1111_EXTENSIONS_DIR/adetailer" ]] || return 0
+	link_optional_extensions
+	if extension_loaded controlnet; then mkdir -p "$WORKER_MODELS_DIR/ControlNet"; fi
+	extension_loaded adetailer || return 0
 	mkdir -p "$WORKER_MODELS_DIR/adetailer" "$A1111_OWN_MODELS_DIR"
 	if [[ -L "$own" || ! -e "$own" ]]; then
 		ln -sfn "$WORKER_MODELS_DIR/adetailer" "$own"

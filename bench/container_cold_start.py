@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
 from a1111_cold_start import PHASES, TIMELINE, _answers, one_run  # noqa: E402
+from extensions_cold_start import STARTUP  # noqa: E402
 
 from bench.common import add_smoke_flag, results_file, skip_smoke  # noqa: E402
 from tests.support.podman import CPU_ENV, VOLUME, podman, podman_env  # noqa: E402
@@ -37,17 +38,25 @@ from tests.support.real_a1111 import a1111_dir, free_port, place_model_file  # n
 
 
 def volume_copy(models: Path, dest: Path) -> Path:
-    """A fresh volume of hard links (the worker writes its registry there)."""
+    """A fresh volume of hard links (the worker writes its registry there): every model folder and what the
+    tiny test checkpoints' configs name beside them (their text encoder folder), not the registry itself."""
     for kind in ("checkpoints", "loras", "embeddings", "vae"):
         (dest / kind).mkdir(parents=True)
-        for file in sorted((models / kind).glob("*")) if (models / kind).is_dir() else []:
-            place_model_file(file.resolve(), dest / kind / file.name)
+    for file in sorted(models.rglob("*")):
+        if file.is_file() and file.name != "registry.json":
+            target = dest / file.relative_to(models)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            place_model_file(file.resolve(), target)
     return dest
 
 
-def container_run(image: str, models: Path, checkpoint: str) -> dict[str, float]:
-    """Seconds from ``podman run`` to each phase of a fresh container."""
-    engine_port, api_port = free_port(engine=True), free_port(engine=True)
+def container_run(
+    image: str, models: Path, checkpoint: str, extra_env: dict[str, str] | None = None
+) -> dict[str, float]:
+    """Seconds from ``podman run`` to each phase of a fresh container, and A1111's own "Startup time" and its
+    "load scripts" share (``a1111_startup``, ``load_scripts``) when its log has them."""
+    # two calls of free_port(engine=True) would give the same first free port of A1111_TEST_PORTS
+    engine_port, api_port = free_port(engine=True), free_port()
     env = {
         **CPU_ENV,
         "WORKER_MODE": "local",
@@ -56,6 +65,7 @@ def container_run(image: str, models: Path, checkpoint: str) -> dict[str, float]
         "WORKER_ENGINE_PORT": str(engine_port),
         "WORKER_LOCAL_API_PORT": str(api_port),
         "WORKER_LOG_FORMAT": "text",
+        **(extra_env or {}),
     }
     name = f"cold-start-{os.getpid()}-{engine_port}"
     with tempfile.TemporaryDirectory(prefix="container-cold-", dir=models.parent) as tmp:
@@ -91,7 +101,11 @@ def container_run(image: str, models: Path, checkpoint: str) -> dict[str, float]
         finally:
             podman("rm", "-f", "-t", "10", name, check=False, timeout=120)
             follower.wait(30)
-    return {phase: round(marks[phase], 2) for phase in PHASES}
+        startup = STARTUP.search(log_file.read_text(errors="replace"))
+    times = {phase: round(marks[phase], 2) for phase in PHASES}
+    if startup:
+        times |= {"a1111_startup": float(startup[1]), "load_scripts": float(startup[2])}
+    return times
 
 
 def main() -> int:

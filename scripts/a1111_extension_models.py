@@ -5,7 +5,7 @@ safetensors and ultralytics)::
 
     python scripts/a1111_extension_models.py DEST --unet-from SD15_CHECKPOINT
 
-writes
+writes (without ``--unet-from``, the detectors only: tests/image makes them with the image's own Python)
 
 * ``DEST/ControlNet/control_rand_sd15.safetensors``: an SD1.5 ControlNet in the layout of the published ones
   (``control_model.*`` keys, fp16, ~0.7 GB). The extension guesses its architecture from the keys and shapes
@@ -111,14 +111,15 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("dest", type=Path)
-    parser.add_argument("--unet-from", type=Path, required=True, help="an SD1.5 single-file checkpoint")
+    parser.add_argument("--unet-from", type=Path, help="an SD1.5 single-file checkpoint (else no ControlNet)")
     parser.add_argument("--seed", type=int, default=20)
     args = parser.parse_args()
-    (args.dest / "ControlNet").mkdir(parents=True, exist_ok=True)
     (args.dest / "adetailer").mkdir(parents=True, exist_ok=True)
-    controlnet = args.dest / "ControlNet" / "control_rand_sd15.safetensors"
-    save_file(controlnet_from(args.unet_from, args.seed), str(controlnet), metadata={"format": "pt"})
-    log.info("%s (%.0f MB)", controlnet, controlnet.stat().st_size / 1e6)
+    if args.unet_from is not None:
+        (args.dest / "ControlNet").mkdir(parents=True, exist_ok=True)
+        controlnet = args.dest / "ControlNet" / "control_rand_sd15.safetensors"
+        save_file(controlnet_from(args.unet_from, args.seed), str(controlnet), metadata={"format": "pt"})
+        log.info("%s (%.0f MB)", controlnet, controlnet.stat().st_size / 1e6)
     for path in yolo_detectors(args.dest / "adetailer", args.seed):
         log.info("%s (%.1f MB)", path, path.stat().st_size / 1e6)
 

@@ -7,6 +7,8 @@
 #   scripts/build_image.sh --offline SOURCES        offline test build; SOURCES holds the git repositories as
 #                                                   OWNER+NAME/repo, OWNER+NAME or NAME (bare or not)
 #   scripts/build_image.sh --offline SOURCES --bake ID FILE   also bake catalogue entry ID, taken from FILE
+#   ... --build-arg NAME=VALUE                      passed to podman build (repeatable), e.g. ADETAILER_COMMIT=
+#                                                   to leave ADetailer out (docs/extensions.md)
 #
 # Environment: IMAGE_TAG (default localhost/a1111-worker:test), IMAGE_WORK_DIR (default build/image: the base,
 # the offline folder, logs and timings), IMAGE_BASE (default localhost/debian-min:bookworm, made when absent),
@@ -29,6 +31,12 @@ REPOSITORIES=(
 	"BLIP salesforce+BLIP 48211a1594f1321b00f14c9f7a5b4813144b2fb9"
 )
 A1111_COMMIT=82a973c04367123ae98bd9abdf80d9eda9b910e2
+# ControlNet and ADetailer: "build argument|folder|OWNER+NAME"; their commits are the Dockerfile's defaults
+# (or a --build-arg's value), so the pins are written once
+EXTENSIONS=(
+	"CONTROLNET_COMMIT|sd-webui-controlnet|Mikubill+sd-webui-controlnet"
+	"ADETAILER_COMMIT|adetailer|Bing-su+adetailer"
+)
 
 log() { printf '[build_image] %s\n' "$*" >&2; }
 die() {
@@ -39,6 +47,7 @@ die() {
 sources=""
 bake_id=""
 bake_file=""
+extra_args=()
 while (($#)); do
 	case "$1" in
 	--offline)
@@ -52,8 +61,13 @@ while (($#)); do
 		[[ -f "$bake_file" ]] || die "--bake $bake_id $bake_file: no such file"
 		shift 3
 		;;
+	--build-arg)
+		[[ $# -ge 2 && "$2" == *=* ]] || die "--build-arg needs NAME=VALUE"
+		extra_args+=(--build-arg "$2")
+		shift 2
+		;;
 	-h | --help)
-		sed -n '2,14p' "$0"
+		sed -n '2,16p' "$0"
 		exit 0
 		;;
 	*) die "unknown argument $1 (see --help)" ;;
@@ -107,6 +121,35 @@ git_dir() {
 	die "no repository $1 holding ${2:-HEAD} in $sources"
 }
 
+# extension_commit ARG: a --build-arg's value for ARG, else the Dockerfile's default
+extension_commit() {
+	local arg
+	for arg in "${extra_args[@]}"; do
+		[[ "$arg" == "$1="* ]] && {
+			echo "${arg#*=}"
+			return
+		}
+	done
+	sed -n "s/^ARG $1=//p" "$ROOT/Dockerfile"
+}
+
+# ControlNet and ADetailer as checkouts at their commits (extracted, like A1111's repositories), the .git kept so
+# that the build can check the commit; an extension left out (an empty commit) is not needed
+make_offline_extensions() {
+	local out="$1" arg folder repo commit
+	mkdir -p "$out"
+	for entry in "${EXTENSIONS[@]}"; do
+		IFS='|' read -r arg folder repo <<<"$entry"
+		commit="$(extension_commit "$arg")"
+		[[ -n "$commit" ]] || continue
+		[[ "$(git -C "$out/$folder" rev-parse HEAD 2>/dev/null)" == "$commit" ]] && continue
+		rm -rf "${out:?}/$folder"
+		git clone -q --no-checkout "$(git_dir "$repo" "$commit")" "$out/$folder"
+		git -C "$out/$folder" update-ref --no-deref HEAD "$commit"
+		"$PYTHON" "$ROOT/scripts/git_extract.py" "$out/$folder" "$commit" "$out/$folder" >&2
+	done
+}
+
 # The offline folder: A1111 as a bare repository (cloned with its tag, as online), its repositories as checkouts
 # at the pinned commits (snapshots may lack blobs A1111 never reads, so they are extracted, not checked out),
 # a Hugging Face cache with CLIP's tokenizer, the host's CA bundle for pip, and the model to bake.
@@ -125,6 +168,7 @@ make_offline_folder() {
 		git -C "$out/git/repositories/$name" update-ref --no-deref HEAD "$commit"
 		"$PYTHON" "$ROOT/scripts/git_extract.py" "$out/git/repositories/$name" "$commit" "$out/git/repositories/$name" >&2
 	done
+	make_offline_extensions "$out/git/extensions"
 	"$PYTHON" "$ROOT/scripts/image_offline.py" hf-cache "$out/hf-home" >&2
 	cp /etc/ssl/certs/ca-certificates.crt "$out/ca.crt"
 	printf '[global]\ncert = %s/ca.crt\n' "$MOUNT" >"$out/pip.conf"
@@ -170,7 +214,7 @@ log "building $IMAGE_TAG (log: $build_log)"
 start=$SECONDS
 set +e
 # --format docker: podman's default OCI format drops SHELL (RUN lines would lose pipefail) and HEALTHCHECK.
-podman build --format docker --layers "${volumes[@]}" "${build_args[@]}" -t "$IMAGE_TAG" "$ROOT" 2>&1 |
+podman build --format docker --layers "${volumes[@]}" "${build_args[@]}" "${extra_args[@]}" -t "$IMAGE_TAG" "$ROOT" 2>&1 |
 	while IFS= read -r line; do printf '%6d %s\n' $((SECONDS - start)) "$line"; done | tee "$build_log" >&2
 status=${PIPESTATUS[0]}
 set -e

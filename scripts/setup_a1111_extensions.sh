@@ -41,20 +41,10 @@ EXTENSIONS=(
 	"adetailer|Bing-su/adetailer|36189cbea735b85fd01e98ac42002b8ce6f0e41d"
 )
 
-# What their install.py files would install at start-up, resolved once within each extension's own bounds
-# (ControlNet's requirements.txt and install_onnxruntime, ADetailer's install.py) and pinned; A1111's own pins
-# are constraints. mediapipe 0.10.14 needs protobuf 4 (A1111 pins 3.20.0; nothing A1111 runs on SD1.5/SDXL
-# minds: open-clip-torch's protobuf<4 is for its HF-hub model configs).
-# Left out: ControlNet's optional wheels fetched from GitHub release pages (handrefinerportable, depth_anything,
-# depth_anything_v2, dsine, insightface): only their preprocessors need them, and those load annotator weights
-# from the network anyway.
-EXTENSION_REQUIREMENTS=(
-	"mediapipe==0.10.14" "ultralytics==8.3.85" "rich==15.0.0"
-	"fvcore==0.1.5.post20221221" "onnxruntime==1.23.2" "opencv-python==4.11.0.86" "svglib==2.3.2" "addict==2.4.0"
-	"yapf==0.43.0" "albumentations==1.4.3" "facexlib==0.3.0" "timm==0.9.5" "controlnet_aux==0.0.10"
-)
-A1111_CONSTRAINTS=("torch==2.1.2" "torchvision==0.16.2" "numpy==1.26.2" "Pillow==9.5.0" "transformers==4.30.2"
-	"fastapi==0.94.0" "gradio==3.41.2" "pydantic<2")
+# What their install.py files would install at start-up, pinned, one list per extension with A1111's own pins as
+# constraints: the same files the image's build installs (scripts/extension-requirements/, docs/extensions.md).
+REQUIREMENTS="$HERE/extension-requirements"
+PIP_LISTS=(-c "$REQUIREMENTS/constraints.txt" -r "$REQUIREMENTS/controlnet.txt" -r "$REQUIREMENTS/adetailer.txt")
 
 # shellcheck source=scripts/git_sources.sh
 source "$HERE/git_sources.sh" # has_commit, source_of
@@ -93,13 +83,10 @@ if [[ ! -x "$VENV/bin/python" ]]; then
 	fi
 fi
 export PIP_DISABLE_PIP_VERSION_CHECK=1
-stamp="$VENV/.extensions-$(printf '%s\n' "${EXTENSION_REQUIREMENTS[@]}" "${A1111_CONSTRAINTS[@]}" | sha256sum | cut -c1-16)"
+stamp="$VENV/.extensions-$(cat "$REQUIREMENTS"/*.txt | sha256sum | cut -c1-16)"
 if [[ ! -f "$stamp" ]]; then
 	log "installing the extensions' dependencies (the first time: a few minutes, ~1 GB)"
-	constraints="$(mktemp)"
-	printf '%s\n' "${A1111_CONSTRAINTS[@]}" >"$constraints"
-	"$VENV/bin/python" -m pip install -q -c "$constraints" "${EXTENSION_REQUIREMENTS[@]}"
-	rm -f "$constraints"
+	"$VENV/bin/python" -m pip install -q "${PIP_LISTS[@]}"
 	touch "$stamp"
 fi
 "$VENV/bin/python" -c "import mediapipe, ultralytics, svglib, fvcore, onnxruntime, cv2, controlnet_aux, rich" \

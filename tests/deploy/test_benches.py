@@ -26,6 +26,7 @@ NEEDS_A1111 = {
     "a1111_cold_start.py",
     "a1111_worker_overhead.py",
     "container_cold_start.py",  # and the built image
+    "container_extensions_cold_start.py",  # the built image alone
     "extensions_cold_start.py",  # and the extensions' venv
 }
 #: benches of the embedded engine: they need the engine extra (torch)

@@ -19,6 +19,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 A1111_COMMIT = "82a973c04367123ae98bd9abdf80d9eda9b910e2"
+CONTROLNET_COMMIT = "56cec5b2958edf3b1807b7e7b2b1b5186dbd2f81"  # v1.1.455
+ADETAILER_COMMIT = "36189cbea735b85fd01e98ac42002b8ce6f0e41d"  # v25.3.0
 #: what launch.py and the tokenizer step read from the environment
 WATCHED = (
     "TORCH_COMMAND",
@@ -37,12 +39,27 @@ watched=""
 for v in $watched; do [[ -n "${!v+x}" ]] && line+=" {$v=${!v}}"; done
 printf '%s\n' "$line" >> "$RECORD"
 case "${0##*/} $*" in
+    "git -C "*"/sd-webui-controlnet rev-parse HEAD") echo @CONTROLNET@ ;;
+    "git -C "*"/adetailer rev-parse HEAD") echo @ADETAILER@ ;;
     "git -C "*" rev-parse HEAD") echo @HEAD@ ;;
     *" -m venv "*) /bin/mkdir -p "${@: -1}/bin" && /bin/ln -sf "$0" "${@: -1}/bin/python" ;;
 esac
 exit 0
 """
 TOOLS = ("apt-get", "git", "cp", "rm", "mkdir", "python3.10", "python3.11", "start.sh", "curl", "ln")
+
+
+def extension_from_github(folder: str, repository: str, commit: str) -> list[str]:
+    """One extension fetched at its commit alone, checked, its git history dropped."""
+    dest = f"OPT/a1111-extensions/{folder}"
+    return [
+        f"git init -q {dest}",
+        f"git -C {dest} fetch -q --depth 1 https://github.com/{repository}.git {commit}",
+        f"git -C {dest} checkout -q FETCH_HEAD",
+        f"git -C {dest} rev-parse HEAD",
+        f"rm -rf {dest}/.git",
+    ]
+
 
 PRODUCTION = [
     "apt-get update",
@@ -63,6 +80,12 @@ PRODUCTION = [
     "python -c from transformers import CLIPTokenizer, CLIPTextConfig; "
     "CLIPTokenizer.from_pretrained('openai/clip-vit-large-patch14'); "
     "CLIPTextConfig.from_pretrained('openai/clip-vit-large-patch14')",
+    "mkdir -p OPT/a1111-extensions",
+    *extension_from_github("sd-webui-controlnet", "Mikubill/sd-webui-controlnet", CONTROLNET_COMMIT),
+    *extension_from_github("adetailer", "Bing-su/adetailer", ADETAILER_COMMIT),
+    "python -m pip install -c /tmp/extension-requirements/constraints.txt "
+    "-r /tmp/extension-requirements/controlnet.txt -r /tmp/extension-requirements/adetailer.txt",
+    "rm -rf /tmp/extension-requirements",
     "python3.10 -m venv OPT/worker-venv",
     "python -m pip install OPT/worker",
     "python -m pip uninstall -y a1111-runpod-worker",
@@ -97,7 +120,12 @@ def dry_run(tmp_path: Path, build_args: dict[str, str]) -> list[str]:
     stubs = tmp_path / "stubs"
     stubs.mkdir()
     stub = stubs / "stub"
-    stub.write_text(STUB.replace("@WATCHED@", " ".join(WATCHED)).replace("@HEAD@", A1111_COMMIT))
+    stub.write_text(
+        STUB.replace("@WATCHED@", " ".join(WATCHED))
+        .replace("@HEAD@", A1111_COMMIT)
+        .replace("@CONTROLNET@", CONTROLNET_COMMIT)
+        .replace("@ADETAILER@", ADETAILER_COMMIT)
+    )
     stub.chmod(0o755)
     for tool in TOOLS:
         (stubs / tool).symlink_to(stub)
@@ -170,12 +198,49 @@ def test_offline_arguments_reach_neither_github_nor_the_hub(tmp_path: Path, bake
         "git clone --branch v1.10.1 --depth 1 file:///offline-sources/git/stable-diffusion-webui.git" in text
     )
     assert "cp -a /offline-sources/git/repositories OPT/a1111/repositories" in text
+    for folder in ("sd-webui-controlnet", "adetailer"):
+        assert f"cp -a /offline-sources/git/extensions/{folder} OPT/a1111-extensions/{folder}" in text
+    assert "github.com/Mikubill" not in text and "github.com/Bing-su" not in text
     launch = next(c for c in commands if " launch.py " in c)
     assert "--xformers" not in launch and "{CLIP_PACKAGE=openai-clip==1.0.1}" in launch
     tokenizer = next(c for c in commands if "from transformers" in c)
     assert tokenizer.endswith("{HF_HUB_OFFLINE=1}")  # the hub is never asked
     assert ("cp -a /offline-sources/bake/. /tmp/bake/" in text) is bake
     assert os.path.basename("python3.11") in text and "python3.10" not in text
+
+
+@pytest.mark.parametrize(
+    ("left_out", "kept"), [("CONTROLNET_COMMIT", "adetailer"), ("ADETAILER_COMMIT", "controlnet")]
+)
+def test_an_empty_commit_leaves_that_extension_and_its_dependencies_out(
+    tmp_path: Path, left_out: str, kept: str
+) -> None:
+    commands = dry_run(tmp_path, {left_out: ""})
+    fetched = [c for c in commands if c.startswith("git init -q OPT/a1111-extensions/")]
+    assert fetched == [
+        f"git init -q OPT/a1111-extensions/{'sd-webui-controlnet' if kept == 'controlnet' else kept}"
+    ]
+    installs = [c for c in commands if "/tmp/extension-requirements/constraints.txt" in c]
+    assert installs == [
+        "python -m pip install -c /tmp/extension-requirements/constraints.txt "
+        f"-r /tmp/extension-requirements/{kept}.txt"
+    ]
+
+
+def test_with_both_commits_empty_nothing_of_the_extensions_is_installed(tmp_path: Path) -> None:
+    commands = dry_run(tmp_path, {"CONTROLNET_COMMIT": "", "ADETAILER_COMMIT": ""})
+    fetched_or_installed = ("OPT/a1111-extensions/", "extension-requirements/constraints.txt")
+    assert commands == [c for c in PRODUCTION if not any(part in c for part in fetched_or_installed)]
+
+
+def test_the_extension_pins_are_those_of_the_reference_setup() -> None:
+    """The image and the reference A1111 the a1111 suite proves run the same extension commits (their Python
+    dependencies are one set of files, scripts/extension-requirements/, read by both)."""
+    args = {k: v for kw, rest in instructions() if kw == "ARG" for k, v in assignments(rest).items()}
+    setup = (ROOT / "scripts" / "setup_a1111_extensions.sh").read_text()
+    assert f'|Mikubill/sd-webui-controlnet|{args["CONTROLNET_COMMIT"]}"' in setup
+    assert f'|Bing-su/adetailer|{args["ADETAILER_COMMIT"]}"' in setup
+    assert (args["CONTROLNET_COMMIT"], args["ADETAILER_COMMIT"]) == (CONTROLNET_COMMIT, ADETAILER_COMMIT)
 
 
 def test_the_catalogue_path_is_where_the_image_copies_it() -> None:

@@ -8,11 +8,12 @@ The small A1111 test models are made at test time by the image's own A1111.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support.podman import ensure_image, make_tiny_models, skip_reason
+from tests.support.podman import Container, ensure_image, make_tiny_models, skip_reason, start_recorder
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -33,3 +34,13 @@ def image() -> str:
 @pytest.fixture(scope="session")
 def tiny_models(image: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_models(image, tmp_path_factory.mktemp("volume") / "models")
+
+
+@pytest.fixture(scope="module")
+def recorder(image: str) -> Iterator[Container]:
+    """The namespace a container under test joins: loopback only, with the recording proxy on it."""
+    box = start_recorder(image, Path(__file__).parent / "proxy_recorder.py")
+    try:
+        yield box
+    finally:
+        box.remove()

@@ -18,51 +18,19 @@ from typing import Any
 import pytest
 import requests
 
-from tests.support.podman import VOLUME, Container, podman
+from tests.support.podman import VOLUME, Container, proxy_requests, start_recorded
 from tests.support.real_a1111 import free_port
 
 pytestmark = pytest.mark.timeout(3600)  # the first run builds the image
 
-HERE = Path(__file__).parent
-RECORDER_PORT = 17080
 JOB: dict[str, Any] = {"prompt": "a lighthouse", "steps": 2, "width": 64, "height": 64, "seed": 1}
 AUTH = ("tester", "image-suite-pass")
 STOP_TIMEOUT_S = 10  # podman's and Docker's default
 
 
 @pytest.fixture(scope="module")
-def recorder(image: str) -> Iterator[Container]:
-    """The namespace the serverless container joins: loopback only, with the recording proxy on it."""
-    box = Container(
-        image,
-        volumes={HERE / "proxy_recorder.py": "/tmp/proxy_recorder.py:ro"},
-        options=["--network", "none", "--entrypoint", "/opt/worker-venv/bin/python"],
-    )
-    podman(
-        "run", "-d", "--name", box.name, *box.options, "-v", f"{HERE / 'proxy_recorder.py'}:/tmp/proxy_recorder.py:ro",
-        image, "/tmp/proxy_recorder.py", str(RECORDER_PORT),
-    )  # fmt: skip
-    try:
-        yield box
-    finally:
-        box.remove()
-
-
-@pytest.fixture(scope="module")
 def serverless(image: str, tiny_models: Path, recorder: Container) -> Iterator[Container]:
-    proxy = f"http://127.0.0.1:{RECORDER_PORT}"
-    box = Container(
-        image,
-        env={
-            "WORKER_MODE": "local",
-            "WORKER_DEFAULT_CHECKPOINT": "tiny_a",
-            **dict.fromkeys(("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"), proxy),
-            "NO_PROXY": "127.0.0.1,localhost",
-            "no_proxy": "127.0.0.1,localhost",
-        },
-        volumes={tiny_models: VOLUME},
-        options=["--network", f"container:{recorder.name}"],
-    ).start()
+    box = start_recorded(image, tiny_models, recorder)
     try:
         yield box
     finally:
@@ -110,11 +78,6 @@ CLIP_LOAD = (
     "CLIPTokenizer.from_pretrained('openai/clip-vit-large-patch14'); "
     "CLIPTextConfig.from_pretrained('openai/clip-vit-large-patch14'); print('loaded')"
 )
-
-
-def proxy_requests(recorder: Container) -> list[str]:
-    assert "recorder listening" in recorder.logs()
-    return [line for line in recorder.logs().splitlines() if line.startswith("PROXY-REQUEST")]
 
 
 def test_nothing_is_downloaded_at_start_up(serverless: Container, recorder: Container) -> None:

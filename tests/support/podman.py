@@ -22,6 +22,16 @@ ROOT = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = ROOT / "scripts" / "build_image.sh"
 MODELS_SCRIPT = ROOT / "scripts" / "a1111_test_models.py"
 DEFAULT_TAG = "localhost/a1111-worker:test"
+#: where tests/image/proxy_recorder.py listens in the namespace it shares with the container under test
+RECORDER_PORT = 17080
+#: a container in the recorder's namespace sends every client that honours the proxy variables there
+RECORDED_PROXY_ENV = {
+    **dict.fromkeys(
+        ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"), f"http://127.0.0.1:{RECORDER_PORT}"
+    ),
+    "NO_PROXY": "127.0.0.1,localhost",
+    "no_proxy": "127.0.0.1,localhost",
+}
 #: where the image mounts the network volume (the Dockerfile's WORKER_MODELS_DIR)
 VOLUME = "/runpod-volume/models"
 #: A1111 on a CPU: what the image's GPU defaults need besides (tests/support/real_a1111.CPU_ARGS)
@@ -181,3 +191,30 @@ class Container:
     def remove(self) -> None:
         with contextlib.suppress(Exception):
             podman("rm", "-f", "-t", "0", self.name, check=False, timeout=120)
+
+
+def start_recorder(image: str, script: Path) -> Container:
+    """The recording proxy (tests/image/proxy_recorder.py) in a namespace of its own, with no route anywhere."""
+    box = Container(image, options=["--network", "none", "--entrypoint", "/opt/worker-venv/bin/python"])
+    podman(
+        "run", "-d", "--name", box.name, *box.options, "-v", f"{script}:/tmp/proxy_recorder.py:ro",
+        image, "/tmp/proxy_recorder.py", str(RECORDER_PORT),
+    )  # fmt: skip
+    return box
+
+
+def proxy_requests(recorder: Container) -> list[str]:
+    """Every request a client sent to the recording proxy."""
+    assert "recorder listening" in recorder.logs()
+    return [line for line in recorder.logs().splitlines() if line.startswith("PROXY-REQUEST")]
+
+
+def start_recorded(image: str, volume: Path, recorder: Container) -> Container:
+    """The image as RunPod runs it (``WORKER_MODE=local``, ``tiny_a`` pre-loaded) in the recorder's namespace:
+    no route anywhere, every client that honours the proxy variables recorded."""
+    return Container(
+        image,
+        env={"WORKER_MODE": "local", "WORKER_DEFAULT_CHECKPOINT": "tiny_a", **RECORDED_PROXY_ENV},
+        volumes={volume: VOLUME},
+        options=["--network", f"container:{recorder.name}"],
+    ).start()
