@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from tests.registry.test_extension_models import write_safetensors
-from worker.errors import ModelIncompatible
 from worker.preflight.upscalers import BUILTIN_FOLDERS
 from worker.registry.upscalers import A1111_UPSCALER_FOLDERS
 from worker.registry.volume import KIND_DIRS

@@ -30,8 +30,8 @@ log = logging.getLogger(__name__)
 _KEEP_META = ("ss_output_name", "ss_base_model_version", "sshs_model_hash", "ss_sd_model_name")
 _MAX_META_CHARS = 512
 _PICKLE_REFUSED = "pickle format (.ckpt/.pt/.bin) can run code; refused unless WORKER_ALLOW_PICKLE"
-#: Kinds whose pickles A1111 only ever loads through spandrel's restricted unpickler (tensors and ordered dicts,
-#: no other globals): no code can run, so they need no WORKER_ALLOW_PICKLE. Nearly every upscaler is a ``.pth``.
+#: Kinds whose pickles A1111 loads only through spandrel's restricted unpickler (tensors and ordered
+#: dicts, no other globals): no code can run, so no WORKER_ALLOW_PICKLE. Nearly every upscaler is a .pth.
 _RESTRICTED_UNPICKLE_KINDS = frozenset({"upscaler"})
 
 
