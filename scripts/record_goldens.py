@@ -103,7 +103,9 @@ def main() -> None:
             "recorded_by": "scripts/record_goldens.py",
         }
         if args.matrix in IMAGE_MATRICES:
-            meta["primer"] = a1111_img2img_cells.PRIMER  # sent before every img2img cell
+            # sent before every img2img cell (a one-step img2img for pix2pix: its txt2img fails)
+            first_cell = next(iter(index), "")
+            meta["primer"] = a1111_img2img_cells.primer(first_cell)[1]
         document = json.dumps({"meta": meta, "cells": index}, indent=1)
         (args.out / "index.json").write_text(document, encoding="utf-8")
     log.info("wrote %d cells to %s", len(index), args.out)
