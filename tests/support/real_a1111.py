@@ -86,34 +86,42 @@ def free_port(*, engine: bool = False) -> int:
         return int(sock.getsockname()[1])
 
 
-def tiny_models(install: Path) -> Path:
-    """The small models, built once per version of the script (about 15 s) and cached."""
-    digest = hashlib.sha256(MODELS_SCRIPT.read_bytes() + str(install).encode()).hexdigest()[:12]
+def built_models(install: Path, script: Path, name: str, marker: str, *, cwd: Path | None = None) -> Path:
+    """The models ``script`` writes with A1111's Python, built once per version of the script and cached.
+
+    ``marker`` is a file (relative to the folder) the script writes last; the build happens in a temporary folder
+    renamed into place, so a failed or concurrent build never leaves a half folder under the final name.
+    """
+    digest = hashlib.sha256(script.read_bytes() + str(install).encode()).hexdigest()[:12]
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "a1111-worker-tests"
-    target = cache / f"tiny-models-{digest}"
-    if (target / "checkpoints" / "tiny_a.safetensors").exists():
+    target = cache / f"{name}-{digest}"
+    if (target / marker).exists():
         return target
     cache.mkdir(parents=True, exist_ok=True)
     building = Path(tempfile.mkdtemp(prefix="building-", dir=cache))
     result = subprocess.run(
-        [str(a1111_python(install)), str(MODELS_SCRIPT), str(building), "--webui", str(install)],
+        [str(a1111_python(install)), str(script), str(building), "--webui", str(install)],
         capture_output=True,
         text=True,
         timeout=600,
+        cwd=cwd,
         env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "2"},
     )
     if result.returncode != 0:
         shutil.rmtree(building, ignore_errors=True)
-        raise RuntimeError(
-            f"building the tiny models failed:\n{result.stdout[-2000:]}{result.stderr[-3000:]}"
-        )
-    # The configs name the text encoder folder by absolute path: rewrite them for the final place.
+        raise RuntimeError(f"building {name} failed:\n{result.stdout[-2000:]}{result.stderr[-3000:]}")
+    # The tiny models' configs name the text encoder folder by absolute path: rewrite them for the final place.
     for config in (building / "checkpoints").glob("*.yaml"):
         config.write_text(config.read_text().replace(str(building), str(target)))
     with contextlib.suppress(OSError):
         building.rename(target)
     shutil.rmtree(building, ignore_errors=True)
     return target
+
+
+def tiny_models(install: Path) -> Path:
+    """The small models (about 15 s the first time), cached."""
+    return built_models(install, MODELS_SCRIPT, "tiny-models", "checkpoints/tiny_a.safetensors")
 
 
 def volume_with_tiny_models(install: Path, dest: Path) -> Path:

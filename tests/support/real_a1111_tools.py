@@ -7,15 +7,9 @@ The models are random-weight ones built by ``scripts/a1111_tool_models.py`` with
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import os
-import shutil
-import subprocess
-import tempfile
 from pathlib import Path
 
-from tests.support.real_a1111 import ROOT, a1111_python, place_model_file, volume_with_tiny_models
+from tests.support.real_a1111 import ROOT, built_models, place_model_file, volume_with_tiny_models
 
 TOOLS_SCRIPT = ROOT / "scripts" / "a1111_tool_models.py"
 #: as the script writes them, relative to the models folder
@@ -30,30 +24,7 @@ DEEPBOORU_CAPTION = "lighthouse, ocean view"
 
 def tool_models(install: Path) -> Path:
     """The upscaler and DeepBooru models (about 20 s and 320 MB the first time), cached."""
-    digest = hashlib.sha256(TOOLS_SCRIPT.read_bytes() + str(install).encode()).hexdigest()[:12]
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "a1111-worker-tests"
-    target = cache / f"tool-models-{digest}"
-    if (target / DEEPBOORU_FILE).exists():
-        return target
-    cache.mkdir(parents=True, exist_ok=True)
-    building = Path(tempfile.mkdtemp(prefix="building-", dir=cache))
-    result = subprocess.run(
-        [str(a1111_python(install)), str(TOOLS_SCRIPT), str(building), "--webui", str(install)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=install,
-        env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "2"},
-    )
-    if result.returncode != 0:
-        shutil.rmtree(building, ignore_errors=True)
-        raise RuntimeError(
-            f"building the tool models failed:\n{result.stdout[-2000:]}{result.stderr[-3000:]}"
-        )
-    with contextlib.suppress(OSError):
-        building.rename(target)
-    shutil.rmtree(building, ignore_errors=True)
-    return target
+    return built_models(install, TOOLS_SCRIPT, "tool-models", DEEPBOORU_FILE, cwd=install)
 
 
 def volume_with_tool_models(install: Path, dest: Path) -> Path:
