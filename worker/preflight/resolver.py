@@ -89,13 +89,14 @@ class Preflight:
             lora_renames=tuple(self._lora_renames.items()),
         )
         models = models_used(lookup.describe, running, loras + tagged, vae)
+        script_warnings = self._scripts(job, running)  # may download an extension's model too
         warnings = (
             [f"downloaded before generating: {', '.join(lookup.downloaded)}"] if lookup.downloaded else []
         )
         warnings += checkpoint_warnings(
             job, lookup.describe("checkpoint", checkpoint_file(running)) if running else None
         )
-        warnings += self._scripts(job, running)
+        warnings += script_warnings
         return PreflightResult(
             names=names,
             models=models,
@@ -112,6 +113,7 @@ class Preflight:
             endpoint="img2img" if getattr(job, "init_images", None) else "txt2img",
             checkpoint=self._known("checkpoint", checkpoint_file(running)) if running else None,
             controlnet_facts=lambda name: self._known("controlnet", name),
+            provision=self._lookup.provisioned,
         )
         return check_alwayson_scripts(job.alwayson_scripts, self._engine, context)
 

@@ -17,8 +17,8 @@ from typing import Any, Protocol
 from worker.a1111.extensions import ADETAILER_SCRIPT, CONTROLNET_SCRIPT, ExtensionCatalog
 from worker.compatibility import check_compatible
 from worker.errors import InputInvalid, ModelIncompatible, ModelNotFound, excerpt
-from worker.model_types import ModelFacts
-from worker.preflight.matching import key, nearest, not_found
+from worker.model_types import ModelFacts, ModelType
+from worker.preflight.matching import key, nearest, not_found, stem
 
 #: A1111's ``alwayson_scripts`` entry: ``{"args": [...]}`` (a missing ``args`` means none)
 ARGS = "args"
@@ -35,11 +35,14 @@ class ScriptLists(Protocol):
 @dataclass(frozen=True)
 class ScriptContext:
     """What the job runs on: the endpoint (``txt2img``/``img2img``) and the checkpoint's facts;
-    ``controlnet_facts`` is what the registry knows of a ControlNet by name (None: nothing)."""
+    ``controlnet_facts`` is what the registry knows of a ControlNet by name (None: nothing); ``provision``
+    brings a catalogue model the extension does not list onto the volume (the registry's download, as for
+    checkpoints) and answers its facts, None when the registry knows no such model."""
 
     endpoint: str = "txt2img"
     checkpoint: ModelFacts | None = None
     controlnet_facts: Callable[[str], ModelFacts | None] = lambda _name: None
+    provision: Callable[[ModelType, str], ModelFacts | None] = lambda _kind, _name: None
 
 
 def check_alwayson_scripts(
@@ -69,9 +72,10 @@ class _Checker:
         self._refreshed = False
         self.warnings: list[str] = []
 
-    def _refresh(self) -> bool:
-        """Refetch the lists once per job (a model may have just been copied onto the volume)."""
-        if self._refreshed:
+    def _refresh(self, *, force: bool = False) -> bool:
+        """Refetch the lists once per job (a model may have just been copied onto the volume), and again
+        after a download (``force``)."""
+        if self._refreshed and not force:
             return False
         self._refreshed = True
         self._catalog = self._engine.extensions(refresh=True)
@@ -125,10 +129,28 @@ class _Checker:
         found = _controlnet_title(model, self._catalog.controlnet_models or ())
         if found is None and self._refresh():
             found = _controlnet_title(model, self._catalog.controlnet_models or ())
+        if found is None and model != NO_MODEL:
+            found = self._provisioned_controlnet(where, model)
         titles = [t for t in self._catalog.controlnet_models or () if t != NO_MODEL]
         if found is None or found == NO_MODEL:
             message = not_found("ControlNet model", model, titles)
             raise ModelNotFound(f"{where}.model: {message}", details={"unit": where, "available": titles})
+        return found
+
+    def _provisioned_controlnet(self, where: str, model: str) -> str | None:
+        """A catalogue ControlNet downloaded now; ControlNet rescans its folders on every listing, so the
+        listing fetched after the download has it. The unit must name it as ControlNet does: by file."""
+        facts = self._context.provision("controlnet", model)
+        if facts is None:
+            return None
+        self._refresh(force=True)
+        found = _controlnet_title(stem(facts.file_name), self._catalog.controlnet_models or ())
+        if found is not None and key(_stem(found)) != key(_stem(model)):
+            raise InputInvalid(
+                f"{where}.model: {model!r} is the ControlNet file {facts.file_name!r} (on the volume); "
+                f"ControlNet finds models by file name: name it {_stem(found)!r}",
+                details={"unit": where, "model": model, "file_name": facts.file_name},
+            )
         return found
 
     def _compatible(self, where: str, title: str) -> None:
@@ -178,12 +200,23 @@ class _Checker:
         if model is None or model == NO_MODEL:
             return
         models = self._catalog.adetailer_models or ()
-        if str(model) not in models:
-            message = not_found("ADetailer model", str(model), list(models))
+        if str(model) in models:
+            return
+        on_volume = self._context.provision("adetailer", str(model))
+        if on_volume is not None:
+            # ADetailer reads its folder once, when A1111 imports it: a detector added since (downloaded
+            # now or copied in) is not used until A1111 restarts, and generating would skip the unit
             raise ModelNotFound(
-                f"{where}.ad_model: {message} (ADetailer lists the detectors present when A1111 started)",
-                details={"unit": where, "available": list(models)},
+                f"{where}.ad_model: {model!r} is on the volume ({on_volume.file_name}) but this A1111 does "
+                "not list it: ADetailer reads its detectors only when A1111 starts; restart the worker "
+                "(a new worker picks it up)",
+                details={"unit": where, "file_name": on_volume.file_name, "restart_required": True},
             )
+        message = not_found("ADetailer model", str(model), list(models))
+        raise ModelNotFound(
+            f"{where}.ad_model: {message} (ADetailer lists the detectors present when A1111 started)",
+            details={"unit": where, "available": list(models)},
+        )
 
     def _adetailer_fields(self, where: str, unit: dict[str, Any]) -> None:
         """ADetailer drops a whole unit with a field it does not know (its model forbids extras) and generates
