@@ -159,7 +159,9 @@ def test_a_catalogued_controlnet_is_downloaded_verified_and_listed_before_genera
     assert isinstance(out, dict) and "error" not in out, out
     landed = volume / "ControlNet" / "control_v11p_sd15_canny.safetensors"
     assert landed.read_bytes() == CONTROLNET_BYTES
-    assert any("downloaded before generating: controlnet:control_v11p_sd15_canny" in w for w in out["warnings"])
+    assert any(
+        "downloaded before generating: controlnet:control_v11p_sd15_canny" in w for w in out["warnings"]
+    )
     sent = fake.requests_to("txt2img")[0].body
     assert sent["alwayson_scripts"]["controlnet"]["args"][0]["model"] == "control_v11p_sd15_canny"
     registered = json.loads((volume / "registry.json").read_text())["models"]
