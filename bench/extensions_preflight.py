@@ -7,7 +7,16 @@ payload straight through ``A1111Client.txt2img`` and as a job through ``JobRunne
 handler minus direct, and the scripts' pre-flight is the difference between the two overheads. Also the pure
 check (``check_alwayson_scripts`` on the cached lists), in process.
 
+With ``--real`` the engine is the real A1111 v1.10.1 with both extensions instead, launched through start.sh
+on the random-weight models (the environment of tests/a1111/test_extensions.py: ``A1111_DIR``,
+``A1111_EXT_DIR``, ``A1111_EXT_MODELS``; full-size SD1.5, so under the big-memory lock), each job 64x64 in 2
+steps. A generation there takes seconds and varies by more than the worker's cost, so the worker's own time is
+also read from the job's ``timings_ms`` (``total`` minus ``generate``: validation, pre-flight, translation,
+verification, output).
+
     python bench/extensions_preflight.py [--rounds 60] [--smoke]
+    A1111_DIR=... A1111_EXT_DIR=... A1111_EXT_MODELS=... \\
+        python bench/extensions_preflight.py --real --rounds 10
 
 Target (docs/performance.md): < 5 ms above a plain txt2img job.
 Writes bench/results/extensions_preflight.json.
@@ -20,6 +29,7 @@ import base64
 import io
 import json
 import logging
+import os
 import statistics
 import sys
 import time
@@ -51,28 +61,34 @@ def control_image() -> str:
 
 
 def scripts(image: str) -> dict[str, Any]:
+    """Two ControlNet units and one ADetailer unit (the detector that finds nothing: on the real A1111 it
+    runs detection and leaves the image, so every round costs the same)."""
     unit = {"enabled": True, "module": "canny", "model": "control_rand_sd15", "image": image, "weight": 1.0}
     return {
         "controlnet": {"args": [unit, {**unit, "module": "invert", "weight": 0.5}]},
-        "ADetailer": {"args": [True, False, {"ad_model": "face_always.pt", "ad_confidence": 0.3}]},
+        "ADetailer": {"args": [True, False, {"ad_model": "face_rand.pt", "ad_confidence": 0.3}]},
     }
 
 
-def overhead(runner: JobRunner, engine: A1111Client, extra: dict[str, Any], rounds: int) -> list[float]:
-    """handler - direct, in ms, per round (after 5 warm-up rounds)."""
+def overhead(
+    runner: JobRunner, engine: A1111Client, extra: dict[str, Any], rounds: int, warm_up: int = 5
+) -> dict[str, list[float]]:
+    """Per round (after ``warm_up`` rounds), in ms: handler - direct, and the job's ``total - generate``."""
     job = {"prompt": "a portrait", "sampler_name": "Euler", "seed": 1, **extra}
     payload = {"prompt": "a portrait", "sampler_name": "Euler", "seed": 1, "send_images": True, **extra}
-    result = []
-    for index in range(rounds + 5):
+    result: dict[str, list[float]] = {"handler_minus_direct": [], "worker_own": []}
+    for index in range(rounds + warm_up):
         started = time.perf_counter()
-        engine.txt2img(payload, timeout_s=30)
+        engine.txt2img(payload, timeout_s=600)
         direct = time.perf_counter() - started
         started = time.perf_counter()
         output = runner.run({"id": f"bench-{index}", "input": job})
         handled = time.perf_counter() - started
         assert isinstance(output, dict) and "error" not in output, output
-        if index >= 5:
-            result.append((handled - direct) * 1000)
+        if index >= warm_up:
+            timings = output["timings_ms"]
+            result["handler_minus_direct"].append((handled - direct) * 1000)
+            result["worker_own"].append(timings["total"] - timings["generate"])
     return result
 
 
@@ -85,14 +101,7 @@ def pure_check_us(engine: A1111Client, image: str, rounds: int) -> float:
     return (time.perf_counter() - started) / (rounds * 10) * 1e6
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=60)
-    add_smoke_flag(parser)
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING)
-    rounds = 5 if args.smoke else args.rounds
-    image = control_image()
+def on_fake(image: str, rounds: int) -> dict[str, Any]:
     process, url = start_fake_engine()
     try:
         listings = RECORDED["listings"]
@@ -105,25 +114,72 @@ def main() -> int:
         )
         settings = WorkerSettings(a1111_url=url, progress_interval_s=1.0)  # type: ignore[arg-type]
         with A1111Client(url) as engine:
-            runner = JobRunner(settings, engine)
-            plain = overhead(runner, engine, {}, rounds)
-            with_scripts = overhead(runner, engine, {"alwayson_scripts": scripts(image)}, rounds)
-            check_us = pure_check_us(engine, image, rounds)
+            return measured(JobRunner(settings, engine), engine, image, rounds, {}, warm_up=5)
     finally:
         process.terminate()
         process.wait(10)
+
+
+def on_real_a1111(image: str, rounds: int) -> dict[str, Any]:
+    """The same rounds on the real A1111 with both extensions (module docstring)."""
+    import tempfile
+
+    from tests.support.real_a1111 import a1111_dir, launched
+    from tests.support.real_a1111_extensions import extension_dirs, extension_env, prepared
+
+    install, dirs = a1111_dir(), extension_dirs()
+    if install is None or dirs is None:
+        raise SystemExit("--real needs A1111_DIR, A1111_EXT_DIR and A1111_EXT_MODELS (docs/testing.md)")
+    small = {"steps": 2, "width": 64, "height": 64}
+    with tempfile.TemporaryDirectory(prefix="bench-ext-", dir=os.environ.get("TMPDIR")) as name:
+        tmp = Path(name)
+        models, _data = prepared(tmp, *dirs)
+        env = extension_env(install, dirs[0], tmp, models)
+        with launched(env, tmp / "start.log", timeout_s=900) as started, A1111Client(started.url) as engine:
+            settings = WorkerSettings(a1111_url=started.url, job_timeout_s=600)  # type: ignore[arg-type]
+            return measured(JobRunner(settings, engine), engine, image, rounds, small, warm_up=2)
+
+
+def measured(
+    runner: JobRunner, engine: A1111Client, image: str, rounds: int, base: dict[str, Any], warm_up: int
+) -> dict[str, Any]:
+    plain = overhead(runner, engine, base, rounds, warm_up)
+    units = overhead(runner, engine, {**base, "alwayson_scripts": scripts(image)}, rounds, warm_up)
+    median = statistics.median
+    return {
+        "plain_overhead_ms_median": round(median(plain["handler_minus_direct"]), 2),
+        "scripts_overhead_ms_median": round(median(units["handler_minus_direct"]), 2),
+        "added_by_scripts_ms_median": round(
+            median(units["handler_minus_direct"]) - median(plain["handler_minus_direct"]), 2
+        ),
+        "plain_worker_own_ms_median": round(median(plain["worker_own"]), 2),
+        "scripts_worker_own_ms_median": round(median(units["worker_own"]), 2),
+        "added_worker_own_ms_median": round(median(units["worker_own"]) - median(plain["worker_own"]), 2),
+        "pure_check_us": round(pure_check_us(engine, image, rounds), 1),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=60)
+    parser.add_argument("--real", action="store_true", help="the real A1111 with both extensions")
+    add_smoke_flag(parser)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    rounds = 5 if args.smoke else args.rounds
+    image = control_image()
+    engine = "real A1111 v1.10.1 + ControlNet + ADetailer (CPU)" if args.real else "fake A1111"
     result = {
+        "engine": engine,
         "rounds": rounds,
         "control_image_base64_bytes": len(image),
-        "plain_overhead_ms_median": round(statistics.median(plain), 2),
-        "scripts_overhead_ms_median": round(statistics.median(with_scripts), 2),
-        "added_by_scripts_ms_median": round(statistics.median(with_scripts) - statistics.median(plain), 2),
-        "pure_check_us": round(check_us, 1),
+        **(on_real_a1111(image, rounds) if args.real else on_fake(image, rounds)),
     }
     print(f"{'measure':32} value")
     for name, value in result.items():
         print(f"{name:32} {value}")
-    out = results_file("extensions_preflight.json", args.smoke)
+    name = "extensions_preflight_real.json" if args.real else "extensions_preflight.json"
+    out = results_file(name, args.smoke)
     out.write_text(json.dumps(result, indent=1) + "\n")
     return 0
 

@@ -24,6 +24,9 @@ from worker.preflight.matching import key, nearest, not_found, stem
 ARGS = "args"
 #: the names ADetailer always lists besides its detector files (mediapipe's, built in)
 NO_MODEL = "None"
+#: ControlNet unit fields under their old names (v1.1.455 ``legacy_field_alias``): either spelling is taken,
+#: both at once fail the request with HTTP 500 after the job was queued (recorded with the peers' payloads)
+CONTROLNET_OLD_NAMES = {"guidance": "guidance_end", "lowvram": "low_vram", "input_image": "image"}
 
 
 class ScriptLists(Protocol):
@@ -110,6 +113,7 @@ class _Checker:
                 '({"enabled", "module", "model", "image", "weight", ...}); '
                 f"got {type(unit).__name__} {excerpt(unit)}, which this ControlNet version ignores"
             )
+        _check_old_names(where, unit)
         if unit.get("enabled", True) is False:
             return
         module = str(unit.get("module") or "none")
@@ -230,6 +234,18 @@ class _Checker:
                 f"{where}.{unknown[0]}: ADetailer has no field {unknown[0]!r}{hint} "
                 "(it would skip the whole unit)",
                 details={"unit": where, "unknown": unknown},
+            )
+
+
+def _check_old_names(where: str, unit: dict[str, Any]) -> None:
+    """A unit naming a field twice, under its old and its new name (``guidance`` and ``guidance_end``, as
+    the peers' examples do), is refused by ControlNet with HTTP 500 whether enabled or not."""
+    for old_name, name in CONTROLNET_OLD_NAMES.items():
+        if old_name in unit and name in unit:
+            raise InputInvalid(
+                f"{where}: both {old_name!r} and {name!r}: ControlNet takes {old_name!r} as the old name "
+                f"of {name!r} and refuses a unit with both (HTTP 500); send only {name!r}",
+                details={"unit": where, "fields": [old_name, name]},
             )
 
 
