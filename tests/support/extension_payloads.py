@@ -222,6 +222,19 @@ def check(case: Case, got: dict[str, Any]) -> None:
         assert fragment in got["error"], got
 
 
+def run_case(runner: JobRunner, started: Launched, case: Case, form: str) -> dict[str, Any]:
+    """Run ``case`` in ``form`` on the launched A1111 and ``check`` it (a refusal generates nothing);
+    returns its ``outcome``."""
+    before = generations(started)
+    out = runner.run({"id": f"{case.name}-{form}", **case.forms[form]})
+    assert isinstance(out, dict)
+    got = outcome(out)
+    check(case, got)
+    if case.expect != "ok":
+        assert generations(started) == before
+    return got
+
+
 def generations(started: Launched) -> int:
     """How many generations the launched A1111 has logged."""
     log = started.log()
