@@ -137,7 +137,7 @@ def on_real_a1111(image: str, rounds: int) -> dict[str, Any]:
         env = extension_env(install, dirs[0], tmp, models)
         with launched(env, tmp / "start.log", timeout_s=900) as started, A1111Client(started.url) as engine:
             settings = WorkerSettings(a1111_url=started.url, job_timeout_s=600)  # type: ignore[arg-type]
-            return measured(JobRunner(settings, engine), engine, image, rounds, small, warm_up=2)
+            return measured(JobRunner(settings, engine), engine, image, rounds, small, warm_up=1)
 
 
 def measured(

@@ -113,7 +113,13 @@ def test_a_controlnet_copied_onto_the_volume_after_start_is_used_at_once(
     shutil.copyfile(
         models / "ControlNet" / PEER_CONTROLNET, models / "ControlNet" / "control_late_sd15.safetensors"
     )
-    unit = {"module": "canny", "model": "control_late_sd15", "image": IMAGE, "processor_res": 64}
+    unit = {
+        "enabled": True,
+        "module": "canny",
+        "model": "control_late_sd15",
+        "image": IMAGE,
+        "processor_res": 64,
+    }
     out = runner.run({"id": "late-cn", **native_job({"controlnet": {"args": [unit]}})})
     assert "error" not in out, out
     assert 'ControlNet 0: "Module: canny, Model: control_late_sd15' in json.loads(out["info"])["infotexts"][0]

@@ -42,8 +42,10 @@ NATIVE_SHARED = (
     "alwayson_scripts",
 )
 SMALL: dict[str, Any] = {"steps": 2, "width": 64, "height": 64}
-#: the change the peers' ControlNet units need on v1.1.455, which refuses a unit with both spellings
+#: the changes the peers' ControlNet units need on v1.1.455, which refuses a unit with both spellings of a
+#: field and leaves a unit without "enabled" off
 NO_GUIDANCE = "guidance left out (the old name of guidance_end, which the unit also sends)"
+RUNNABLE = f'{NO_GUIDANCE}; "enabled": true added (v1.1.455 units are off by default)'
 #: the infotext entries of the extensions: ``ControlNet 0: "Module: canny, Model: x`` and ``ADetailer model: y``
 ENTRIES = re.compile(r'ControlNet \d+: "Module: [^,]+, Model: [^,]+|ADetailer model[^:]*: [^,]+')
 
@@ -124,7 +126,7 @@ def sd15_cases(image: str) -> list[Case]:
     """The SD1.5 cases: ControlNet img2img and txt2img, ADetailer txt2img and img2img; each peer payload as
     published is refused where ControlNet v1.1.455 or ADetailer v25.3.0 would fail or skip it."""
     published = small(peer("peer_img2img_controlnet"), image)
-    controlnet = _without_guidance(published)
+    controlnet = _runnable(published)
     adetailer = small(peer("peer_txt2img_adetailer"), image)
     cn_entry = 'ControlNet 0: "Module: canny, Model: control_v11p_sd15_canny'
     return [
@@ -134,20 +136,27 @@ def sd15_cases(image: str) -> list[Case]:
             expect="input_invalid",
             mentions=("alwayson_scripts.controlnet.args[0]", "'guidance' and 'guidance_end'"),
         ),
-        Case("cn_img2img", controlnet, mentions=(cn_entry,), images=2, changed=NO_GUIDANCE),
+        Case(
+            "cn_img2img_without_enabled",
+            _without_guidance(published),
+            expect="input_invalid",
+            mentions=("alwayson_scripts.controlnet.args[0].enabled",),
+            changed=NO_GUIDANCE,
+        ),
+        Case("cn_img2img", controlnet, mentions=(cn_entry,), images=2, changed=RUNNABLE),
         Case(
             "cn_txt2img",
             _as_txt2img(controlnet, unit_image=image),
             mentions=(cn_entry,),
             images=2,
-            changed=f"{NO_GUIDANCE}; txt2img: init_images and denoising_strength left out, the unit given the image",
+            changed=f"{RUNNABLE}; txt2img: init_images and denoising_strength left out, the unit given the image",
         ),
         Case(
             "cn_txt2img_without_image",
             _as_txt2img(controlnet, unit_image=None),
             expect="input_invalid",
             mentions=("alwayson_scripts.controlnet.args[0].image",),
-            changed=f"{NO_GUIDANCE}; txt2img as the img2img example sends it: the unit has no image",
+            changed=f"{RUNNABLE}; txt2img as the img2img example sends it: the unit has no image",
         ),
         Case(
             "ad_txt2img_as_published",
@@ -174,7 +183,7 @@ def sdxl_cases(image: str) -> list[Case]:
     """The SDXL cases: the peer's SDXL ControlNet example (img2img, and as txt2img), and its documented one
     that puts an SD1.5 ControlNet on the SDXL checkpoint."""
     published = small(peer("peer_img2img_controlnet_sdxl"), image)
-    controlnet = _without_guidance(published)
+    controlnet = _runnable(published)
     entry = 'ControlNet 0: "Module: canny, Model: diffusers_xl_canny_full'
     return [
         Case(
@@ -183,20 +192,20 @@ def sdxl_cases(image: str) -> list[Case]:
             expect="input_invalid",
             mentions=("'guidance' and 'guidance_end'",),
         ),
-        Case("sdxl_cn_img2img", controlnet, mentions=(entry,), images=2, changed=NO_GUIDANCE),
+        Case("sdxl_cn_img2img", controlnet, mentions=(entry,), images=2, changed=RUNNABLE),
         Case(
             "sdxl_cn_txt2img",
             _as_txt2img(controlnet, unit_image=image),
             mentions=(entry,),
             images=2,
-            changed=f"{NO_GUIDANCE}; txt2img: init_images left out, the unit given the image",
+            changed=f"{RUNNABLE}; txt2img: init_images left out, the unit given the image",
         ),
         Case(
             "sdxl_doc_sd15_unit",
-            _without_guidance(small(peer("peer_img2img_controlnet_doc"), image)),
+            _runnable(small(peer("peer_img2img_controlnet_doc"), image)),
             expect="model_incompatible",
             mentions=("alwayson_scripts.controlnet.args[0].model", "sd15", "sdxl"),
-            changed=NO_GUIDANCE,
+            changed=RUNNABLE,
         ),
     ]
 
@@ -338,6 +347,13 @@ def _without_guidance(envelope: dict[str, Any]) -> dict[str, Any]:
     job = copy.deepcopy(envelope)
     for unit in _units(job["input"]["payload"], "controlnet"):
         unit.pop("guidance", None)
+    return job
+
+
+def _runnable(envelope: dict[str, Any]) -> dict[str, Any]:
+    job = _without_guidance(envelope)
+    for unit in _units(job["input"]["payload"], "controlnet"):
+        unit["enabled"] = True
     return job
 
 

@@ -114,7 +114,14 @@ class _Checker:
                 f"got {type(unit).__name__} {excerpt(unit)}, which this ControlNet version ignores"
             )
         _check_old_names(where, unit)
-        if unit.get("enabled", True) is False:
+        if "enabled" not in unit:
+            # v1.1.455's units default to off: one without "enabled" is skipped silently (recorded)
+            raise InputInvalid(
+                f'{where}.enabled: missing; this ControlNet leaves a unit without "enabled": true off and '
+                'generates without it; send "enabled": true',
+                details={"unit": where},
+            )
+        if unit.get("enabled") is False:
             return
         module = str(unit.get("module") or "none")
         modules = self._catalog.controlnet_modules or ()
