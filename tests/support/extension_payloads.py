@@ -87,7 +87,7 @@ def edge_image(size: int = 64) -> str:
 def small(envelope: dict[str, Any], image: str) -> dict[str, Any]:
     """The peer's job made cheap: 64x64, 2 steps, ControlNet's preprocessor at 64 px, no refiner (none is
     on the test volume), ``$IMAGE`` replaced by ``image``."""
-    job = _substituted(copy.deepcopy(envelope), image)
+    job: dict[str, Any] = _substituted(copy.deepcopy(envelope), image)
     payload = job["input"]["payload"]
     payload.update(SMALL)
     payload.pop("refiner_checkpoint", None)
