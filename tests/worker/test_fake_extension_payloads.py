@@ -1,12 +1,15 @@
 """The peer's ControlNet and ADetailer example payloads, in every job form, through the worker against the fake
-A1111 serving the real extensions' listings (tests/fixtures/a1111/extensions.json) with the peer's model names,
-held to what tests/a1111/test_extension_payloads.py asserts on the real A1111: each payload as published refused
-naming its fault, each runnable one generating with its units in the infotext."""
+A1111, held to what the real A1111 with both extensions answered (tests/fixtures/a1111/extension_payloads.json,
+written by tests/a1111/test_extension_payloads.py): the fake lists what the real one listed (the random models
+under the peer's names; the extensions' other routes from tests/fixtures/a1111/extensions.json), and every case
+in every form gives the same outcome: the same refusal word for word, or the same number of images and the same
+extension entries in the infotext."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,40 +21,38 @@ from worker.settings import WorkerSettings
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "a1111"
 EXTENSIONS = json.loads((FIXTURES / "extensions.json").read_text())["listings"]
+RECORDED: dict[str, Any] = json.loads((FIXTURES / "extension_payloads.json").read_text())
 CASES = {case.name: case for case in sd15_cases(edge_image())}
-CHECKPOINT_SHA256 = "7bf474193462d3858acd7348f51cfb5482ddbd4d009fcea70575cb02349e60e4"  # rand_sd15's
+FORMS = ("envelope", "a1111", "native")
 
 
-def with_peer_names(fake: FakeA1111) -> FakeA1111:
-    """The fake listing the random models under the peer's names, as the real one did in the a1111 suite."""
+def as_recorded(fake: FakeA1111) -> FakeA1111:
+    listings = RECORDED["listings"]
     fake.data.scripts = EXTENSIONS["/sdapi/v1/scripts"]
     routes = {path: body for path, body in EXTENSIONS.items() if not path.startswith("/sdapi/")}
-    routes["/controlnet/model_list"] = {"model_list": ["control_v11p_sd15_canny [d7f078f1]"]}
-    detectors = EXTENSIONS["/adetailer/v1/ad_model"]["ad_model"]
-    routes["/adetailer/v1/ad_model"] = {"ad_model": [*detectors[:4], "face_yolov8n.pt"]}
+    routes.update({path: listings[path] for path in ("/controlnet/model_list", "/adetailer/v1/ad_model")})
     fake.data.extension_routes = routes
-    fake.data.checkpoints += [
-        {
-            "title": f"deliberate_v2.safetensors [{CHECKPOINT_SHA256[:10]}]",
-            "model_name": "deliberate_v2",
-            "hash": CHECKPOINT_SHA256[:10],
-            "sha256": CHECKPOINT_SHA256,
-            "filename": "$MODELS_DIR/checkpoints/deliberate_v2.safetensors",
-            "config": None,
-        }
-    ]
+    fake.data.checkpoints = listings["/sdapi/v1/sd-models"]
+    fake.data.vaes = listings["/sdapi/v1/sd-vae"]
+    fake.data.options["sd_model_checkpoint"] = fake.data.checkpoints[0]["title"]
     return fake
 
 
-@pytest.mark.parametrize("form", ("envelope", "a1111", "native"))
+def test_every_case_and_form_was_recorded() -> None:
+    assert set(RECORDED["outcomes"]) == {f"{name}/{form}" for name in CASES for form in FORMS}
+
+
+@pytest.mark.parametrize("form", FORMS)
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_each_peer_payload_in_each_form(fake_a1111: FakeA1111, name: str, form: str) -> None:
-    fake = with_peer_names(fake_a1111)
+def test_each_form_answers_as_on_the_real_a1111(fake_a1111: FakeA1111, name: str, form: str) -> None:
+    fake = as_recorded(fake_a1111)
     settings = WorkerSettings.model_validate({"a1111_url": fake.url, "job_timeout_s": 10})
     runner = JobRunner(settings, A1111Client(fake.url, connect_timeout_s=1, request_timeout_s=5))
     generated = len(fake.requests_to("txt2img")) + len(fake.requests_to("img2img"))
     out = runner.run({"id": f"{name}-{form}", **CASES[name].forms[form]})
     assert isinstance(out, dict)
-    check(CASES[name], outcome(out))
+    got = outcome(out)
+    check(CASES[name], got)
+    assert got == RECORDED["outcomes"][f"{name}/{form}"]
     if CASES[name].expect != "ok":  # refused before anything was generated
         assert len(fake.requests_to("txt2img")) + len(fake.requests_to("img2img")) == generated
