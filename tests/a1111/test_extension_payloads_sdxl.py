@@ -27,6 +27,7 @@ from tests.support.extension_payloads import (
     peer_volume,
     registry_runner,
     run_case,
+    runnable,
     sdxl_cases,
     small,
 )
@@ -99,7 +100,7 @@ def test_the_peer_sdxl_payload_in_every_form(
 
 def test_without_the_worker_a1111_drops_the_sd15_unit_on_sdxl_silently(started: Launched) -> None:
     """What pre-flight prevents: sent straight to A1111, the documented payload generates without the unit."""
-    payload = small(peer("peer_img2img_controlnet_doc"), IMAGE)["input"]["payload"]
+    payload = runnable(small(peer("peer_img2img_controlnet_doc"), IMAGE))["input"]["payload"]
     answer = requests.post(f"{started.url}/sdapi/v1/img2img", json=payload, timeout=900)
     assert answer.status_code == 200, answer.text[:500]
     assert len(answer.json()["images"]) == 1  # no detected map: the unit was not applied

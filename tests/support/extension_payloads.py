@@ -126,7 +126,7 @@ def sd15_cases(image: str) -> list[Case]:
     """The SD1.5 cases: ControlNet img2img and txt2img, ADetailer txt2img and img2img; each peer payload as
     published is refused where ControlNet v1.1.455 or ADetailer v25.3.0 would fail or skip it."""
     published = small(peer("peer_img2img_controlnet"), image)
-    controlnet = _runnable(published)
+    controlnet = runnable(published)
     adetailer = small(peer("peer_txt2img_adetailer"), image)
     cn_entry = 'ControlNet 0: "Module: canny, Model: control_v11p_sd15_canny'
     return [
@@ -183,7 +183,7 @@ def sdxl_cases(image: str) -> list[Case]:
     """The SDXL cases: the peer's SDXL ControlNet example (img2img, and as txt2img), and its documented one
     that puts an SD1.5 ControlNet on the SDXL checkpoint."""
     published = small(peer("peer_img2img_controlnet_sdxl"), image)
-    controlnet = _runnable(published)
+    controlnet = runnable(published)
     entry = 'ControlNet 0: "Module: canny, Model: diffusers_xl_canny_full'
     return [
         Case(
@@ -202,9 +202,9 @@ def sdxl_cases(image: str) -> list[Case]:
         ),
         Case(
             "sdxl_doc_sd15_unit",
-            _runnable(small(peer("peer_img2img_controlnet_doc"), image)),
+            runnable(small(peer("peer_img2img_controlnet_doc"), image)),
             expect="model_incompatible",
-            mentions=("alwayson_scripts.controlnet.args[0].model", "sd15", "sdxl"),
+            mentions=("alwayson_scripts.controlnet.args[0].model", "is for SD1.5", "is SDXL"),
             changed=RUNNABLE,
         ),
     ]
@@ -350,7 +350,8 @@ def _without_guidance(envelope: dict[str, Any]) -> dict[str, Any]:
     return job
 
 
-def _runnable(envelope: dict[str, Any]) -> dict[str, Any]:
+def runnable(envelope: dict[str, Any]) -> dict[str, Any]:
+    """The peer's ControlNet units as v1.1.455 runs them (``RUNNABLE``)."""
     job = _without_guidance(envelope)
     for unit in _units(job["input"]["payload"], "controlnet"):
         unit["enabled"] = True
