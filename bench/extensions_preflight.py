@@ -11,7 +11,16 @@ it). The three jobs take turns, one of each per round, so the load of a shared m
 size of each job's output is reported too. Also, in process: the pure check (``check_alwayson_scripts`` on the
 cached lists), and the answer's ``parameters`` turned into JSON with the echo kept and trimmed.
 
+With ``--real`` the engine is the real A1111 v1.10.1 with both extensions instead, launched through start.sh
+on the random-weight models (the environment of tests/a1111/test_extensions.py: ``A1111_DIR``,
+``A1111_EXT_DIR``, ``A1111_EXT_MODELS``; full-size SD1.5, so under the big-memory lock), each job 64x64 in 2
+steps. A generation there takes seconds and varies by more than the worker's cost, so the worker's own time is
+also read from the job's ``timings_ms`` (``total`` minus ``generate``: validation, pre-flight, translation,
+verification, output).
+
     python bench/extensions_preflight.py [--rounds 60] [--smoke]
+    A1111_DIR=... A1111_EXT_DIR=... A1111_EXT_MODELS=... \\
+        python bench/extensions_preflight.py --real --rounds 10
 
 Target (docs/performance.md): < 5 ms above a plain txt2img job.
 Writes bench/results/extensions_preflight.json.
@@ -24,6 +33,7 @@ import base64
 import io
 import json
 import logging
+import os
 import statistics
 import sys
 import time
@@ -56,73 +66,81 @@ def control_image() -> str:
 
 
 def scripts(image: str) -> dict[str, Any]:
+    """Two ControlNet units and one ADetailer unit (the detector that finds nothing: on the real A1111 it
+    runs detection and leaves the image, so every round costs the same)."""
     unit = {"enabled": True, "module": "canny", "model": "control_rand_sd15", "image": image, "weight": 1.0}
     return {
         "controlnet": {"args": [unit, {**unit, "module": "invert", "weight": 0.5}]},
-        "ADetailer": {"args": [True, False, {"ad_model": "face_always.pt", "ad_confidence": 0.3}]},
+        "ADetailer": {"args": [True, False, {"ad_model": "face_rand.pt", "ad_confidence": 0.3}]},
     }
 
 
-def overhead(
-    runner: JobRunner,
-    engine: A1111Client,
-    extra: dict[str, Any],
-    rounds: int,
-    *,
-    trim: bool = True,
-    warmup: int = 5,
-) -> tuple[list[float], int]:
-    """(handler - direct in ms per round after the warm-up rounds, the job output's JSON size in bytes)."""
-    job = {"prompt": "a portrait", "sampler_name": "Euler", "seed": 1, **extra}
-    payload = {"prompt": "a portrait", "sampler_name": "Euler", "seed": 1, "send_images": True, **extra}
-    result = []
-    size = 0
+class Rounds:
+    """One variant's rounds: handler - direct and the job's own ``total - generate`` (ms), output size."""
+
+    def __init__(self) -> None:
+        self.handler_minus_direct: list[float] = []
+        self.worker_own: list[float] = []
+        self.output_bytes = 0
+
+
+def one_round(
+    runner: JobRunner, engine: A1111Client, base: dict[str, Any], extra: dict[str, Any], *, trim: bool
+) -> tuple[float, float, int]:
+    """The same payload straight to the engine and as a job: (handler - direct ms, worker's own ms, bytes)."""
+    job = {"prompt": "a portrait", "sampler_name": "Euler", "seed": 1, **base, **extra}
+    payload = {**job, "send_images": True}
     kept = handler_module.trim_echoed_images
     if not trim:
         handler_module.trim_echoed_images = lambda parameters: parameters  # type: ignore[assignment]
     try:
-        for index in range(rounds + warmup):
-            started = time.perf_counter()
-            engine.txt2img(payload, timeout_s=30)
-            direct = time.perf_counter() - started
-            started = time.perf_counter()
-            output = runner.run({"id": f"bench-{index}", "input": job})
-            handled = time.perf_counter() - started
-            assert isinstance(output, dict) and "error" not in output, output
-            size = len(json.dumps(output))
-            if index >= warmup:
-                result.append((handled - direct) * 1000)
+        started = time.perf_counter()
+        engine.txt2img(payload, timeout_s=600)
+        direct = time.perf_counter() - started
+        started = time.perf_counter()
+        output = runner.run({"id": "bench", "input": job})
+        handled = time.perf_counter() - started
     finally:
         handler_module.trim_echoed_images = kept  # type: ignore[assignment]
-    return result, size
+    assert isinstance(output, dict) and "error" not in output, output
+    timings = output["timings_ms"]
+    return (handled - direct) * 1000, timings["total"] - timings["generate"], len(json.dumps(output))
 
 
 def alternating(
-    runner: JobRunner, engine: A1111Client, scripts_extra: dict[str, Any], rounds: int
-) -> dict[str, tuple[list[float], int]]:
-    """Plain, with the units (echo trimmed) and with the units (echo kept), one job of each in turn, so that
-    the load of a shared machine shifts all three alike: {variant: (overheads in ms, output bytes)}."""
+    runner: JobRunner, engine: A1111Client, image: str, rounds: int, base: dict[str, Any], warm_up: int
+) -> dict[str, Rounds]:
+    """Plain, with the units (echo trimmed) and with the units (echo kept, the worker before the trim), one
+    job of each in turn, so that the load of a shared machine shifts all three alike."""
+    units = {"alwayson_scripts": scripts(image)}
     variants: dict[str, tuple[dict[str, Any], bool]] = {
         "plain": ({}, True),
-        "scripts": (scripts_extra, True),
-        "scripts_echo_kept": (scripts_extra, False),
+        "scripts": (units, True),
+        "scripts_echo_kept": (units, False),
     }
-    results: dict[str, tuple[list[float], int]] = {name: ([], 0) for name in variants}
-    for extra, _trim in variants.values():
-        overhead(runner, engine, extra, 0)  # 5 warm-up rounds each
-    for _ in range(rounds):
+    results = {name: Rounds() for name in variants}
+    for index in range(warm_up + rounds):
         for name, (extra, trim) in variants.items():
-            times, size = overhead(runner, engine, extra, 1, trim=trim, warmup=0)
-            results[name] = (results[name][0] + times, size)
+            minus_direct, own, size = one_round(runner, engine, base, extra, trim=trim)
+            if index >= warm_up:
+                results[name].handler_minus_direct.append(minus_direct)
+                results[name].worker_own.append(own)
+                results[name].output_bytes = size
     return results
 
 
-def output_ms(engine: A1111Client, image: str, rounds: int) -> tuple[float, float]:
+def output_ms(engine: A1111Client, image: str, rounds: int, base: dict[str, Any]) -> tuple[float, float]:
     """In process, the least of ``rounds * 10`` tries (CPU only, so the minimum is the cost): the answer's
     ``parameters`` serialized as the job output carries them (``json.dumps``, as RunPod sends it), kept whole
     and trimmed (the trim included)."""
-    payload = {"prompt": "a portrait", "sampler_name": "Euler", "seed": 1, "alwayson_scripts": scripts(image)}
-    parameters = engine.txt2img(payload, timeout_s=30)["parameters"]
+    payload = {
+        "prompt": "a portrait",
+        "sampler_name": "Euler",
+        "seed": 1,
+        **base,
+        "alwayson_scripts": scripts(image),
+    }
+    parameters = engine.txt2img(payload, timeout_s=600)["parameters"]
     kept, trimmed = [], []
     for _ in range(rounds * 10):
         started = time.perf_counter()
@@ -143,14 +161,33 @@ def pure_check_us(engine: A1111Client, image: str, rounds: int) -> float:
     return (time.perf_counter() - started) / (rounds * 10) * 1e6
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=60)
-    add_smoke_flag(parser)
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING)
-    rounds = 5 if args.smoke else args.rounds
-    image = control_image()
+def measured(
+    runner: JobRunner, engine: A1111Client, image: str, rounds: int, base: dict[str, Any], warm_up: int
+) -> dict[str, Any]:
+    variants = alternating(runner, engine, image, rounds, base, warm_up)
+    median = statistics.median
+    result: dict[str, Any] = {}
+    for name, found in variants.items():
+        result[f"{name}_overhead_ms_median"] = round(median(found.handler_minus_direct), 2)
+        result[f"{name}_worker_own_ms_median"] = round(median(found.worker_own), 2)
+        result[f"{name}_output_bytes"] = found.output_bytes
+    plain = variants["plain"]
+    for name in ("scripts", "scripts_echo_kept"):
+        found = variants[name]
+        result[f"added_by_{name}_ms_median"] = round(
+            median(found.handler_minus_direct) - median(plain.handler_minus_direct), 2
+        )
+        result[f"added_worker_own_by_{name}_ms_median"] = round(
+            median(found.worker_own) - median(plain.worker_own), 2
+        )
+    result["pure_check_us"] = round(pure_check_us(engine, image, rounds), 1)
+    kept_ms, trimmed_ms = output_ms(engine, image, rounds, base)
+    result["parameters_to_json_echo_kept_ms"] = round(kept_ms, 2)
+    result["parameters_to_json_trimmed_ms"] = round(trimmed_ms, 2)
+    return result
+
+
+def on_fake(image: str, rounds: int) -> dict[str, Any]:
     process, url = start_fake_engine()
     try:
         listings = RECORDED["listings"]
@@ -163,28 +200,53 @@ def main() -> int:
         )
         settings = WorkerSettings(a1111_url=url, progress_interval_s=1.0)  # type: ignore[arg-type]
         with A1111Client(url) as engine:
-            runner = JobRunner(settings, engine)
-            measured = alternating(runner, engine, {"alwayson_scripts": scripts(image)}, rounds)
-            check_us = pure_check_us(engine, image, rounds)
-            echo_kept_ms, echo_trimmed_ms = output_ms(engine, image, rounds)
+            return measured(JobRunner(settings, engine), engine, image, rounds, {}, warm_up=5)
     finally:
         process.terminate()
         process.wait(10)
-    medians = {name: statistics.median(times) for name, (times, _size) in measured.items()}
-    result: dict[str, Any] = {"rounds": rounds, "control_image_base64_bytes": len(image)}
-    for name, median in medians.items():
-        result[f"{name}_overhead_ms_median"] = round(median, 2)
-    for name in ("scripts", "scripts_echo_kept"):
-        result[f"added_by_{name}_ms_median"] = round(medians[name] - medians["plain"], 2)
-    for name, (_times, size) in measured.items():
-        result[f"{name}_output_bytes"] = size
-    result["pure_check_us"] = round(check_us, 1)
-    result["parameters_to_json_echo_kept_ms"] = round(echo_kept_ms, 2)
-    result["parameters_to_json_trimmed_ms"] = round(echo_trimmed_ms, 2)
-    print(f"{'measure':40} value")
+
+
+def on_real_a1111(image: str, rounds: int) -> dict[str, Any]:
+    """The same rounds on the real A1111 with both extensions (module docstring)."""
+    import tempfile
+
+    from tests.support.real_a1111 import a1111_dir, launched
+    from tests.support.real_a1111_extensions import extension_dirs, extension_env, prepared
+
+    install, dirs = a1111_dir(), extension_dirs()
+    if install is None or dirs is None:
+        raise SystemExit("--real needs A1111_DIR, A1111_EXT_DIR and A1111_EXT_MODELS (docs/testing.md)")
+    small = {"steps": 2, "width": 64, "height": 64}
+    with tempfile.TemporaryDirectory(prefix="bench-ext-", dir=os.environ.get("TMPDIR")) as name:
+        tmp = Path(name)
+        models, _data = prepared(tmp, *dirs)
+        env = extension_env(install, dirs[0], tmp, models)
+        with launched(env, tmp / "start.log", timeout_s=900) as started, A1111Client(started.url) as engine:
+            settings = WorkerSettings(a1111_url=started.url, job_timeout_s=600)  # type: ignore[arg-type]
+            return measured(JobRunner(settings, engine), engine, image, rounds, small, warm_up=1)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=60)
+    parser.add_argument("--real", action="store_true", help="the real A1111 with both extensions")
+    add_smoke_flag(parser)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    rounds = 5 if args.smoke else args.rounds
+    image = control_image()
+    engine = "real A1111 v1.10.1 + ControlNet + ADetailer (CPU)" if args.real else "fake A1111"
+    result = {
+        "engine": engine,
+        "rounds": rounds,
+        "control_image_base64_bytes": len(image),
+        **(on_real_a1111(image, rounds) if args.real else on_fake(image, rounds)),
+    }
+    print(f"{'measure':44} value")
     for name, value in result.items():
-        print(f"{name:40} {value}")
-    out = results_file("extensions_preflight.json", args.smoke)
+        print(f"{name:44} {value}")
+    name = "extensions_preflight_real.json" if args.real else "extensions_preflight.json"
+    out = results_file(name, args.smoke)
     out.write_text(json.dumps(result, indent=1) + "\n")
     return 0
 

@@ -3,9 +3,10 @@
 Run it with the Python of the extension-enabled A1111 (``scripts/setup_a1111_extensions.sh``: it has torch,
 safetensors and ultralytics)::
 
-    python scripts/a1111_extension_models.py DEST --unet-from SD15_CHECKPOINT
+    python scripts/a1111_extension_models.py DEST --unet-from SD15_CHECKPOINT [--sdxl-from SDXL_CHECKPOINT]
 
-writes (without ``--unet-from``, the detectors only: tests/image makes them with the image's own Python)
+writes (without ``--unet-from`` and ``--sdxl-from``, the detectors only: tests/image makes them with the
+image's own Python)
 
 * ``DEST/ControlNet/control_rand_sd15.safetensors``: an SD1.5 ControlNet in the layout of the published ones
   (``control_model.*`` keys, fp16, ~0.7 GB). The extension guesses its architecture from the keys and shapes
@@ -20,6 +21,17 @@ writes (without ``--unet-from``, the detectors only: tests/image makes them with
   on its anchor (ADetailer's ``ad_mask_k_largest: 1`` keeps only the largest); a way to make ADetailer
   inpaint with a random model.
 
+* with ``--sdxl-from``, ``DEST/ControlNet/control_rand_sdxl_mid.safetensors`` (``--sdxl-variant full``:
+  ``control_rand_sdxl_full``): an SDXL ControlNet in the same layout, its encoder (``label_emb`` included)
+  copied from the SDXL checkpoint's UNet. sd-webui-controlnet 56cec5b2 takes a file with ``label_emb`` as SDXL
+  and picks the network by depth: ``input_blocks.8.1.transformer_blocks.9`` present is the full one
+  (``diffusers_xl_*_full``, 10 transformer blocks per attention, ~2.5 GB fp16, ~5 GB in fp32 on a CPU A1111),
+  only ``...transformer_blocks.0`` the "mid" one (``diffusers_xl_*_mid``: attention only at the lowest
+  resolution, one block; ~1.1 GB fp16). The mid one is the default: with the SDXL checkpoint A1111 already
+  holds ~16.7 GiB, and the full one would not fit beside it in 24 GB. Only the UNet's tensors are read (the
+  checkpoint is not loaded whole). The file name has ``xl`` in it: the extension also guesses a model's base
+  from its name (``sd15`` → SD1.5, ``xl`` → SDXL) and refuses a mismatch with the checkpoint.
+
 Deterministic: the same checkpoint and seed give the same tensors.
 """
 
@@ -30,6 +42,7 @@ import logging
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 log = logging.getLogger("a1111_extension_models")
@@ -52,6 +65,12 @@ HINT_CONVS = (
 )
 
 
+#: SDXL: output channels of its nine input blocks, and the blocks whose attention the "mid" ControlNet keeps
+SDXL_INPUT_BLOCK_CHANNELS = (320, 320, 320, 320, 640, 640, 640, 1280, 1280)
+SDXL_COPIED = ("time_embed.", "label_emb.", "input_blocks.", "middle_block.")
+MID_ATTENTION = ("input_blocks.7.1.", "input_blocks.8.1.", "middle_block.1.")
+
+
 def _random(shape: tuple[int, ...], generator: torch.Generator, fan_in: int) -> torch.Tensor:
     return torch.randn(shape, generator=generator) / fan_in**0.5
 
@@ -67,18 +86,52 @@ def controlnet_from(checkpoint: Path, seed: int) -> dict[str, torch.Tensor]:
             control[f"control_model.{inner}"] = tensor.to(torch.float16)
     if not control:
         raise SystemExit(f"{checkpoint} has no {UNET_PREFIX}* keys: not an SD1.x checkpoint")
+    _add_hint_and_zero_convs(control, INPUT_BLOCK_CHANNELS, generator)
+    return {key: tensor.to(torch.float16).contiguous() for key, tensor in control.items()}
+
+
+def _add_hint_and_zero_convs(
+    control: dict[str, torch.Tensor], channels: tuple[int, ...], generator: torch.Generator
+) -> None:
+    """The parts a ControlNet adds to its copy of the encoder, seeded random (not zero: a unit must show)."""
     for index, (c_in, c_out, _stride) in enumerate(HINT_CONVS):
         control[f"control_model.input_hint_block.{index * 2}.weight"] = _random(
             (c_out, c_in, 3, 3), generator, c_in * 9
         )
         control[f"control_model.input_hint_block.{index * 2}.bias"] = torch.zeros(c_out)
-    for index, channels in enumerate(INPUT_BLOCK_CHANNELS):
+    for index, width in enumerate(channels):
         control[f"control_model.zero_convs.{index}.0.weight"] = _random(
-            (channels, channels, 1, 1), generator, channels
+            (width, width, 1, 1), generator, width
         )
-        control[f"control_model.zero_convs.{index}.0.bias"] = torch.zeros(channels)
+        control[f"control_model.zero_convs.{index}.0.bias"] = torch.zeros(width)
     control["control_model.middle_block_out.0.weight"] = _random((1280, 1280, 1, 1), generator, 1280)
     control["control_model.middle_block_out.0.bias"] = torch.zeros(1280)
+
+
+def _kept_in_mid(inner: str) -> bool:
+    """Whether the "mid" SDXL ControlNet has this UNet tensor: every res block, attention only in
+    ``MID_ATTENTION`` and there only its first transformer block."""
+    if ".transformer_blocks." in inner:
+        block = int(inner.split(".transformer_blocks.", 1)[1].split(".", 1)[0])
+        return inner.startswith(MID_ATTENTION) and block == 0
+    attention = inner.startswith(("input_blocks.4.1.", "input_blocks.5.1."))
+    return not attention
+
+
+def sdxl_controlnet_from(checkpoint: Path, seed: int, variant: str) -> dict[str, torch.Tensor]:
+    """An SDXL ControlNet (``full`` or ``mid``) whose encoder is ``checkpoint``'s UNet encoder."""
+    generator = torch.Generator().manual_seed(seed)
+    control: dict[str, torch.Tensor] = {}
+    with safe_open(str(checkpoint), framework="pt") as weights:
+        for key in weights.keys():  # noqa: SIM118 (safe_open is not a mapping)
+            inner = key.removeprefix(UNET_PREFIX)
+            if not (key.startswith(UNET_PREFIX) and inner.startswith(SDXL_COPIED)):
+                continue
+            if variant == "full" or _kept_in_mid(inner):
+                control[f"control_model.{inner}"] = weights.get_tensor(key).to(torch.float16)
+    if "control_model.label_emb.0.0.weight" not in control:
+        raise SystemExit(f"{checkpoint} has no {UNET_PREFIX}label_emb: not an SDXL checkpoint")
+    _add_hint_and_zero_convs(control, SDXL_INPUT_BLOCK_CHANNELS, generator)
     return {key: tensor.to(torch.float16).contiguous() for key, tensor in control.items()}
 
 
@@ -111,18 +164,24 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("dest", type=Path)
-    parser.add_argument("--unet-from", type=Path, help="an SD1.5 single-file checkpoint (else no ControlNet)")
+    parser.add_argument("--unet-from", type=Path, help="an SD1.5 single-file checkpoint")
     parser.add_argument("--seed", type=int, default=20)
+    parser.add_argument("--sdxl-from", type=Path, help="an SDXL base single-file checkpoint")
+    parser.add_argument("--sdxl-variant", choices=("mid", "full"), default="mid")
     args = parser.parse_args()
     (args.dest / "adetailer").mkdir(parents=True, exist_ok=True)
+    (args.dest / "ControlNet").mkdir(parents=True, exist_ok=True)
     if args.unet_from is not None:
-        (args.dest / "ControlNet").mkdir(parents=True, exist_ok=True)
         controlnet = args.dest / "ControlNet" / "control_rand_sd15.safetensors"
         save_file(controlnet_from(args.unet_from, args.seed), str(controlnet), metadata={"format": "pt"})
         log.info("%s (%.0f MB)", controlnet, controlnet.stat().st_size / 1e6)
+    if args.sdxl_from is not None:
+        sdxl = args.dest / "ControlNet" / f"control_rand_sdxl_{args.sdxl_variant}.safetensors"
+        weights = sdxl_controlnet_from(args.sdxl_from, args.seed, args.sdxl_variant)
+        save_file(weights, str(sdxl), metadata={"format": "pt"})
+        log.info("%s (%.0f MB)", sdxl, sdxl.stat().st_size / 1e6)
     for path in yolo_detectors(args.dest / "adetailer", args.seed):
         log.info("%s (%.1f MB)", path, path.stat().st_size / 1e6)
-
 
 if __name__ == "__main__":
     main()

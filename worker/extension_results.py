@@ -24,9 +24,10 @@ def _script_args(payload: Mapping[str, Any], script: str) -> list[Any]:
 
 
 def controlnet_units(payload: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The enabled ControlNet units, in order (the extension numbers them from 0 in this order)."""
+    """The enabled ControlNet units, in order (the extension numbers them from 0 in this order); a unit
+    without ``enabled`` is off (v1.1.455's default)."""
     units = _script_args(payload, CONTROLNET)
-    return [u for u in units if isinstance(u, dict) and u.get("enabled", True) is not False]
+    return [u for u in units if isinstance(u, dict) and bool(u.get("enabled", False))]
 
 
 def adetailer_units(payload: Mapping[str, Any]) -> list[dict[str, Any]]:

@@ -22,6 +22,7 @@ from tests.support.real_a1111_extensions import (
     CONTROLNET,
     DETECTOR_ALWAYS,
     DETECTOR_NONE,
+    NEEDS_EXTENSIONS,
     control_image,
     extension_dirs,
     extension_env,
@@ -31,10 +32,7 @@ from worker.a1111.client import A1111Client
 from worker.handler import JobRunner
 from worker.settings import WorkerSettings
 
-pytestmark = pytest.mark.skipif(
-    extension_dirs() is None,
-    reason="needs A1111_EXT_DIR (scripts/setup_a1111_extensions.sh) and A1111_EXT_MODELS (docs/testing.md)",
-)
+pytestmark = NEEDS_EXTENSIONS
 
 JOB: dict[str, Any] = {"prompt": "a portrait", "steps": 2, "width": 64, "height": 64, "seed": 3}
 

@@ -23,9 +23,7 @@ def _args(body: dict[str, Any], script: str) -> list[Any]:
 
 
 def _controlnet_units(body: dict[str, Any]) -> list[dict[str, Any]]:
-    return [
-        u for u in _args(body, "controlnet") if isinstance(u, dict) and u.get("enabled", True) is not False
-    ]
+    return [u for u in _args(body, "controlnet") if isinstance(u, dict) and bool(u.get("enabled", False))]
 
 
 def _installed(scripts: dict[str, Any], name: str) -> bool:

@@ -15,6 +15,8 @@ import io
 import os
 from pathlib import Path
 
+import pytest
+
 from tests.support.real_a1111 import CPU_ARGS, place_model_file, start_env
 
 CHECKPOINT = "rand_sd15"
@@ -34,6 +36,13 @@ def extension_dirs() -> tuple[Path, Path] | None:
     if not (ext / "venv" / "bin" / "python").exists() or not (source / "checkpoints").is_dir():
         return None
     return ext, source
+
+
+#: the mark of the modules that need the extension-enabled A1111 (skipped with the reason otherwise)
+NEEDS_EXTENSIONS = pytest.mark.skipif(
+    extension_dirs() is None,
+    reason="needs A1111_EXT_DIR (scripts/setup_a1111_extensions.sh) and A1111_EXT_MODELS (docs/testing.md)",
+)
 
 
 def prepared(tmp: Path, ext_dir: Path, source: Path) -> tuple[Path, Path]:

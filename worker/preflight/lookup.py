@@ -101,6 +101,11 @@ class ModelLookup:
         name = self._provider.catalogue_file(kind, ref) if self._provider else None
         return (match(name) or match(stem(name))) if name else None
 
+    def provisioned(self, kind: ModelType, ref: str) -> ModelFacts | None:
+        """A model an extension names that it does not list: on the volume, or a catalogue entry downloaded
+        now (the same policy, timing and ``downloaded`` note as the other kinds)."""
+        return self._registry_facts(kind, ref)
+
     def _registry_facts(self, kind: ModelType, ref: str) -> ModelFacts | None:
         """What the registry knows of ``ref``, provisioning (downloading) a catalogue entry first."""
         if self._provider is None:

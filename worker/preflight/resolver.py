@@ -92,13 +92,14 @@ class Preflight:
             lora_renames=tuple(self._lora_renames.items()),
         )
         models = models_used(lookup.describe, running, loras + tagged, vae)
+        script_warnings = self._scripts(job, running)  # may download an extension's model too
         warnings = (
             [f"downloaded before generating: {', '.join(lookup.downloaded)}"] if lookup.downloaded else []
         )
         warnings += checkpoint_warnings(
             job, lookup.describe("checkpoint", checkpoint_file(running)) if running else None
         )
-        warnings += self._scripts(job, running)
+        warnings += script_warnings
         return PreflightResult(
             names=names,
             models=models,
@@ -118,6 +119,7 @@ class Preflight:
             label=lambda where: native_location(
                 where, controlnet=job.controlnet is not None, adetailer=job.adetailer is not None
             ),
+            provision=self._lookup.provisioned,
         )
         return check_alwayson_scripts(job.alwayson_scripts, self._engine, context)
 

@@ -17,13 +17,16 @@ from typing import Any, Protocol
 from worker.a1111.extensions import ADETAILER_SCRIPT, CONTROLNET_SCRIPT, ExtensionCatalog
 from worker.compatibility import check_compatible
 from worker.errors import InputInvalid, ModelIncompatible, ModelNotFound, excerpt
-from worker.model_types import ModelFacts
-from worker.preflight.matching import key, nearest, not_found
+from worker.model_types import ModelFacts, ModelType
+from worker.preflight.matching import key, nearest, not_found, stem
 
 #: A1111's ``alwayson_scripts`` entry: ``{"args": [...]}`` (a missing ``args`` means none)
 ARGS = "args"
 #: the names ADetailer always lists besides its detector files (mediapipe's, built in)
 NO_MODEL = "None"
+#: ControlNet unit fields under their old names (v1.1.455 ``legacy_field_alias``): either spelling is taken,
+#: both at once fail the request with HTTP 500 after the job was queued (recorded with the peers' payloads)
+CONTROLNET_OLD_NAMES = {"guidance": "guidance_end", "lowvram": "low_vram", "input_image": "image"}
 
 
 class ScriptLists(Protocol):
@@ -36,12 +39,15 @@ class ScriptLists(Protocol):
 class ScriptContext:
     """What the job runs on: the endpoint (``txt2img``/``img2img``) and the checkpoint's facts;
     ``controlnet_facts`` is what the registry knows of a ControlNet by name (None: nothing); ``label`` names
-    a location as the caller wrote it (``controlnet[0].model`` for a native unit: translate_extensions)."""
+    a location as the caller wrote it (``controlnet[0].model`` for a native unit: translate_extensions);
+    ``provision`` brings a catalogue model the extension does not list onto the volume (the registry's
+    download, as for checkpoints) and answers its facts, None when the registry knows no such model."""
 
     endpoint: str = "txt2img"
     checkpoint: ModelFacts | None = None
     controlnet_facts: Callable[[str], ModelFacts | None] = lambda _name: None
     label: Callable[[str], str] = lambda where: where
+    provision: Callable[[ModelType, str], ModelFacts | None] = lambda _kind, _name: None
 
 
 def check_alwayson_scripts(
@@ -71,9 +77,10 @@ class _Checker:
         self._refreshed = False
         self.warnings: list[str] = []
 
-    def _refresh(self) -> bool:
-        """Refetch the lists once per job (a model may have just been copied onto the volume)."""
-        if self._refreshed:
+    def _refresh(self, *, force: bool = False) -> bool:
+        """Refetch the lists once per job (a model may have just been copied onto the volume), and again
+        after a download (``force``)."""
+        if self._refreshed and not force:
             return False
         self._refreshed = True
         self._catalog = self._engine.extensions(refresh=True)
@@ -111,7 +118,15 @@ class _Checker:
                 '({"enabled", "module", "model", "image", "weight", ...}); '
                 f"got {type(unit).__name__} {excerpt(unit)}, which this ControlNet version ignores"
             )
-        if unit.get("enabled", True) is False:
+        _check_old_names(where, unit)
+        if "enabled" not in unit:
+            # v1.1.455's units default to off: one without "enabled" is skipped silently (recorded)
+            raise InputInvalid(
+                f'{where}.enabled: missing; this ControlNet leaves a unit without "enabled": true off and '
+                'generates without it; send "enabled": true',
+                details={"unit": where},
+            )
+        if unit.get("enabled") is False:
             return
         module = str(unit.get("module") or "none")
         modules = self._catalog.controlnet_modules or ()
@@ -132,11 +147,29 @@ class _Checker:
         found = _controlnet_title(model, self._catalog.controlnet_models or ())
         if found is None and self._refresh():
             found = _controlnet_title(model, self._catalog.controlnet_models or ())
+        if found is None and model != NO_MODEL:
+            found = self._provisioned_controlnet(where, model)
         titles = [t for t in self._catalog.controlnet_models or () if t != NO_MODEL]
         if found is None or found == NO_MODEL:
             message = not_found("ControlNet model", model, titles)
             details = {"unit": self._at(where), "available": titles}
             raise ModelNotFound(f"{self._at(where, 'model')}: {message}", details=details)
+        return found
+
+    def _provisioned_controlnet(self, where: str, model: str) -> str | None:
+        """A catalogue ControlNet downloaded now; ControlNet rescans its folders on every listing, so the
+        listing fetched after the download has it. The unit must name it as ControlNet does: by file."""
+        facts = self._context.provision("controlnet", model)
+        if facts is None:
+            return None
+        self._refresh(force=True)
+        found = _controlnet_title(stem(facts.file_name), self._catalog.controlnet_models or ())
+        if found is not None and key(_stem(found)) != key(_stem(model)):
+            raise InputInvalid(
+                f"{self._at(where, 'model')}: {model!r} is the ControlNet file {facts.file_name!r} (on the "
+                f"volume); ControlNet finds models by file name: name it {_stem(found)!r}",
+                details={"unit": self._at(where), "model": model, "file_name": facts.file_name},
+            )
         return found
 
     def _compatible(self, where: str, title: str) -> None:
@@ -186,13 +219,24 @@ class _Checker:
         if model is None or model == NO_MODEL:
             return
         models = self._catalog.adetailer_models or ()
-        if str(model) not in models:
-            message = not_found("ADetailer model", str(model), list(models))
+        if str(model) in models:
+            return
+        on_volume = self._context.provision("adetailer", str(model))
+        if on_volume is not None:
+            # ADetailer reads its folder once, when A1111 imports it: a detector added since (downloaded
+            # now or copied in) is not used until A1111 restarts, and generating would skip the unit
             raise ModelNotFound(
-                f"{self._at(where, 'ad_model')}: {message} "
-                "(ADetailer lists the detectors present when A1111 started)",
-                details={"unit": self._at(where), "available": list(models)},
+                f"{self._at(where, 'ad_model')}: {model!r} is on the volume ({on_volume.file_name}) but this "
+                "A1111 does not list it: ADetailer reads its detectors only when A1111 starts; restart the "
+                "worker (a new worker picks it up)",
+                details={"unit": self._at(where), "file_name": on_volume.file_name, "restart_required": True},
             )
+        message = not_found("ADetailer model", str(model), list(models))
+        raise ModelNotFound(
+            f"{self._at(where, 'ad_model')}: {message} "
+            "(ADetailer lists the detectors present when A1111 started)",
+            details={"unit": self._at(where), "available": list(models)},
+        )
 
     def _adetailer_fields(self, where: str, unit: dict[str, Any]) -> None:
         """ADetailer drops a whole unit with a field it does not know (its model forbids extras) and generates
@@ -206,6 +250,18 @@ class _Checker:
                 f"{self._at(where, unknown[0])}: ADetailer has no field {unknown[0]!r}{hint} "
                 "(it would skip the whole unit)",
                 details={"unit": self._at(where), "unknown": unknown},
+            )
+
+
+def _check_old_names(where: str, unit: dict[str, Any]) -> None:
+    """A unit naming a field twice, under its old and its new name (``guidance`` and ``guidance_end``, as
+    the peers' examples do), is refused by ControlNet with HTTP 500 whether enabled or not."""
+    for old_name, name in CONTROLNET_OLD_NAMES.items():
+        if old_name in unit and name in unit:
+            raise InputInvalid(
+                f"{where}: both {old_name!r} and {name!r}: ControlNet takes {old_name!r} as the old name "
+                f"of {name!r} and refuses a unit with both (HTTP 500); send only {name!r}",
+                details={"unit": where, "fields": [old_name, name]},
             )
 
 
