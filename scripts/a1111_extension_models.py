@@ -183,5 +183,6 @@ def main() -> None:
     for path in yolo_detectors(args.dest / "adetailer", args.seed):
         log.info("%s (%.1f MB)", path, path.stat().st_size / 1e6)
 
+
 if __name__ == "__main__":
     main()
