@@ -74,6 +74,23 @@ GOOD: list[tuple[str, dict[str, Any]]] = [
         {"ADetailer": {"args": [{"ad_model": "face_always.pt"}, True, False]}},
     ),
     ("another installed script", {"seed": {"args": []}}),
+    ("three units: every slot", cn(unit(), unit(module="invert"), unit())),
+    ("a disabled fourth unit past the slots", cn(unit(), unit(), unit(), unit(enabled=False))),
+    (
+        "ADetailer values at their bounds",
+        ad(
+            {
+                "ad_model": "face_always.pt",
+                "ad_confidence": 1,
+                "ad_mask_k": 0,
+                "ad_mask_filter_method": "Area",
+            }
+        ),
+    ),
+    (
+        "ADetailer number as text (pydantic converts it)",
+        ad({"ad_model": "face_always.pt", "ad_confidence": "0.5"}),
+    ),
 ]
 
 #: (case, alwayson_scripts, error code, fragments the message must contain)
@@ -138,6 +155,30 @@ REFUSED: list[tuple[str, dict[str, Any], str, tuple[str, ...]]] = [
         {"ADetailer": {"args": [{"ad_model": "face_always.pt"}]}},
         "input_invalid",
         ("fewer than 3 arguments", "send [true, false, {unit}, ...]"),
+    ),
+    (
+        "an enabled fourth unit: A1111 has 3 slots and drops it",
+        cn(unit(), unit(), unit(), unit(module="invert")),
+        "input_invalid",
+        ("alwayson_scripts.controlnet.args[3]", "at most 3 units", "control_net_unit_count"),
+    ),
+    (
+        "ADetailer confidence as a percentage",
+        ad({"ad_model": "face_always.pt", "ad_confidence": 30}),
+        "input_invalid",
+        ("alwayson_scripts.ADetailer.args[2].ad_confidence", "30 is out of range: it must be at most 1"),
+    ),
+    (
+        "ADetailer steps 0",
+        ad({"ad_model": "face_always.pt", "ad_use_steps": True, "ad_steps": 0}),
+        "input_invalid",
+        ("args[2].ad_steps", "it must be more than 0", "skip the whole unit"),
+    ),
+    (
+        "ADetailer filter method it does not have",
+        ad({"ad_model": "face_always.pt", "ad_mask_filter_method": "Largest"}),
+        "input_invalid",
+        ("args[2].ad_mask_filter_method", "'Largest' is not one of 'Area', 'Confidence'"),
     ),
     (
         "ADetailer model as a bare string",

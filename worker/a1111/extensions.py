@@ -24,6 +24,8 @@ SCRIPTS = "scripts"
 #: ``scripts/!adetailer.py``)
 CONTROLNET_MODELS = "/controlnet/model_list"
 CONTROLNET_MODULES = "/controlnet/module_list"
+#: ``{"control_net_unit_count": 3}``: how many units A1111 passes on (it drops the rest without a word)
+CONTROLNET_SETTINGS = "/controlnet/settings"
 ADETAILER_MODELS = "/adetailer/v1/ad_model"
 #: the JSON schema of one ADetailer unit (its pydantic model, which forbids unknown fields)
 ADETAILER_SCHEMA = "/adetailer/v1/schema"
@@ -42,6 +44,9 @@ class ExtensionCatalog:
     controlnet_modules: tuple[str, ...] | None = None
     adetailer_models: tuple[str, ...] | None = None  # file names and the built-in mediapipe names
     adetailer_fields: tuple[str, ...] | None = None  # the fields an ADetailer unit may have
+    controlnet_unit_count: int | None = None  # the units A1111 passes on (None: not known)
+    #: ADetailer's JSON schema of each field (bounds, enums), as its pydantic model checks them
+    adetailer_field_rules: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def script_names(self, endpoint: str) -> tuple[str, ...]:
         return self.scripts.get(endpoint, ())
@@ -77,13 +82,23 @@ def parse_extension_catalog(read: Callable[[str], Any]) -> ExtensionCatalog:
             _names(read(CONTROLNET_MODULES), "module_list", CONTROLNET_MODULES) if controlnet else None
         ),
         adetailer_models=_names(read(ADETAILER_MODELS), "ad_model", ADETAILER_MODELS) if adetailer else None,
-        adetailer_fields=_schema_fields(read(ADETAILER_SCHEMA)) if adetailer else None,
+        controlnet_unit_count=_unit_count(read(CONTROLNET_SETTINGS)) if controlnet else None,
+        **(_adetailer_schema(read(ADETAILER_SCHEMA)) if adetailer else {}),
     )
 
 
-def _schema_fields(schema: Any) -> tuple[str, ...] | None:
+def _unit_count(settings: Any) -> int | None:
+    count = settings.get("control_net_unit_count") if isinstance(settings, dict) else None
+    return count if isinstance(count, int) and not isinstance(count, bool) and count > 0 else None
+
+
+def _adetailer_schema(schema: Any) -> dict[str, Any]:
+    """``adetailer_fields`` and ``adetailer_field_rules`` from ADetailer's JSON schema of one unit."""
     properties = schema.get("properties") if isinstance(schema, dict) else None
-    return tuple(str(name) for name in properties) if isinstance(properties, dict) else None
+    if not isinstance(properties, dict):
+        return {}
+    rules = {str(name): rule for name, rule in properties.items() if isinstance(rule, dict)}
+    return {"adetailer_fields": tuple(str(name) for name in properties), "adetailer_field_rules": rules}
 
 
 class ExtensionCatalogCache:

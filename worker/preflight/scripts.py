@@ -10,6 +10,7 @@ nearest valid names. Scripts the worker knows nothing about pass through when A1
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -106,10 +107,26 @@ class _Checker:
         if key(name) == CONTROLNET_SCRIPT:
             for index, unit in enumerate(args):
                 self._controlnet_unit(f"{where}.args[{index}]", unit)
+            self._controlnet_slots(where, args)
         elif key(name) == ADETAILER_SCRIPT:
             self._adetailer(where, args)
 
     # -- ControlNet ---------------------------------------------------------------------------------
+
+    def _controlnet_slots(self, where: str, args: list[Any]) -> None:
+        """A1111 passes ControlNet only as many units as it has slots (``control_net_unit_count``) and drops
+        the rest without a word: an enabled unit past them would never run."""
+        slots = self._catalog.controlnet_unit_count
+        if slots is None or len(args) <= slots:
+            return
+        for index in range(slots, len(args)):
+            unit = args[index]
+            if isinstance(unit, dict) and unit.get("enabled") is not False:
+                raise InputInvalid(
+                    f"{self._at(f'{where}.args[{index}]')}: this ControlNet runs at most {slots} units "
+                    f"(its control_net_unit_count setting); A1111 would drop unit {index} without running it",
+                    details={"unit": self._at(f"{where}.args[{index}]"), "unit_count": slots},
+                )
 
     def _controlnet_unit(self, where: str, unit: Any) -> None:
         if not isinstance(unit, dict):
@@ -239,8 +256,9 @@ class _Checker:
         )
 
     def _adetailer_fields(self, where: str, unit: dict[str, Any]) -> None:
-        """ADetailer drops a whole unit with a field it does not know (its model forbids extras) and generates
-        without it: a renamed field (``ad_mask_k_largest`` became ``ad_mask_k``) would silently do nothing."""
+        """ADetailer drops a whole unit with a field it does not know (its model forbids extras) or a value
+        outside its bounds, and generates without it: a renamed field (``ad_mask_k_largest`` became
+        ``ad_mask_k``) or ``ad_confidence: 30`` would silently do nothing."""
         fields = self._catalog.adetailer_fields
         unknown = sorted(set(unit) - set(fields)) if fields else []
         if unknown:
@@ -251,6 +269,38 @@ class _Checker:
                 "(it would skip the whole unit)",
                 details={"unit": self._at(where), "unknown": unknown},
             )
+        for name, value in unit.items():
+            broken = rule_broken(value, self._catalog.adetailer_field_rules.get(name, {}))
+            if broken is not None:
+                raise InputInvalid(
+                    f"{self._at(where, name)}: {value!r} {broken} (ADetailer would skip the whole unit)",
+                    details={"unit": self._at(where), "field": name},
+                )
+
+
+_BOUNDS: tuple[tuple[str, Callable[[float, float], bool], str], ...] = (
+    ("minimum", operator.ge, "at least"),
+    ("exclusiveMinimum", operator.gt, "more than"),
+    ("maximum", operator.le, "at most"),
+    ("exclusiveMaximum", operator.lt, "less than"),
+)
+
+
+def rule_broken(value: Any, rule: Mapping[str, Any]) -> str | None:
+    """How ``value`` breaks a JSON-schema field ``rule`` (bounds of a number, an enum of strings), or None.
+
+    Only what ADetailer's pydantic model would refuse for certain: values of another type are left to it
+    (pydantic coerces ``"0.5"``)."""
+    enum = rule.get("enum")
+    if isinstance(value, str) and isinstance(enum, list) and value not in enum:
+        return f"is not one of {', '.join(repr(choice) for choice in enum)}"
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return None
+    for name, within, words in _BOUNDS:
+        limit = rule.get(name)
+        if isinstance(limit, (int, float)) and not isinstance(limit, bool) and not within(value, limit):
+            return f"is out of range: it must be {words} {limit:g}"
+    return None
 
 
 def _check_old_names(where: str, unit: dict[str, Any]) -> None:
