@@ -120,3 +120,29 @@ def test_wrong_units_are_refused_before_generating(
     out = run(runner, alwayson_scripts=scripts)
     assert str(out.get("error", "")).startswith(f"{code}: "), out
     assert started.log().count("POST /sdapi/v1/txt2img") == before
+
+
+def test_a_preprocessor_whose_weights_are_not_on_the_volume(runner: JobRunner, started: Launched) -> None:
+    """Offline, ControlNet's ``depth`` (``depth_midas``) tries to download its MiDaS weights into the annotator
+    folder start.sh gave it (empty here); the worker refuses the unit before generating instead."""
+    depth = {"controlnet": {"args": [unit(module="depth")]}}
+    out = run(runner, alwayson_scripts=depth)
+    assert str(out.get("error", "")).startswith("model_not_found: "), out
+    assert "midas/dpt_hybrid-midas-501f0c75.pt" in out["error"], out
+    # what A1111 itself does with it (docs/extensions.md records it)
+    before = len(started.log())
+    raw = requests.post(
+        f"{started.url}/sdapi/v1/txt2img",
+        json={**JOB, "alwayson_scripts": depth, "override_settings": {"sd_model_checkpoint": CHECKPOINT}},
+        timeout=600,
+    )
+    body = raw.json()
+    record = {
+        "status": raw.status_code,
+        "images": len(body.get("images") or []),
+        "info": str(body.get("info", ""))[:2000],
+        "detail": {k: v for k, v in body.items() if k not in ("images", "info", "parameters")},
+        "log": started.log()[before:][-6000:],
+    }
+    Path("/tmp/cn-annotators").mkdir(exist_ok=True)
+    Path("/tmp/cn-annotators/depth_offline.json").write_text(json.dumps(record, indent=1))
