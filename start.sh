@@ -8,7 +8,8 @@
 #
 #   ./start.sh                          start (WORKER_MODE=serverless|api|local)
 #   ./start.sh --print-engine-command   print the engine command line (secrets redacted) and exit
-#   ./start.sh --print-layout           print where A1111 finds extensions and baked models, and exit
+#   ./start.sh --print-layout           print where A1111 finds extensions, baked models and ControlNet's
+#                                       annotator weights, and exit
 #   ./start.sh --install-extension DIR  copy an A1111 extension where A1111 loads it (image build)
 #   ./start.sh --bake-models DIR        move DIR/{checkpoints,loras,vae}/* where A1111 finds them (image build)
 set -euo pipefail
