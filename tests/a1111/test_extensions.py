@@ -138,7 +138,7 @@ def test_a_preprocessor_whose_weights_are_not_on_the_volume(runner: JobRunner, s
     )
     assert raw.status_code == 200, raw.text[:2000]
     assert len(raw.json()["images"]) == 1  # no detected map: the unit was dropped
-    assert 'ControlNet 0: "Module: depth, Model: control_rand_sd15' in raw.json()["info"]  # yet claimed
+    assert 'ControlNet 0: "Module: depth, Model: control_rand_sd15' in infotext(raw.json())  # yet claimed
     log = started.log()[before:]
     assert "ControlNet-annotators/midas/dpt_hybrid-midas-501f0c75.pt" in log  # where it tried to download to
     assert "*** Error running process" in log and "URLError" in log, log[-3000:]
