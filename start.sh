@@ -8,7 +8,8 @@
 #
 #   ./start.sh                          start (WORKER_MODE=serverless|api|local)
 #   ./start.sh --print-engine-command   print the engine command line (secrets redacted) and exit
-#   ./start.sh --print-layout           print where A1111 finds extensions and baked models, and exit
+#   ./start.sh --print-layout           print where A1111 finds extensions, baked models and ControlNet's
+#                                       annotator weights, and exit
 #   ./start.sh --install-extension DIR  copy an A1111 extension where A1111 loads it (image build)
 #   ./start.sh --bake-models DIR        move DIR/{checkpoints,loras,vae}/* where A1111 finds them (image build)
 set -euo pipefail
@@ -62,6 +63,8 @@ export PYTHONUNBUFFERED=1
 #   embeddings         only --embeddings-dir (the volume): nothing can be baked
 A1111_EXTENSIONS_DIR="$A1111_DATA_DIR/extensions"
 A1111_OWN_MODELS_DIR="$A1111_DATA_DIR/models"
+# ControlNet's annotator (preprocessor) weights on the volume; not inside ControlNet/, whose files it lists
+CONTROLNET_ANNOTATORS_DIR="$WORKER_MODELS_DIR/ControlNet-annotators"
 declare -A BAKED_DIRS=(
 	[checkpoints]="$A1111_OWN_MODELS_DIR/Stable-diffusion"
 	[loras]="$A1111_OWN_MODELS_DIR/Lora"
@@ -73,6 +76,7 @@ print_layout() {
 	printf 'A1111_BAKED_CHECKPOINTS_DIR=%q\n' "${BAKED_DIRS[checkpoints]}"
 	printf 'A1111_BAKED_LORAS_DIR=%q\n' "${BAKED_DIRS[loras]}"
 	printf 'A1111_BAKED_VAE_DIR=%q\n' "${BAKED_DIRS[vae]}"
+	printf 'CONTROLNET_ANNOTATORS_DIR=%q\n' "$CONTROLNET_ANNOTATORS_DIR"
 }
 
 install_extension() { # SRC [link]: copy (or symlink) an extension folder into A1111's extensions folder
@@ -234,7 +238,10 @@ link_optional_extensions() {
 extension_args() {
 	check_disabled_extensions
 	if extension_loaded controlnet; then
-		engine_cmd+=(--controlnet-dir "$WORKER_MODELS_DIR/ControlNet")
+		# its preprocessors' weights come from the volume, never downloaded at request time
+		# (worker/preflight/controlnet_annotators.py ANNOTATORS_FOLDER refuses a unit whose files are missing)
+		engine_cmd+=(--controlnet-dir "$WORKER_MODELS_DIR/ControlNet"
+			--controlnet-annotator-models-path "$CONTROLNET_ANNOTATORS_DIR")
 	fi
 	if extension_loaded adetailer; then
 		engine_cmd+=(--ad-no-huggingface)
@@ -244,7 +251,7 @@ extension_args() {
 prepare_extension_folders() {
 	local own="$A1111_OWN_MODELS_DIR/adetailer"
 	link_optional_extensions
-	if extension_loaded controlnet; then mkdir -p "$WORKER_MODELS_DIR/ControlNet"; fi
+	if extension_loaded controlnet; then mkdir -p "$WORKER_MODELS_DIR/ControlNet" "$CONTROLNET_ANNOTATORS_DIR"; fi
 	extension_loaded adetailer || return 0
 	mkdir -p "$WORKER_MODELS_DIR/adetailer" "$A1111_OWN_MODELS_DIR"
 	if [[ -L "$own" || ! -e "$own" ]]; then

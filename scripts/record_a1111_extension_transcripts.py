@@ -130,6 +130,7 @@ LISTINGS = (
     "/controlnet/version",
     "/controlnet/model_list",
     "/controlnet/module_list",
+    "/controlnet/module_list?alias_names=true",
     "/controlnet/settings",
     "/adetailer/v1/version",
     "/adetailer/v1/ad_model",
@@ -185,7 +186,8 @@ def record(
     url: str, image: str, write: Callable[[dict[str, Any]], None], skip: frozenset[str] = frozenset()
 ) -> dict[str, Any]:
     listings = {path: requests.get(url + path, timeout=60).json() for path in LISTINGS}
-    listings["/controlnet/module_list"].pop("module_detail", None)  # ~60 KB of UI hints
+    for modules in ("/controlnet/module_list", "/controlnet/module_list?alias_names=true"):
+        listings[modules].pop("module_detail", None)  # ~60 KB of UI hints
     info = requests.get(url + "/sdapi/v1/script-info", timeout=60).json()
     listings["/sdapi/v1/script-info"] = [s for s in info if s["name"] in ("controlnet", "adetailer")]
     title = next(m for m in listings["/controlnet/model_list"]["model_list"] if m.startswith(CONTROLNET))

@@ -144,7 +144,11 @@ class JobRunner:
 
         # 2. Resolve every name against the engine's lists; provision what is missing.
         preflight = Preflight(
-            self.engine, self.provider, engine_kind=_engine_kind(self.settings), clock=self.clock
+            self.engine,
+            self.provider,
+            engine_kind=_engine_kind(self.settings),
+            clock=self.clock,
+            models_dir=self.settings.models_dir,
         ).resolve(job_input)
         timings["provision"] = round(preflight.provision_ms, 1)
         if _engine_kind(self.settings) != "embedded":  # the embedded engine refuses restore_faces itself

@@ -118,3 +118,25 @@ def test_wrong_units_are_refused_before_generating(
     out = run(runner, alwayson_scripts=scripts)
     assert str(out.get("error", "")).startswith(f"{code}: "), out
     assert started.log().count("POST /sdapi/v1/txt2img") == before
+
+
+def test_a_preprocessor_whose_weights_are_not_on_the_volume(runner: JobRunner, started: Launched) -> None:
+    """Offline, ControlNet's ``depth`` (``depth_midas``) tries to download its MiDaS weights into the annotator
+    folder start.sh gave it (empty here), fails, and A1111 answers 200 without the unit (measured,
+    docs/extensions.md); the worker refuses the unit before generating instead."""
+    depth = {"controlnet": {"args": [unit(module="depth")]}}
+    out = run(runner, alwayson_scripts=depth)
+    assert str(out.get("error", "")).startswith("model_not_found: "), out
+    assert "midas/dpt_hybrid-midas-501f0c75.pt" in out["error"], out
+    before = len(started.log())
+    raw = requests.post(
+        f"{started.url}/sdapi/v1/txt2img",
+        json={**JOB, "alwayson_scripts": depth, "override_settings": {"sd_model_checkpoint": CHECKPOINT}},
+        timeout=600,
+    )
+    assert raw.status_code == 200, raw.text[:2000]
+    assert len(raw.json()["images"]) == 1  # no detected map: the unit was dropped
+    assert 'ControlNet 0: "Module: depth, Model: control_rand_sd15' in infotext(raw.json())  # yet claimed
+    log = started.log()[before:]
+    assert "ControlNet-annotators/midas/dpt_hybrid-midas-501f0c75.pt" in log  # where it tried to download to
+    assert "*** Error running process" in log and "URLError" in log, log[-3000:]

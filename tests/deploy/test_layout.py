@@ -25,6 +25,9 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
+from worker.preflight.controlnet_annotators import ANNOTATORS_FOLDER
+from worker.registry.volume import KIND_DIRS
+
 ROOT = Path(__file__).resolve().parents[2]
 START = str(ROOT / "start.sh")
 EXTENSION = ROOT / "webui_extensions" / "worker-routes"
@@ -84,7 +87,15 @@ def test_every_layout_folder_is_one_a1111_reads(tmp_path: Path) -> None:
     assert places["A1111_BAKED_VAE_DIR"] in reads["vae"]
     # the baked folders are on local disk, never the network volume
     volume = tmp_path / "volume"
-    assert not any(volume in path.parents for key, path in places.items())
+    assert not any(volume in path.parents for key, path in places.items() if key.startswith("A1111_"))
+
+
+def test_controlnet_annotators_live_on_the_volume_outside_its_model_folder(tmp_path: Path) -> None:
+    """Pre-flight checks a preprocessor's weights in the folder start.sh gives ControlNet; not ``ControlNet/``,
+    which the extension lists as its models."""
+    annotators = layout(tmp_path)["CONTROLNET_ANNOTATORS_DIR"]
+    assert annotators == tmp_path / "volume" / "models" / ANNOTATORS_FOLDER
+    assert annotators.name != KIND_DIRS["controlnet"] and KIND_DIRS["controlnet"] not in annotators.parts
 
 
 def test_install_extension_puts_it_where_a1111_loads_extensions(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.deploy.test_start_sh import START, env_for, print_command
+from worker.preflight.controlnet_annotators import ANNOTATORS_FOLDER
 
 FOLDERS = {"controlnet": "sd-webui-controlnet", "adetailer": "adetailer"}
 
@@ -52,8 +53,12 @@ def test_flags_follow_the_extensions_that_load(
     args = engine_args(tmp_path, **image_like, A1111_DISABLED_EXTENSIONS=disabled)
     pairs = dict(itertools.pairwise(args))
     assert ("--controlnet-dir" in args) is controlnet
+    assert ("--controlnet-annotator-models-path" in args) is controlnet
     if controlnet:
         assert pairs["--controlnet-dir"] == f"{tmp_path / 'models'}/ControlNet"
+        # the folder pre-flight checks the preprocessors' weights in, outside the one ControlNet lists
+        annotators = pairs["--controlnet-annotator-models-path"]
+        assert annotators == f"{tmp_path / 'models'}/{ANNOTATORS_FOLDER}" != pairs["--controlnet-dir"]
     assert ("--ad-no-huggingface" in args) is adetailer
 
 
@@ -61,6 +66,7 @@ def test_without_the_extensions_no_flag_is_passed(tmp_path: Path, image_like: di
     """A1111 refuses a flag no loaded extension declares: an image built without them must not pass any."""
     args = engine_args(tmp_path, A1111_DIR=image_like["A1111_DIR"])
     assert "--controlnet-dir" not in args and "--ad-no-huggingface" not in args
+    assert "--controlnet-annotator-models-path" not in args
 
 
 def test_an_unknown_name_is_refused_with_the_choices(tmp_path: Path, image_like: dict[str, str]) -> None:
@@ -105,6 +111,7 @@ def test_start_links_the_loaded_ones_and_unlinks_the_disabled_ones(
     for folder in FOLDERS.values():
         assert (extensions / folder).resolve() == optional / folder
     assert (tmp_path / "models" / "ControlNet").is_dir()
+    assert (tmp_path / "models" / ANNOTATORS_FOLDER).is_dir()
     # ADetailer reads only <data dir>/models/adetailer: the volume's folder
     assert (tmp_path / "a1111-data" / "models" / "adetailer").resolve() == tmp_path / "models" / "adetailer"
 

@@ -25,7 +25,8 @@ if TYPE_CHECKING:
     from tests.support.real_a1111 import Launched
     from worker.handler import JobRunner
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "jobs" / "extensions"
+#: the peers' published example payloads (runpod-worker-a1111 docs/api/a1111/), kept as published
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "jobs" / "peers"
 IMAGE = "$IMAGE"
 #: the A1111 fields the native form spells differently; the rest it shares
 NATIVE_SHARED = (

@@ -724,7 +724,11 @@ class _Handler(BaseHTTPRequestHandler):
         if fault is not None and fault.status is not None:
             status, payload = fault.status, fault.body
         else:
-            status, payload = fake.handle(method, parts.path, body)
+            # an extension route recorded with its query (``/controlnet/module_list?alias_names=true``) first
+            path = f"{parts.path}?{parts.query}" if parts.query else parts.path
+            status, payload = fake.handle(
+                method, path if path in fake.data.extension_routes else parts.path, body
+            )
         if fault is not None and fault.drop:
             self._reply(status, payload, drop=True)
             return

@@ -24,6 +24,8 @@ SCRIPTS = "scripts"
 #: ``scripts/!adetailer.py``)
 CONTROLNET_MODELS = "/controlnet/model_list"
 CONTROLNET_MODULES = "/controlnet/module_list"
+#: the same list under the UI's labels (``depth_midas`` for ``depth``): a unit's ``module`` may be either
+CONTROLNET_MODULE_LABELS = "/controlnet/module_list?alias_names=true"
 #: ``{"control_net_unit_count": 3}``: how many units A1111 passes on (it drops the rest without a word)
 CONTROLNET_SETTINGS = "/controlnet/settings"
 ADETAILER_MODELS = "/adetailer/v1/ad_model"
@@ -78,13 +80,18 @@ def parse_extension_catalog(read: Callable[[str], Any]) -> ExtensionCatalog:
         controlnet_models=_names(read(CONTROLNET_MODELS), "model_list", CONTROLNET_MODELS)
         if controlnet
         else None,
-        controlnet_modules=(
-            _names(read(CONTROLNET_MODULES), "module_list", CONTROLNET_MODULES) if controlnet else None
-        ),
+        controlnet_modules=_controlnet_modules(read) if controlnet else None,
         adetailer_models=_names(read(ADETAILER_MODELS), "ad_model", ADETAILER_MODELS) if adetailer else None,
         controlnet_unit_count=_unit_count(read(CONTROLNET_SETTINGS)) if controlnet else None,
         **(_adetailer_schema(read(ADETAILER_SCHEMA)) if adetailer else {}),
     )
+
+
+def _controlnet_modules(read: Callable[[str], Any]) -> tuple[str, ...] | None:
+    """The preprocessors' names, then the UI labels that differ: ControlNet finds a module by either."""
+    names = _names(read(CONTROLNET_MODULES), "module_list", CONTROLNET_MODULES)
+    labels = _names(read(CONTROLNET_MODULE_LABELS), "module_list", CONTROLNET_MODULE_LABELS) or ()
+    return None if names is None else tuple(dict.fromkeys((*names, *labels)))
 
 
 def _unit_count(settings: Any) -> int | None:

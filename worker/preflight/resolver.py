@@ -10,12 +10,14 @@ volume), and a catalogue model that is not on disk yet is provisioned through th
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from worker.a1111.catalog import CheckpointEntry, LoraEntry
 from worker.clock import SYSTEM_CLOCK, Clock
 from worker.errors import EngineFailed, InputInvalid, ModelIncompatible, ModelNotFound, excerpt
 from worker.model_types import ModelFacts, ModelProvider, ModelType
+from worker.preflight.controlnet_annotators import ANNOTATORS_FOLDER
 from worker.preflight.image_models import checkpoint_warnings
 from worker.preflight.lookup import EngineLists, ModelLookup
 from worker.preflight.matching import (
@@ -61,8 +63,10 @@ class Preflight:
         *,
         engine_kind: str = "a1111",
         clock: Clock = SYSTEM_CLOCK,
+        models_dir: Path | None = None,
     ) -> None:
         self._engine = engine
+        self._models_dir = models_dir  # the volume's models folder (ControlNet's annotator weights)
         self._provider = provider
         self._lookup = ModelLookup(engine, provider, engine_kind=engine_kind, clock=clock)
         self._lora_renames: dict[str, str] = {}
@@ -120,6 +124,7 @@ class Preflight:
                 where, controlnet=job.controlnet is not None, adetailer=job.adetailer is not None
             ),
             provision=self._lookup.provisioned,
+            annotators_dir=self._models_dir / ANNOTATORS_FOLDER if self._models_dir else None,
         )
         return check_alwayson_scripts(job.alwayson_scripts, self._engine, context)
 

@@ -13,12 +13,14 @@ from __future__ import annotations
 import operator
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 from worker.a1111.extensions import ADETAILER_SCRIPT, CONTROLNET_SCRIPT, ExtensionCatalog
 from worker.compatibility import check_compatible
 from worker.errors import InputInvalid, ModelIncompatible, ModelNotFound, excerpt
 from worker.model_types import ModelFacts, ModelType
+from worker.preflight.controlnet_annotators import check_annotator_weights
 from worker.preflight.matching import key, nearest, not_found, stem
 
 #: A1111's ``alwayson_scripts`` entry: ``{"args": [...]}`` (a missing ``args`` means none)
@@ -42,13 +44,15 @@ class ScriptContext:
     ``controlnet_facts`` is what the registry knows of a ControlNet by name (None: nothing); ``label`` names
     a location as the caller wrote it (``controlnet[0].model`` for a native unit: translate_extensions);
     ``provision`` brings a catalogue model the extension does not list onto the volume (the registry's
-    download, as for checkpoints) and answers its facts, None when the registry knows no such model."""
+    download, as for checkpoints) and answers its facts, None when the registry knows no such model;
+    ``annotators_dir`` is where ControlNet loads its preprocessors' weights from (None: not checked)."""
 
     endpoint: str = "txt2img"
     checkpoint: ModelFacts | None = None
     controlnet_facts: Callable[[str], ModelFacts | None] = lambda _name: None
     label: Callable[[str], str] = lambda where: where
     provision: Callable[[ModelType, str], ModelFacts | None] = lambda _kind, _name: None
+    annotators_dir: Path | None = None
 
 
 def check_alwayson_scripts(
@@ -59,7 +63,8 @@ def check_alwayson_scripts(
     Raises:
         InputInvalid: a script A1111 does not have, an argument form the extension does not take, an
             unknown preprocessor.
-        ModelNotFound: a ControlNet model or ADetailer detector this A1111 does not list.
+        ModelNotFound: a ControlNet model or ADetailer detector this A1111 does not list, a preprocessor
+            whose annotator weights are not on the volume.
         ModelIncompatible: a ControlNet model built for another architecture than the checkpoint.
     """
     if not scripts:
@@ -151,6 +156,8 @@ class _Checker:
             raise InputInvalid(
                 f"{self._at(where, 'module')}: {not_found('ControlNet preprocessor', module, list(modules))}"
             )
+        if self._context.annotators_dir is not None:
+            check_annotator_weights(self._at(where, "module"), module, self._context.annotators_dir)
         model = str(unit.get("model") or NO_MODEL)
         title = self._controlnet_model(where, model)
         self._compatible(where, title)
