@@ -74,6 +74,7 @@ GOOD: list[tuple[str, dict[str, Any]]] = [
         {"ADetailer": {"args": [{"ad_model": "face_always.pt"}, True, False]}},
     ),
     ("another installed script", {"seed": {"args": []}}),
+    ("preprocessor by its UI label (color)", cn(unit(module="t2ia_color_grid"))),
     ("three units: every slot", cn(unit(), unit(module="invert"), unit())),
     ("a disabled fourth unit past the slots", cn(unit(), unit(), unit(), unit(enabled=False))),
     (
@@ -155,6 +156,12 @@ REFUSED: list[tuple[str, dict[str, Any], str, tuple[str, ...]]] = [
         {"ADetailer": {"args": [{"ad_model": "face_always.pt"}]}},
         "input_invalid",
         ("fewer than 3 arguments", "send [true, false, {unit}, ...]"),
+    ),
+    (
+        "preprocessor by its UI label, weights not on the volume",
+        cn(unit(module="depth_midas")),
+        "model_not_found",
+        ("alwayson_scripts.controlnet.args[0].module", "midas/dpt_hybrid-midas-501f0c75.pt"),
     ),
     (
         "an enabled fourth unit: A1111 has 3 slots and drops it",
