@@ -217,10 +217,17 @@ def test_refused_before_generating(
     assert fake_a1111.requests_to("txt2img", "POST") == []
 
 
-def test_a1111_without_the_extensions_refuses_their_scripts(fake_a1111: FakeA1111) -> None:
-    out = run(fake_a1111, cn(unit()))
+@pytest.mark.parametrize(("engine", "who"), [("a1111", "this A1111"), ("embedded", "the embedded engine")])
+def test_an_engine_without_the_extensions_refuses_their_scripts(
+    fake_a1111: FakeA1111, engine: str, who: str
+) -> None:
+    settings = WorkerSettings.model_validate(
+        {"a1111_url": fake_a1111.url, "job_timeout_s": 5, "engine": engine}
+    )
+    runner = JobRunner(settings, A1111Client(fake_a1111.url, connect_timeout_s=1, request_timeout_s=5))
+    out = run(fake_a1111, cn(unit()), runner)
     assert out["error"].startswith("input_invalid: "), out
-    assert "no txt2img script 'controlnet' (extension not installed?)" in out["error"]
+    assert f"{who} has no txt2img script 'controlnet' (extension not installed?)" in out["error"]
     assert fake_a1111.requests_to("txt2img", "POST") == []
     assert not [r for r in fake_a1111.requests if r.path.startswith("/controlnet/")]
 

@@ -66,6 +66,7 @@ class Preflight:
         models_dir: Path | None = None,
     ) -> None:
         self._engine = engine
+        self._engine_kind = engine_kind
         self._models_dir = models_dir  # the volume's models folder (ControlNet's annotator weights)
         self._provider = provider
         self._lookup = ModelLookup(engine, provider, engine_kind=engine_kind, clock=clock)
@@ -125,6 +126,7 @@ class Preflight:
             ),
             provision=self._lookup.provisioned,
             annotators_dir=self._models_dir / ANNOTATORS_FOLDER if self._models_dir else None,
+            engine_name="the embedded engine" if self._engine_kind == "embedded" else "this A1111",
         )
         return check_alwayson_scripts(job.alwayson_scripts, self._engine, context)
 

@@ -45,7 +45,8 @@ class ScriptContext:
     a location as the caller wrote it (``controlnet[0].model`` for a native unit: translate_extensions);
     ``provision`` brings a catalogue model the extension does not list onto the volume (the registry's
     download, as for checkpoints) and answers its facts, None when the registry knows no such model;
-    ``annotators_dir`` is where ControlNet loads its preprocessors' weights from (None: not checked)."""
+    ``annotators_dir`` is where ControlNet loads its preprocessors' weights from (None: not checked);
+    ``engine_name`` is who lacks a script, as a refusal says it."""
 
     endpoint: str = "txt2img"
     checkpoint: ModelFacts | None = None
@@ -53,6 +54,7 @@ class ScriptContext:
     label: Callable[[str], str] = lambda where: where
     provision: Callable[[ModelType, str], ModelFacts | None] = lambda _kind, _name: None
     annotators_dir: Path | None = None
+    engine_name: str = "this A1111"
 
 
 def check_alwayson_scripts(
@@ -104,8 +106,8 @@ class _Checker:
             close = nearest(name, available)
             hint = f"nearest: {', '.join(close)}" if close else f"it has: {', '.join(available) or 'none'}"
             raise InputInvalid(
-                f"{self._at(where)}: this A1111 has no {self._context.endpoint} script {name!r} "
-                f"(extension not installed?); {hint}",
+                f"{self._at(where)}: {self._context.engine_name} has no {self._context.endpoint} script "
+                f"{name!r} (extension not installed?); {hint}",
                 details={"script": name, "available": list(available)},
             )
         args: list[Any] = entry.get(ARGS, [])
