@@ -13,9 +13,9 @@ from pathlib import PurePosixPath
 from typing import NoReturn
 
 from worker.a1111.catalog import EngineCatalog
-from worker.errors import InputInvalid, ModelNotFound
+from worker.errors import InputInvalid, ModelNotFound, excerpt
 from worker.model_types import ModelProvider
-from worker.preflight.matching import match_name, nearest, not_found
+from worker.preflight.matching import match_name, nearest
 
 #: built-in name prefix -> the sub-folder of the volume's upscaler folder A1111 finds its file in (start.sh
 #: points --realesrgan-models-path and --dat-models-path there); other built-ins always download
@@ -58,8 +58,9 @@ def _refuse_unlisted(
     listed = f"valid: {', '.join(choices)}"
     facts = provider.describe("upscaler", name) if provider is not None else None
     if facts is None:
-        message = not_found(field, name, choices)  # the first names when none is near: no second list
-        raise InputInvalid(f"{message}; {listed}" if nearest(name, choices) else message)
+        close = nearest(name, choices)
+        hint = f"nearest: {', '.join(close)}; " if close else ""
+        raise InputInvalid(f"{field} {excerpt(name)} not found; {hint}{listed}")
     if embedded:
         raise InputInvalid(
             f"{field} {name!r} is an ESRGAN-family upscaler on the volume ({facts.file_name}), which the "
